@@ -1,0 +1,286 @@
+"""Calibration configuration: pydantic models of one YAML recipe and ``load_config`` with precise errors.
+
+Every error names the key path the user must fix, e.g.
+``binning.variables[1].edges: must be strictly increasing``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A calibration config is wrong; ``str()`` names the file, the key path and what to fix."""
+
+
+class _Strict(BaseModel):
+    """Base model: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToySample(_Strict):
+    """How many toy candidates to generate for one sample, split into ``files`` ROOT files."""
+
+    candidates: int = Field(gt=0)
+    files: int = Field(default=1, gt=0)
+
+
+class ToyConfig(_Strict):
+    """Generate the input files instead of reading them (demo and closure tests)."""
+
+    generator: Literal["jpsi_tag_and_probe"] = "jpsi_tag_and_probe"
+    seed: int = 1
+    samples: dict[str, ToySample]
+
+
+class Sample(_Strict):
+    """One input sample: real data or simulation."""
+
+    role: Literal["data", "mc"]
+    files: list[str] = Field(default_factory=list)
+    tree: str = "DecayTree"
+    weight: str | None = None
+    cut: str | None = None
+    method: Literal["fit", "count"] = "fit"
+
+
+class Selection(_Strict):
+    """Offline selection, as expressions over branches and aliases."""
+
+    tag: str | None = None
+    probe: str | None = None
+    pair: str | None = None
+
+
+class MassConfig(_Strict):
+    """Discriminating variable of the fits: expression, fit range and number of histogram bins."""
+
+    variable: str
+    range: tuple[float, float]
+    bins: int = Field(default=100, gt=1)
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError("must be [low, high] with low < high")
+        return v
+
+
+class BinVariable(_Strict):
+    """One binning variable: name (the column in tables), optional expression, and bin edges."""
+
+    name: str
+    expression: str | None = None
+    edges: list[float]
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if len(v) < 2:
+            raise ValueError("needs at least two edges")
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("must be strictly increasing")
+        return v
+
+    @property
+    def expr(self) -> str:
+        """Expression computing this variable (defaults to its name)."""
+        return self.expression or self.name
+
+
+class BinningConfig(_Strict):
+    """Binning of the efficiency tables (product of the variables' edges)."""
+
+    variables: list[BinVariable] = Field(min_length=1)
+
+    @field_validator("variables")
+    @classmethod
+    def _unique(cls, v: list[BinVariable]) -> list[BinVariable]:
+        names = [b.name for b in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate variable names {sorted(dup)}")
+        return v
+
+
+class ParamSpec(_Strict):
+    """Starting value and optional limits of one fit parameter."""
+
+    value: float | None = None
+    limits: tuple[float, float] | None = None
+    fixed: bool = False
+
+
+class FitConfig(_Strict):
+    """Per-bin fit model: signal and background shapes by name, parameter starts and limits."""
+
+    signal: str = "crystalball"
+    background: str = "exponential"
+    parameters: dict[str, ParamSpec] = Field(default_factory=dict)
+    strategy: int = Field(default=1, ge=0, le=2)
+    minos: bool = True
+
+
+class ClosureConfig(_Strict):
+    """Toy truth, read only by the closure table: per-candidate true efficiency and signal flag."""
+
+    true_efficiency: str
+    signal: str
+
+
+class OutputsConfig(_Strict):
+    """What to export besides the CSV tables."""
+
+    correctionlib: bool = True
+    plots: bool = True
+    correction_name: str | None = None
+
+
+class CalibrationConfig(_Strict):
+    """One calibration: samples, selection, pass criterion, mass fit, binning and outputs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    toy: ToyConfig | None = None
+    samples: dict[str, Sample] = Field(min_length=1)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    selection: Selection = Selection()
+    pass_: str = Field(alias="pass")
+    mass: MassConfig
+    binning: BinningConfig
+    fit: FitConfig = FitConfig()
+    closure: ClosureConfig | None = None
+    reference: str | None = None
+    outputs: OutputsConfig = OutputsConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CalibrationConfig:
+        toy_samples = set(self.toy.samples) if self.toy else set()
+        for name, s in self.samples.items():
+            if not s.files and name not in toy_samples:
+                raise ValueError(f"samples.{name}.files: give at least one file or glob (or a toy.samples.{name})")
+        if self.toy:
+            for name in toy_samples - set(self.samples):
+                raise ValueError(f"toy.samples.{name}: no sample of that name in 'samples'")
+        if self.reference is not None and self.reference not in self.samples:
+            raise ValueError(f"reference: unknown sample {self.reference!r}; samples are {sorted(self.samples)}")
+        return self
+
+    @property
+    def data_samples(self) -> list[str]:
+        """Names of the samples with role ``data``."""
+        return [n for n, s in self.samples.items() if s.role == "data"]
+
+    @property
+    def reference_sample(self) -> str | None:
+        """The simulation sample data are compared with (``reference``, or the only mc sample)."""
+        if self.reference is not None:
+            return self.reference
+        mc = [n for n, s in self.samples.items() if s.role == "mc"]
+        return mc[0] if len(mc) == 1 else None
+
+
+def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Allowed keys at ``loc`` (for did-you-mean suggestions), best effort."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                field = next((f for f in current.model_fields.values() if f.alias == part), None)
+            if field is None:
+                return []
+            current = field.annotation
+        # unwrap containers / optionals
+        args = getattr(current, "__args__", ())
+        while args and not (isinstance(current, type) and issubclass(current, BaseModel)):
+            candidates = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if candidates:
+                current = candidates[0]
+                break
+            current = args[-1]
+            args = getattr(current, "__args__", ())
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """``('binning', 'variables', 1, 'edges')`` -> ``binning.variables[1].edges``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_of(CalibrationConfig, loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
+        return f"{format_loc(loc)}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{format_loc(loc)}: required key is missing"
+    if ":" in msg and not loc:
+        return msg
+    where = format_loc(loc)
+    return f"{where}: {msg}" if where else msg
+
+
+def parse_config(data: Any, source: str = "<config>") -> CalibrationConfig:
+    """Validate a mapping as a calibration config; raise ConfigError naming every wrong key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return CalibrationConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> CalibrationConfig:
+    """Read a YAML recipe (safe loader) and validate it; raise ConfigError on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}:{where}: YAML syntax error: {problem}") from None
+    return parse_config(data, source=str(p))
+
+
+def resolve_files(config: CalibrationConfig, sample: str, base_dir: str | os.PathLike[str]) -> list[str]:
+    """Expand a sample's file globs (relative to ``base_dir``) into sorted absolute paths.
+
+    Raises ConfigError naming the key of a glob that matches no file.
+    """
+    out: list[str] = []
+    for i, pattern in enumerate(config.samples[sample].files):
+        full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
+        matches = sorted(glob.glob(os.path.expanduser(full)))
+        if not matches:
+            raise ConfigError(f"samples.{sample}.files[{i}]: no file matches {full!r}")
+        out.extend(os.path.abspath(m) for m in matches)
+    return out

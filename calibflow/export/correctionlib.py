@@ -1,0 +1,68 @@
+"""Export scale factors as a correctionlib (schema v2) JSON, built with correctionlib's own models.
+
+Inputs are the binning variables (outer first) and a string ``syst`` with values ``nominal``, ``up``
+and ``down``; nested schemes become nested ``Binning`` nodes; out-of-range inputs are clamped to the
+edge bins (``flow="clamp"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import correctionlib.schemav2 as cs
+
+from calibflow.binning import BinningScheme, Node
+from calibflow.io.store import atomic_path
+
+SYSTS = ("nominal", "up", "down")
+
+
+def _binning(node: Node, values: Mapping[int, float], counter: list[int]) -> cs.Binning:
+    content: list[cs.Binning | float] = []
+    for i in range(len(node.edges) - 1):
+        if node.children is None:
+            content.append(float(values[counter[0]]))
+            counter[0] += 1
+        else:
+            content.append(_binning(node.children[i], values, counter))
+    return cs.Binning(nodetype="binning", input=node.variable, edges=list(node.edges), content=content, flow="clamp")
+
+
+def build_correction(
+    name: str,
+    scheme: BinningScheme,
+    nominal: Mapping[int, float],
+    down: Mapping[int, float],
+    up: Mapping[int, float],
+    description: str = "",
+) -> cs.Correction:
+    """Correction with nominal/up/down content; ``down``/``up`` are errors (positive), per bin index."""
+    bad = [i for i in range(len(scheme)) if not all(math.isfinite(m.get(i, math.nan)) for m in (nominal, down, up))]
+    if bad:
+        labels = "; ".join(f"bin {i} ({scheme.bins[i].label()})" for i in bad[:5])
+        raise ValueError(f"cannot export {name!r}: no finite scale factor in {len(bad)} bin(s): {labels}")
+    shifted = {
+        "nominal": dict(nominal),
+        "up": {i: nominal[i] + up[i] for i in nominal},
+        "down": {i: nominal[i] - down[i] for i in nominal},
+    }
+    items = [cs.CategoryItem(key=s, value=_binning(scheme.root, shifted[s], [0])) for s in SYSTS]
+    inputs = [cs.Variable(name=v, type="real", description=f"binning variable {v}") for v in scheme.variables]
+    inputs.append(cs.Variable(name="syst", type="string", description="nominal, up or down"))
+    return cs.Correction(
+        name=name,
+        description=description or f"data/simulation scale factor binned in {', '.join(scheme.variables)}",
+        version=1,
+        inputs=inputs,
+        output=cs.Variable(name="weight", type="real", description="scale factor"),
+        data=cs.Category(nodetype="category", input="syst", content=items),
+    )
+
+
+def write_correction_set(path: str | os.PathLike[str], corrections: list[cs.Correction], description: str = "") -> None:
+    """Write a CorrectionSet (schema v2) of ``corrections`` to ``path`` atomically."""
+    cset = cs.CorrectionSet(schema_version=2, description=description, corrections=corrections)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(cset.model_dump_json(exclude_unset=True, indent=1))

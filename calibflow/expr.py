@@ -1,0 +1,828 @@
+"""Safe expression compiler for cuts, aliases and derived variables in YAML configs.
+
+User text is parsed with :func:`ast.parse` and checked against a strict whitelist; the
+accepted tree is compiled once into a tree of Python closures that call vectorised numpy /
+awkward operations. User text is never passed to ``eval``, ``exec`` or ``compile``.
+
+Language
+--------
+* numbers (``int``/``float``), ``True``, ``False``, the constant ``pi``;
+* names: an alias (expanded recursively, cycles are reported), otherwise an input branch;
+* arithmetic ``+ - * / // % **``, unary ``- +``;
+* comparisons ``== != < <= > >=``, chained (``1 < x < 2``);
+* ``and`` / ``or`` / ``not`` -- elementwise (``np.logical_and`` / ``logical_or`` / ``logical_not``),
+  so they work for numpy arrays, awkward arrays and python scalars alike;
+* bitwise ``& | ^ ~ << >>`` on integers, e.g. ``(TrigObj_filterBits & 2) != 0``;
+* calls of the whitelisted functions in :data:`FUNCTIONS` (positional arguments only).
+
+Jagged (awkward, NanoAOD-style) and flat (numpy) columns can be mixed freely; a per-event
+value broadcasts against the entries of that event (``Muon_pt > MET_pt``).
+
+Reductions ``any all count sum`` and one-argument ``min``/``max`` reduce a jagged collection
+per event (``axis=1``); a flat column is rejected because it already holds one value per event.
+Empty events give ``False`` (any), ``True`` (all), ``0`` (count, sum), ``+inf`` (min) and
+``-inf`` (max) for floating-point collections (the extreme integer for integer ones), so results
+never contain missing values.
+
+Subscripts (``Muon_pt[0]``) are rejected: per-event element access on jagged collections
+needs a policy for events that are too short, which is better made explicit in the input
+ntuple (or via a reduction such as ``max(Muon_pt)``).
+
+Rejected with :class:`ExprError` (naming the column of the offending token): attribute access,
+imports, dunder names, lambdas, comprehensions, non-whitelisted calls, keyword/starred
+arguments, strings and f-strings, container literals, ``:=``, ``a if c else b`` (use
+``where(c, a, b)``), statements, ``is``/``in`` comparisons, syntax errors, empty text, wrong
+argument counts and unknown functions (with a did-you-mean suggestion).
+
+Evaluation runs under ``np.errstate(divide/invalid/over="ignore")``: ``log(0)`` gives ``-inf``
+and ``0/0`` gives ``nan`` silently, as is customary for per-event cuts.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import difflib
+import functools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import awkward as ak
+import numpy as np
+
+__all__ = [
+    "FUNCTIONS",
+    "ExprError",
+    "Expression",
+    "MissingBranchError",
+    "compile_expression",
+    "referenced_branches",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+class ExprError(ValueError):
+    """Bad expression; str() is one line: '<where>: <message> at column <c>: <text>'.
+
+    ``column`` is 1-based (characters, in the text with line breaks replaced by spaces) or
+    ``None`` when the problem has no position. :attr:`caret` gives a two-line rendering with a
+    ``^`` under the offending token for terminal output.
+    """
+
+    def __init__(
+        self, message: str, where: str = "expression", column: int | None = None, text: str | None = None
+    ) -> None:
+        self.message = message
+        self.where = where
+        self.column = column
+        self.text = text
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        out = f"{self.where}: {self.message}"
+        if self.column is not None:
+            out += f" at column {self.column}"
+        if self.text is not None:
+            out += f": {self.text!r}"
+        return out
+
+    def __str__(self) -> str:
+        return self._format()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.where, self.column, self.text))
+
+    @property
+    def caret(self) -> str:
+        """The offending text with a ``^`` marker line below it (two lines), or ``str(self)``."""
+        if self.text is None or self.column is None:
+            return str(self)
+        return f"{self.text}\n{' ' * (self.column - 1)}^"
+
+
+class MissingBranchError(ExprError, KeyError):
+    """A branch referenced by the expression is not among the evaluated columns."""
+
+    def __init__(
+        self, branch: str, where: str = "expression", column: int | None = None, text: str | None = None
+    ) -> None:
+        self.branch = branch
+        super().__init__(f"branch {branch!r} not found in the input columns", where, column, text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.branch, self.where, self.column, self.text))
+
+
+class _EvalProblem(Exception):
+    """Raised by function implementations; converted to ExprError with position by the caller."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """First non-empty line of an exception message (awkward errors span many lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# function implementations (vectorised; numpy, awkward and python scalars)
+
+
+def _is_jagged(x: Any) -> bool:
+    return isinstance(x, ak.Array) and x.ndim >= 2
+
+
+def _as_f64(x: Any) -> Any:
+    """Promote to float64 (NanoAOD kinematics are float32; invariant masses need the precision)."""
+    if isinstance(x, ak.Array):
+        return ak.values_astype(x, np.float64)
+    return np.asarray(x, dtype=np.float64)
+
+
+def _reduction(name: str, x: Any, fn: Callable[[ak.Array], Any]) -> Any:
+    """Apply an awkward axis=1 reduction; numpy arrays with ndim >= 2 are accepted too."""
+    if isinstance(x, np.ndarray) and x.ndim >= 2:
+        return ak.to_numpy(fn(ak.from_numpy(x)))
+    if not _is_jagged(x):
+        raise _EvalProblem(
+            f"{name}() reduces a jagged collection per event (axis=1), but its argument has one value "
+            "per event"
+        )
+    return fn(x)
+
+
+def _leaf_is_bool(x: ak.Array) -> bool:
+    t = ak.type(x).content
+    while hasattr(t, "content"):  # list / regular / option types
+        t = t.content
+    return getattr(t, "primitive", None) == "bool"
+
+
+def _fn_any(x: Any) -> Any:
+    """True if any entry of the event's collection is true (False for empty events)."""
+    return _reduction("any", x, lambda a: ak.any(a, axis=1))
+
+
+def _fn_all(x: Any) -> Any:
+    """True if all entries of the event's collection are true (True for empty events)."""
+    return _reduction("all", x, lambda a: ak.all(a, axis=1))
+
+
+def _fn_count(x: Any) -> Any:
+    """Number of true entries (boolean collection) or of entries (numeric collection) per event."""
+
+    def count(a: ak.Array) -> Any:
+        return ak.count_nonzero(a, axis=1) if _leaf_is_bool(a) else ak.count(a, axis=1)
+
+    return _reduction("count", x, count)
+
+
+def _fn_sum(x: Any) -> Any:
+    """Sum of the event's collection (0 for empty events)."""
+    return _reduction("sum", x, lambda a: ak.sum(a, axis=1))
+
+
+def _fn_min(*args: Any) -> Any:
+    """min(a, b, ...) elementwise (np.minimum); min(x) per-event minimum of a jagged collection."""
+    if len(args) == 1:
+        return _reduction("min", args[0], lambda a: ak.min(a, axis=1, mask_identity=False))
+    return functools.reduce(np.minimum, args)
+
+
+def _fn_max(*args: Any) -> Any:
+    """max(a, b, ...) elementwise (np.maximum); max(x) per-event maximum of a jagged collection."""
+    if len(args) == 1:
+        return _reduction("max", args[0], lambda a: ak.max(a, axis=1, mask_identity=False))
+    return functools.reduce(np.maximum, args)
+
+
+def _fn_where(cond: Any, a: Any, b: Any) -> Any:
+    """``a`` where ``cond`` is true, else ``b`` (elementwise, broadcasting)."""
+    if any(isinstance(v, ak.Array) for v in (cond, a, b)):
+        return ak.where(cond, a, b)
+    return np.where(cond, a, b)
+
+
+def _fn_clip(x: Any, lo: Any, hi: Any) -> Any:
+    """``x`` limited to ``[lo, hi]`` elementwise."""
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+def delta_phi(phi1: Any, phi2: Any) -> Any:
+    """Azimuthal difference ``phi1 - phi2`` in rad, wrapped to ``[-pi, pi)``."""
+    d = np.remainder(np.add(np.subtract(phi1, phi2), math.pi), 2.0 * math.pi) - math.pi
+    # rounding can make the remainder exactly 2*pi for tiny negative inputs: fold pi to -pi
+    return d - 2.0 * math.pi * np.greater_equal(d, math.pi)
+
+
+def delta_r(eta1: Any, phi1: Any, eta2: Any, phi2: Any) -> Any:
+    """Angular distance ``sqrt(deta**2 + dphi**2)`` (pseudorapidity, azimuth in rad)."""
+    return np.hypot(np.subtract(eta1, eta2), delta_phi(phi1, phi2))
+
+
+def inv_mass(pt1: Any, eta1: Any, phi1: Any, m1: Any, pt2: Any, eta2: Any, phi2: Any, m2: Any) -> Any:
+    """Invariant mass in GeV of two massive 4-vectors given as (pt [GeV], eta, phi [rad], m [GeV]).
+
+    Computed in float64 as ``sqrt(max(m1**2 + m2**2 + 2*(E1*E2 - p1.p2), 0))``.
+    """
+    pt1, eta1, phi1, m1, pt2, eta2, phi2, m2 = map(_as_f64, (pt1, eta1, phi1, m1, pt2, eta2, phi2, m2))
+    px1, py1, pz1 = pt1 * np.cos(phi1), pt1 * np.sin(phi1), pt1 * np.sinh(eta1)
+    px2, py2, pz2 = pt2 * np.cos(phi2), pt2 * np.sin(phi2), pt2 * np.sinh(eta2)
+    e1 = np.sqrt(px1**2 + py1**2 + pz1**2 + m1**2)
+    e2 = np.sqrt(px2**2 + py2**2 + pz2**2 + m2**2)
+    msq = m1**2 + m2**2 + 2.0 * (e1 * e2 - px1 * px2 - py1 * py2 - pz1 * pz2)
+    return np.sqrt(np.maximum(msq, 0.0))
+
+
+def mt(pt1: Any, phi1: Any, pt2: Any, phi2: Any) -> Any:
+    """Transverse mass in GeV, ``sqrt(2 pt1 pt2 (1 - cos(phi1 - phi2)))`` (pt in GeV, phi in rad)."""
+    pt1, phi1, pt2, phi2 = map(_as_f64, (pt1, phi1, pt2, phi2))
+    return np.sqrt(np.maximum(2.0 * pt1 * pt2 * (1.0 - np.cos(phi1 - phi2)), 0.0))
+
+
+def pt_sum(pt1: Any, phi1: Any, pt2: Any, phi2: Any) -> Any:
+    """Magnitude in GeV of the vector sum of two transverse momenta (pt in GeV, phi in rad)."""
+    pt1, phi1, pt2, phi2 = map(_as_f64, (pt1, phi1, pt2, phi2))
+    return np.hypot(pt1 * np.cos(phi1) + pt2 * np.cos(phi2), pt1 * np.sin(phi1) + pt2 * np.sin(phi2))
+
+
+class FunctionSpec(NamedTuple):
+    """A whitelisted function: implementation and allowed positional argument counts."""
+
+    impl: Callable[..., Any]
+    min_args: int
+    max_args: int | None  # None: unbounded
+
+
+def _unary(ufunc: Callable[..., Any]) -> FunctionSpec:
+    return FunctionSpec(ufunc, 1, 1)
+
+
+#: Whitelisted functions callable from expressions.
+FUNCTIONS: Mapping[str, FunctionSpec] = {
+    "abs": _unary(np.abs),
+    "sqrt": _unary(np.sqrt),
+    "log": _unary(np.log),
+    "log10": _unary(np.log10),
+    "exp": _unary(np.exp),
+    "sin": _unary(np.sin),
+    "cos": _unary(np.cos),
+    "tan": _unary(np.tan),
+    "arctan2": FunctionSpec(np.arctan2, 2, 2),
+    "atan2": FunctionSpec(np.arctan2, 2, 2),
+    "sinh": _unary(np.sinh),
+    "cosh": _unary(np.cosh),
+    "tanh": _unary(np.tanh),
+    "arcsinh": _unary(np.arcsinh),
+    "arccosh": _unary(np.arccosh),
+    "min": FunctionSpec(_fn_min, 1, None),
+    "max": FunctionSpec(_fn_max, 1, None),
+    "where": FunctionSpec(_fn_where, 3, 3),
+    "clip": FunctionSpec(_fn_clip, 3, 3),
+    "isfinite": _unary(np.isfinite),
+    "any": _unary(_fn_any),
+    "all": _unary(_fn_all),
+    "count": _unary(_fn_count),
+    "sum": _unary(_fn_sum),
+    "delta_phi": FunctionSpec(delta_phi, 2, 2),
+    "delta_r": FunctionSpec(delta_r, 4, 4),
+    "inv_mass": FunctionSpec(inv_mass, 8, 8),
+    "mt": FunctionSpec(mt, 4, 4),
+    "pt_sum": FunctionSpec(pt_sum, 4, 4),
+}
+
+_CONSTANTS: Mapping[str, float] = {"pi": math.pi}
+
+_BINOPS: Mapping[type[ast.operator], tuple[Callable[[Any, Any], Any], str]] = {
+    ast.Add: (np.add, "+"),
+    ast.Sub: (np.subtract, "-"),
+    ast.Mult: (np.multiply, "*"),
+    ast.Div: (np.true_divide, "/"),
+    ast.FloorDiv: (np.floor_divide, "//"),
+    ast.Mod: (np.remainder, "%"),
+    ast.Pow: (np.power, "**"),
+    ast.BitAnd: (np.bitwise_and, "&"),
+    ast.BitOr: (np.bitwise_or, "|"),
+    ast.BitXor: (np.bitwise_xor, "^"),
+    ast.LShift: (np.left_shift, "<<"),
+    ast.RShift: (np.right_shift, ">>"),
+}
+
+_CMPOPS: Mapping[type[ast.cmpop], tuple[Callable[[Any, Any], Any], str]] = {
+    ast.Eq: (np.equal, "=="),
+    ast.NotEq: (np.not_equal, "!="),
+    ast.Lt: (np.less, "<"),
+    ast.LtE: (np.less_equal, "<="),
+    ast.Gt: (np.greater, ">"),
+    ast.GtE: (np.greater_equal, ">="),
+}
+
+_REJECTED_CMPOPS: Mapping[type[ast.cmpop], tuple[str, str]] = {
+    ast.Is: ("is", "'is' comparisons are not allowed; use '==' or '!='"),
+    ast.IsNot: ("is", "'is not' comparisons are not allowed; use '==' or '!='"),
+    ast.In: ("in", "'in' comparisons are not allowed"),
+    ast.NotIn: ("not", "'not in' comparisons are not allowed"),
+}
+
+_REJECTED_NODES: Mapping[type[ast.AST], str] = {
+    ast.Lambda: "lambda expressions are not allowed",
+    ast.ListComp: "comprehensions are not allowed",
+    ast.SetComp: "comprehensions are not allowed",
+    ast.DictComp: "comprehensions are not allowed",
+    ast.GeneratorExp: "generator expressions are not allowed",
+    ast.JoinedStr: "f-strings are not allowed",
+    ast.FormattedValue: "f-strings are not allowed",
+    ast.Dict: "dict literals are not allowed",
+    ast.List: "list literals are not allowed",
+    ast.Set: "set literals are not allowed",
+    ast.Tuple: "tuple literals are not allowed",
+    ast.Starred: "starred arguments are not allowed",
+    ast.Slice: "slices are not allowed",
+    ast.Await: "'await' is not allowed",
+    ast.Yield: "'yield' is not allowed",
+    ast.YieldFrom: "'yield' is not allowed",
+}
+
+# --------------------------------------------------------------------------------------------
+# compiler
+
+# A compiled node: takes the evaluation environment and returns a value.
+_Node = Callable[["_Env"], Any]
+
+
+class _Env:
+    """Per-evaluation state: the input columns and a cache of fetched branches and aliases."""
+
+    __slots__ = ("cache", "columns")
+
+    def __init__(self, columns: Mapping[str, Any]) -> None:
+        self.columns = columns
+        self.cache: dict[tuple[str, str], Any] = {}
+
+
+class _Ctx(NamedTuple):
+    """Position of a node, kept by closures to report evaluation-time errors."""
+
+    where: str
+    column: int | None
+    text: str
+
+
+class _Source:
+    """Expression text prepared for parsing, with byte-offset -> column conversion."""
+
+    def __init__(self, text: str, where: str) -> None:
+        if not isinstance(text, str):
+            raise ExprError(f"expression must be a string, got {type(text).__name__}", where)
+        # YAML block scalars may contain line breaks: replace them by spaces (same length), so
+        # the expression is one line, columns are unambiguous and error messages stay one line.
+        self.display = text.replace("\r", " ").replace("\n", " ")
+        self.where = where
+        body = self.display.lstrip()
+        self.shift = len(self.display) - len(body)  # leading whitespace (would be an indent)
+        self.body = body
+        self.raw = body.encode("utf-8")
+
+    def column(self, byte_offset: int) -> int:
+        """1-based character column in ``display`` of a byte offset into ``body``."""
+        chars = len(self.raw[: max(byte_offset, 0)].decode("utf-8", errors="ignore"))
+        return self.shift + chars + 1
+
+    def ctx(self, byte_offset: int | None) -> _Ctx:
+        """Error context (where, column, text) of a byte offset, for evaluation-time errors."""
+        col = None if byte_offset is None else self.column(byte_offset)
+        return _Ctx(self.where, col, self.display)
+
+    def error(self, message: str, byte_offset: int | None) -> ExprError:
+        return ExprError(message, *self.ctx(byte_offset))
+
+    def find(self, token: str, start: int | None, end: int | None = None) -> int | None:
+        """Byte offset of ``token`` in ``body[start:end]`` (None if not found / no start)."""
+        if start is None:
+            return None
+        pos = self.raw.find(token.encode(), start, len(self.raw) if end is None else end)
+        return None if pos < 0 else pos
+
+
+def _start(node: ast.AST) -> int | None:
+    return getattr(node, "col_offset", None)
+
+
+def _end(node: ast.AST) -> int | None:
+    return getattr(node, "end_col_offset", None)
+
+
+class _Compiler:
+    """Checks an AST against the whitelist and builds the closure tree; collects branches."""
+
+    def __init__(self, source: _Source, unit: _Unit) -> None:
+        self.src = source
+        self.unit = unit
+        self.branches: set[str] = set()
+
+    # -- entry ---------------------------------------------------------------------------------
+
+    def compile_text(self) -> _Node:
+        src = self.src
+        if not src.body.strip():
+            raise src.error("empty expression", None)
+        try:
+            module = ast.parse(src.body, mode="exec")
+        except SyntaxError as exc:
+            col = None if exc.offset is None else src.shift + max(exc.offset, 1)
+            raise ExprError(f"syntax error: {exc.msg}", src.where, col, src.display) from None
+        except (ValueError, RecursionError, MemoryError) as exc:
+            raise src.error(f"cannot parse expression: {_one_line(exc)}", None) from None
+        if not module.body:
+            raise src.error("empty expression", None)
+        if len(module.body) > 1:
+            pos = src.find(";", _end(module.body[0]), _start(module.body[1]))
+            if pos is None:
+                pos = _start(module.body[1])
+            raise src.error("only a single expression is allowed (found several statements)", pos)
+        stmt = module.body[0]
+        if not isinstance(stmt, ast.Expr):
+            raise self._statement_error(stmt)
+        try:
+            return self.visit(stmt.value)
+        except RecursionError:
+            raise src.error("expression is too deeply nested", None) from None
+
+    def _statement_error(self, stmt: ast.stmt) -> ExprError:
+        src = self.src
+        if isinstance(stmt, ast.Assign):
+            pos = src.find("=", _end(stmt.targets[-1]))
+            return src.error("assignment is not allowed (use '==' to compare)", pos)
+        if isinstance(stmt, ast.AugAssign):
+            symbol = _BINOPS.get(type(stmt.op), (None, "@"))[1]
+            return src.error("assignment is not allowed", src.find(symbol + "=", _end(stmt.target)))
+        if isinstance(stmt, ast.AnnAssign):
+            return src.error("assignment is not allowed", src.find(":", _end(stmt.target)))
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            return src.error("imports are not allowed", _start(stmt))
+        keyword = type(stmt).__name__.lower()
+        return src.error(f"statements are not allowed ('{keyword}')", _start(stmt))
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def visit(self, node: ast.AST) -> _Node:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is not None:
+            return method(node)
+        message = _REJECTED_NODES.get(type(node))
+        if message is None:
+            message = f"'{type(node).__name__}' expressions are not allowed"
+        return self._reject(message, _start(node))
+
+    def _reject(self, message: str, byte_offset: int | None) -> _Node:
+        raise self.src.error(message, byte_offset)
+
+    # -- leaves --------------------------------------------------------------------------------
+
+    def visit_Constant(self, node: ast.Constant) -> _Node:
+        value = node.value
+        if isinstance(value, str | bytes):
+            return self._reject("strings are not allowed", _start(node))
+        if value is None or value is Ellipsis or isinstance(value, complex):
+            return self._reject(f"constant {value!r} is not allowed", _start(node))
+        if not isinstance(value, bool | int | float):  # pragma: no cover - defensive
+            return self._reject(f"constant of type {type(value).__name__} is not allowed", _start(node))
+        return _const(value)
+
+    def visit_Name(self, node: ast.Name) -> _Node:
+        name = node.id
+        pos = _start(node)
+        if name.startswith("__"):
+            return self._reject(f"dunder name {name!r} is not allowed", pos)
+        if name in _CONSTANTS:
+            return _const(_CONSTANTS[name])
+        if name in self.unit.aliases:
+            fn, branches = self.unit.alias(name, self.src, pos)
+            self.branches |= branches
+            return fn
+        if name in FUNCTIONS:
+            return self._reject(f"function {name!r} must be called, e.g. {name}(...)", pos)
+        self.branches.add(name)
+        return _branch(name, self.src.ctx(pos))
+
+    # -- operators -----------------------------------------------------------------------------
+
+    def visit_BinOp(self, node: ast.BinOp) -> _Node:
+        entry = _BINOPS.get(type(node.op))
+        if entry is None:
+            pos = self.src.find("@", _end(node.left))
+            return self._reject("matrix multiplication '@' is not allowed", pos)
+        ufunc, symbol = entry
+        left, right = self.visit(node.left), self.visit(node.right)
+        ctx = self.src.ctx(self.src.find(symbol, _end(node.left), _start(node.right)))
+
+        def binop(env: _Env) -> Any:
+            a, b = left(env), right(env)
+            try:
+                return ufunc(a, b)
+            except _ARRAY_ERRORS as exc:
+                raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
+
+        return binop
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> _Node:
+        operand = self.visit(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return operand
+        ufunc, symbol = {
+            ast.USub: (np.negative, "-"),
+            ast.Invert: (np.invert, "~"),
+            ast.Not: (np.logical_not, "not"),
+        }[type(node.op)]
+        ctx = self.src.ctx(_start(node))
+
+        def unary(env: _Env) -> Any:
+            a = operand(env)
+            try:
+                return ufunc(a)
+            except _ARRAY_ERRORS as exc:
+                raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
+
+        return unary
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> _Node:
+        ufunc, symbol = (np.logical_and, "and") if isinstance(node.op, ast.And) else (np.logical_or, "or")
+        values = [self.visit(v) for v in node.values]
+        ctx = self.src.ctx(self.src.find(symbol, _end(node.values[0])))
+
+        def boolop(env: _Env) -> Any:
+            result = values[0](env)
+            for value in values[1:]:
+                b = value(env)
+                try:
+                    result = ufunc(result, b)
+                except _ARRAY_ERRORS as exc:
+                    raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
+            return result
+
+        return boolop
+
+    def visit_Compare(self, node: ast.Compare) -> _Node:
+        operands = [node.left, *node.comparators]
+        for i, op in enumerate(node.ops):
+            rejected = _REJECTED_CMPOPS.get(type(op))
+            if rejected is not None:
+                token, message = rejected
+                pos = self.src.find(token, _end(operands[i]), _start(operands[i + 1]))
+                return self._reject(message, pos)
+        compiled = [self.visit(o) for o in operands]
+        steps = []
+        for i, op in enumerate(node.ops):
+            ufunc, symbol = _CMPOPS[type(op)]
+            pos = self.src.find(symbol, _end(operands[i]), _start(operands[i + 1]))
+            steps.append((ufunc, symbol, self.src.ctx(pos)))
+
+        def compare(env: _Env) -> Any:
+            left = compiled[0](env)
+            result = None
+            for (ufunc, symbol, ctx), right_fn in zip(steps, compiled[1:], strict=True):
+                right = right_fn(env)
+                try:
+                    step = ufunc(left, right)
+                    result = step if result is None else np.logical_and(result, step)
+                except _ARRAY_ERRORS as exc:
+                    raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
+                left = right
+            return result
+
+        return compare
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def visit_Call(self, node: ast.Call) -> _Node:
+        func = node.func
+        if not isinstance(func, ast.Name):
+            if isinstance(func, ast.Attribute):
+                return self.visit(func)  # reports the attribute access
+            return self._reject("only whitelisted functions can be called, by name", _start(func))
+        name = func.id
+        pos = _start(func)
+        if name.startswith("__"):
+            return self._reject(f"dunder name {name!r} is not allowed", pos)
+        spec = FUNCTIONS.get(name)
+        if spec is None:
+            return self._reject(_unknown_function_message(name), pos)
+        for kw in node.keywords:
+            if kw.arg is None:
+                return self._reject("keyword argument unpacking ('**') is not allowed", _start(kw))
+            return self._reject(
+                f"keyword arguments are not allowed ({name}() takes positional arguments only)", _start(kw)
+            )
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                return self._reject("starred arguments are not allowed", _start(arg))
+        nargs = len(node.args)
+        if nargs < spec.min_args or (spec.max_args is not None and nargs > spec.max_args):
+            return self._reject(f"{name}() takes {_arity_text(spec)} ({nargs} given)", pos)
+        args = [self.visit(a) for a in node.args]
+        impl = spec.impl
+        ctx = self.src.ctx(pos)
+
+        def call(env: _Env) -> Any:
+            values = [a(env) for a in args]
+            try:
+                return impl(*values)
+            except _EvalProblem as exc:
+                raise _eval_error(ctx, str(exc), None) from None
+            except _ARRAY_ERRORS as exc:
+                raise _eval_error(ctx, f"cannot evaluate {name}()", exc) from exc
+
+        return call
+
+    # -- rejections with a more precise position / message ---------------------------------------
+
+    def visit_Attribute(self, node: ast.Attribute) -> _Node:
+        end = _end(node)
+        pos = None if end is None else end - len(node.attr.encode())
+        return self._reject("attribute access is not allowed", pos)
+
+    def visit_Subscript(self, node: ast.Subscript) -> _Node:
+        pos = self.src.find("[", _end(node.value))
+        return self._reject(
+            "subscripts are not supported; use a per-event reduction such as max(...) or any(...)", pos
+        )
+
+    def visit_IfExp(self, node: ast.IfExp) -> _Node:
+        pos = self.src.find("if", _end(node.body), _start(node.test))
+        return self._reject("conditional expressions are not allowed; use where(cond, a, b)", pos)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> _Node:
+        pos = self.src.find(":=", _end(node.target))
+        return self._reject("assignment expressions (':=') are not allowed", pos)
+
+
+_ARRAY_ERRORS = (TypeError, ValueError, ArithmeticError, IndexError)
+
+
+def _eval_error(ctx: _Ctx, message: str, exc: BaseException | None) -> ExprError:
+    """Evaluation-time error at the position stored in ``ctx``."""
+    if exc is not None:
+        message = f"{message}: {_one_line(exc)}"
+    return ExprError(message, ctx.where, ctx.column, ctx.text)
+
+
+def _const(value: Any) -> _Node:
+    def const(env: _Env) -> Any:
+        return value
+
+    return const
+
+
+def _branch(name: str, ctx: _Ctx) -> _Node:
+    key = ("branch", name)
+
+    def branch(env: _Env) -> Any:
+        cache = env.cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        try:
+            value = env.columns[name]
+        except (KeyError, IndexError):  # IndexError: awkward FieldNotFoundError
+            raise MissingBranchError(name, ctx.where, ctx.column, ctx.text) from None
+        cache[key] = value
+        return value
+
+    return branch
+
+
+def _arity_text(spec: FunctionSpec) -> str:
+    lo, hi = spec.min_args, spec.max_args
+    if hi is None:
+        return f"at least {lo} argument{'s' if lo != 1 else ''}"
+    if lo == hi:
+        return f"{lo} argument{'s' if lo != 1 else ''}"
+    return f"{lo} to {hi} arguments"
+
+
+def _unknown_function_message(name: str) -> str:
+    match = difflib.get_close_matches(name, list(FUNCTIONS), n=1, cutoff=0.6)
+    if match:
+        return f"unknown function {name!r} (did you mean {match[0]!r}?)"
+    if hasattr(builtins, name):
+        return f"function {name!r} is not allowed"
+    return f"unknown function {name!r}"
+
+
+class _Unit:
+    """One compile_expression call: alias table, compiled-alias cache and cycle detection."""
+
+    def __init__(self, aliases: Mapping[str, Any], where: str) -> None:
+        self.where = where
+        self.aliases = dict(aliases)
+        self._compiled: dict[str, tuple[_Node, frozenset[str]]] = {}
+        self._stack: list[str] = []
+        for name in self.aliases:
+            self._check_alias_name(name)
+
+    def _check_alias_name(self, name: Any) -> None:
+        where = f"aliases.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ExprError(f"alias name {name!r} is not a valid identifier", where)
+        if name.startswith("__"):
+            raise ExprError(f"alias name {name!r} is a dunder name", where)
+        if name in FUNCTIONS:
+            raise ExprError(f"alias name {name!r} shadows a function", where)
+        if name in _CONSTANTS or name in ("True", "False", "None"):
+            raise ExprError(f"alias name {name!r} shadows a constant", where)
+
+    def alias(self, name: str, ref_src: _Source, ref_pos: int | None) -> tuple[_Node, frozenset[str]]:
+        """Compiled closure and branches of alias ``name`` referenced at ``ref_pos`` in ``ref_src``."""
+        if name in self._compiled:
+            return self._compiled[name]
+        if name in self._stack:
+            cycle = " -> ".join([*self._stack[self._stack.index(name) :], name])
+            raise ref_src.error(f"alias cycle: {cycle}", ref_pos)
+        text = self.aliases[name]
+        where = f"{self.where} -> alias {name!r}"
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            text = repr(text)
+        if not isinstance(text, str):
+            raise ExprError(f"alias expression must be a string, got {type(text).__name__}", where)
+        self._stack.append(name)
+        try:
+            compiler = _Compiler(_Source(text, where), self)
+            inner = compiler.compile_text()
+        finally:
+            self._stack.pop()
+        key = ("alias", name)
+
+        def alias_value(env: _Env) -> Any:
+            cache = env.cache
+            try:
+                return cache[key]
+            except KeyError:
+                value = cache[key] = inner(env)
+                return value
+
+        result = (alias_value, frozenset(compiler.branches))
+        self._compiled[name] = result
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression. Create with :func:`compile_expression`."""
+
+    text: str
+    branches: frozenset[str]  # input column/branch names referenced, after alias expansion
+    where: str = field(default="expression", compare=False)
+    _fn: Callable[[_Env], Any] | None = field(default=None, repr=False, compare=False)
+
+    def evaluate(self, columns: Mapping[str, Any]) -> Any:
+        """Evaluate on ``columns`` (name -> numpy array, awkward array or scalar).
+
+        Returns a numpy array, an awkward array or a (numpy) scalar. Raises
+        :class:`MissingBranchError` (an ``ExprError`` and ``KeyError``) for a missing branch and
+        :class:`ExprError` when an operation fails (e.g. ``&`` on floats).
+        """
+        fn = self._fn
+        if fn is None:  # constructed by hand: compile without aliases
+            fn = compile_expression(self.text, where=self.where)._fn
+            assert fn is not None
+        env = _Env(columns)
+        try:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return fn(env)
+        except RecursionError:
+            raise ExprError("expression is too deeply nested to evaluate", self.where) from None
+
+
+def compile_expression(
+    text: str, aliases: Mapping[str, str] | None = None, where: str = "expression"
+) -> Expression:
+    """Check and compile ``text``; ``aliases`` maps alias name -> expression text.
+
+    ``where`` (the config key path, e.g. ``selection.tag``) prefixes error messages.
+    Raises :class:`ExprError` for anything outside the whitelisted language.
+    """
+    unit = _Unit(aliases or {}, where)
+    compiler = _Compiler(_Source(text, where), unit)
+    fn = compiler.compile_text()
+    return Expression(text=text, branches=frozenset(compiler.branches), where=where, _fn=fn)
+
+
+def referenced_branches(texts: Iterable[str], aliases: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Union of the input branches referenced by ``texts`` (a single string counts as one text)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    out: set[str] = set()
+    for text in texts:
+        out |= compile_expression(text, aliases).branches
+    return frozenset(out)

@@ -1,0 +1,88 @@
+"""Per-bin pass/fail mass histograms of one sample, filled in one pass over its prepared tuples."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from calibflow.binning import BinningScheme
+from calibflow.config import MassConfig
+from calibflow.io.store import COMPRESSION, atomic_path, read_columns
+from calibflow.kernels.histogram import fill_pass_fail
+from calibflow.prep import IS_SIGNAL, MASS, PASS, TRUE_EFF, WEIGHT
+
+
+@dataclass
+class BinHistograms:
+    """Histograms of one bin: mass edges and (pass, fail) sums of weights and of squared weights."""
+
+    edges: np.ndarray
+    sumw: np.ndarray  # shape (2, n_mass): pass, fail
+    sumw2: np.ndarray
+    weighted: bool
+
+
+def fill_histograms(
+    prep_paths: Sequence[str], scheme: BinningScheme, mass: MassConfig, out_path: str
+) -> None:
+    """Fill sumw/sumw2 (n_bins, 2, n_mass) over all ``prep_paths`` and write them to ``out_path``.
+
+    When the tuples carry toy truth, also stores per bin the signal count and the sum of the true
+    efficiency over signal candidates in the mass range (for closure tables).
+    """
+    n_bins, n_mass = len(scheme), mass.bins
+    lo, hi = mass.range
+    sumw = np.zeros((n_bins, 2, n_mass))
+    sumw2 = np.zeros((n_bins, 2, n_mass))
+    truth_n = np.zeros(n_bins)
+    truth_sum = np.zeros(n_bins)
+    weighted = has_truth = False
+    for path in prep_paths:
+        cols = read_columns(path)
+        idx = scheme.locate(cols)
+        m = cols[MASS]
+        w = cols.get(WEIGHT)
+        weighted |= w is not None
+        w = np.ones_like(m) if w is None else w
+        fill_pass_fail(idx, cols[PASS], m, w, lo, hi, sumw, sumw2)
+        if TRUE_EFF in cols:
+            has_truth = True
+            sel = cols[IS_SIGNAL] & (idx >= 0) & (m >= lo) & (m < hi)
+            truth_n += np.bincount(idx[sel], weights=w[sel], minlength=n_bins)
+            truth_sum += np.bincount(idx[sel], weights=(w * cols[TRUE_EFF])[sel], minlength=n_bins)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("sumw", data=sumw, **COMPRESSION)
+        h5.create_dataset("sumw2", data=sumw2, **COMPRESSION)
+        h5["mass_edges"] = np.linspace(lo, hi, n_mass + 1)
+        if has_truth:
+            h5["truth_n"] = truth_n
+            h5["truth_sum"] = truth_sum
+        h5.attrs["weighted"] = weighted
+        h5.attrs["scheme_key"] = scheme.key
+        h5.attrs["inputs"] = json.dumps([os.path.basename(p) for p in prep_paths])
+
+
+def read_bin(path: str, index: int) -> BinHistograms:
+    """Histograms of bin ``index`` from a file written by :func:`fill_histograms`."""
+    with h5py.File(path, "r") as h5:
+        return BinHistograms(
+            edges=h5["mass_edges"][...],
+            sumw=h5["sumw"][index],
+            sumw2=h5["sumw2"][index],
+            weighted=bool(h5.attrs["weighted"]),
+        )
+
+
+def read_truth(path: str) -> np.ndarray | None:
+    """Per-bin true efficiency (mean over signal candidates) or None without toy truth."""
+    with h5py.File(path, "r") as h5:
+        if "truth_n" not in h5:
+            return None
+        n, s = h5["truth_n"][...], h5["truth_sum"][...]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / n, np.nan)
