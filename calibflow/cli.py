@@ -52,39 +52,38 @@ def _plan(config: str | None, result_dir: str | None):
     return Plan.create(config or default_config(), result_dir or default_result_dir())
 
 
-def _build(tasks: list, workers: int) -> tuple[bool, dict[str, set]]:
-    import luigi
-    from luigi.execution_summary import _summary_dict
+def _preload() -> None:
+    """Import the compute modules once in this process, so forked workers do not each import them."""
+    import calibflow.binfit
+    import calibflow.histos
+    import calibflow.outputs
+    import calibflow.plots
+    import calibflow.prep
+    import calibflow.toys  # noqa: F401
 
-    result = luigi.build(tasks, workers=workers, local_scheduler=True, detailed_summary=True, log_level="WARNING")
-    summary = _summary_dict(result.worker)
-    ok = not (summary["failed"] or summary["scheduling_error"] or summary["still_pending_ext"]
-              or summary["still_pending_not_ext"] or summary.get("upstream_failure"))
-    return ok, summary
 
-
-def _report_failures(plan, summary: dict[str, set]) -> None:
-    from tasks.base import failure_reason
-
-    failed = summary["failed"] | summary["scheduling_error"]
-    for t in sorted(failed, key=str):
-        print(f"  FAILED {t.task_family}: {failure_reason(plan, t)}", file=sys.stderr)
-    pending = summary["still_pending_ext"] | summary["still_pending_not_ext"]
-    if pending:
-        print(f"  {len(pending)} task(s) not run because of the failures above", file=sys.stderr)
+def _report(name: str, report, seconds: float) -> None:
+    print(f"calibflow: {name}: {report.summary()}, {seconds:.1f} s")
+    for task_id, reason in report.failed:
+        print(f"  FAILED {task_id}: {reason}", file=sys.stderr)
+    if report.not_run:
+        print(f"  {report.not_run} task(s) not run because of the failures above", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole task graph and print where the outputs are."""
     from tasks import ExportTables
+    from tasks.runner import build
 
     plan = _plan(args.config, args.result_dir)
     t0 = time.perf_counter()
-    ok, summary = _build([ExportTables(config=plan.config_path, result_dir=plan.result_dir)], args.workers)
-    ran, reused = len(summary["completed"]), len(summary["already_done"])
-    print(f"calibflow: {plan.config.name}: {ran} task(s) run, {reused} reused, {time.perf_counter() - t0:.1f} s")
-    if not ok:
-        _report_failures(plan, summary)
+    top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
+    if not top.complete():
+        plan.check_models()
+        _preload()
+    report = build(plan, [top], args.workers)
+    _report(plan.config.name, report, time.perf_counter() - t0)
+    if not report.ok:
         return 1
     with open(os.path.join(plan.workdir, "manifest.json")) as f:
         manifest = json.load(f)
@@ -97,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_fit_bin(args: argparse.Namespace) -> int:
     """Refit one bin of the given samples, replacing its cached result."""
     from tasks import FitBin
+    from tasks.runner import build
 
     plan = _plan(args.config, args.result_dir)
     if not os.path.exists(plan.binning_path()):
@@ -113,9 +113,10 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
     for t in tasks:
         if os.path.exists(t.output().path):
             os.remove(t.output().path)
-    ok, summary = _build(tasks, 1)
-    if not ok:
-        _report_failures(plan, summary)
+    t0 = time.perf_counter()
+    report = build(plan, tasks, 1)
+    _report(plan.config.name, report, time.perf_counter() - t0)
+    if not report.ok:
         return 1
     for t in tasks:
         with open(t.output().path) as f:

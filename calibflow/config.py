@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -87,7 +88,7 @@ class BinVariable(_Strict):
     def _increasing(cls, v: list[float]) -> list[float]:
         if len(v) < 2:
             raise ValueError("needs at least two edges")
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError("must be strictly increasing")
         return v
 

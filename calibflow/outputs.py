@@ -13,7 +13,6 @@ import numpy as np
 from calibflow.binning import BinningScheme
 from calibflow.export.correctionlib import build_correction, write_correction_set
 from calibflow.io.store import atomic_path
-from calibflow.plots import plot_efficiency_vs
 from calibflow.tables import closure_rows, efficiency_rows, read_csv, scale_factor_rows, write_csv
 
 EFFICIENCIES, SCALE_FACTORS, CLOSURE, CORRECTIONS = "efficiencies.csv", "scale_factors.csv", "closure.csv", "corrections.json"
@@ -62,6 +61,8 @@ def export_tables(out_dir: str, scheme: BinningScheme, name: str, correctionlib:
         write_correction_set(path, corrections, description=f"calibflow scale factors of {name}")
         written.append(path)
     if plots:
+        from calibflow.plots import plot_efficiency_vs
+
         eff = read_csv(os.path.join(out_dir, EFFICIENCIES))
         for var in scheme.variables:
             others = [v for v in scheme.variables if v != var]

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from calibflow.binning import BinningScheme
 from calibflow.config import CalibrationConfig, ConfigError, load_config, resolve_files
-from calibflow.fit.models import get_shape
 from calibflow.hashing import content_key, file_identity
 from calibflow.prep import PrepSpec, output_name, prep_spec
 
@@ -73,9 +72,18 @@ class Plan:
         for s in cfg.samples:
             self.input_files(s)
             prep_spec(cfg, s)
-        get_shape("signal", cfg.fit.signal)
-        get_shape("background", cfg.fit.background)
         self.scheme()
+
+    def check_models(self) -> None:
+        """Check that the fit model names exist (imports the model library, which is slow to load)."""
+        from calibflow.fit.models import get_shape
+
+        cfg = self.config
+        try:
+            get_shape("signal", cfg.fit.signal)
+            get_shape("background", cfg.fit.background)
+        except ValueError as exc:
+            raise ConfigError(f"{self.config_path}: {exc}") from None
 
     # --- inputs -------------------------------------------------------------------------------------
     def is_toy(self, sample: str) -> bool:

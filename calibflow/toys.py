@@ -126,6 +126,5 @@ def write_toy_file(path: str, n: int, is_data: bool, seed: int) -> None:
     rng = np.random.default_rng(seed)
     branches = generate_candidates(n, DATA if is_data else SIMULATION, rng)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic_path(path) as tmp:
-        with uproot.recreate(tmp, compression=uproot.ZLIB(1)) as f:
-            f[TREE] = branches
+    with atomic_path(path) as tmp, uproot.recreate(tmp, compression=uproot.ZLIB(1)) as f:
+        f[TREE] = branches

@@ -7,8 +7,6 @@ import json
 import b2luigi
 import luigi
 
-from calibflow.binfit import measure_bin
-from calibflow.histos import fill_histograms, read_bin
 from calibflow.io.store import atomic_path
 from tasks.base import CalibTask
 from tasks.prep import PrepareTuple
@@ -39,6 +37,8 @@ class FillHistograms(CalibTask):
         return self.target(self.plan.hist_path(self.sample))
 
     def run(self) -> None:
+        from calibflow.histos import fill_histograms
+
         plan = self.plan
         paths = [plan.prep_path(self.sample, i) for i in range(len(plan.input_files(self.sample)))]
         fill_histograms(paths, plan.load_scheme(), plan.config.mass, self.output().path)
@@ -62,6 +62,9 @@ class FitBin(CalibTask):
         return self.target(plan.fit_path(self.sample, bin_key))
 
     def run(self) -> None:
+        from calibflow.binfit import measure_bin
+        from calibflow.histos import read_bin
+
         plan = self.plan
         h = read_bin(plan.hist_path(self.sample), self.bin_index)
         result = measure_bin(h, plan.config.samples[self.sample].method, plan.config.fit)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import b2luigi
 
-from calibflow.prep import prepare_file
-from calibflow.toys import write_toy_file
 from tasks.base import CalibTask
 
 
@@ -19,6 +17,8 @@ class GenerateToys(CalibTask):
         return self.target(self.plan.input_files(self.sample)[self.index])
 
     def run(self) -> None:
+        from calibflow.toys import write_toy_file
+
         plan = self.plan
         write_toy_file(
             self.output().path,
@@ -42,6 +42,8 @@ class PrepareTuple(CalibTask):
         return self.target(self.plan.prep_path(self.sample, self.index))
 
     def run(self) -> None:
+        from calibflow.prep import prepare_file
+
         plan = self.plan
         src = plan.input_files(self.sample)[self.index]
         prepare_file(src, plan.prep_spec(self.sample), self.output().path,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from calibflow.histos import read_truth
-from calibflow.outputs import export_tables, is_published, publish, write_tables
+from calibflow.outputs import is_published
 from tasks.base import CalibTask
 from tasks.fit import FillHistograms, FitBin, MakeBinning, fit_tasks
 
@@ -23,6 +22,9 @@ class EfficiencyTable(CalibTask):
         return self.target(os.path.join(self.plan.table_dir(), DONE))
 
     def run(self):
+        from calibflow.histos import read_truth
+        from calibflow.outputs import write_tables
+
         plan = self.plan
         fits = fit_tasks(self)
         yield fits  # dynamic dependencies: the bins are known once the binning exists
@@ -52,6 +54,8 @@ class ExportTables(CalibTask):
         return is_published(plan.workdir, plan.table_key())
 
     def run(self) -> None:
+        from calibflow.outputs import export_tables, publish
+
         plan = self.plan
         out = plan.table_dir()
         cfg = plan.config
