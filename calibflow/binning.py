@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from calibflow.hashing import content_key
+from calibflow.kernels.binindex import FlatScheme, flatten, locate
 
 SCHEME_VERSION = 1
 
@@ -82,6 +83,7 @@ class BinningScheme:
         self.root = root
         self.variables = self._variables(root)
         self.bins = self._enumerate(root, ())
+        self._flat: FlatScheme | None = None
 
     @staticmethod
     def product(edges: Mapping[str, Sequence[float]] | Sequence[tuple[str, Sequence[float]]]) -> BinningScheme:
@@ -120,8 +122,22 @@ class BinningScheme:
     def __len__(self) -> int:
         return len(self.bins)
 
+    def flatten(self) -> FlatScheme:
+        """The scheme as flat arrays for the numba kernels of :mod:`calibflow.kernels.binindex` (cached)."""
+        if self._flat is None:
+            self._flat = flatten(self.root)
+        return self._flat
+
     def locate(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Bin index (int64) of every row; -1 where any variable is out of range or not finite."""
+        """Bin index (int64) of every row; -1 where any variable is out of range or not finite.
+
+        One numba pass over the rows (:func:`calibflow.kernels.binindex.locate`); equal to
+        :meth:`locate_reference`.
+        """
+        return locate(self.flatten(), columns)
+
+    def locate_reference(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Plain-numpy version of :meth:`locate` (recursive searchsorted per node)."""
         n = len(next(iter(columns.values()))) if columns else 0
         out = np.full(n, -1, dtype=np.int64)
         self._locate(self.root, columns, np.arange(n), out, [0])

@@ -192,29 +192,42 @@ class CalibrationConfig(_Strict):
         return mc[0] if len(mc) == 1 else None
 
 
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _step(current: Any, part: Any) -> Any:
+    """The annotation reached from ``current`` by one location part (field name, dict key or index)."""
+    args = [a for a in getattr(current, "__args__", ()) if a is not type(None)]
+    origin = getattr(current, "__origin__", None)
+    if _is_model(current):
+        field = current.model_fields.get(part) or next(
+            (f for f in current.model_fields.values() if f.alias == part), None
+        )
+        return None if field is None else field.annotation
+    if origin is dict:
+        return args[1]
+    if origin in (list, tuple):
+        return args[0]
+    if args:  # Optional[X] / Union: follow the model member
+        models = [a for a in args if _is_model(a)]
+        return _step(models[0] if models else args[0], part)
+    return None
+
+
 def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Allowed keys at ``loc`` (for did-you-mean suggestions), best effort."""
+    """Allowed keys of the mapping at ``loc[:-1]`` (for did-you-mean suggestions), best effort."""
     current: Any = model
     for part in loc[:-1]:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part)
-            if field is None:
-                field = next((f for f in current.model_fields.values() if f.alias == part), None)
-            if field is None:
-                return []
-            current = field.annotation
-        # unwrap containers / optionals
-        args = getattr(current, "__args__", ())
-        while args and not (isinstance(current, type) and issubclass(current, BaseModel)):
-            candidates = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-            if candidates:
-                current = candidates[0]
-                break
-            current = args[-1]
-            args = getattr(current, "__args__", ())
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
+        current = _step(current, part)
+        if current is None:
+            return []
+    while not _is_model(current) and getattr(current, "__args__", None):
+        models = [a for a in current.__args__ if _is_model(a)]
+        if not models:
+            return []
+        current = models[0]
+    return [f.alias or n for n, f in current.model_fields.items()] if _is_model(current) else []
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

@@ -94,7 +94,7 @@ def _open_tree(path: str, tree: str) -> Any:
     except Exception as exc:
         raise PrepError(f"{path}: cannot read as a ROOT file ({type(exc).__name__}: {exc})") from None
     if tree not in f:
-        trees = [k.split(";")[0] for k, cls in f.classnames().items() if cls.startswith("TTree")]
+        trees = [k.split(";")[0] for k, cls in f.classnames().items() if cls.startswith(("TTree", "ROOT::RNTuple"))]
         raise PrepError(f"{path}: no tree {tree!r} (trees in file: {', '.join(trees) or 'none'})")
     return f[tree]
 

@@ -8,13 +8,11 @@ and are read only by the closure table, never by the measurement.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
-import uproot
 
-from calibflow.io.store import atomic_path
+from calibflow.io.root import write_ttree
 
 JPSI_MASS = 3096.9  # MeV
 MASS_RANGE = (2900.0, 3300.0)  # MeV, generated window
@@ -125,6 +123,4 @@ def write_toy_file(path: str, n: int, is_data: bool, seed: int) -> None:
     """Generate ``n`` candidates with ``seed`` and write them atomically to the ROOT file ``path``."""
     rng = np.random.default_rng(seed)
     branches = generate_candidates(n, DATA if is_data else SIMULATION, rng)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic_path(path) as tmp, uproot.recreate(tmp, compression=uproot.ZLIB(1)) as f:
-        f[TREE] = branches
+    write_ttree(path, branches, TREE)

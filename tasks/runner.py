@@ -31,8 +31,18 @@ class RunReport:
         )
 
 
+def _configure_luigi() -> None:
+    """Opt in to luigi's future default (no range-task autoloading), silencing its deprecation warning."""
+    cfg = luigi.configuration.get_config()
+    if not cfg.has_section("core"):
+        cfg.add_section("core")
+    if not cfg.has_option("core", "autoload_range"):
+        cfg.set("core", "autoload_range", "false")
+
+
 def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1) -> RunReport:
     """Run ``tasks`` with a local scheduler and ``workers`` processes; return the report."""
+    _configure_luigi()
     result = luigi.build(list(tasks), workers=workers, local_scheduler=True, detailed_summary=True,
                          log_level="WARNING")
     s = _summary_dict(result.worker)

@@ -1,71 +1,501 @@
-"""Shapes of the discriminating variable (mass), normalised on the fit range [lo, hi].
+"""Shapes of the discriminating variable (mass), normalised on the fit range [lo, hi] by the caller.
 
-Each shape provides an unnormalised cumulative function ``cdf(x, *params)`` (any primitive of its
-density) and default starting values/limits; :func:`normalised_cdf` turns it into the fraction of the
-shape inside [lo, x]. Signal parameters are shared between the pass and fail categories; background
+A :class:`Shape` provides an unnormalised cumulative function ``cdf(x, *params)`` (any primitive of its
+density), the matching ``logpdf(x, *params)`` (log of the derivative of ``cdf``, same constant), default
+starting values/limits and a few hints for the fits. :func:`normalised_cdf` and
+:func:`normalised_logpdf` turn them into the fraction of the shape inside [lo, x] and the log density
+normalised on [lo, hi]. Signal parameters are shared between the pass and fail categories; background
 parameters get a ``_pass``/``_fail`` suffix in the fits.
+
+Shapes whose definition depends on the fit range (polynomials live on [lo, hi]; the exponential is
+referred to ``lo`` for numerical stability; the Voigt primitive is integrated numerically from ``lo``)
+are re-bound with :meth:`Shape.on`; the registry holds them on a canonical domain.
+
+The common shapes (gauss, double_gauss, crystalball, double_crystalball, exponential, linear,
+chebyshevN, bernsteinN) are evaluated by one numba kernel, selected by ``Shape.code``; the fits fuse it
+with their cost function. Units: ``x`` and every location/width parameter are in the unit of the mass
+variable; slopes in 1/unit; shape exponents and coefficients are dimensionless.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+import numba as nb
 import numpy as np
-from numba_stats import crystalball, norm
+from scipy import special
 
 Start = dict[str, tuple[float, tuple[float, float]]]
+StartFn = Callable[[float, float, float, float], Start]
+
+# kernel codes (Shape.code); -1: no fused kernel
+GAUSS, CRYSTALBALL, DOUBLE_GAUSS, DOUBLE_CRYSTALBALL = 0, 1, 2, 3
+EXPONENTIAL, CHEBYSHEV, BERNSTEIN = 10, 11, 12
+MAX_POLY_ORDER = 8
+
+_SQRT2 = math.sqrt(2.0)
+_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(10)
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A named 1-D shape: parameter names, primitive of the density, default starts and limits."""
+    """A named 1-D shape: parameters, primitive and log-density, default starts/limits and fit hints.
+
+    ``cdf(x, *p)``: any primitive of the density; ``logpdf(x, *p)``: log of its derivative.
+    ``widths``: parameters shifted by ``dsigma_fail`` in pass/fail fits with a fail width shift.
+    ``fixed``: parameters fixed by default (released when the fit's ``parameters`` give them limits).
+    ``bounded``: parameters whose limits are physical bounds (sitting at them is not a fit problem).
+    ``simpler``: name of the fallback signal model tried when fits with this one fail.
+    ``code``/``domain``: fused numba kernel and the [lo, hi] it is bound to (see :meth:`on`).
+    """
 
     name: str
     params: tuple[str, ...]
     cdf: Callable[..., np.ndarray]
-    start: Callable[[float, float, float, float], Start]
+    start: StartFn
+    logpdf: Callable[..., np.ndarray] | None = None
+    widths: tuple[str, ...] = ()
+    fixed: tuple[str, ...] = ()
+    bounded: tuple[str, ...] = ()
+    simpler: str | None = None
+    code: int = -1
+    domain: tuple[float, float] | None = None
+    binder: Callable[[float, float], Shape] | None = field(default=None, compare=False, repr=False)
+
+    def on(self, lo: float, hi: float) -> Shape:
+        """This shape defined for the fit range [lo, hi] (itself when it does not depend on the range)."""
+        if self.binder is None or self.domain == (float(lo), float(hi)):
+            return self
+        return self.binder(float(lo), float(hi))
+
+    def pdf(self, x: np.ndarray, *params: float) -> np.ndarray:
+        """Unnormalised density, the derivative of :attr:`cdf`."""
+        if self.logpdf is None:
+            raise NotImplementedError(f"shape {self.name!r} has no logpdf")
+        return np.exp(self.logpdf(x, *params))
+
+
+def normalisation(shape: Shape, lo: float, hi: float, *params: float) -> float:
+    """∫_lo^hi of the shape's unnormalised density (NaN when not finite and positive)."""
+    s = shape.on(lo, hi)
+    c = s.cdf(np.array([lo, hi], dtype=float), *params)
+    norm_ = float(c[1] - c[0])
+    return norm_ if np.isfinite(norm_) and norm_ > 0 else float("nan")
 
 
 def normalised_cdf(shape: Shape, x: np.ndarray, lo: float, hi: float, *params: float) -> np.ndarray:
     """Fraction of ``shape`` on [lo, hi] that lies in [lo, x]."""
-    c = shape.cdf(np.array([lo, hi], dtype=float), *params)
+    s = shape.on(lo, hi)
+    c = s.cdf(np.array([lo, hi], dtype=float), *params)
     norm_ = c[1] - c[0]
     if not np.isfinite(norm_) or norm_ <= 0:
         return np.full(np.shape(x), np.nan)
-    return (shape.cdf(np.asarray(x, dtype=float), *params) - c[0]) / norm_
+    return (s.cdf(np.asarray(x, dtype=float), *params) - c[0]) / norm_
 
 
-def _gauss_cdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
-    return norm.cdf(x, mu, sigma)
+def normalised_logpdf(shape: Shape, x: np.ndarray, lo: float, hi: float, *params: float) -> np.ndarray:
+    """log of the density normalised to unit integral on [lo, hi] (units: log of 1/unit of x)."""
+    s = shape.on(lo, hi)
+    if s.logpdf is None:
+        raise NotImplementedError(f"shape {shape.name!r} has no logpdf")
+    return s.logpdf(np.asarray(x, dtype=float), *params) - np.log(normalisation(s, lo, hi, *params))
 
 
-def _crystalball_cdf(x: np.ndarray, mu: float, sigma: float, alpha: float, n: float) -> np.ndarray:
-    return crystalball.cdf(x, alpha, n, mu, sigma)
+def normalised_pdf(shape: Shape, x: np.ndarray, lo: float, hi: float, *params: float) -> np.ndarray:
+    """Density normalised to unit integral on [lo, hi] (1/unit of x)."""
+    return np.exp(normalised_logpdf(shape, x, lo, hi, *params))
 
 
-def _exponential_cdf(x: np.ndarray, slope: float) -> np.ndarray:
-    """Primitive of exp(slope·x); linear when the slope vanishes (slope in 1/unit of x)."""
-    if abs(slope) < 1e-12:
-        return np.asarray(x, dtype=float)
-    return np.expm1(slope * np.asarray(x, dtype=float)) / slope
+# --------------------------------------------------------------------------------------------------
+# numba kernels of the common shapes: scalar primitive and log-density, dispatched on ``code``
+# --------------------------------------------------------------------------------------------------
+@nb.njit(cache=True, inline="always")
+def _cb_primitive(z: float, alpha: float, n: float) -> float:
+    """∫_{-∞}^{z} of the Crystal Ball density in units of σ (core exp(-t²/2), power-law tail below -α)."""
+    tail = math.exp(-0.5 * alpha * alpha) * (n / alpha) / (n - 1.0)
+    if z <= -alpha:
+        r = (n / alpha) / (n / alpha - alpha - z)
+        return tail * r ** (n - 1.0)
+    return tail + _SQRT_HALF_PI * (math.erf(z / _SQRT2) + math.erf(alpha / _SQRT2))
 
 
+@nb.njit(cache=True, inline="always")
+def _cb_logdensity(z: float, alpha: float, n: float) -> float:
+    """log of the Crystal Ball density in units of σ (same constant as :func:`_cb_primitive`)."""
+    if z <= -alpha:
+        return -0.5 * alpha * alpha + n * math.log((n / alpha) / (n / alpha - alpha - z))
+    return -0.5 * z * z
+
+
+@nb.njit(cache=True, inline="always")
+def _chebyshev_terms(t: float, c: np.ndarray, off: int, order: int) -> tuple[float, float]:
+    """(1 + Σ c_k T_k(t), its primitive in t) with the coefficients c[off:off+order].
+
+    ∫T_1 = t²/2 and ∫T_k = (T_{k+1}/(k+1) − T_{k−1}/(k−1))/2 for k ≥ 2.
+    """
+    tkm1, tk = 1.0, t
+    val, prim = 1.0, t
+    for k in range(1, order + 1):
+        tkp1 = 2.0 * t * tk - tkm1
+        ck = c[off + k - 1]
+        val += ck * tk
+        prim += ck * (0.5 * t * t if k == 1 else 0.5 * (tkp1 / (k + 1) - tkm1 / (k - 1)))
+        tkm1, tk = tk, tkp1
+    return val, prim
+
+
+@nb.njit(cache=True, inline="always")
+def _bernstein_value(t: float, b: np.ndarray, off: int, order: int, integral: bool) -> float:
+    """Bernstein polynomial with coefficients (1, b[off:off+order]) at t ∈ [0, 1], or its primitive."""
+    deg = order + 1 if integral else order
+    u = 1.0 - t
+    val = 0.0
+    acc = 0.0
+    binom = 1.0
+    for j in range(deg + 1):
+        if integral:  # coefficients of the primitive: (1/(order+1)) Σ_{k<j} b_k
+            coef = acc / (order + 1)
+            if j <= order:
+                acc += 1.0 if j == 0 else b[off + j - 1]
+        else:
+            coef = 1.0 if j == 0 else b[off + j - 1]
+        val += coef * binom * t**j * u ** (deg - j)
+        binom = binom * (deg - j) / (j + 1)
+    return val
+
+
+@nb.njit(cache=True)
+def cdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi: float) -> float:
+    """Unnormalised primitive of shape ``code`` at ``x``; parameters p[off:off+npar], fit range [lo, hi]."""
+    if code == GAUSS:
+        return 0.5 * math.erfc(-(x - p[off]) / (p[off + 1] * _SQRT2))
+    if code == DOUBLE_GAUSS:
+        f = p[off + 3]
+        return 0.5 * (
+            f * math.erfc(-(x - p[off]) / (p[off + 1] * _SQRT2))
+            + (1.0 - f) * math.erfc(-(x - p[off]) / (p[off + 2] * _SQRT2))
+        )
+    if code == CRYSTALBALL:
+        s = p[off + 1]
+        return s * _cb_primitive((x - p[off]) / s, p[off + 2], p[off + 3])
+    if code == DOUBLE_CRYSTALBALL:
+        s, al, nl, ar, nr = p[off + 1], p[off + 2], p[off + 3], p[off + 4], p[off + 5]
+        z = (x - p[off]) / s
+        if z < 0.0:
+            return s * _cb_primitive(z, al, nl)
+        return s * (_cb_primitive(0.0, al, nl) + _cb_primitive(0.0, ar, nr) - _cb_primitive(-z, ar, nr))
+    if code == EXPONENTIAL:
+        k = p[off]
+        y = x - lo
+        if k * k * y * y < 1e-30:
+            return y + 0.5 * k * y * y
+        return math.expm1(k * y) / k
+    if code == CHEBYSHEV:
+        half = 0.5 * (hi - lo)
+        return half * _chebyshev_terms((x - lo) / half - 1.0, p, off, npar)[1]
+    if code == BERNSTEIN:
+        return (hi - lo) * _bernstein_value((x - lo) / (hi - lo), p, off, npar, True)
+    return math.nan
+
+
+@nb.njit(cache=True)
+def logpdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi: float) -> float:
+    """log of the derivative of :func:`cdf1` (unnormalised; −745 stands for a non-positive density)."""
+    if code == GAUSS:
+        z = (x - p[off]) / p[off + 1]
+        return -0.5 * z * z - _LOG_SQRT_2PI - math.log(p[off + 1])
+    if code == DOUBLE_GAUSS:
+        f, s1, s2 = p[off + 3], p[off + 1], p[off + 2]
+        z1, z2 = (x - p[off]) / s1, (x - p[off]) / s2
+        v = f / s1 * math.exp(-0.5 * z1 * z1) + (1.0 - f) / s2 * math.exp(-0.5 * z2 * z2)
+        return math.log(max(v, 1e-300)) - _LOG_SQRT_2PI
+    if code == CRYSTALBALL:
+        return _cb_logdensity((x - p[off]) / p[off + 1], p[off + 2], p[off + 3])
+    if code == DOUBLE_CRYSTALBALL:
+        z = (x - p[off]) / p[off + 1]
+        if z < 0.0:
+            return _cb_logdensity(z, p[off + 2], p[off + 3])
+        return _cb_logdensity(-z, p[off + 4], p[off + 5])
+    if code == EXPONENTIAL:
+        return p[off] * (x - lo)
+    if code == CHEBYSHEV:
+        half = 0.5 * (hi - lo)
+        v = _chebyshev_terms((x - lo) / half - 1.0, p, off, npar)[0]
+        return math.log(max(v, 1e-300))
+    if code == BERNSTEIN:
+        v = _bernstein_value((x - lo) / (hi - lo), p, off, npar, False)
+        return math.log(max(v, 1e-300))
+    return math.nan
+
+
+@nb.njit(cache=True)
+def _cdf_array(code: int, x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    out = np.empty(x.size)
+    for i in range(x.size):
+        out[i] = cdf1(code, x[i], p, 0, p.size, lo, hi)
+    return out
+
+
+@nb.njit(cache=True)
+def _logpdf_array(code: int, x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    out = np.empty(x.size)
+    for i in range(x.size):
+        out[i] = logpdf1(code, x[i], p, 0, p.size, lo, hi)
+    return out
+
+
+def _vectorised(kernel: Callable[..., np.ndarray], code: int, lo: float, hi: float) -> Callable[..., np.ndarray]:
+    def f(x: np.ndarray, *params: float) -> np.ndarray:
+        xa = np.asarray(x, dtype=float)
+        return kernel(code, np.ascontiguousarray(xa.ravel()), np.asarray(params, dtype=float), lo, hi).reshape(
+            xa.shape
+        )
+
+    return f
+
+
+def _kernel_shape(name: str, code: int, params: tuple[str, ...], start: StartFn, domain: tuple[float, float],
+                  ranged: bool, **hints: object) -> Shape:
+    """Shape evaluated by the numba kernel ``code``; range-dependent ones re-bind on :meth:`Shape.on`."""
+    lo, hi = domain
+
+    def binder(a: float, b: float) -> Shape:
+        return _kernel_shape(name, code, params, start, (a, b), ranged, **hints)
+
+    return Shape(name, params, _vectorised(_cdf_array, code, lo, hi), start,
+                 _vectorised(_logpdf_array, code, lo, hi), code=code, domain=domain if ranged else None,
+                 binder=binder if ranged else None, **hints)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# numerical primitive (shapes without a closed-form cdf)
+# --------------------------------------------------------------------------------------------------
+def primitive_by_quadrature(pdf: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ref: float,
+                            step: float) -> np.ndarray:
+    """∫_ref^x pdf for every x: 10-point Gauss-Legendre on cells no wider than ``step``.
+
+    The points are sorted and the intervals between neighbours split into cells, so each x costs at
+    most one partial cell; accurate to ~1e-10 relative for densities smooth on the scale ``step``.
+    """
+    xa = np.asarray(x, dtype=float)
+    pts = np.unique(np.append(xa.ravel(), ref))
+    a, b = pts[:-1], pts[1:]
+    n = np.maximum(np.ceil((b - a) / step).astype(np.int64), 1)
+    seg = np.repeat(np.arange(a.size), n)
+    k = np.arange(seg.size) - np.repeat(np.cumsum(n) - n, n)
+    width = ((b - a) / n)[seg]
+    left = a[seg] + k * width
+    nodes = left[:, None] + 0.5 * width[:, None] * (1.0 + _GL_X[None, :])
+    cell = pdf(nodes.ravel()).reshape(nodes.shape) @ _GL_W * 0.5 * width
+    cum = np.concatenate([[0.0], np.cumsum(np.bincount(seg, cell, minlength=a.size))])
+    cum -= cum[np.searchsorted(pts, ref)]
+    return cum[np.searchsorted(pts, xa)]
+
+
+# --------------------------------------------------------------------------------------------------
+# other shapes
+# --------------------------------------------------------------------------------------------------
+def _voigt_logpdf(x: np.ndarray, mu: float, sigma: float, gamma: float) -> np.ndarray:
+    """Voigt profile (Gaussian σ ⊗ Cauchy half-width γ), normalised on the real line."""
+    with np.errstate(divide="ignore"):
+        return np.log(special.voigt_profile(np.asarray(x, dtype=float) - mu, sigma, gamma))
+
+
+def _voigt_cdf(ref: float | None) -> Callable[..., np.ndarray]:
+    """Numerical primitive of the Voigt profile from ``ref`` (None: from μ), cells of a quarter FWHM."""
+
+    def cdf(x: np.ndarray, mu: float, sigma: float, gamma: float) -> np.ndarray:
+        fwhm_l = 2.0 * gamma
+        fwhm = 0.5346 * fwhm_l + math.sqrt(0.2166 * fwhm_l**2 + (2.3548200450309493 * sigma) ** 2)
+        return primitive_by_quadrature(lambda t: special.voigt_profile(t - mu, sigma, gamma), x,
+                                       mu if ref is None else ref, fwhm / 4.0)
+
+    return cdf
+
+
+def _voigt_binder(lo: float, hi: float) -> Shape:
+    return replace(SIGNALS["voigt"], cdf=_voigt_cdf(lo), domain=(lo, hi))
+
+
+def _johnsonsu_z(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    return (np.asarray(x, dtype=float) - mu) / sigma
+
+
+def _johnsonsu_cdf(x: np.ndarray, mu: float, sigma: float, gamma: float, delta: float) -> np.ndarray:
+    """Φ(γ + δ·asinh((x−μ)/σ)) — scipy.stats.johnsonsu(a=γ, b=δ, loc=μ, scale=σ).cdf."""
+    return special.ndtr(gamma + delta * np.arcsinh(_johnsonsu_z(x, mu, sigma)))
+
+
+def _johnsonsu_logpdf(x: np.ndarray, mu: float, sigma: float, gamma: float, delta: float) -> np.ndarray:
+    z = _johnsonsu_z(x, mu, sigma)
+    u = gamma + delta * np.arcsinh(z)
+    return np.log(delta / sigma) - _LOG_SQRT_2PI - 0.5 * np.log1p(z * z) - 0.5 * u * u
+
+
+def _cms_cdf(x: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
+    from numba_stats import cmsshape
+
+    return cmsshape.cdf(np.asarray(x, dtype=float), beta, gamma, alpha)
+
+
+def _cms_logpdf(x: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
+    """RooCMSShape: erfc(β(α−x))·exp(−γ(x−α)) (its redundant ``peak`` absorbed), unit integral on ℝ."""
+    from numba_stats import cmsshape
+
+    return cmsshape.logpdf(np.asarray(x, dtype=float), beta, gamma, alpha)
+
+
+def _argus_cdf(x: np.ndarray, m0: float, chi: float, p: float) -> np.ndarray:
+    from numba_stats import argus
+
+    return argus.cdf(np.asarray(x, dtype=float), chi, m0, p)
+
+
+def _argus_logpdf(x: np.ndarray, m0: float, chi: float, p: float) -> np.ndarray:
+    """Generalised ARGUS ∝ x·(1−x²/m0²)^p·exp(−χ²(1−x²/m0²)/2) on [0, m0] (p = 1/2: scipy.stats.argus)."""
+    from numba_stats import argus
+
+    return argus.logpdf(np.asarray(x, dtype=float), chi, m0, p)
+
+
+def _threshold_cdf(x: np.ndarray, m0: float, a: float, b: float) -> np.ndarray:
+    """Primitive of (x−m0)^a·exp(−b(x−m0)): Γ(a+1)·P(a+1, b·y)/b^(a+1), y = max(x−m0, 0)."""
+    y = np.clip(np.asarray(x, dtype=float) - m0, 0.0, None)
+    if b * float(np.max(y, initial=0.0)) < 1e-8:
+        return y ** (a + 1.0) / (a + 1.0) * (1.0 - b * y * (a + 1.0) / (a + 2.0))
+    return special.gammainc(a + 1.0, b * y) * math.exp(special.gammaln(a + 1.0) - (a + 1.0) * math.log(b))
+
+
+def _threshold_logpdf(x: np.ndarray, m0: float, a: float, b: float) -> np.ndarray:
+    """D* ΔM threshold background log((x−m0)^a·exp(−b(x−m0))); −inf below the threshold m0."""
+    y = np.asarray(x, dtype=float) - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y > 0, a * np.log(np.where(y > 0, y, 1.0)) - b * y, -np.inf)
+
+
+# --------------------------------------------------------------------------------------------------
+# simulation template ⊗ Gaussian
+# --------------------------------------------------------------------------------------------------
+@nb.njit(cache=True)
+def _template_eval(x: np.ndarray, edges: np.ndarray, dens: np.ndarray, cum: np.ndarray, shift: float,
+                   smear: float, integral: bool) -> np.ndarray:
+    """Histogram density ``dens`` on ``edges``, shifted and convolved with N(0, smear): pdf or primitive.
+
+    Primitive: Σ_k d_k·s·[G((y−e_k)/s) − G((y−e_{k+1})/s)], G(u) = u·Φ(u) + φ(u), y = x − shift; bins
+    further than 9 s from y contribute their full content (below) or nothing (above).
+    """
+    out = np.empty(x.size)
+    nb_ = dens.size
+    for i in range(x.size):
+        y = x[i] - shift
+        k0 = np.searchsorted(edges, y - 9.0 * smear) - 1
+        k1 = np.searchsorted(edges, y + 9.0 * smear)
+        k0 = max(k0, 0)
+        k1 = min(k1, nb_)
+        acc = cum[k0] if integral else 0.0
+        for k in range(k0, k1):
+            u0, u1 = (y - edges[k]) / smear, (y - edges[k + 1]) / smear
+            c0, c1 = 0.5 * math.erfc(-u0 / _SQRT2), 0.5 * math.erfc(-u1 / _SQRT2)
+            if integral:
+                g0 = u0 * c0 + math.exp(-0.5 * u0 * u0) / math.sqrt(2.0 * math.pi)
+                g1 = u1 * c1 + math.exp(-0.5 * u1 * u1) / math.sqrt(2.0 * math.pi)
+                acc += dens[k] * smear * (g0 - g1)
+            else:
+                acc += dens[k] * (c0 - c1)
+        out[i] = acc
+    return out
+
+
+def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template") -> Shape:
+    """Signal shape from a simulated mass histogram (``counts`` on ``edges``) convolved with a Gaussian.
+
+    Parameters ``shift`` (moves the template, unit of x) and ``smear`` (σ of the Gaussian, unit of x).
+    Negative counts (weighted simulation) are set to 0; the density has unit integral on the template
+    range before smearing. Pass the returned Shape as ``signal=`` to the fits.
+    """
+    e = np.ascontiguousarray(edges, dtype=float)
+    c = np.clip(np.asarray(counts, dtype=float), 0.0, None)
+    if e.ndim != 1 or c.shape != (e.size - 1,) or not np.all(np.diff(e) > 0) or c.sum() <= 0:
+        raise ValueError(f"template {name!r}: need increasing edges (n+1) and n counts with a positive sum")
+    dens = np.ascontiguousarray(c / c.sum() / np.diff(e))
+    cum = np.concatenate([[0.0], np.cumsum(c / c.sum())])
+    min_width = float(np.min(np.diff(e)))
+
+    def cdf(x: np.ndarray, shift: float, smear: float) -> np.ndarray:
+        xa = np.asarray(x, dtype=float)
+        return _template_eval(np.ascontiguousarray(xa.ravel()), e, dens, cum, shift, smear, True).reshape(xa.shape)
+
+    def logpdf(x: np.ndarray, shift: float, smear: float) -> np.ndarray:
+        xa = np.asarray(x, dtype=float)
+        v = _template_eval(np.ascontiguousarray(xa.ravel()), e, dens, cum, shift, smear, False)
+        return np.log(np.maximum(v, 1e-300)).reshape(xa.shape)
+
+    def start(lo: float, hi: float, peak: float, width: float) -> Start:
+        return {"shift": (0.0, (-(hi - lo) / 10.0, (hi - lo) / 10.0)),
+                "smear": (max(0.3 * width, min_width), (1e-3 * min_width, (hi - lo) / 5.0))}
+
+    return Shape(name, ("shift", "smear"), cdf, start, logpdf, widths=("smear",), bounded=("smear",))
+
+
+# --------------------------------------------------------------------------------------------------
+# default starts and limits
+# --------------------------------------------------------------------------------------------------
 def _signal_start(lo: float, hi: float, peak: float, width: float) -> Start:
+    """Starts/limits of all signal parameters from the range, the peak and its width (unit of x)."""
     w = hi - lo
     return {
         "mu": (peak, (lo, hi)),
         "sigma": (width, (w / 1000.0, w / 4.0)),
+        "sigma_wide": (2.5 * width, (w / 1000.0, w / 2.0)),
+        "frac": (0.7, (0.0, 1.0)),
         "alpha": (1.5, (0.3, 10.0)),
         "n": (5.0, (1.01, 100.0)),
+        "alpha_l": (1.5, (0.3, 10.0)),
+        "n_l": (5.0, (1.01, 100.0)),
+        "alpha_r": (2.0, (0.3, 10.0)),
+        "n_r": (5.0, (1.01, 100.0)),
+        "gamma": (0.3 * width, (w / 1e5, w / 4.0)),
     }
+
+
+def _johnsonsu_start(lo: float, hi: float, peak: float, width: float) -> Start:
+    w = hi - lo
+    return {"mu": (peak, (lo, hi)), "sigma": (2.0 * width, (w / 1000.0, w)), "gamma": (0.0, (-20.0, 20.0)),
+            "delta": (2.0, (0.2, 50.0))}
 
 
 def _exponential_start(lo: float, hi: float, peak: float, width: float) -> Start:
     return {"slope": (0.0, (-30.0 / (hi - lo), 30.0 / (hi - lo)))}
 
 
-def _pick(start: Callable[[float, float, float, float], Start], names: tuple[str, ...]) -> Callable[..., Start]:
+def _poly_start(prefix: str, order: int, start: float, limits: tuple[float, float]) -> StartFn:
+    def f(lo: float, hi: float, peak: float, width: float) -> Start:
+        return {f"{prefix}{k}": (start, limits) for k in range(1, order + 1)}
+
+    return f
+
+
+def _cms_start(lo: float, hi: float, peak: float, width: float) -> Start:
+    w = hi - lo
+    return {"alpha": (lo + 0.1 * w, (lo - w, hi)), "beta": (5.0 / w, (0.01 / w, 500.0 / w)),
+            "gamma": (2.0 / w, (1e-4 / w, 100.0 / w))}
+
+
+def _argus_start(lo: float, hi: float, peak: float, width: float) -> Start:
+    return {"m0": (hi, (hi, hi + (hi - lo))), "chi": (1.0, (1e-3, 50.0)), "p": (0.5, (-0.99, 10.0))}
+
+
+def _threshold_start(lo: float, hi: float, peak: float, width: float) -> Start:
+    w = hi - lo
+    return {"m0": (lo, (lo - w, lo)), "a": (0.5, (0.0, 5.0)), "b": (1.0 / w, (0.0, 50.0 / w))}
+
+
+def _pick(start: StartFn, names: tuple[str, ...]) -> StartFn:
     def f(lo: float, hi: float, peak: float, width: float) -> Start:
         full = start(lo, hi, peak, width)
         return {k: full[k] for k in names}
@@ -73,21 +503,62 @@ def _pick(start: Callable[[float, float, float, float], Start], names: tuple[str
     return f
 
 
+def _signal(name: str, code: int, params: tuple[str, ...], widths: tuple[str, ...], simpler: str | None,
+            **hints: object) -> Shape:
+    return _kernel_shape(name, code, params, _pick(_signal_start, params), (0.0, 1.0), False, widths=widths,
+                         simpler=simpler, **hints)
+
+
+_VOIGT = Shape("voigt", ("mu", "sigma", "gamma"), _voigt_cdf(None), _pick(_signal_start, ("mu", "sigma", "gamma")),
+               _voigt_logpdf, widths=("sigma",), simpler="gauss", binder=_voigt_binder)
+
 SIGNALS: dict[str, Shape] = {
-    "gauss": Shape("gauss", ("mu", "sigma"), _gauss_cdf, _pick(_signal_start, ("mu", "sigma"))),
-    "crystalball": Shape(
-        "crystalball", ("mu", "sigma", "alpha", "n"), _crystalball_cdf, _pick(_signal_start, ("mu", "sigma", "alpha", "n"))
-    ),
+    "gauss": _signal("gauss", GAUSS, ("mu", "sigma"), ("sigma",), None),
+    "double_gauss": _signal("double_gauss", DOUBLE_GAUSS, ("mu", "sigma", "sigma_wide", "frac"),
+                            ("sigma", "sigma_wide"), "gauss", bounded=("frac",)),
+    "crystalball": _signal("crystalball", CRYSTALBALL, ("mu", "sigma", "alpha", "n"), ("sigma",), "gauss"),
+    "double_crystalball": _signal("double_crystalball", DOUBLE_CRYSTALBALL,
+                                  ("mu", "sigma", "alpha_l", "n_l", "alpha_r", "n_r"), ("sigma",), "crystalball"),
+    "voigt": _VOIGT,
+    "johnsonsu": Shape("johnsonsu", ("mu", "sigma", "gamma", "delta"), _johnsonsu_cdf, _johnsonsu_start,
+                       _johnsonsu_logpdf, widths=("sigma",), simpler="gauss"),
 }
+
+
+def _poly(name: str, code: int, prefix: str, order: int, start: float, limits: tuple[float, float],
+          bounded: bool) -> Shape:
+    params = tuple(f"{prefix}{k}" for k in range(1, order + 1))
+    domain = (-1.0, 1.0) if code == CHEBYSHEV else (0.0, 1.0)
+    return _kernel_shape(name, code, params, _poly_start(prefix, order, start, limits), domain, True,
+                         bounded=params if bounded else ())
+
 
 BACKGROUNDS: dict[str, Shape] = {
-    "exponential": Shape("exponential", ("slope",), _exponential_cdf, _exponential_start),
+    "exponential": _kernel_shape("exponential", EXPONENTIAL, ("slope",), _exponential_start, (0.0, 1.0), True),
+    "linear": _poly("linear", CHEBYSHEV, "c", 1, 0.0, (-1.0, 1.0), False),
+    **{f"chebyshev{k}": _poly(f"chebyshev{k}", CHEBYSHEV, "c", k, 0.0, (-1.0, 1.0), False)
+       for k in range(1, MAX_POLY_ORDER + 1)},
+    **{f"bernstein{k}": _poly(f"bernstein{k}", BERNSTEIN, "b", k, 1.0, (0.0, 100.0), True)
+       for k in range(1, MAX_POLY_ORDER + 1)},
+    "cms": Shape("cms", ("alpha", "beta", "gamma"), _cms_cdf, _cms_start, _cms_logpdf),
+    "argus": Shape("argus", ("m0", "chi", "p"), _argus_cdf, _argus_start, _argus_logpdf, fixed=("m0", "p")),
+    "dstar_threshold": Shape("dstar_threshold", ("m0", "a", "b"), _threshold_cdf, _threshold_start,
+                             _threshold_logpdf, fixed=("m0",), bounded=("b",)),
 }
 
 
-def get_shape(kind: str, name: str) -> Shape:
-    """The signal or background shape called ``name``; ValueError lists the known names."""
+def get_shape(kind: str, name: str | Shape) -> Shape:
+    """The signal or background shape called ``name`` (a Shape is returned as is).
+
+    ValueError lists the known names. Polynomials: ``chebyshevN``/``bernsteinN``, N = 1…8; a template
+    signal is built with :func:`template_shape`.
+    """
+    if isinstance(name, Shape):
+        return name
     table = SIGNALS if kind == "signal" else BACKGROUNDS
     if name not in table:
-        raise ValueError(f"fit.{kind}: unknown {kind} model {name!r}; known: {', '.join(sorted(table))}")
+        hint = "; for a simulation template use calibflow.fit.models.template_shape" if kind == "signal" else ""
+        if re.fullmatch(r"(chebyshev|bernstein)\d+", name):
+            hint = f"; polynomial orders go from 1 to {MAX_POLY_ORDER}"
+        raise ValueError(f"fit.{kind}: unknown {kind} model {name!r}; known: {', '.join(sorted(table))}{hint}")
     return table[name]

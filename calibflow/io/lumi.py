@@ -98,7 +98,9 @@ class LumiMask:
     def _build(self, data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Flat lookup tables: sorted runs, per-run start into the merged, sorted (lo, hi) ranges."""
         if not isinstance(data, Mapping):
-            raise self._error(f"top level must be an object {{run: [[lo, hi], ...]}}, got {type(data).__name__}")
+            raise self._error(
+                f"top level must be an object {{run: [[lo, hi], ...]}}, got {type(data).__name__}"
+            )
         per_run: dict[int, list[tuple[int, int]]] = {}
         for key, ranges in data.items():
             run = self._parse_run(key)
@@ -113,15 +115,10 @@ class LumiMask:
         return np.asarray(runs, dtype=np.int64), run_start, lo, hi
 
     def _parse_run(self, key: Any) -> int:
-        try:
-            if _is_int(key):
-                run = int(key)
-            elif isinstance(key, str) and key.isascii() and key.strip().isdigit():
-                run = int(key)
-            else:
-                raise ValueError
-        except ValueError:
-            raise self._error(f"run {key!r} is not a positive integer run number") from None
+        is_digits = isinstance(key, str) and key.isascii() and key.strip().isdigit()
+        if not (_is_int(key) or is_digits):
+            raise self._error(f"run {key!r} is not a positive integer run number")
+        run = int(key)
         if not 1 <= run <= _MAX_INT:
             raise self._error(f"run {key!r} out of range, need 1 <= run < 2**63")
         return run
@@ -186,7 +183,15 @@ class LumiMask:
             lumi_flat = lumi_flat.astype(np.int64)
         out = np.empty(run_flat.shape[0], dtype=np.bool_)
         _lumi_mask_kernel(
-            run_flat, lumi_flat, self._runs, self._run_min, self._dense, self._run_start, self._lo, self._hi, out
+            run_flat,
+            lumi_flat,
+            self._runs,
+            self._run_min,
+            self._dense,
+            self._run_start,
+            self._lo,
+            self._hi,
+            out,
         )
         return out.reshape(shape)
 

@@ -72,30 +72,46 @@ def _nearest_dr_kernel(
     mask_b: np.ndarray,
     max_dr: float,
 ) -> tuple[np.ndarray, np.ndarray]:
+    n_events = offsets_a.shape[0] - 1
     n_a = eta_a.shape[0]
     index = np.full(n_a, -1, dtype=np.int64)
     dr = np.full(n_a, np.inf, dtype=np.float64)
-    for ev in range(offsets_a.shape[0] - 1):
-        b_start = offsets_b[ev]
-        b_stop = offsets_b[ev + 1]
-        for i in range(offsets_a[ev], offsets_a[ev + 1]):
+    # per-event buffer of the selected candidates (compacted once per event, reused for every A object)
+    max_b = 0
+    for ev in range(n_events):
+        max_b = max(max_b, offsets_b[ev + 1] - offsets_b[ev])
+    buf_eta = np.empty(max_b, dtype=np.float64)
+    buf_phi = np.empty(max_b, dtype=np.float64)
+    buf_idx = np.empty(max_b, dtype=np.int64)
+    for ev in range(n_events):
+        a_start = offsets_a[ev]
+        a_stop = offsets_a[ev + 1]
+        if a_start == a_stop:
+            continue
+        n_sel = 0
+        for j in range(offsets_b[ev], offsets_b[ev + 1]):  # branch-free compaction
+            buf_eta[n_sel] = eta_b[j]
+            buf_phi[n_sel] = phi_b[j]
+            buf_idx[n_sel] = j
+            n_sel += mask_b[j]
+        if n_sel == 0:
+            continue
+        for i in range(a_start, a_stop):
             best = -1
             best_dr2 = np.inf
             ea = eta_a[i]
             pa = phi_a[i]
-            for j in range(b_start, b_stop):
-                if not mask_b[j]:
-                    continue
-                deta = ea - eta_b[j]
-                dphi = _wrap_dphi(pa, phi_b[j])
+            for k in range(n_sel):  # in index order
+                deta = ea - buf_eta[k]
+                dphi = _wrap_dphi(pa, buf_phi[k])
                 dr2 = deta * deta + dphi * dphi
-                if dr2 < best_dr2:  # strict: ties keep the lowest index; NaN never wins
-                    best_dr2 = dr2
-                    best = j
+                better = dr2 < best_dr2  # strict: ties keep the lowest index; NaN never wins
+                best_dr2 = dr2 if better else best_dr2
+                best = k if better else best
             if best >= 0:
                 d = math.sqrt(best_dr2)
                 if d <= max_dr:
-                    index[i] = best
+                    index[i] = buf_idx[best]
                     dr[i] = d
     return index, dr
 
@@ -107,9 +123,7 @@ def _as_float(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _check_nearest_inputs(
-    offsets_a, eta_a, phi_a, offsets_b, eta_b, phi_b, mask_b
-) -> tuple[np.ndarray, ...]:
+def _check_nearest_inputs(offsets_a, eta_a, phi_a, offsets_b, eta_b, phi_b, mask_b) -> tuple[np.ndarray, ...]:
     eta_a = _as_float(eta_a, "eta_a")
     phi_a = _as_float(phi_a, "phi_a")
     eta_b = _as_float(eta_b, "eta_b")

@@ -1,0 +1,309 @@
+"""Numba kernels: bin index of nested-rectangular schemes and fused selection + histogram fill.
+
+A nested scheme (a tree of :class:`calibflow.binning.Node`) is flattened into arrays, :class:`FlatTree`;
+the kernels walk it per row with one binary search (or one multiplication, for uniform edges) per level.
+A bin's index is the sum of the per-interval ``offset`` along the row's path, so a subtree shared by
+several parents (a product binning) is stored once. Plain-numpy references: ``BinningScheme.locate_reference``
+for the index, :func:`fill_bins_reference` for the fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numba
+import numpy as np
+
+if TYPE_CHECKING:
+    from calibflow.binning import Node
+
+
+class FlatTree(NamedTuple):
+    """Arrays of a flattened scheme; node 0 is the root.
+
+    Node ``k`` cuts column ``var[k]`` at ``edges[edge_start[k]:edge_start[k + 1]]``; its intervals are
+    ``edge_start[k] - k + j`` (j = 0 .. n_edges - 2). Interval ``i`` adds ``offset[i]`` to the bin index and
+    continues in node ``child[i]``, or ends there when ``child[i] < 0``. ``inv_width[k]`` is
+    n_intervals / (hi - lo) for (nearly) uniform edges, else 0 (binary search). When ``chain``, row
+    lookups visit nodes 0, 1, ... in turn, so the per-level searches do not wait on each other.
+    """
+
+    var: np.ndarray  # int64 (n_nodes,)
+    edge_start: np.ndarray  # int64 (n_nodes + 1,)
+    edges: np.ndarray  # float64 (n_edges_total,)
+    inv_width: np.ndarray  # float64 (n_nodes,)
+    offset: np.ndarray  # int64 (n_intervals_total,)
+    child: np.ndarray  # int64 (n_intervals_total,)
+    chain: bool  # node k's children are all node k + 1 (a product binning): no child links to follow
+
+
+@dataclass(frozen=True)
+class FlatScheme:
+    """A flattened scheme: the arrays, the column name of each variable id and the number of bins."""
+
+    tree: FlatTree
+    variables: tuple[str, ...]
+    n_bins: int
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Keep rows with ``lo <= column < hi`` (NaN never passes); infinite ends leave a side open."""
+
+    variable: str
+    lo: float = -np.inf
+    hi: float = np.inf
+
+
+def _is_uniform(e: np.ndarray) -> bool:
+    if not np.all(np.isfinite(e)):
+        return False
+    return bool(np.allclose(e, np.linspace(e[0], e[-1], e.size), rtol=0.0, atol=1e-9 * (e[-1] - e[0])))
+
+
+def flatten(root: Node) -> FlatScheme:
+    """Flatten a node tree for the kernels; equal subtrees (same variable, edges, children) are stored once.
+
+    A product binning thus becomes a chain of one node per variable, which the kernels walk without
+    following child links (each level's interval is found independently).
+    """
+    variables: list[str] = []
+    ids: dict[tuple, int] = {}  # structural key -> flat node id
+    nodes: list[tuple[Node, tuple[int, ...] | None]] = []
+    n_leaves: list[int] = []
+
+    def visit(node: Node) -> int:
+        kids = None if node.children is None else tuple(visit(c) for c in node.children)
+        key = (node.variable, node.edges, kids)
+        if key not in ids:
+            if node.variable not in variables:
+                variables.append(node.variable)
+            ids[key] = len(nodes)
+            nodes.append((node, kids))
+            n_leaves.append(len(node.edges) - 1 if kids is None else sum(n_leaves[k] for k in kids))
+        return ids[key]
+
+    top = visit(root)
+    order = _preorder(top, [kids for _, kids in nodes])  # root first, then children in order
+    new_id = {old: new for new, old in enumerate(order)}
+    var, edge_start, edges, inv_width, offset, child = [], [0], [], [], [], []
+    for old in order:
+        node, kids = nodes[old]
+        e = np.asarray(node.edges, dtype=np.float64)
+        var.append(variables.index(node.variable))
+        edges.append(e)
+        edge_start.append(edge_start[-1] + e.size)
+        inv_width.append((e.size - 1) / (e[-1] - e[0]) if _is_uniform(e) else 0.0)
+        if kids is None:
+            offset.append(np.arange(e.size - 1))
+            child.append(np.full(e.size - 1, -1))
+        else:
+            offset.append(np.concatenate([[0], np.cumsum([n_leaves[k] for k in kids])[:-1]]))
+            child.append(np.array([new_id[k] for k in kids]))
+    child_arr = np.concatenate(child).astype(np.int64)
+    n_nodes = len(order)
+    chain = all(
+        np.all(child_arr[edge_start[k] - k : edge_start[k + 1] - k - 1] == (k + 1 if k < n_nodes - 1 else -1))
+        for k in range(n_nodes)
+    )
+    tree = FlatTree(
+        var=np.array(var, dtype=np.int64),
+        edge_start=np.array(edge_start, dtype=np.int64),
+        edges=np.concatenate(edges),
+        inv_width=np.array(inv_width, dtype=np.float64),
+        offset=np.concatenate(offset).astype(np.int64),
+        child=child_arr,
+        chain=bool(chain),
+    )
+    return FlatScheme(tree, tuple(variables), n_leaves[top])
+
+
+def _preorder(top: int, kids: list[tuple[int, ...] | None]) -> list[int]:
+    """Node ids reachable from ``top``, each once, in depth-first pre-order."""
+    seen: dict[int, None] = {}
+    stack = [top]
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen[k] = None
+        stack.extend(reversed(kids[k] or ()))
+    return list(seen)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, x: float) -> int:
+    """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1])."""
+    if not (x >= edges[e0] and x < edges[e1 - 1]):
+        return -1
+    n = e1 - e0 - 1
+    if inv_width > 0.0:
+        j = min(int((x - edges[e0]) * inv_width), n - 1)
+        while x < edges[e0 + j]:  # correct rounding: the edges array is the truth
+            j -= 1
+        while x >= edges[e0 + j + 1]:
+            j += 1
+        return j
+    lo, hi = 0, n  # invariant: edges[e0 + lo] <= x < edges[e0 + hi]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if x >= edges[e0 + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _locate_row(cols: tuple, tree: FlatTree, i: int) -> int:
+    """Bin index of row ``i`` of ``cols`` (columns by variable id), -1 out of range or not finite."""
+    node = 0
+    b = 0
+    while node >= 0:
+        x = cols[tree.var[node]][i]
+        if not np.isfinite(x):
+            return -1
+        e0 = tree.edge_start[node]
+        j = _interval(tree.edges, e0, tree.edge_start[node + 1], tree.inv_width[node], x)
+        if j < 0:
+            return -1
+        k = e0 - node + j
+        b += tree.offset[k]
+        # a chain's next node is known before the search ends: the levels' loads can overlap
+        node = (node + 1 if node + 1 < tree.var.size else -1) if tree.chain else tree.child[k]
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def locate_kernel(cols: tuple, tree: FlatTree, out: np.ndarray) -> None:
+    """Write the bin index (or -1) of every row of ``cols`` (float64 columns by variable id) to ``out``."""
+    for i in range(out.size):
+        out[i] = _locate_row(cols, tree, i)
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_kernel(
+    cols: tuple,
+    tree: FlatTree,
+    cut_var: np.ndarray,
+    cut_lo: np.ndarray,
+    cut_hi: np.ndarray,
+    mask: np.ndarray,
+    weights: np.ndarray,
+    sumw: np.ndarray,
+    sumw2: np.ndarray,
+) -> None:
+    """Add selected rows to per-bin ``sumw``/``sumw2`` (n_bins,) in one pass.
+
+    A row is selected when ``mask[i]`` (skipped if ``mask`` is empty) and ``cut_lo[c] <= cols[cut_var[c]][i]
+    < cut_hi[c]`` for every cut ``c``; its weight is ``weights[i]`` (1 if ``weights`` is empty).
+    """
+    n = cols[0].size
+    use_mask = mask.size > 0
+    use_w = weights.size > 0
+    for i in range(n):
+        if use_mask and not mask[i]:
+            continue
+        keep = True
+        for c in range(cut_var.size):
+            x = cols[cut_var[c]][i]
+            if not (x >= cut_lo[c] and x < cut_hi[c]):
+                keep = False
+                break
+        if not keep:
+            continue
+        b = _locate_row(cols, tree, i)
+        if b < 0:
+            continue
+        w = weights[i] if use_w else 1.0
+        sumw[b] += w
+        sumw2[b] += w * w
+
+
+def _column_tuple(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """Contiguous float64 columns in the order of ``names``; KeyError naming a missing column."""
+    out = []
+    for name in names:
+        if name not in columns:
+            raise KeyError(f"binning variable {name!r} is not a column of the input")
+        out.append(np.ascontiguousarray(columns[name], dtype=np.float64))
+    sizes = {c.size for c in out}
+    if len(sizes) > 1:
+        raise ValueError(f"columns {list(names)} have different lengths {[c.size for c in out]}")
+    return tuple(out)
+
+
+def locate(flat: FlatScheme, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Bin index (int64) of every row of ``columns`` in ``flat``; -1 out of range or not finite."""
+    cols = _column_tuple(columns, flat.variables)
+    out = np.empty(cols[0].size, dtype=np.int64)
+    locate_kernel(cols, flat.tree, out)
+    return out
+
+
+def _selection_arrays(
+    n: int, mask: np.ndarray | None, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    m = np.zeros(0, dtype=np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
+    w = np.zeros(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    for what, given, a in (("mask", mask, m), ("weights", weights, w)):
+        if given is not None and a.size != n:
+            raise ValueError(f"{what} has {a.size} rows, the columns {n}")
+    return m, w
+
+
+def fill_bins(
+    flat: FlatScheme,
+    columns: Mapping[str, np.ndarray],
+    cuts: Sequence[Cut] = (),
+    mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    sumw: np.ndarray | None = None,
+    sumw2: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin sum of weights and of squared weights of the rows passing ``mask`` and ``cuts``.
+
+    ``sumw``/``sumw2`` (float64, (n_bins,)) are added to when given, else created. One pass, no copies
+    of float64 columns.
+    """
+    names = list(flat.variables) + [c.variable for c in cuts if c.variable not in flat.variables]
+    cols = _column_tuple(columns, names)
+    n = cols[0].size
+    m, w = _selection_arrays(n, mask, weights)
+    sumw = np.zeros(flat.n_bins) if sumw is None else sumw
+    sumw2 = np.zeros(flat.n_bins) if sumw2 is None else sumw2
+    fill_kernel(
+        cols,
+        flat.tree,
+        np.array([names.index(c.variable) for c in cuts], dtype=np.int64),
+        np.array([c.lo for c in cuts], dtype=np.float64),
+        np.array([c.hi for c in cuts], dtype=np.float64),
+        m,
+        w,
+        sumw,
+        sumw2,
+    )
+    return sumw, sumw2
+
+
+def fill_bins_reference(
+    bin_index: np.ndarray,
+    n_bins: int,
+    columns: Mapping[str, np.ndarray],
+    cuts: Sequence[Cut] = (),
+    mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-numpy version of :func:`fill_bins`, given each row's bin index (e.g. from ``locate_reference``)."""
+    sel = bin_index >= 0
+    if mask is not None:
+        sel &= np.asarray(mask, dtype=bool)
+    for c in cuts:
+        x = np.asarray(columns[c.variable], dtype=np.float64)
+        sel &= (x >= c.lo) & (x < c.hi)
+    w = np.ones(bin_index.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    sumw = np.bincount(bin_index[sel], weights=w[sel], minlength=n_bins).astype(np.float64)
+    sumw2 = np.bincount(bin_index[sel], weights=w[sel] ** 2, minlength=n_bins).astype(np.float64)
+    return sumw, sumw2

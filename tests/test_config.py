@@ -1,0 +1,126 @@
+"""Config validation: every error names the key (or file) to fix, in one line, with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibflow.config import ConfigError, load_config, parse_config
+from calibflow.plan import Plan
+
+from .conftest import DEMO, demo_dict
+
+
+def test_demo_config_is_valid() -> None:
+    cfg = load_config(DEMO)
+    assert cfg.name == "demo_jpsi"
+    assert cfg.samples["mc"].method == "count"
+    assert [v.name for v in cfg.binning.variables] == ["p", "eta"]
+    assert cfg.reference_sample == "mc"
+
+
+def test_packaged_demo_equals_task_configs_demo() -> None:
+    packaged = Path(__file__).resolve().parents[1] / "calibflow" / "data" / "demo.yaml"
+    assert packaged.read_text() == DEMO.read_text()
+
+
+def _error(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="cfg.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_typo_key_suggests_the_right_one() -> None:
+    d = demo_dict()
+    d["samples"]["data"]["tre"] = d["samples"]["data"].pop("tree")
+    assert "samples.data.tre: unknown key (did you mean 'tree'?)" in _error(d)
+
+
+def test_typo_top_level_key() -> None:
+    d = demo_dict()
+    d["binnig"] = d.pop("binning")
+    msg = _error(d)
+    assert "binnig: unknown key (did you mean 'binning'?)" in msg
+    assert "binning: required key is missing" in msg
+
+
+def test_wrong_type() -> None:
+    d = demo_dict()
+    d["mass"]["bins"] = "many"
+    assert "mass.bins:" in _error(d)
+
+
+def test_non_increasing_edges() -> None:
+    d = demo_dict()
+    d["binning"]["variables"][1]["edges"] = [2.0, 3.0, 3.0, 5.0]
+    assert "binning.variables[1].edges: must be strictly increasing" in _error(d)
+
+
+def test_bad_role_and_range() -> None:
+    d = demo_dict()
+    d["samples"]["mc"]["role"] = "simulation"
+    d["mass"]["range"] = [3200, 3000]
+    msg = _error(d)
+    assert "samples.mc.role:" in msg and "mass.range: must be [low, high]" in msg
+
+
+def test_sample_without_files(tmp_path: Path) -> None:
+    d = demo_dict()
+    del d["toy"]
+    assert "samples.data.files: give at least one file" in _error(d)
+
+
+def test_missing_input_file(tmp_path: Path, write_config) -> None:
+    d = demo_dict()
+    del d["toy"]
+    d["samples"]["data"]["files"] = ["nowhere/*.root"]
+    d["samples"]["mc"]["files"] = [str(tmp_path / "missing_mc.root")]
+    cfg = write_config(d)
+    with pytest.raises(ConfigError, match=r"samples.data.files\[0\]: no file matches '.*nowhere/\*.root'"):
+        Plan.create(cfg, tmp_path / "res")
+
+
+def test_bad_expression_names_key(tmp_path: Path, write_config) -> None:
+    d = demo_dict()
+    d["selection"]["probe"] = "p > 2 and eta.x < 5"
+    with pytest.raises(Exception, match=r"selection.probe: attribute access"):
+        Plan.create(write_config(d), tmp_path / "res")
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nsamples: [unclosed\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d.update(fitt=d.pop("fit")), "fitt: unknown key (did you mean 'fit'?)"),
+        (lambda d: d["mass"].update(bins=[1]), "mass.bins:"),
+        (lambda d: d["binning"]["variables"][0].update(edges=[5, 4]), "binning.variables[0].edges: must be strictly"),
+        (
+            lambda d: (d.pop("toy"), d["samples"]["data"].update(files=["none*.root"]),
+                       d["samples"]["mc"].update(files=["none*.root"])),
+            "samples.data.files[0]: no file",
+        ),
+        (lambda d: d["fit"].update(signal="lorentz"), "fit.signal: unknown signal model 'lorentz'"),
+    ],
+)
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, write_config, edit, expected: str) -> None:
+    d = demo_dict()
+    edit(d)
+    cfg = write_config(d)
+    out = subprocess.run([sys.executable, "-m", "calibflow.cli", "run", str(cfg), "--result-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    assert expected in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "demo_jpsi").exists()
