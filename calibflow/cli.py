@@ -1,4 +1,5 @@
-"""The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone."""
+"""The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone, and the operations
+commands ``scheduler start|stop|status`` (a user's luigid) and ``status`` (task states per stage)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from importlib import resources
 
 from calibflow.config import ConfigError
 from calibflow.expr import ExprError
+from calibflow.scheduler import DEFAULT_HOST, DEFAULT_PORT, SetupError
 
 DEFAULT_CONFIG = os.path.join("task_configs", "demo.yaml")
 
@@ -36,14 +38,50 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a calibration (default: the demo toy)")
     run.add_argument("config", nargs="?", help=f"calibration YAML (default {DEFAULT_CONFIG})")
-    run.add_argument("--workers", type=int, default=1, help="parallel local workers (default 1)")
+    run.add_argument("--workers", type=int, help="parallel local workers (default 1), or batch jobs in flight "
+                     f"with --batch (default {BATCH_WORKERS})")
     run.add_argument("--result-dir", help="result folder (default: result_dir of settings.json, else results)")
+    _scheduler_args(run)
+    run.add_argument("--batch", action="store_true",
+                     help="submit every task as a job of settings.json's batch_system (slurm, htcondor, lsf)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
     fb = sub.add_parser("fit-bin", help="refit one bin alone (the binning must exist: run first)")
     fb.add_argument("config", help="calibration YAML")
     fb.add_argument("--bin", type=int, required=True, dest="bin_index", help="bin index (see efficiencies.csv)")
     fb.add_argument("--sample", action="append", help="sample(s) to refit (default: all)")
     fb.add_argument("--result-dir", help="result folder")
+    sch = sub.add_parser("scheduler", help="start, stop or check a central luigi scheduler (luigid) on localhost")
+    sch.add_argument("action", choices=["start", "stop", "status"])
+    sch.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to start on (default {DEFAULT_PORT})")
+    sch.add_argument("--state-dir", help="pid file, state and logs (default $CALIBFLOW_STATE_DIR, else "
+                     "~/.calibflow/luigid)")
+    st = sub.add_parser("status", help="task states per stage, from a central scheduler")
+    st.add_argument("config", nargs="?", help="only the tasks of this calibration (default: every task)")
+    st.add_argument("--result-dir", help="result folder of that calibration")
+    _scheduler_args(st)
     return p
+
+
+BATCH_WORKERS = 100
+
+
+def _scheduler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler-host", help=f"central luigi scheduler host (default {DEFAULT_HOST} "
+                   "when --scheduler-port is given)")
+    p.add_argument("--scheduler-port", type=int, help=f"central scheduler port (default {DEFAULT_PORT} "
+                   "when --scheduler-host is given)")
+
+
+def _scheduler(args: argparse.Namespace, required: bool = False):
+    """The central scheduler named by --scheduler-host/--port (checked to answer), else None."""
+    from calibflow.scheduler import check_port, ping
+    from tasks.runner import SchedulerAddress
+
+    if args.scheduler_host is None and args.scheduler_port is None and not required:
+        return None
+    address = SchedulerAddress(args.scheduler_host or DEFAULT_HOST, check_port(args.scheduler_port or DEFAULT_PORT))
+    ping(address.host, address.port)
+    return address
 
 
 def _plan(config: str | None, result_dir: str | None):
@@ -75,13 +113,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks import ExportTables
     from tasks.runner import build
 
+    if args.workers is not None and args.workers < 1:
+        raise SetupError(f"--workers {args.workers}: give at least 1")
+    workers = args.workers or (BATCH_WORKERS if args.batch else 1)
+    scheduler = _scheduler(args)
     plan = _plan(args.config, args.result_dir)
     t0 = time.perf_counter()
     top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
     if not top.complete():
         plan.check_models()
-        _preload()
-    report = build(plan, [top], args.workers)
+        if not args.batch:
+            _preload()
+    report = build(plan, [top], workers, scheduler=scheduler, batch_mode=args.batch,
+                   progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)
     if not report.ok:
         return 1
@@ -126,13 +170,52 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """Start, stop or report the user's luigid (pid file, state and logs in the state folder)."""
+    from calibflow import scheduler
+
+    if args.action == "start":
+        srv = scheduler.start(args.port, args.state_dir)
+        print(f"scheduler running at {srv.url} (pid {srv.pid}; web UI {srv.url}/; state in {srv.state_dir})")
+    elif args.action == "stop":
+        srv = scheduler.stop(args.state_dir)
+        print(f"scheduler at {srv.url} (pid {srv.pid}) stopped; state saved in {srv.state_dir}")
+    else:
+        srv = scheduler.server(args.state_dir)
+        if srv is None:
+            print(f"no scheduler runs from {os.path.abspath(args.state_dir or scheduler.default_state_dir())}")
+            return 1
+        print(f"scheduler running at {srv.url} (pid {srv.pid}; state in {srv.state_dir})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print pending/running/done/failed task counts per stage, from the central scheduler."""
+    from calibflow import status
+
+    address = _scheduler(args, required=True)
+    if args.config:
+        plan = _plan(args.config, args.result_dir)
+        tasks = status.calibration_graph(address.host, address.port, plan.config_path, plan.result_dir)
+        what = f"calibration {plan.config.name}"
+    else:
+        tasks = status.all_tasks(address.host, address.port)
+        what = "all calibrations"
+    counts = status.count(tasks.values())
+    print(f"scheduler http://{address.host}:{address.port}: {counts.total} task(s) of {what}")
+    if counts.total:
+        print(counts.table())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for a bad config or expression, 1 for failed tasks)."""
+    """Entry point; returns the exit code (2 for a bad config, expression or setup, 1 for failed tasks)."""
     args = _parser().parse_args(argv)
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)
+    commands = {"run": cmd_run, "fit-bin": cmd_fit_bin, "scheduler": cmd_scheduler, "status": cmd_status}
     try:
-        return {"run": cmd_run, "fit-bin": cmd_fit_bin}[args.command](args)
-    except (ConfigError, ExprError) as exc:
+        return commands[args.command](args)
+    except (ConfigError, ExprError, SetupError) as exc:
         print(f"calibflow: error: {exc}", file=sys.stderr)
         return 2
 

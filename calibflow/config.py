@@ -139,11 +139,108 @@ class ClosureConfig(_Strict):
 
 
 class OutputsConfig(_Strict):
-    """What to export besides the CSV tables."""
+    """What to export besides the CSV tables and the master table."""
 
     correctionlib: bool = True
+    root: bool = True
+    markdown: bool = True
+    latex: bool = True
     plots: bool = True
+    report: bool = True
     correction_name: str | None = None
+    flow: Literal["clamp", "error"] = "clamp"
+
+
+VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samples", "working_points")
+"""Top-level config keys a systematic variation may override."""
+
+
+def _check_overrides(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    for key in v or {}:
+        if key not in VARIABLE_KEYS:
+            close = difflib.get_close_matches(key, VARIABLE_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"variable keys: {', '.join(VARIABLE_KEYS)}"
+            raise ValueError(f"{key!r} cannot be varied ({hint})")
+    return v
+
+
+class Variation(_Strict):
+    """One systematic source: overrides of the nominal config, one-sided (``vary``) or ``up``/``down``.
+
+    A one-sided variation is symmetrised: ``<name>Up``/``<name>Down`` = nominal ± |varied − nominal|.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    vary: dict[str, Any] | None = None
+    up: dict[str, Any] | None = None
+    down: dict[str, Any] | None = None
+
+    _check = field_validator("vary", "up", "down")(_check_overrides)
+
+    @model_validator(mode="after")
+    def _one_or_two_sided(self) -> Variation:
+        if (self.vary is None) == (self.up is None and self.down is None):
+            raise ValueError(f"variation {self.name!r}: give either 'vary' (one-sided) or 'up' and 'down'")
+        if self.vary is None and (self.up is None or self.down is None):
+            raise ValueError(f"variation {self.name!r}: a two-sided variation needs both 'up' and 'down'")
+        return self
+
+    @property
+    def variants(self) -> list[str]:
+        """Names of the runs this source needs: ``name`` (one-sided) or ``nameUp``, ``nameDown``."""
+        return [self.name] if self.vary is not None else [f"{self.name}Up", f"{self.name}Down"]
+
+
+class SystematicsConfig(_Strict):
+    """Systematic sources and how they combine into a total.
+
+    ``quadrature_max`` (default): per source the larger of |up − nominal| and |down − nominal|, summed
+    in quadrature over sources. ``egm_rms``: the root mean square of all variations' deviations from
+    nominal (every Up, Down and one-sided value counts once), as in CMS EGM tag-and-probe tables.
+    """
+
+    combine: Literal["quadrature_max", "egm_rms"] = "quadrature_max"
+    sources: list[Variation] = Field(default_factory=list)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, v: list[Variation]) -> list[Variation]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate source names {dup}")
+        return v
+
+
+class RocConfig(_Strict):
+    """ROC of the working points: efficiency of ``signal`` versus that of ``background`` (samples)."""
+
+    signal: str
+    background: str
+
+
+TASK_FAMILIES = (
+    "GenerateToys", "PrepareTuple", "MakeBinning", "FillHistograms", "FitBin", "EfficiencyTable", "ExportTables",
+)
+"""Task families of the calibflow graph: the keys of ``resources`` besides ``default``."""
+
+
+class TaskResources(_Strict):
+    """Batch resources of one task family; unset fields fall back to ``resources.default``."""
+
+    memory_mb: int | None = Field(default=None, gt=0)
+    time_minutes: int | None = Field(default=None, gt=0)
+    cpus: int | None = Field(default=None, gt=0)
+
+
+def _check_resource_keys(v: dict[str, TaskResources]) -> dict[str, TaskResources]:
+    allowed = ["default", *TASK_FAMILIES]
+    for key in v:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+            raise ValueError(f"unknown task family {key!r} ({hint})")
+    return v
 
 
 class CalibrationConfig(_Strict):
@@ -162,8 +259,14 @@ class CalibrationConfig(_Strict):
     closure: ClosureConfig | None = None
     reference: str | None = None
     outputs: OutputsConfig = OutputsConfig()
+    systematics: SystematicsConfig = SystematicsConfig()
+    working_points: dict[str, str] = Field(default_factory=dict)
+    roc: RocConfig | None = None
+    resources: dict[str, TaskResources] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _resource_keys = field_validator("resources")(_check_resource_keys)
 
     @model_validator(mode="after")
     def _consistent(self) -> CalibrationConfig:
@@ -174,6 +277,14 @@ class CalibrationConfig(_Strict):
         if self.toy:
             for name in toy_samples - set(self.samples):
                 raise ValueError(f"toy.samples.{name}: no sample of that name in 'samples'")
+        for key, sample in (("roc.signal", self.roc and self.roc.signal), ("roc.background", self.roc and self.roc.background)):
+            if sample and sample not in self.samples:
+                raise ValueError(f"{key}: unknown sample {sample!r}; samples are {sorted(self.samples)}")
+        if self.roc and not self.working_points:
+            raise ValueError("roc: needs working_points to scan")
+        for wp in self.working_points:
+            if not wp.replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"working_points.{wp}: names may hold letters, digits, '_' and '.' only")
         if self.reference is not None and self.reference not in self.samples:
             raise ValueError(f"reference: unknown sample {self.reference!r}; samples are {sorted(self.samples)}")
         return self
@@ -190,6 +301,12 @@ class CalibrationConfig(_Strict):
             return self.reference
         mc = [n for n, s in self.samples.items() if s.role == "mc"]
         return mc[0] if len(mc) == 1 else None
+
+    def resources_for(self, family: str) -> TaskResources:
+        """Batch resources of task ``family``: its own entry over ``resources.default``."""
+        merged = self.resources.get("default", TaskResources()).model_dump(exclude_none=True)
+        merged.update(self.resources.get(family, TaskResources()).model_dump(exclude_none=True))
+        return TaskResources(**merged)
 
 
 def _is_model(t: Any) -> bool:

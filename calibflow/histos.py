@@ -28,11 +28,12 @@ class BinHistograms:
 
 
 def fill_histograms(
-    prep_paths: Sequence[str], scheme: BinningScheme, mass: MassConfig, out_path: str
+    prep_paths: Sequence[str], scheme: BinningScheme, mass: MassConfig, out_path: str, pass_column: str = PASS
 ) -> None:
     """Fill sumw/sumw2 (n_bins, 2, n_mass) over all ``prep_paths`` and write them to ``out_path``.
 
-    When the tuples carry toy truth, also stores per bin the signal count and the sum of the true
+    ``pass_column`` is the prepared pass decision to use (nominal or a working point). When the
+    tuples carry toy truth, also stores per bin the signal count and the sum of the true
     efficiency over signal candidates in the mass range (for closure tables).
     """
     n_bins, n_mass = len(scheme), mass.bins
@@ -49,7 +50,7 @@ def fill_histograms(
         w = cols.get(WEIGHT)
         weighted |= w is not None
         w = np.ones_like(m) if w is None else w
-        fill_pass_fail(idx, cols[PASS], m, w, lo, hi, sumw, sumw2)
+        fill_pass_fail(idx, cols[pass_column], m, w, lo, hi, sumw, sumw2)
         if TRUE_EFF in cols:
             has_truth = True
             sel = cols[IS_SIGNAL] & (idx >= 0) & (m >= lo) & (m < hi)

@@ -25,12 +25,23 @@ from dataclasses import dataclass
 from calibflow.binning import BinningScheme
 from calibflow.config import CalibrationConfig, ConfigError, load_config, resolve_files
 from calibflow.hashing import content_key, file_identity
-from calibflow.prep import PrepSpec, output_name, prep_spec
+from calibflow.prep import PASS, PrepSpec, output_name, pass_column, prep_spec
+from calibflow.variants import (
+    INCLUSIVE,
+    NOMINAL,
+    Variant,
+    join,
+    resolve,
+    systematic_variants,
+    working_point_variants,
+)
 
 FIT_VERSION = 1
 HIST_VERSION = 1
 TABLE_VERSION = 1
-TOY_VERSION = 1
+TOY_VERSION = 2
+COMBINE_VERSION = 1
+EXPORT_VERSION = 1
 
 
 @functools.lru_cache(maxsize=16)
@@ -38,28 +49,71 @@ def _cached_config(path: str, mtime_ns: int) -> CalibrationConfig:
     return load_config(path)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_variant(path: str, mtime_ns: int, variant: str) -> Variant:
+    return resolve(_cached_config(path, mtime_ns), variant)
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Keys and paths of one calibration (``config_path``) under ``result_dir``."""
+    """Keys and paths of one calibration (``config_path``) under ``result_dir``, for one ``variant``."""
 
     config_path: str
     result_dir: str
+    variant: str = NOMINAL
 
     @staticmethod
     def create(config_path: str | os.PathLike[str], result_dir: str | os.PathLike[str]) -> Plan:
-        """Plan with absolute paths; loads and checks the config (ConfigError on problems)."""
+        """Nominal plan with absolute paths; loads and checks the config and every variant."""
         plan = Plan(os.path.abspath(config_path), os.path.abspath(result_dir))
         plan.check()
+        for v in plan.all_variants():
+            plan.with_variant(v).check()
         return plan
+
+    def with_variant(self, variant: str) -> Plan:
+        """The same calibration for another variant."""
+        return Plan(self.config_path, self.result_dir, variant)
+
+    def _mtime(self) -> int:
+        try:
+            return os.stat(self.config_path).st_mtime_ns
+        except FileNotFoundError:
+            raise ConfigError(f"{self.config_path}: config file not found") from None
+
+    @property
+    def nominal_config(self) -> CalibrationConfig:
+        """The config as written (cached per process while the file is unchanged)."""
+        return _cached_config(self.config_path, self._mtime())
+
+    @property
+    def resolved(self) -> Variant:
+        """The variant applied to the config."""
+        try:
+            return _cached_variant(self.config_path, self._mtime(), self.variant)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config_path}: {exc}") from None
 
     @property
     def config(self) -> CalibrationConfig:
-        """The validated config (cached per process while the file is unchanged)."""
-        try:
-            mtime = os.stat(self.config_path).st_mtime_ns
-        except FileNotFoundError:
-            raise ConfigError(f"{self.config_path}: config file not found") from None
-        return _cached_config(self.config_path, mtime)
+        """The config of this variant."""
+        return self.resolved.config
+
+    @property
+    def pass_column(self) -> str:
+        """Prepared column holding the pass decision of this variant (nominal or working point)."""
+        wp = self.resolved.working_point
+        return PASS if wp is None else pass_column(wp)
+
+    def all_variants(self) -> list[str]:
+        """Every variant the full calibration needs besides the nominal one."""
+        cfg = self.nominal_config
+        bases = [NOMINAL, *working_point_variants(cfg)]
+        out = [join(b, s) for b in bases for s in systematic_variants(cfg)]
+        out += working_point_variants(cfg)
+        if cfg.roc:
+            out += [join(b, INCLUSIVE) for b in working_point_variants(cfg)]
+        return out
 
     @property
     def workdir(self) -> str:
@@ -161,7 +215,8 @@ class Plan:
     # --- histograms and fits ------------------------------------------------------------------------
     def hist_key(self, sample: str) -> str:
         """Content key of the per-bin mass histograms of ``sample``."""
-        return content_key(self.binning_key(), self.config.mass, self.prep_keys(sample), HIST_VERSION)
+        return content_key(self.binning_key(), self.config.mass, self.prep_keys(sample), self.pass_column,
+                           HIST_VERSION)
 
     def hist_path(self, sample: str) -> str:
         """Per-bin histogram HDF5 of ``sample``."""
@@ -172,7 +227,7 @@ class Plan:
         cfg = self.config
         method = cfg.samples[sample].method
         model = cfg.fit if method == "fit" else None
-        return content_key(bin_key, self.prep_keys(sample), cfg.mass, method, model, FIT_VERSION)
+        return content_key(bin_key, self.prep_keys(sample), cfg.mass, self.pass_column, method, model, FIT_VERSION)
 
     def fit_path(self, sample: str, bin_key: str) -> str:
         """Result JSON of one bin of ``sample``."""
@@ -184,11 +239,25 @@ class Plan:
         cfg = self.config
         per_sample = {s: [self.prep_keys(s), cfg.samples[s].method] for s in cfg.samples}
         return content_key(self.binning_key(), per_sample, cfg.mass, cfg.fit, cfg.closure, cfg.reference,
-                           cfg.outputs, TABLE_VERSION)
+                           self.pass_column, TABLE_VERSION)
 
     def table_dir(self) -> str:
         """Folder of the tables of this configuration."""
         return os.path.join(self.workdir, "tables", self.table_key())
+
+    def combined_key(self) -> str:
+        """Content key of the combined tables: every variant's tables, the sources and their combination."""
+        cfg = self.nominal_config
+        tables = {v: self.with_variant(v).table_key() for v in [NOMINAL, *self.all_variants()]}
+        return content_key(tables, cfg.systematics, cfg.roc, COMBINE_VERSION)
+
+    def combined_dir(self) -> str:
+        """Folder of the combined tables and their exports."""
+        return os.path.join(self.workdir, "combined", self.combined_key())
+
+    def export_key(self) -> str:
+        """Content key of the published outputs."""
+        return content_key(self.combined_key(), self.nominal_config.outputs, EXPORT_VERSION)
 
     def scale_factor_pairs(self) -> list[tuple[str, str]]:
         """(data, simulation) sample pairs compared in the scale-factor table."""

@@ -24,6 +24,16 @@ PREP_VERSION = 1
 MASS, PASS, WEIGHT, TRUE_EFF, IS_SIGNAL = "_mass", "_pass", "_weight", "_true_eff", "_is_signal"
 
 
+def pass_column(working_point: str) -> str:
+    """Prepared column of the pass decision of ``working_point``."""
+    return f"{PASS}:{working_point}"
+
+
+def is_flag(column: str) -> bool:
+    """Whether a prepared column holds booleans (pass decisions and the signal flag)."""
+    return column in (IS_SIGNAL, PASS) or column.startswith(PASS + ":")
+
+
 class PrepError(RuntimeError):
     """An input file cannot be prepared; ``str()`` is one line naming the file and the problem."""
 
@@ -66,6 +76,8 @@ def prep_spec(config: CalibrationConfig, sample: str) -> PrepSpec:
     columns = {v.name: c(v.expr, f"binning.variables[{i}]") for i, v in enumerate(config.binning.variables)}
     columns[MASS] = c(config.mass.variable, "mass.variable")
     columns[PASS] = c(config.pass_, "pass")
+    for wp, text in config.working_points.items():
+        columns[pass_column(wp)] = c(text, f"working_points.{wp}")
     if s.weight:
         columns[WEIGHT] = c(s.weight, f"samples.{sample}.weight")
     if config.closure:
@@ -127,13 +139,13 @@ def prepare_file(
                 out = {}
                 for name, e in spec.columns.items():
                     values = np.broadcast_to(np.asarray(e.evaluate(chunk)), (n,))[keep]
-                    out[name] = values.astype(bool) if name in (PASS, IS_SIGNAL) else values.astype(np.float64)
+                    out[name] = values.astype(bool) if is_flag(name) else values.astype(np.float64)
                 writer.append(out)
         except PrepError:
             raise
         except Exception as exc:
             raise PrepError(f"{path}: reading failed ({type(exc).__name__}: {exc})") from None
-        writer.ensure({k: (bool if k in (PASS, IS_SIGNAL) else np.float64) for k in spec.columns})
+        writer.ensure({k: (bool if is_flag(k) else np.float64) for k in spec.columns})
         write_metadata(
             h5, {"source": file_identity(path), "spec": spec.describe(), "cutflow": flow, **(metadata or {})}
         )

@@ -2,7 +2,8 @@
 
 Errors are asymmetric: a value v has the interval [v − err_down, v + err_up]. Scale-factor errors
 combine the relative errors of data and simulation in quadrature, taking for each side of the ratio
-the error of the numerator in the same direction and of the denominator in the opposite one.
+the error of the numerator in the same direction and of the denominator in the opposite one; the
+statistical errors from data alone and from simulation alone are kept as separate columns.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def scale_factor_rows(eff: Sequence[Row], data: str, mc: str) -> list[Row]:
         m = by[(mc, index)]
         sf = d["efficiency"] / m["efficiency"] if m["efficiency"] else math.nan
         down, up = ratio_errors(d["efficiency"], d["err_down"], d["err_up"], m["efficiency"], m["err_down"], m["err_up"])
+        data_down, data_up = ratio_errors(d["efficiency"], d["err_down"], d["err_up"], m["efficiency"], 0.0, 0.0)
+        mc_down, mc_up = ratio_errors(d["efficiency"], 0.0, 0.0, m["efficiency"], m["err_down"], m["err_up"])
         bounds = {k: v for k, v in d.items() if k.endswith(("_lo", "_hi"))}
         status = "ok" if d["fit_status"] == "ok" and m["fit_status"] == "ok" else f"{d['fit_status']}|{m['fit_status']}"
         rows.append(
@@ -82,6 +85,10 @@ def scale_factor_rows(eff: Sequence[Row], data: str, mc: str) -> list[Row]:
                 "scale_factor": sf,
                 "err_down": down,
                 "err_up": up,
+                "stat_data_down": data_down,
+                "stat_data_up": data_up,
+                "stat_mc_down": mc_down,
+                "stat_mc_up": mc_up,
                 "status": status,
             }
         )

@@ -97,6 +97,8 @@ def generate_candidates(n: int, params: ToyParameters, rng: np.random.Generator)
     eff = true_efficiency(p, eta, params.is_data)
     pass_prob = np.where(signal, eff, params.background_pass_probability)
     passed = rng.uniform(size=n) < pass_prob
+    # a classifier-like score for cut scans: high for passing signal probes, broad for background
+    score = np.where(signal, np.where(passed, rng.beta(5.0, 1.5, n), rng.beta(1.5, 4.0, n)), rng.beta(2.0, 2.0, n))
 
     out = {
         "eventNumber": event,
@@ -111,6 +113,7 @@ def generate_candidates(n: int, params: ToyParameters, rng: np.random.Generator)
         "probe_PHI": phi,
         "probe_Q": rng.choice([-1, 1], size=n).astype(np.int32),
         "probe_Assoc": passed.astype(np.int32),
+        "probe_score": score,
         "toy_true_eff": eff,
         "toy_is_signal": signal.astype(np.int32),
     }

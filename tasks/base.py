@@ -1,13 +1,24 @@
-"""Common base of calibflow tasks: the config path and result folder, the plan, atomic outputs."""
+"""Common base of calibflow tasks: the config path and result folder, the plan, atomic outputs, logs.
+
+Every task keeps one log, ``<result_dir>/<name>/logs/<family>/<task_id>.log`` (see :class:`TaskLog`);
+batch jobs keep b2luigi's files (submit script, stdout, stderr, result) in
+``<result_dir>/<name>/logs/batch/<task_id>/``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import time
+from typing import Any
 
 import b2luigi
 import luigi
 
+from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
+from tasks import batch
 
 
 class CalibTask(b2luigi.Task):
@@ -15,15 +26,16 @@ class CalibTask(b2luigi.Task):
 
     config = b2luigi.Parameter(description="absolute path of the calibration YAML")
     result_dir = b2luigi.Parameter(description="absolute path of the result folder")
+    variant = b2luigi.Parameter(default="", description="systematic variation / working point ('' = nominal)")
 
     @property
     def plan(self) -> Plan:
-        """Keys and paths of this calibration."""
-        return Plan(self.config, self.result_dir)
+        """Keys and paths of this calibration and variant."""
+        return Plan(self.config, self.result_dir, self.variant)
 
     def common(self) -> dict[str, str]:
-        """Parameters to pass on to required tasks."""
-        return {"config": self.config, "result_dir": self.result_dir}
+        """Parameters to pass on to required tasks (same calibration and variant)."""
+        return {"config": self.config, "result_dir": self.result_dir, "variant": self.variant}
 
     def target(self, path: str) -> luigi.LocalTarget:
         """Local file target (written atomically by the library functions)."""
@@ -31,18 +43,66 @@ class CalibTask(b2luigi.Task):
 
     def on_failure(self, exception: BaseException) -> str:
         """Record a one-line reason for the run summary, then let luigi log the traceback."""
-        reason = f"{type(exception).__name__}: {exception}".splitlines()[0]
-        path = failure_path(self.plan, self.task_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(reason + "\n")
+        self.record_failure(f"{type(exception).__name__}: {exception}")
         return super().on_failure(exception)
+
+    def record_failure(self, reason: str) -> None:
+        """Keep the first line of ``reason`` for the run summary (removed when the task succeeds)."""
+        lines = reason.strip().splitlines() or ["failed"]
+        with atomic_path(failure_path(self.plan, self.task_id)) as tmp, open(tmp, "w") as f:
+            f.write(lines[0] + "\n")
+
+    # --- logs and batch submission (b2luigi looks these up on the task) -----------------------------
+    @property
+    def log_path(self) -> str:
+        """The task's own log file."""
+        return os.path.join(self.plan.workdir, "logs", self.task_family, f"{self.task_id}.log")
+
+    def get_log_file_dir(self) -> str:
+        """b2luigi: folder of the batch job's stdout and stderr."""
+        return os.path.join(self.plan.workdir, "logs", "batch", self.task_id)
+
+    def get_task_file_dir(self) -> str:
+        """b2luigi: folder of the job's submit script and wrapper (also holds the job's result.json)."""
+        return self.get_log_file_dir()
+
+    @property
+    def job_name(self) -> str:
+        """b2luigi: batch job name."""
+        return f"calibflow-{self.task_family}"
+
+    @property
+    def task_cmd_additional_args(self) -> list[str]:
+        """b2luigi: arguments that let the job rebuild this task (see tasks.entry)."""
+        return batch.job_command_args(self)
+
+    @property
+    def slurm_settings(self) -> dict[str, str]:
+        """b2luigi: ``#SBATCH`` options from the config's ``resources`` (merged over settings.json's)."""
+        return batch.slurm_resources(self.plan.config.resources_for(self.task_family))
+
+    @property
+    def htcondor_settings(self) -> dict[str, str]:
+        """b2luigi: HTCondor submit commands from the config's ``resources``."""
+        return batch.htcondor_resources(self.plan.config.resources_for(self.task_family))
+
+    @property
+    def job_slots(self) -> str | bool:
+        """b2luigi (LSF): ``bsub -n`` from ``resources.<family>.cpus`` (False: not given)."""
+        cpus = self.plan.config.resources_for(self.task_family).cpus
+        return str(cpus) if cpus else False
 
     def on_success(self) -> None:
         path = failure_path(self.plan, self.task_id)
         if os.path.exists(path):
             os.remove(path)
         return super().on_success()
+
+
+def describe(task: luigi.Task) -> str:
+    """``Family(param=value, ...)`` without the config path, the result folder and empty parameters."""
+    params = {k: v for k, v in task.to_str_params().items() if k not in ("config", "result_dir") and v != ""}
+    return f"{task.task_family}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
 def failure_path(plan: Plan, task_id: str) -> str:
@@ -57,3 +117,44 @@ def failure_reason(plan: Plan, task: luigi.Task) -> str:
             return f.read().strip()
     except OSError:
         return "failed (see the log above)"
+
+
+class TaskLog:
+    """luigi task-process context (``[worker] task_process_context``): log the task to its own file.
+
+    The file gets a start and an end line, every log record of level INFO and above emitted while the
+    task runs (luigi's traceback of a failure included) and Python warnings. Tasks without a
+    ``log_path`` are left alone.
+    """
+
+    def __init__(self, process: Any) -> None:
+        self.task = process.task
+        self._handler: logging.Handler | None = None
+        self._t0 = 0.0
+        self._log = logging.getLogger("calibflow.task")
+        self._log.setLevel(logging.INFO)
+
+    def __enter__(self) -> TaskLog:
+        path = getattr(self.task, "log_path", None)
+        if path is None:
+            return self
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._handler = logging.FileHandler(path)
+        self._handler.setLevel(logging.INFO)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(self._handler)
+        logging.captureWarnings(True)
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("LSB_JOBID")
+        where = f"host {socket.gethostname()}, pid {os.getpid()}" + (f", batch job {job}" if job else "")
+        self._log.info("start %s, task id %s (%s)", describe(self.task), self.task.task_id, where)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handler is None:
+            return
+        self._log.info("end %s after %.1f s", self.task.task_id, time.perf_counter() - self._t0)
+        logging.captureWarnings(False)
+        logging.getLogger().removeHandler(self._handler)
+        self._handler.close()
+        self._handler = None

@@ -41,7 +41,7 @@ class FillHistograms(CalibTask):
 
         plan = self.plan
         paths = [plan.prep_path(self.sample, i) for i in range(len(plan.input_files(self.sample)))]
-        fill_histograms(paths, plan.load_scheme(), plan.config.mass, self.output().path)
+        fill_histograms(paths, plan.load_scheme(), plan.config.mass, self.output().path, plan.pass_column)
 
 
 class FitBin(CalibTask):

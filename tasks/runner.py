@@ -1,16 +1,42 @@
-"""Run a task graph with luigi and summarise what ran, what was reused and what failed (and why)."""
+"""Run a task graph with luigi and summarise what ran, what was reused and what failed (and why).
+
+One worker class serves every mode: a local or a central scheduler (``luigid``), tasks run locally or
+submitted as batch jobs (b2luigi: Slurm, HTCondor, LSF). It prints progress lines while the graph runs,
+waits for tasks of the same calibration that another invocation is running (central scheduler), and
+the report counts what this invocation ran, reused, saw run by others, and what failed with the reason.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import luigi
+import luigi.interface
+import luigi.scheduler
+import luigi.worker
+from b2luigi.batch.workers import BatchSystems, SendJobWorker
 from luigi.execution_summary import _summary_dict
 
 from calibflow.plan import Plan
-from tasks.base import failure_reason
+from calibflow.scheduler import SetupError
+from tasks import batch
+from tasks.base import describe, failure_reason
+
+_TMP = re.compile(r"\.tmp-(\d+)$")
+
+
+@dataclass(frozen=True)
+class SchedulerAddress:
+    """Host and port of a central luigi scheduler."""
+
+    host: str
+    port: int
 
 
 @dataclass
@@ -22,36 +48,234 @@ class RunReport:
     reused: Counter[str] = field(default_factory=Counter)
     failed: list[tuple[str, str]] = field(default_factory=list)
     not_run: int = 0
+    by_others: Counter[str] = field(default_factory=Counter)
+    cleaned: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: tasks run and reused, then the families that ran."""
+        """One line: tasks run, reused and failed (and run by another invocation), then the families run."""
         families = ", ".join(f"{n} {f}" for f, n in sorted(self.ran.items()))
-        return f"{sum(self.ran.values())} task(s) run, {sum(self.reused.values())} reused" + (
-            f" ({families})" if families else ""
-        )
+        others = sum(self.by_others.values())
+        return (f"{sum(self.ran.values())} task(s) run, {sum(self.reused.values())} reused, "
+                f"{len(self.failed)} failed" + (f", {others} run by another invocation" if others else "")
+                + (f" ({families})" if families else ""))
 
 
+# --- stale temporaries ------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def clean_stale_temporaries(root: str) -> list[str]:
+    """Remove ``<path>.tmp-<pid>`` files under ``root`` whose writer (``pid`` on this host) is gone.
+
+    Writers use :func:`calibflow.io.store.atomic_path`; a killed writer leaves its temporary behind.
+    Temporaries of running processes (another invocation on this host) are kept. Returns the removed paths.
+    """
+    removed = []
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            m = _TMP.search(name)
+            if m and not _pid_alive(int(m.group(1))):
+                path = os.path.join(dirpath, name)
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
+
+
+# --- progress ---------------------------------------------------------------------------------------
+def events_read(task: luigi.Task) -> int | None:
+    """Candidates read by a tuple-preparation task (from its output's cut flow), else None."""
+    path = getattr(task.output(), "path", "")
+    if task.task_family != "PrepareTuple" or not os.path.exists(path):
+        return None
+    from calibflow.io.store import read_metadata
+
+    return int(read_metadata(path).get("cutflow", {}).get("read", 0))
+
+
+class Progress:
+    """Progress lines: tasks done out of those to run, and events read by tuple preparation."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.to_run: set[str] = set()
+        self.done: set[str] = set()
+        self.started: dict[str, float] = {}
+        self.prep_total: set[str] = set()
+        self.prep_done = 0
+        self.events = 0
+
+    def scheduled(self, task: luigi.Task) -> None:
+        """``task`` is to be run."""
+        self.to_run.add(task.task_id)
+        if task.task_family == "PrepareTuple":
+            self.prep_total.add(task.task_id)
+
+    def started_task(self, task: luigi.Task) -> None:
+        """``task`` starts (locally or as a job)."""
+        self.started[task.task_id] = time.perf_counter()
+
+    def finished(self, task: luigi.Task, status: str, new_deps: int) -> None:
+        """``task`` ended with luigi ``status`` (PENDING with ``new_deps`` > 0: it yielded new tasks)."""
+        seconds = time.perf_counter() - self.started.pop(task.task_id, time.perf_counter())
+        if status == luigi.scheduler.PENDING:
+            self._print(f"{describe(task)} needs {new_deps} more task(s)")
+            return
+        self.done.add(task.task_id)
+        note = "FAILED" if status == luigi.scheduler.FAILED else "done"
+        line = f"{describe(task)} {note} in {seconds:.1f} s"
+        n = events_read(task) if status == luigi.scheduler.DONE else None
+        if n is not None:
+            self.prep_done += 1
+            self.events += n
+            line += (f": {n} events read (prep {self.prep_done}/{len(self.prep_total)} files, "
+                     f"{self.events} events)")
+        self._print(line)
+
+    def _print(self, text: str) -> None:
+        if self.stream is not None:
+            width = len(str(len(self.to_run)))
+            print(f"[{len(self.done):>{width}}/{len(self.to_run)}] {text}", file=self.stream, flush=True)
+
+
+# --- worker -----------------------------------------------------------------------------------------
+class CalibWorker(SendJobWorker):
+    """b2luigi's batch worker with progress reporting, batch-job results and patience for other workers.
+
+    ``batch=False`` runs every task locally (whatever settings.json says), ``batch=True`` submits each
+    task to the batch system of settings.json (tasks whose batch system is ``local`` run locally).
+    """
+
+    def __init__(self, *args: Any, batch: bool = False, progress: Progress | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch = batch
+        self.progress = progress or Progress(None)
+
+    def _create_task_process(self, task: luigi.Task) -> Any:
+        self.progress.started_task(task)
+        cls = batch.process_class(self.detect_batch_system(task)) if self.batch else None
+        if cls is None:
+            return luigi.worker.Worker._create_task_process(self, task)
+        return cls(task=task, scheduler=self._scheduler, result_queue=self._task_result_queue,
+                   worker_timeout=self._config.timeout)
+
+    def _add_task(self, *args: Any, **kwargs: Any) -> None:
+        super()._add_task(*args, **kwargs)
+        task = self._scheduled_tasks.get(kwargs["task_id"])
+        if task is None:
+            return
+        if task.task_id in self._running_tasks:
+            self.progress.finished(task, kwargs["status"], len(kwargs.get("new_deps") or []))
+        elif kwargs["status"] == luigi.scheduler.PENDING:
+            self.progress.scheduled(task)
+
+    def _keep_alive(self, get_work_response: Any) -> bool:
+        """Stay while tasks we wait for are pending and another worker runs tasks of our calibrations."""
+        if get_work_response.n_pending_tasks == 0:
+            return False
+        if get_work_response.running_tasks:
+            return True
+        ours = {(t.param_kwargs.get("config"), t.param_kwargs.get("result_dir")) for t in self._scheduled_tasks.values()}
+        running = self._scheduler.task_list(status=luigi.scheduler.RUNNING, upstream_status="")
+        if "num_tasks" in running:
+            return True
+        return any((t["params"].get("config"), t["params"].get("result_dir")) in ours for t in running.values())
+
+
+class _Factory(luigi.interface._WorkerSchedulerFactory):
+    """Creates :class:`CalibWorker` instances with the run's mode and progress."""
+
+    def __init__(self, batch: bool, progress: Progress) -> None:
+        self.batch = batch
+        self.progress = progress
+
+    def create_worker(self, scheduler: Any, worker_processes: int, assistant: bool = False) -> CalibWorker:
+        return CalibWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant,
+                           batch=self.batch, progress=self.progress)
+
+
+# --- running ----------------------------------------------------------------------------------------
 def _configure_luigi() -> None:
-    """Opt in to luigi's future default (no range-task autoloading), silencing its deprecation warning."""
+    """luigi defaults for calibflow unless the user's luigi config sets them.
+
+    No range-task autoloading (luigi's future default, silences its warning); per-task log files
+    (:class:`tasks.base.TaskLog`); a short idle wait while another invocation runs our tasks.
+    """
     cfg = luigi.configuration.get_config()
-    if not cfg.has_section("core"):
-        cfg.add_section("core")
-    if not cfg.has_option("core", "autoload_range"):
-        cfg.set("core", "autoload_range", "false")
+    for section, option, value in (("core", "autoload_range", "false"),
+                                   ("worker", "task_process_context", "tasks.base.TaskLog"),
+                                   ("worker", "wait_jitter", "0.5")):
+        if not cfg.has_section(section):
+            cfg.add_section(section)
+        if not cfg.has_option(section, option):
+            cfg.set(section, option, value)
 
 
-def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1) -> RunReport:
-    """Run ``tasks`` with a local scheduler and ``workers`` processes; return the report."""
+def check_batch_system(task: luigi.Task) -> str:
+    """The batch system ``task`` would be submitted to; SetupError if it is not Slurm, HTCondor or LSF."""
+    system = SendJobWorker.detect_batch_system(None, task)  # uses only the settings, not the worker
+    if batch.process_class(system) is None:
+        allowed = ", ".join(s.value for s in (BatchSystems.slurm, BatchSystems.htcondor, BatchSystems.lsf))
+        raise SetupError(f"--batch: batch_system in settings.json is {system.value!r} "
+                         f"(or 'auto' found no batch system); use one of {allowed}")
+    return system.value
+
+
+def run_tasks(tasks: Sequence[luigi.Task], workers: int = 1, scheduler: SchedulerAddress | None = None,
+              batch_mode: bool = False, progress: TextIO | None = None) -> luigi.LuigiRunResult:
+    """Run ``tasks`` (local scheduler unless ``scheduler``); return luigi's detailed result."""
     _configure_luigi()
-    result = luigi.build(list(tasks), workers=workers, local_scheduler=True, detailed_summary=True,
-                         log_level="WARNING")
+    if batch_mode:
+        batch.configure_submission()
+    where: dict[str, Any] = ({"scheduler_host": scheduler.host, "scheduler_port": scheduler.port}
+                             if scheduler else {"local_scheduler": True})
+    return luigi.build(list(tasks), workers=workers, detailed_summary=True, log_level="WARNING",
+                       worker_scheduler_factory=_Factory(batch_mode, Progress(progress)), **where)
+
+
+def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: SchedulerAddress | None = None,
+          batch_mode: bool = False, progress: TextIO | None = None) -> RunReport:
+    """Run ``tasks`` of ``plan``, removing stale temporaries of killed runs and jobs; return the report.
+
+    ``workers`` is the number of local processes, or of batch jobs in flight with ``batch_mode``.
+    Progress lines go to ``progress`` (None: silent).
+    """
+    if batch_mode:
+        check_batch_system(tasks[0])
+    cleaned = clean_stale_temporaries(plan.workdir) if os.path.isdir(plan.workdir) else []
+    if cleaned and progress is not None:
+        print(f"removed {len(cleaned)} stale temporary file(s) left by an interrupted run", file=progress)
+    result = run_tasks(tasks, workers, scheduler, batch_mode, progress)
+    cleaned += clean_stale_temporaries(plan.workdir) if os.path.isdir(plan.workdir) else []  # of killed jobs
     s = _summary_dict(result.worker)
     failed = s["failed"] | s["scheduling_error"]
-    pending = s["still_pending_ext"] | s["still_pending_not_ext"] | s.get("upstream_failure", set())
+    waiting = (s["still_pending_ext"] | s["still_pending_not_ext"] | s.get("upstream_failure", set())
+               | s["run_by_other_worker"])
+    by_others = {t for t in waiting if t not in failed and t.complete()}  # done by another invocation
+    pending = waiting - by_others - failed
     return RunReport(
         ok=not failed and not pending,
         ran=Counter(t.task_family for t in s["completed"]),
         reused=Counter(t.task_family for t in s["already_done"]),
         failed=[(t.task_id, failure_reason(plan, t)) for t in sorted(failed, key=str)],
         not_run=len(pending),
+        by_others=Counter(t.task_family for t in by_others),
+        cleaned=cleaned,
     )
+

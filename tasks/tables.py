@@ -1,4 +1,4 @@
-"""Tables and exports: efficiency/scale-factor/closure tables, correctionlib JSON, plots, publication."""
+"""Tables and exports: per-variant tables, systematic combination, exports and publication."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 
 from calibflow.outputs import is_published
+from calibflow.variants import NOMINAL
 from tasks.base import CalibTask
 from tasks.fit import FillHistograms, FitBin, MakeBinning, fit_tasks
 
@@ -13,7 +14,7 @@ DONE = "tables.done"
 
 
 class EfficiencyTable(CalibTask):
-    """Collect every per-bin result into efficiencies.csv, scale_factors.csv and closure.csv."""
+    """Collect every per-bin result of one variant into efficiencies/scale_factors/closure CSVs."""
 
     def requires(self):
         yield MakeBinning(**self.common())
@@ -23,6 +24,7 @@ class EfficiencyTable(CalibTask):
 
     def run(self):
         from calibflow.histos import read_truth
+        from calibflow.io.store import atomic_path
         from calibflow.outputs import write_tables
 
         plan = self.plan
@@ -39,28 +41,43 @@ class EfficiencyTable(CalibTask):
             yield hists
             truth = {h.sample: read_truth(h.output().path) for h in hists}
         write_tables(plan.table_dir(), plan.load_scheme(), results, plan.scale_factor_pairs(), truth)
-        with open(self.output().path, "w") as f:
+        with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
             f.write(plan.table_key() + "\n")
 
 
-class ExportTables(CalibTask):
-    """Export correctionlib JSON and plots, then publish everything under ``<result_dir>/<name>/``."""
+class CombineTables(CalibTask):
+    """Nominal tables (and each working point's) with the systematic sources combined, the master
+    table and, for cut scans, the ROC points."""
 
     def requires(self):
-        yield EfficiencyTable(**self.common())
+        plan = self.plan
+        for v in [NOMINAL, *plan.all_variants()]:
+            yield EfficiencyTable(config=self.config, result_dir=self.result_dir, variant=v)
+
+    def output(self):
+        return self.target(os.path.join(self.plan.combined_dir(), DONE))
+
+    def run(self) -> None:
+        from calibflow.io.store import atomic_path
+        from calibflow.assemble import combine_all
+
+        combine_all(self.plan)
+        with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
+            f.write(self.plan.combined_key() + "\n")
+
+
+class ExportTables(CalibTask):
+    """Export every format and publish under ``<result_dir>/<name>/`` (manifest names the key)."""
+
+    def requires(self):
+        yield CombineTables(**self.common())
 
     def complete(self) -> bool:
         plan = self.plan
-        return is_published(plan.workdir, plan.table_key())
+        return is_published(plan.workdir, plan.export_key())
 
     def run(self) -> None:
-        from calibflow.outputs import export_tables, publish
+        from calibflow.assemble import export_all
 
-        plan = self.plan
-        out = plan.table_dir()
-        cfg = plan.config
-        files = [os.path.join(out, n) for n in ("efficiencies.csv", "scale_factors.csv", "closure.csv")]
-        files = [f for f in files if os.path.exists(f)]
-        files += export_tables(out, plan.load_scheme(), cfg.outputs.correction_name or cfg.name,
-                               cfg.outputs.correctionlib, cfg.outputs.plots)
-        publish(out, plan.workdir, plan.table_key(), files)
+        export_all(self.plan)
+

@@ -1,8 +1,9 @@
 """Export scale factors as a correctionlib (schema v2) JSON, built with correctionlib's own models.
 
-Inputs are the binning variables (outer first) and a string ``syst`` with values ``nominal``, ``up``
-and ``down``; nested schemes become nested ``Binning`` nodes; out-of-range inputs are clamped to the
-edge bins (``flow="clamp"``).
+Inputs are the binning variables (outer first) and a string ``syst``: ``nominal``, ``up``/``down``
+(total uncertainty), ``statUp``/``statDown``, ``systUp``/``systDown`` and ``<source>Up``/``<source>Down``
+for every systematic source; nested schemes become nested ``Binning`` nodes; out-of-range inputs are
+clamped to the edge bins (``flow="clamp"``) unless another flow is asked for.
 """
 
 from __future__ import annotations
@@ -16,41 +17,36 @@ import correctionlib.schemav2 as cs
 from calibflow.binning import BinningScheme, Node
 from calibflow.io.store import atomic_path
 
-SYSTS = ("nominal", "up", "down")
 
-
-def _binning(node: Node, values: Mapping[int, float], counter: list[int]) -> cs.Binning:
+def _binning(node: Node, values: Mapping[int, float], counter: list[int], flow: str) -> cs.Binning:
     content: list[cs.Binning | float] = []
     for i in range(len(node.edges) - 1):
         if node.children is None:
             content.append(float(values[counter[0]]))
             counter[0] += 1
         else:
-            content.append(_binning(node.children[i], values, counter))
-    return cs.Binning(nodetype="binning", input=node.variable, edges=list(node.edges), content=content, flow="clamp")
+            content.append(_binning(node.children[i], values, counter, flow))
+    return cs.Binning(nodetype="binning", input=node.variable, edges=list(node.edges), content=content, flow=flow)
 
 
 def build_correction(
     name: str,
     scheme: BinningScheme,
-    nominal: Mapping[int, float],
-    down: Mapping[int, float],
-    up: Mapping[int, float],
+    categories: Mapping[str, Mapping[int, float]],
     description: str = "",
+    flow: str = "clamp",
 ) -> cs.Correction:
-    """Correction with nominal/up/down content; ``down``/``up`` are errors (positive), per bin index."""
-    bad = [i for i in range(len(scheme)) if not all(math.isfinite(m.get(i, math.nan)) for m in (nominal, down, up))]
+    """Correction with one binned content per category (``nominal`` first), values per bin index.
+
+    ``flow`` is correctionlib's treatment of out-of-range inputs: ``clamp`` or ``error``.
+    """
+    bad = sorted({i for vals in categories.values() for i in range(len(scheme)) if not math.isfinite(vals.get(i, math.nan))})
     if bad:
         labels = "; ".join(f"bin {i} ({scheme.bins[i].label()})" for i in bad[:5])
-        raise ValueError(f"cannot export {name!r}: no finite scale factor in {len(bad)} bin(s): {labels}")
-    shifted = {
-        "nominal": dict(nominal),
-        "up": {i: nominal[i] + up[i] for i in nominal},
-        "down": {i: nominal[i] - down[i] for i in nominal},
-    }
-    items = [cs.CategoryItem(key=s, value=_binning(scheme.root, shifted[s], [0])) for s in SYSTS]
+        raise ValueError(f"cannot export {name!r}: no finite value in {len(bad)} bin(s): {labels}")
+    items = [cs.CategoryItem(key=k, value=_binning(scheme.root, v, [0], flow)) for k, v in categories.items()]
     inputs = [cs.Variable(name=v, type="real", description=f"binning variable {v}") for v in scheme.variables]
-    inputs.append(cs.Variable(name="syst", type="string", description="nominal, up or down"))
+    inputs.append(cs.Variable(name="syst", type="string", description=", ".join(categories)))
     return cs.Correction(
         name=name,
         description=description or f"data/simulation scale factor binned in {', '.join(scheme.variables)}",

@@ -351,16 +351,23 @@ def _cms_logpdf(x: np.ndarray, alpha: float, beta: float, gamma: float) -> np.nd
 
 
 def _argus_cdf(x: np.ndarray, m0: float, chi: float, p: float) -> np.ndarray:
-    from numba_stats import argus
-
-    return argus.cdf(np.asarray(x, dtype=float), chi, m0, p)
+    """Primitive of the generalised ARGUS density: with y = 1 − x²/m0² and a = χ²/2,
+    (m0²/2)·Γ(p+1)/a^(p+1)·[P(p+1, a) − P(p+1, a·y)] on [0, m0] (constant outside)."""
+    xa = np.clip(np.asarray(x, dtype=float), 0.0, m0)
+    a = 0.5 * chi * chi
+    y = 1.0 - (xa / m0) ** 2
+    scale = 0.5 * m0 * m0 * math.exp(special.gammaln(p + 1.0) - (p + 1.0) * math.log(a))
+    return scale * (special.gammainc(p + 1.0, a) - special.gammainc(p + 1.0, a * y))
 
 
 def _argus_logpdf(x: np.ndarray, m0: float, chi: float, p: float) -> np.ndarray:
-    """Generalised ARGUS ∝ x·(1−x²/m0²)^p·exp(−χ²(1−x²/m0²)/2) on [0, m0] (p = 1/2: scipy.stats.argus)."""
-    from numba_stats import argus
-
-    return argus.logpdf(np.asarray(x, dtype=float), chi, m0, p)
+    """Generalised ARGUS ln[x·y^p·exp(−χ²y/2)], y = 1 − x²/m0², on [0, m0] (p = ½: scipy.stats.argus)."""
+    xa = np.asarray(x, dtype=float)
+    y = 1.0 - (xa / m0) ** 2
+    ok = (xa > 0) & (y > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, np.log(np.where(ok, xa, 1.0)) + p * np.log(np.where(ok, y, 1.0)) - 0.5 * chi * chi * y,
+                        -np.inf)
 
 
 def _threshold_cdf(x: np.ndarray, m0: float, a: float, b: float) -> np.ndarray:

@@ -3,31 +3,48 @@
 Model per category c ∈ {pass, fail}, expected counts in mass bin j:
 
     ν_pass,j = N_sig·ε·S_j(θ) + N_bkg,pass·B_j(β_pass)
-    ν_fail,j = N_sig·(1−ε)·S_j(θ) + N_bkg,fail·B_j(β_fail)
+    ν_fail,j = N_sig·(1−ε)·S_j(θ') + N_bkg,fail·B_j(β_fail)
 
 with S_j, B_j the fractions of the normalised signal and background shapes in bin j. The signal shape θ
-is shared, the efficiency ε is a fit parameter. The cost is the Baker-Cousins Poisson χ²; weighted
-histograms use the scaled-Poisson approximation (counts and expectations scaled by Σw/Σw² per bin),
-which gives correct uncertainties for weighted data.
+is shared (θ' = θ, or θ with its widths shifted by ``dsigma_fail`` when ``fail_width_shift``), the
+efficiency ε is a fit parameter. The cost is the Baker-Cousins Poisson χ²; weighted histograms use the
+scaled-Poisson approximation (counts and expectations scaled by Σw/Σw² per bin), which gives correct
+uncertainties for weighted data. For the common shapes the expectation and the χ² are one numba kernel.
+
+Fits that fail the checks of :mod:`calibflow.fit.diagnostics` are retried: Migrad strategy 2 from
+starting values of a background-only fit of the sidebands, then with simpler signal models
+(e.g. crystalball → gauss). The result records every attempt and which one was accepted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numba as nb
 import numpy as np
 from iminuit import Minuit
 
-from calibflow.fit.models import Shape, get_shape, normalised_cdf
+from calibflow.fit.diagnostics import FitQuality, at_limit, fit_problems
+from calibflow.fit.models import EXPONENTIAL, Shape, cdf1, get_shape, normalised_cdf
 
 SIDEBAND_FRACTION = 0.15
+SIGNAL_WINDOW = 3.0  # half-width of the signal window excluded from sideband fits, in units of the width
+YIELDS = ("n_sig", "eff", "n_bkg_pass", "n_bkg_fail")
+
+Start = dict[str, tuple[float, tuple[float, float]]]
+Cost = Callable[[np.ndarray], float]
 
 
 @dataclass
 class FitResult:
-    """Outcome of one pass/fail fit. Yields are signal counts in the fit range."""
+    """Outcome of one pass/fail fit. Yields are signal counts in the fit range.
+
+    ``attempts``: one dict per attempt (label, signal model, status, χ², ndof); ``accepted``: index of
+    the attempt reported (the first good one, else the best); ``signal_model``: its signal shape.
+    """
 
     efficiency: float
     err_down: float
@@ -41,6 +58,10 @@ class FitResult:
     ndof: int
     values: dict[str, float] = field(default_factory=dict)
     errors: dict[str, float] = field(default_factory=dict)
+    n_attempts: int = 1
+    accepted: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    signal_model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -49,29 +70,80 @@ class FitResult:
 
 @dataclass(frozen=True)
 class PassFailModel:
-    """Parameter layout and expectation function of a simultaneous pass/fail model."""
+    """Parameter layout and expectation of a simultaneous pass/fail model on [lo, hi].
+
+    Parameter vector: n_sig, eff, n_bkg_pass, n_bkg_fail, signal params, background params of the
+    pass then the fail category (suffixed ``_pass``/``_fail``), then ``dsigma_fail`` if
+    ``fail_width_shift``.
+    """
 
     signal: Shape
     background: Shape
     lo: float
     hi: float
+    fail_width_shift: bool = False
+
+    @classmethod
+    def create(cls, signal: str | Shape, background: str | Shape, lo: float, hi: float,
+               fail_width_shift: bool = False) -> PassFailModel:
+        """Model with the named shapes bound to [lo, hi]."""
+        return cls(get_shape("signal", signal).on(lo, hi), get_shape("background", background).on(lo, hi),
+                   float(lo), float(hi), fail_width_shift)
 
     @property
     def names(self) -> list[str]:
         """Parameter names, in the order of the parameter vector."""
         bkg = [f"{p}_{c}" for c in ("pass", "fail") for p in self.background.params]
-        return ["n_sig", "eff", "n_bkg_pass", "n_bkg_fail", *self.signal.params, *bkg]
+        return [*YIELDS, *self.signal.params, *bkg, *(["dsigma_fail"] if self.fail_width_shift else [])]
+
+    @property
+    def shape_names(self) -> list[str]:
+        """Names of the shape parameters (all but the yields and ε)."""
+        return self.names[len(YIELDS):]
+
+    @property
+    def default_fixed(self) -> set[str]:
+        """Parameters fixed unless the caller gives them limits."""
+        bkg = {f"{p}_{c}" for c in ("pass", "fail") for p in self.background.fixed}
+        return set(self.signal.fixed) | bkg
+
+    @property
+    def bounded(self) -> set[str]:
+        """Parameters allowed to sit at a limit."""
+        bkg = {f"{p}_{c}" for c in ("pass", "fail") for p in self.background.bounded}
+        return set(self.signal.bounded) | bkg
+
+    @property
+    def fused(self) -> bool:
+        """Whether both shapes have a numba kernel."""
+        return self.signal.code >= 0 and self.background.code >= 0
+
+    @property
+    def width_mask(self) -> np.ndarray:
+        """Boolean mask of the signal parameters shifted by ``dsigma_fail``."""
+        return np.array([self.fail_width_shift and p in self.signal.widths for p in self.signal.params], dtype=bool)
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(signal params pass, signal params fail, background params pass, background params fail)."""
+        ns, nb_ = len(self.signal.params), len(self.background.params)
+        sig = np.asarray(x[4 : 4 + ns], dtype=float)
+        sig_fail = sig + self.width_mask * x[-1] if self.fail_width_shift else sig
+        return sig, sig_fail, np.asarray(x[4 + ns : 4 + ns + nb_]), np.asarray(x[4 + ns + nb_ : 4 + ns + 2 * nb_])
 
     def expected(self, edges: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Expected counts per mass bin (pass, fail) for the parameter vector ``x``."""
-        ns, nb = len(self.signal.params), len(self.background.params)
         n_sig, eff, nbp, nbf = x[:4]
-        sig = np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *x[4 : 4 + ns]))
-        bp = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *x[4 + ns : 4 + ns + nb]))
-        bf = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *x[4 + ns + nb :]))
-        return n_sig * eff * sig + nbp * bp, n_sig * (1.0 - eff) * sig + nbf * bf
+        ps, psf, pbp, pbf = self.split(x)
+        sp = np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *ps))
+        sf = sp if psf is ps else np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *psf))
+        bp = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *pbp))
+        bf = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *pbf))
+        return n_sig * eff * sp + nbp * bp, n_sig * (1.0 - eff) * sf + nbf * bf
 
 
+# --------------------------------------------------------------------------------------------------
+# cost functions
+# --------------------------------------------------------------------------------------------------
 def _poisson_chi2(n: np.ndarray, nu: np.ndarray, scale: np.ndarray) -> float:
     """Baker-Cousins χ² with per-bin scale factors s = Σw/Σw² (1 for unweighted counts)."""
     nu = np.maximum(nu, 1e-300)
@@ -81,56 +153,357 @@ def _poisson_chi2(n: np.ndarray, nu: np.ndarray, scale: np.ndarray) -> float:
     return float(2.0 * np.sum(nus - ns + log_term))
 
 
+@nb.njit(cache=True)
+def _bin_fractions(code: int, edges: np.ndarray, p: np.ndarray, off: int, npar: int, lo: float, hi: float,
+                   uniform: bool, out: np.ndarray) -> None:
+    """Fractions of shape ``code`` (parameters p[off:off+npar]) in each bin of ``edges``, [lo, hi] = 1.
+
+    Exponential on uniform bins: f_j = e^{kΔj}·expm1(kΔ)/expm1(kW), one exp per bin by recurrence.
+    """
+    n = edges.size - 1
+    if code == EXPONENTIAL and uniform:
+        k = p[off]
+        delta, width = edges[1] - edges[0], edges[n] - edges[0]
+        if abs(k) * width < 1e-12:
+            out[:] = delta / width
+            return
+        r = math.exp(k * delta)
+        f = math.expm1(k * delta) / math.expm1(k * width)
+        if k > 0:  # start from the top bin so that the recurrence never overflows
+            f *= math.exp(-k * (width - delta))
+        for j in range(n):
+            out[j] = f
+            f *= r
+        return
+    prev = cdf1(code, edges[0], p, off, npar, lo, hi)
+    inv = 1.0 / (cdf1(code, edges[n], p, off, npar, lo, hi) - prev)
+    for j in range(n):
+        c = cdf1(code, edges[j + 1], p, off, npar, lo, hi)
+        out[j] = (c - prev) * inv
+        prev = c
+
+
+@nb.njit(cache=True)
+def _bc_term(n: float, nu: float, s: float) -> float:
+    nus, ns = max(nu, 1e-300) * s, n * s
+    return 2.0 * (nus - ns + (ns * math.log(ns / nus) if ns > 0 else 0.0))
+
+
+@nb.njit(cache=True)
+def _fused_chi2(x: np.ndarray, edges: np.ndarray, data: np.ndarray, codes: np.ndarray, wmask: np.ndarray,
+                lo: float, hi: float) -> float:
+    """Baker-Cousins χ² of the pass/fail model (layout of :class:`PassFailModel`) in one pass.
+
+    ``data`` rows: pass counts, fail counts, pass scale, fail scale; ``codes``: signal code, number of
+    signal parameters, background code, number of background parameters, uniform-bins flag.
+    """
+    scode, ns, bcode, nbk, uniform = codes[0], codes[1], codes[2], codes[3], codes[4] != 0
+    nbin = data.shape[1]
+    s_p, s_f, b_p, b_f = np.empty(nbin), np.empty(nbin), np.empty(nbin), np.empty(nbin)
+    _bin_fractions(scode, edges, x, 4, ns, lo, hi, uniform, s_p)
+    if wmask.any():
+        psf = x[4 : 4 + ns].copy()
+        for i in range(ns):
+            if wmask[i]:
+                psf[i] += x[x.size - 1]
+        _bin_fractions(scode, edges, psf, 0, ns, lo, hi, uniform, s_f)
+    else:
+        s_f[:] = s_p
+    _bin_fractions(bcode, edges, x, 4 + ns, nbk, lo, hi, uniform, b_p)
+    _bin_fractions(bcode, edges, x, 4 + ns + nbk, nbk, lo, hi, uniform, b_f)
+    n_sig, eff, nbp, nbf = x[0], x[1], x[2], x[3]
+    chi2 = 0.0
+    for j in range(nbin):
+        chi2 += _bc_term(data[0, j], n_sig * eff * s_p[j] + nbp * b_p[j], data[2, j])
+        chi2 += _bc_term(data[1, j], n_sig * (1.0 - eff) * s_f[j] + nbf * b_f[j], data[3, j])
+    return chi2 if np.isfinite(chi2) else 1e30
+
+
+def binned_cost(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf: np.ndarray, sp: np.ndarray,
+                sf: np.ndarray) -> Cost:
+    """Baker-Cousins χ²(x) of the histograms; the fused numba kernel when both shapes have one."""
+    if model.fused:
+        widths = np.diff(edges)
+        uniform = bool(np.allclose(widths, widths[0], rtol=1e-9, atol=0.0))
+        codes = np.array([model.signal.code, len(model.signal.params), model.background.code,
+                          len(model.background.params), uniform], dtype=np.int64)
+        args = (np.ascontiguousarray(edges), np.ascontiguousarray(np.stack([hp, hf, sp, sf])), codes,
+                model.width_mask, model.lo, model.hi)
+
+        def fused(x: np.ndarray) -> float:
+            return _fused_chi2(np.asarray(x, dtype=float), *args)
+
+        return fused
+
+    def cost(x: np.ndarray) -> float:
+        nu_p, nu_f = model.expected(edges, x)
+        if not (np.all(np.isfinite(nu_p)) and np.all(np.isfinite(nu_f))):
+            return 1e30
+        return _poisson_chi2(hp, nu_p, sp) + _poisson_chi2(hf, nu_f, sf)
+
+    return cost
+
+
 def _scale(w: np.ndarray, w2: np.ndarray | None) -> np.ndarray:
     if w2 is None:
         return np.ones_like(w)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(w2 > 0, w / w2, 1.0)
+        return np.where(w2 > 0, w / np.where(w2 > 0, w2, 1.0), 1.0)
 
 
+# --------------------------------------------------------------------------------------------------
+# starting values
+# --------------------------------------------------------------------------------------------------
 def _sideband_density(h: np.ndarray) -> tuple[float, float]:
     k = max(1, int(SIDEBAND_FRACTION * h.size))
     return float(np.mean(h[:k])), float(np.mean(h[-k:]))
 
 
-def starting_values(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf: np.ndarray) -> dict[str, Any]:
+def peak_estimate(edges: np.ndarray, hp: np.ndarray, hf: np.ndarray) -> tuple[float, float]:
+    """(peak position, width guess) from the largest excess of pass+fail over the sideband level."""
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    lo, hi = float(edges[0]), float(edges[-1])
+    excess = np.clip(hp + hf - np.median(np.concatenate([hp[:3], hp[-3:], hf[:3], hf[-3:]])), 0, None)
+    peak = float(centres[np.argmax(excess)]) if excess.sum() > 0 else 0.5 * (lo + hi)
+    return peak, max(3.0 * float(edges[1] - edges[0]), (hi - lo) / 40.0)
+
+
+def starting_values(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf: np.ndarray) -> Start:
     """Data-driven starts and limits: background from the sidebands, signal from the excess."""
     centres = 0.5 * (edges[1:] + edges[:-1])
-    width_bin = edges[1] - edges[0]
     total = max(float(hp.sum() + hf.sum()), 1.0)
-    start: dict[str, Any] = {}
+    start: Start = {}
     sig_counts = []
     for cat, h in (("pass", hp), ("fail", hf)):
         left, right = _sideband_density(h)
         bkg = 0.5 * (left + right) * h.size
         sig_counts.append(max(float(h.sum()) - bkg, 0.05 * float(h.sum()) + 1.0))
         start[f"n_bkg_{cat}"] = (max(bkg, 1.0), (0.0, 2.0 * total))
+        defaults = model.background.start(model.lo, model.hi, 0.0, 0.0)
+        for p, s in defaults.items():
+            start[f"{p}_{cat}"] = s
         if model.background.name == "exponential":
             span = centres[-1] - centres[0]
             slope = np.log((right + 1.0) / (left + 1.0)) / span if span > 0 else 0.0
-            lim = model.background.start(model.lo, model.hi, 0.0, 0.0)["slope"][1]
+            lim = defaults["slope"][1]
             start[f"slope_{cat}"] = (float(np.clip(slope, *lim)), lim)
-        else:
-            for p, s in model.background.start(model.lo, model.hi, 0.0, 0.0).items():
-                start[f"{p}_{cat}"] = s
-    excess = np.clip(hp + hf - np.median(np.concatenate([hp[:3], hp[-3:], hf[:3], hf[-3:]])), 0, None)
-    peak = float(centres[np.argmax(excess)]) if excess.sum() > 0 else 0.5 * (model.lo + model.hi)
-    sig_start = model.signal.start(model.lo, model.hi, peak, max(3.0 * width_bin, (model.hi - model.lo) / 40.0))
-    start.update(sig_start)
+    peak, width = peak_estimate(edges, hp, hf)
+    start.update(model.signal.start(model.lo, model.hi, peak, width))
     start["n_sig"] = (sig_counts[0] + sig_counts[1], (0.0, 2.0 * total))
     start["eff"] = (float(np.clip(sig_counts[0] / (sig_counts[0] + sig_counts[1]), 0.02, 0.98)), (0.0, 1.0))
+    if model.fail_width_shift:
+        start["dsigma_fail"] = (0.0, (-0.5 * width, 2.0 * width))
     return start
 
 
-def _at_limit(m: Minuit, names: list[str]) -> list[str]:
-    out = []
-    for p in m.params:
-        if p.name not in names or p.is_fixed or p.lower_limit is None or p.upper_limit is None:
+def sideband_starts(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf: np.ndarray,
+                    peak: float, width: float) -> Start:
+    """Starts from background-only fits of the sidebands (bins further than 3 widths from ``peak``).
+
+    Each category's background shape and yield come from a Poisson fit of its sideband bins; the signal
+    yield and ε from the excess over that background in the whole range.
+    """
+    start = starting_values(model, edges, hp, hf)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    side = np.abs(centres - peak) > SIGNAL_WINDOW * width
+    bkg_names = model.background.params
+    if side.sum() < len(bkg_names) + 2:
+        return start
+    excess = []
+    for cat, h in (("pass", hp), ("fail", hf)):
+        names = [f"n_bkg_{cat}", *(f"{p}_{cat}" for p in bkg_names)]
+
+        def cost(x: np.ndarray, h: np.ndarray = h) -> float:
+            frac = np.diff(normalised_cdf(model.background, edges, model.lo, model.hi, *x[1:]))
+            nu = x[0] * frac[side]
+            return _poisson_chi2(h[side], nu, np.ones_like(nu)) if np.all(np.isfinite(nu)) else 1e30
+
+        m = Minuit(cost, [start[n][0] for n in names], name=names)
+        m.errordef = Minuit.LEAST_SQUARES
+        for n in names:
+            m.limits[n] = start[n][1]
+            m.fixed[n] = n.rsplit("_", 1)[0] in model.background.fixed
+        m.migrad()
+        for n in names:
+            start[n] = (float(m.values[n]), start[n][1])
+        excess.append(max(float(h.sum()) - float(m.values[names[0]]), 1.0))
+    start["n_sig"] = (excess[0] + excess[1], start["n_sig"][1])
+    start["eff"] = (float(np.clip(excess[0] / (excess[0] + excess[1]), 0.02, 0.98)), (0.0, 1.0))
+    return start
+
+
+def apply_overrides(model: PassFailModel, start: Start,
+                    parameters: Mapping[str, Mapping[str, Any]] | None) -> tuple[Start, set[str]]:
+    """Starts with the user's overrides applied, and the set of fixed parameters.
+
+    Overrides naming parameters absent from ``model`` are skipped (the caller validates names against
+    the requested model; simpler fallback models have fewer parameters).
+    """
+    start = dict(start)
+    fixed = set(model.default_fixed)
+    for name, spec in (parameters or {}).items():
+        if name not in start:
             continue
-        tol = max(1e-3 * (p.upper_limit - p.lower_limit), 0.1 * (p.error or 0.0))
-        if min(p.value - p.lower_limit, p.upper_limit - p.value) < tol:
-            out.append(p.name)
-    return out
+        value, lim = start[name]
+        lim = tuple(spec["limits"]) if spec.get("limits") else lim
+        start[name] = (spec["value"] if spec.get("value") is not None else value, lim)  # type: ignore[assignment]
+        if spec.get("limits"):
+            fixed.discard(name)
+        if spec.get("fixed"):
+            fixed.add(name)
+    return start, fixed
+
+
+def make_minuit(cost: Cost, model: PassFailModel, start: Start, fixed: set[str], strategy: int,
+                grad: Callable[[np.ndarray], np.ndarray] | None = None) -> Minuit:
+    """Minuit on ``cost`` (a χ²-like, errordef 1) with starts clipped into their limits."""
+    names = model.names
+    x0 = [float(np.clip(start[n][0], *start[n][1])) for n in names]
+    m = Minuit(cost, x0, name=names, grad=grad)
+    m.errordef = Minuit.LEAST_SQUARES
+    for n in names:
+        m.limits[n] = start[n][1]
+        m.fixed[n] = n in fixed
+    m.strategy = strategy
+    return m
+
+
+# --------------------------------------------------------------------------------------------------
+# attempts and result
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Attempt:
+    """One minimisation: its model, Minuit, goodness of fit and problems."""
+
+    label: str
+    model: PassFailModel
+    minuit: Minuit
+    chi2: float
+    ndof: int
+    problems: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready record of the attempt."""
+        return {"label": self.label, "signal_model": self.model.signal.name,
+                "status": ",".join(self.problems) or "ok", "chi2": self.chi2, "ndof": self.ndof,
+                "valid": bool(self.minuit.valid)}
+
+
+def attempt_plan(signal: Shape, strategy: int, retry: bool) -> list[tuple[str, Shape, int, str]]:
+    """(label, signal shape, strategy, start mode) of each attempt, in order."""
+    plan = [("initial", signal, strategy, "excess")]
+    if not retry:
+        return plan
+    plan.append(("strategy2_sideband_starts", signal, 2, "sideband"))
+    seen = {signal.name}
+    shape = signal
+    while shape.simpler and shape.simpler not in seen:
+        shape = get_shape("signal", shape.simpler)
+        seen.add(shape.name)
+        plan.append((f"simpler_signal:{shape.name}", shape, 2, "sideband"))
+    return plan
+
+
+def run_attempts(
+    model0: PassFailModel,
+    edges: np.ndarray,
+    hp: np.ndarray,
+    hf: np.ndarray,
+    make_cost: Callable[[PassFailModel], Cost],
+    goodness: Callable[[PassFailModel, Minuit], tuple[float, int]],
+    parameters: Mapping[str, Mapping[str, Any]] | None,
+    strategy: int,
+    quality: FitQuality,
+    prefit: bool = False,
+) -> tuple[list[Attempt], int]:
+    """Fit until an attempt passes the checks; return all attempts and the index of the one to report.
+
+    ``hp``/``hf`` are histograms on ``edges`` used for the starting values (the data themselves for
+    binned fits); ``goodness(model, minuit)`` gives (χ², ndof) of a minimum. ``prefit``: start each
+    attempt from a binned fit of ``hp``/``hf`` (for unbinned costs: far fewer expensive calls).
+    """
+    names = model0.names
+    for name in parameters or {}:
+        if name not in names:
+            raise ValueError(f"fit.parameters.{name}: not a parameter of this model; parameters: {', '.join(names)}")
+    peak, width = peak_estimate(edges, hp, hf)
+    attempts: list[Attempt] = []
+    for label, signal, strat, mode in attempt_plan(model0.signal, strategy, quality.retry):
+        model = PassFailModel(signal.on(model0.lo, model0.hi), model0.background, model0.lo, model0.hi,
+                              model0.fail_width_shift)
+        if mode == "sideband":
+            prev = attempts[-1].minuit
+            if "mu" in prev.parameters and "sigma" in prev.parameters and not at_limit(prev, ["mu", "sigma"]):
+                peak, width = float(prev.values["mu"]), float(prev.values["sigma"])
+            raw = sideband_starts(model, edges, hp, hf, peak, width)
+        else:
+            raw = starting_values(model, edges, hp, hf)
+        start, fixed = apply_overrides(model, raw, parameters)
+        if prefit:
+            pre = make_minuit(binned_cost(model, edges, hp, hf, np.ones_like(hp), np.ones_like(hf)), model, start,
+                              fixed, 0)
+            pre.migrad()
+            if pre.valid:
+                start = {n: (float(pre.values[n]), start[n][1]) for n in start}
+        m = make_minuit(make_cost(model), model, start, fixed, strat)
+        m.migrad()
+        m.hesse()
+        chi2, ndof = goodness(model, m)
+        problems = fit_problems(m, model.shape_names, model.bounded, chi2, ndof, quality)
+        attempts.append(Attempt(label, model, m, chi2, ndof, problems))
+        if not problems:
+            return attempts, len(attempts) - 1
+    best = min(range(len(attempts)),
+               key=lambda i: (not attempts[i].minuit.valid, len(attempts[i].problems), i))
+    return attempts, best
+
+
+def efficiency_errors(m: Minuit, minos: bool, problems: list[str]) -> tuple[float, float]:
+    """(err_down, err_up) of ε: MINOS when asked and the minimum is valid, else HESSE (symmetric)."""
+    err = float(m.errors["eff"])
+    if not (minos and m.valid):
+        return err, err
+    try:
+        me = m.minos("eff").merrors["eff"]
+    except RuntimeError:
+        problems.append("minos_failed")
+        return err, err
+    if not me.is_valid:
+        problems.append("minos_failed")
+        return err, err
+    return -float(me.lower), float(me.upper)
+
+
+def build_result(attempts: list[Attempt], accepted: int, minos: bool,
+                 errors: dict[str, float] | None = None) -> FitResult:
+    """FitResult of attempt ``accepted``; ``errors`` overrides HESSE errors (then no MINOS)."""
+    a = attempts[accepted]
+    m, problems = a.minuit, list(a.problems)
+    names = a.model.names
+    errs = errors or {n: float(m.errors[n]) for n in names}
+    if errors is None:
+        err_down, err_up = efficiency_errors(m, minos, problems)
+    else:
+        err_down = err_up = errs["eff"]
+    eff, n_sig = float(m.values["eff"]), float(m.values["n_sig"])
+    return FitResult(
+        efficiency=eff,
+        err_down=err_down,
+        err_up=err_up,
+        n_sig=n_sig,
+        n_sig_err=errs["n_sig"],
+        n_pass=n_sig * eff,
+        n_fail=n_sig * (1.0 - eff),
+        status=",".join(problems) or "ok",
+        chi2=a.chi2,
+        ndof=a.ndof,
+        values={n: float(m.values[n]) for n in names},
+        errors=errs,
+        n_attempts=len(attempts),
+        accepted=accepted,
+        attempts=[x.summary() for x in attempts],
+        signal_model=a.model.signal.name,
+    )
 
 
 def fit_pass_fail(
@@ -139,78 +512,30 @@ def fit_pass_fail(
     fail_w: np.ndarray,
     pass_w2: np.ndarray | None = None,
     fail_w2: np.ndarray | None = None,
-    signal: str = "crystalball",
-    background: str = "exponential",
+    signal: str | Shape = "crystalball",
+    background: str | Shape = "exponential",
     parameters: Mapping[str, Mapping[str, Any]] | None = None,
     strategy: int = 1,
     minos: bool = True,
+    fail_width_shift: bool = False,
+    quality: FitQuality | None = None,
 ) -> FitResult:
     """Fit pass and fail histograms (same ``edges``) simultaneously; ε with asymmetric MINOS errors.
 
     ``parameters`` overrides starts: name -> {"value": v, "limits": (lo, hi), "fixed": bool}; names are
-    those of :attr:`PassFailModel.names`. Status is ``ok`` or a comma-separated list of problems.
+    those of :attr:`PassFailModel.names`. Parameters a shape fixes by default (e.g. the ARGUS endpoint)
+    float when given limits. ``fail_width_shift`` adds ``dsigma_fail`` to the signal widths of the fail
+    category. ``quality`` sets the checks and whether failing fits are retried. Status is ``ok`` or a
+    comma-separated list of the problems of the reported attempt.
     """
     edges = np.asarray(edges, dtype=float)
     hp, hf = np.asarray(pass_w, dtype=float), np.asarray(fail_w, dtype=float)
-    model = PassFailModel(get_shape("signal", signal), get_shape("background", background), edges[0], edges[-1])
-    names = model.names
-    start = starting_values(model, edges, hp, hf)
-    for name, spec in (parameters or {}).items():
-        if name not in names:
-            raise ValueError(f"fit.parameters.{name}: not a parameter of this model; parameters: {', '.join(names)}")
-        value, lim = start[name]
-        start[name] = (spec.get("value") if spec.get("value") is not None else value, spec.get("limits") or lim)
+    model0 = PassFailModel.create(signal, background, edges[0], edges[-1], fail_width_shift)
     sp, sf = _scale(hp, pass_w2), _scale(hf, fail_w2)
 
-    def cost(x: np.ndarray) -> float:
-        nu_p, nu_f = model.expected(edges, x)
-        if not (np.all(np.isfinite(nu_p)) and np.all(np.isfinite(nu_f))):
-            return 1e30
-        return _poisson_chi2(hp, nu_p, sp) + _poisson_chi2(hf, nu_f, sf)
+    def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
+        return float(m.fval), int(hp.size + hf.size - m.nfit)
 
-    m = Minuit(cost, np.array([start[n][0] for n in names], dtype=float), name=names)
-    m.errordef = Minuit.LEAST_SQUARES
-    for n in names:
-        m.limits[n] = start[n][1]
-        if (parameters or {}).get(n, {}).get("fixed"):
-            m.fixed[n] = True
-    m.strategy = strategy
-    m.migrad()
-    if not m.valid:
-        m.strategy = 2
-        m.migrad()
-    m.hesse()
-    problems = []
-    if not m.valid:
-        problems.append("invalid_minimum")
-    if not m.accurate:
-        problems.append("covariance_not_accurate")
-    shape_pars = [n for n in names if n not in ("n_sig", "eff", "n_bkg_pass", "n_bkg_fail")]
-    problems += [f"at_limit:{p}" for p in _at_limit(m, shape_pars)]
-    eff, err = float(m.values["eff"]), float(m.errors["eff"])
-    err_down = err_up = err
-    if minos and m.valid:
-        try:
-            me = m.minos("eff").merrors["eff"]
-            if me.is_valid:
-                err_down, err_up = -float(me.lower), float(me.upper)
-            else:
-                problems.append("minos_failed")
-        except RuntimeError:
-            problems.append("minos_failed")
-    n_sig = float(m.values["n_sig"])
-    n_bins = int((hp.size + hf.size) - np.sum(~m.fixed))
-    return FitResult(
-        efficiency=eff,
-        err_down=err_down,
-        err_up=err_up,
-        n_sig=n_sig,
-        n_sig_err=float(m.errors["n_sig"]),
-        n_pass=n_sig * eff,
-        n_fail=n_sig * (1.0 - eff),
-        status=",".join(problems) or "ok",
-        chi2=float(m.fval),
-        ndof=n_bins,
-        values={n: float(m.values[n]) for n in names},
-        errors={n: float(m.errors[n]) for n in names},
-    )
+    attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: binned_cost(mdl, edges, hp, hf, sp, sf),
+                                      goodness, parameters, strategy, quality or FitQuality())
+    return build_result(attempts, accepted, minos)

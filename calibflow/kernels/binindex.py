@@ -21,13 +21,12 @@ if TYPE_CHECKING:
 
 
 class FlatTree(NamedTuple):
-    """Arrays of a flattened scheme; node 0 is the root.
+    """Arrays of a flattened scheme; the last node is the root.
 
     Node ``k`` cuts column ``var[k]`` at ``edges[edge_start[k]:edge_start[k + 1]]``; its intervals are
     ``edge_start[k] - k + j`` (j = 0 .. n_edges - 2). Interval ``i`` adds ``offset[i]`` to the bin index and
     continues in node ``child[i]``, or ends there when ``child[i] < 0``. ``inv_width[k]`` is
-    n_intervals / (hi - lo) for (nearly) uniform edges, else 0 (binary search). When ``chain``, row
-    lookups visit nodes 0, 1, ... in turn, so the per-level searches do not wait on each other.
+    n_intervals / (hi - lo) for (nearly) uniform edges, else 0 (binary search).
     """
 
     var: np.ndarray  # int64 (n_nodes,)
@@ -36,7 +35,6 @@ class FlatTree(NamedTuple):
     inv_width: np.ndarray  # float64 (n_nodes,)
     offset: np.ndarray  # int64 (n_intervals_total,)
     child: np.ndarray  # int64 (n_intervals_total,)
-    chain: bool  # node k's children are all node k + 1 (a product binning): no child links to follow
 
 
 @dataclass(frozen=True)
@@ -64,76 +62,52 @@ def _is_uniform(e: np.ndarray) -> bool:
 
 
 def flatten(root: Node) -> FlatScheme:
-    """Flatten a node tree for the kernels; equal subtrees (same variable, edges, children) are stored once.
+    """Flatten a node tree for the kernels (root = last node).
 
-    A product binning thus becomes a chain of one node per variable, which the kernels walk without
-    following child links (each level's interval is found independently).
+    Equal subtrees (same variable, edges and children) are stored once, so a product binning takes one
+    node per variable.
     """
-    variables: list[str] = []
-    ids: dict[tuple, int] = {}  # structural key -> flat node id
-    nodes: list[tuple[Node, tuple[int, ...] | None]] = []
+    variables: list[str] = []  # in order of first appearance, outer first
+    ids: dict[tuple, int] = {}  # structural key -> node id (post-order)
+    var, edge_start, edges, inv_width, offset, child = [], [0], [], [], [], []
     n_leaves: list[int] = []
 
     def visit(node: Node) -> int:
+        if node.variable not in variables:
+            variables.append(node.variable)
         kids = None if node.children is None else tuple(visit(c) for c in node.children)
         key = (node.variable, node.edges, kids)
-        if key not in ids:
-            if node.variable not in variables:
-                variables.append(node.variable)
-            ids[key] = len(nodes)
-            nodes.append((node, kids))
-            n_leaves.append(len(node.edges) - 1 if kids is None else sum(n_leaves[k] for k in kids))
-        return ids[key]
-
-    top = visit(root)
-    order = _preorder(top, [kids for _, kids in nodes])  # root first, then children in order
-    new_id = {old: new for new, old in enumerate(order)}
-    var, edge_start, edges, inv_width, offset, child = [], [0], [], [], [], []
-    for old in order:
-        node, kids = nodes[old]
+        if key in ids:
+            return ids[key]
         e = np.asarray(node.edges, dtype=np.float64)
         var.append(variables.index(node.variable))
         edges.append(e)
         edge_start.append(edge_start[-1] + e.size)
         inv_width.append((e.size - 1) / (e[-1] - e[0]) if _is_uniform(e) else 0.0)
         if kids is None:
+            n_leaves.append(e.size - 1)
             offset.append(np.arange(e.size - 1))
             child.append(np.full(e.size - 1, -1))
         else:
+            n_leaves.append(sum(n_leaves[k] for k in kids))
             offset.append(np.concatenate([[0], np.cumsum([n_leaves[k] for k in kids])[:-1]]))
-            child.append(np.array([new_id[k] for k in kids]))
-    child_arr = np.concatenate(child).astype(np.int64)
-    n_nodes = len(order)
-    chain = all(
-        np.all(child_arr[edge_start[k] - k : edge_start[k + 1] - k - 1] == (k + 1 if k < n_nodes - 1 else -1))
-        for k in range(n_nodes)
-    )
+            child.append(np.array(kids))
+        ids[key] = len(var) - 1
+        return ids[key]
+
+    visit(root)
     tree = FlatTree(
         var=np.array(var, dtype=np.int64),
         edge_start=np.array(edge_start, dtype=np.int64),
         edges=np.concatenate(edges),
         inv_width=np.array(inv_width, dtype=np.float64),
         offset=np.concatenate(offset).astype(np.int64),
-        child=child_arr,
-        chain=bool(chain),
+        child=np.concatenate(child).astype(np.int64),
     )
-    return FlatScheme(tree, tuple(variables), n_leaves[top])
+    return FlatScheme(tree, tuple(variables), n_leaves[-1])
 
 
-def _preorder(top: int, kids: list[tuple[int, ...] | None]) -> list[int]:
-    """Node ids reachable from ``top``, each once, in depth-first pre-order."""
-    seen: dict[int, None] = {}
-    stack = [top]
-    while stack:
-        k = stack.pop()
-        if k in seen:
-            continue
-        seen[k] = None
-        stack.extend(reversed(kids[k] or ()))
-    return list(seen)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, x: float) -> int:
     """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1])."""
     if not (x >= edges[e0] and x < edges[e1 - 1]):
@@ -156,35 +130,8 @@ def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, x: float) -
     return lo
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _locate_row(cols: tuple, tree: FlatTree, i: int) -> int:
-    """Bin index of row ``i`` of ``cols`` (columns by variable id), -1 out of range or not finite."""
-    node = 0
-    b = 0
-    while node >= 0:
-        x = cols[tree.var[node]][i]
-        if not np.isfinite(x):
-            return -1
-        e0 = tree.edge_start[node]
-        j = _interval(tree.edges, e0, tree.edge_start[node + 1], tree.inv_width[node], x)
-        if j < 0:
-            return -1
-        k = e0 - node + j
-        b += tree.offset[k]
-        # a chain's next node is known before the search ends: the levels' loads can overlap
-        node = (node + 1 if node + 1 < tree.var.size else -1) if tree.chain else tree.child[k]
-    return b
-
-
 @numba.njit(cache=True, nogil=True)
-def locate_kernel(cols: tuple, tree: FlatTree, out: np.ndarray) -> None:
-    """Write the bin index (or -1) of every row of ``cols`` (float64 columns by variable id) to ``out``."""
-    for i in range(out.size):
-        out[i] = _locate_row(cols, tree, i)
-
-
-@numba.njit(cache=True, nogil=True)
-def fill_kernel(
+def walk_kernel(
     cols: tuple,
     tree: FlatTree,
     cut_var: np.ndarray,
@@ -192,34 +139,44 @@ def fill_kernel(
     cut_hi: np.ndarray,
     mask: np.ndarray,
     weights: np.ndarray,
+    index: np.ndarray,
     sumw: np.ndarray,
     sumw2: np.ndarray,
 ) -> None:
-    """Add selected rows to per-bin ``sumw``/``sumw2`` (n_bins,) in one pass.
+    """Bin index of every row and/or per-bin sums of the selected rows, in one pass over ``cols``.
 
-    A row is selected when ``mask[i]`` (skipped if ``mask`` is empty) and ``cut_lo[c] <= cols[cut_var[c]][i]
-    < cut_hi[c]`` for every cut ``c``; its weight is ``weights[i]`` (1 if ``weights`` is empty).
+    ``cols``: float64 columns by variable id (cut columns after the binning ones). A row is selected
+    when ``mask[i]`` (no mask if empty) and ``cut_lo[c] <= cols[cut_var[c]][i] < cut_hi[c]`` for every
+    cut ``c``. When ``index`` is not empty, it receives each row's bin (-1: out of range, not finite or
+    not selected); when ``sumw`` is not empty, selected in-range rows add ``weights[i]`` (1 if
+    ``weights`` is empty) to ``sumw`` and its square to ``sumw2``.
     """
-    n = cols[0].size
     use_mask = mask.size > 0
     use_w = weights.size > 0
-    for i in range(n):
-        if use_mask and not mask[i]:
-            continue
-        keep = True
+    fill = sumw.size > 0
+    var, edge_start, edges, inv_width, offset, child = tree  # local arrays: no refcounting in the loop
+    for i in range(cols[0].size):
+        b = -1 if use_mask and not mask[i] else 0
         for c in range(cut_var.size):
             x = cols[cut_var[c]][i]
             if not (x >= cut_lo[c] and x < cut_hi[c]):
-                keep = False
+                b = -1
+        node = var.size - 1 if b == 0 else -1  # the root
+        while node >= 0:
+            x = cols[var[node]][i]
+            e0 = edge_start[node]
+            j = _interval(edges, e0, edge_start[node + 1], inv_width[node], x) if np.isfinite(x) else -1
+            if j < 0:
+                b = -1
                 break
-        if not keep:
-            continue
-        b = _locate_row(cols, tree, i)
-        if b < 0:
-            continue
-        w = weights[i] if use_w else 1.0
-        sumw[b] += w
-        sumw2[b] += w * w
+            b += offset[e0 - node + j]
+            node = child[e0 - node + j]
+        if index.size > 0:
+            index[i] = b
+        if fill and b >= 0:
+            w = weights[i] if use_w else 1.0
+            sumw[b] += w
+            sumw2[b] += w * w
 
 
 def _column_tuple(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tuple[np.ndarray, ...]:
@@ -237,21 +194,8 @@ def _column_tuple(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tu
 
 def locate(flat: FlatScheme, columns: Mapping[str, np.ndarray]) -> np.ndarray:
     """Bin index (int64) of every row of ``columns`` in ``flat``; -1 out of range or not finite."""
-    cols = _column_tuple(columns, flat.variables)
-    out = np.empty(cols[0].size, dtype=np.int64)
-    locate_kernel(cols, flat.tree, out)
-    return out
-
-
-def _selection_arrays(
-    n: int, mask: np.ndarray | None, weights: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    m = np.zeros(0, dtype=np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
-    w = np.zeros(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    for what, given, a in (("mask", mask, m), ("weights", weights, w)):
-        if given is not None and a.size != n:
-            raise ValueError(f"{what} has {a.size} rows, the columns {n}")
-    return m, w
+    index, _, _ = _run(flat, columns, (), None, None, want_index=True, sumw=None, sumw2=None)
+    return index
 
 
 def fill_bins(
@@ -265,16 +209,41 @@ def fill_bins(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin sum of weights and of squared weights of the rows passing ``mask`` and ``cuts``.
 
-    ``sumw``/``sumw2`` (float64, (n_bins,)) are added to when given, else created. One pass, no copies
-    of float64 columns.
+    ``sumw``/``sumw2`` (float64, (n_bins,)) are added to when given, else created. One pass; float64
+    columns are not copied.
     """
+    _, sumw, sumw2 = _run(flat, columns, cuts, mask, weights, want_index=False, sumw=sumw, sumw2=sumw2)
+    return sumw, sumw2
+
+
+def _run(
+    flat: FlatScheme,
+    columns: Mapping[str, np.ndarray],
+    cuts: Sequence[Cut],
+    mask: np.ndarray | None,
+    weights: np.ndarray | None,
+    want_index: bool,
+    sumw: np.ndarray | None,
+    sumw2: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check and convert the inputs, call :func:`walk_kernel`; returns (index, sumw, sumw2)."""
     names = list(flat.variables) + [c.variable for c in cuts if c.variable not in flat.variables]
     cols = _column_tuple(columns, names)
     n = cols[0].size
-    m, w = _selection_arrays(n, mask, weights)
-    sumw = np.zeros(flat.n_bins) if sumw is None else sumw
-    sumw2 = np.zeros(flat.n_bins) if sumw2 is None else sumw2
-    fill_kernel(
+    m = np.zeros(0, dtype=np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
+    w = np.zeros(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    for what, given, a in (("mask", mask, m), ("weights", weights, w)):
+        if given is not None and a.size != n:
+            raise ValueError(f"{what} has {a.size} rows, the columns {n}")
+    index = np.empty(n if want_index else 0, dtype=np.int64)
+    if not want_index:
+        sumw = np.zeros(flat.n_bins) if sumw is None else sumw
+        sumw2 = np.zeros(flat.n_bins) if sumw2 is None else sumw2
+        for what, a in (("sumw", sumw), ("sumw2", sumw2)):
+            if a.shape != (flat.n_bins,) or a.dtype != np.float64 or not a.flags.c_contiguous:
+                raise ValueError(f"{what} must be a contiguous float64 array of shape ({flat.n_bins},)")
+    none = np.zeros(0)
+    walk_kernel(
         cols,
         flat.tree,
         np.array([names.index(c.variable) for c in cuts], dtype=np.int64),
@@ -282,10 +251,11 @@ def fill_bins(
         np.array([c.hi for c in cuts], dtype=np.float64),
         m,
         w,
-        sumw,
-        sumw2,
+        index,
+        none if sumw is None else sumw,
+        none if sumw2 is None else sumw2,
     )
-    return sumw, sumw2
+    return index, none if sumw is None else sumw, none if sumw2 is None else sumw2
 
 
 def fill_bins_reference(

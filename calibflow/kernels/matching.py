@@ -123,7 +123,15 @@ def _as_float(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _check_nearest_inputs(offsets_a, eta_a, phi_a, offsets_b, eta_b, phi_b, mask_b) -> tuple[np.ndarray, ...]:
+def _check_nearest_inputs(
+    offsets_a: np.ndarray,
+    eta_a: np.ndarray,
+    phi_a: np.ndarray,
+    offsets_b: np.ndarray,
+    eta_b: np.ndarray,
+    phi_b: np.ndarray,
+    mask_b: np.ndarray | None,
+) -> tuple[np.ndarray, ...]:
     eta_a = _as_float(eta_a, "eta_a")
     phi_a = _as_float(phi_a, "phi_a")
     eta_b = _as_float(eta_b, "eta_b")
@@ -181,7 +189,7 @@ def nearest_dr_match(
     dr : float64 array, shape (n_a,)
         ΔR to the match, ``inf`` if unmatched.
 
-    Ties in ΔR go to the lowest index; candidates with NaN coordinates never match.
+    Ties in ΔR go to the lowest index. Objects with NaN or infinite coordinates never match.
     """
     args = _check_nearest_inputs(offsets_a, eta_a, phi_a, offsets_b, eta_b, phi_b, mask_b)
     return _nearest_dr_kernel(*args, float(max_dr))
@@ -214,7 +222,7 @@ def nearest_dr_match_reference(
         dr2 = np.where(np.isnan(dr2), np.inf, dr2)
         best = np.argmin(dr2, axis=1)  # first occurrence -> lowest index on ties
         best_dr = np.sqrt(dr2[np.arange(dr2.shape[0]), best])
-        ok = best_dr <= max_dr
+        ok = (best_dr <= max_dr) & np.isfinite(best_dr)
         index[sa] = np.where(ok, cand[best], -1)
         dr[sa] = np.where(ok, best_dr, np.inf)
     return index, dr
@@ -290,7 +298,9 @@ def _shared_fraction_kernel(
     return index, fraction
 
 
-def _check_hits(hit_offsets: np.ndarray, hits: np.ndarray, track_offsets: np.ndarray, what: str):
+def _check_hits(
+    hit_offsets: np.ndarray, hits: np.ndarray, track_offsets: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hits = np.asarray(hits)
     if hits.ndim != 1 or (hits.size and hits.dtype.kind not in "iu"):
         raise ValueError(f"{what}_hits must be a 1-d integer array, got {hits.dtype} {hits.shape}")

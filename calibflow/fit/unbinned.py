@@ -1,0 +1,248 @@
+"""Simultaneous pass/fail extended unbinned maximum-likelihood fits of candidate masses.
+
+Per category c the intensity is λ_c(m) = N_sig,c·f_s(m; θ_c) + N_bkg,c·f_b(m; β_c) with shapes
+normalised on [lo, hi], N_sig,pass = N_sig·ε and N_sig,fail = N_sig·(1−ε), and the cost is
+
+    C = 2 Σ_c [ ν_c − Σ_i w_i ln λ_c(m_i) ],   ν_c = N_sig,c + N_bkg,c   (errordef 1)
+
+(w_i = 1 for unweighted candidates; equal to iminuit's ``ExtendedUnbinnedNLL(log=True)`` up to a
+constant). The common shapes are evaluated by one fused numba kernel over the candidates; other shapes
+use their ``logpdf`` in numpy. Weighted fits report the sandwich covariance V·D·V with V the inverse
+Hessian and D = Σ_i w_i² s_i s_iᵀ (s_i the per-candidate score), without MINOS. Starting values,
+retries and quality checks are those of the binned fit (:mod:`calibflow.fit.passfail`), applied to
+histograms of the candidates; the χ² reported is that of these histograms against the fitted model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numba as nb
+import numpy as np
+from iminuit import Minuit
+
+from calibflow.fit.diagnostics import FitQuality
+from calibflow.fit.models import Shape, cdf1, logpdf1, normalised_logpdf
+from calibflow.fit.passfail import (
+    Cost,
+    FitResult,
+    PassFailModel,
+    _poisson_chi2,
+    _scale,
+    build_result,
+    run_attempts,
+)
+
+N_START_BINS = 100
+
+
+@nb.njit(cache=True)
+def _category_sum(m: np.ndarray, w: np.ndarray, x: np.ndarray, ps: np.ndarray, soff: int, ns: int, scode: int,
+                  bcode: int, boff: int, nbk: int, n_s: float, n_b: float, lo: float, hi: float) -> float:
+    """Σ_i w_i ln(n_s·f_s(m_i) + n_b·f_b(m_i)) with f normalised on [lo, hi]; −inf if λ ≤ 0 anywhere."""
+    a = n_s / (cdf1(scode, hi, ps, soff, ns, lo, hi) - cdf1(scode, lo, ps, soff, ns, lo, hi))
+    b = n_b / (cdf1(bcode, hi, x, boff, nbk, lo, hi) - cdf1(bcode, lo, x, boff, nbk, lo, hi))
+    total = 0.0
+    for i in range(m.size):
+        lam = a * math.exp(logpdf1(scode, m[i], ps, soff, ns, lo, hi)) + b * math.exp(
+            logpdf1(bcode, m[i], x, boff, nbk, lo, hi))
+        if not lam > 0.0:
+            return -math.inf
+        total += w[i] * math.log(lam)
+    return total
+
+
+@nb.njit(cache=True)
+def _fused_nll(x: np.ndarray, mp: np.ndarray, wp: np.ndarray, mf: np.ndarray, wf: np.ndarray, codes: np.ndarray,
+               wmask: np.ndarray, lo: float, hi: float) -> float:
+    """2·(Σ_c ν_c − Σ_i w_i ln λ_c) for the layout of :class:`PassFailModel`; 1e30 when not finite."""
+    scode, ns, bcode, nbk = codes[0], codes[1], codes[2], codes[3]
+    n_sig, eff, nbp, nbf = x[0], x[1], x[2], x[3]
+    psf = x[4 : 4 + ns].copy()
+    for i in range(ns):
+        if wmask[i]:
+            psf[i] += x[x.size - 1]
+    sp = _category_sum(mp, wp, x, x, 4, ns, scode, bcode, 4 + ns, nbk, n_sig * eff, nbp, lo, hi)
+    sf = _category_sum(mf, wf, x, psf, 0, ns, scode, bcode, 4 + ns + nbk, nbk, n_sig * (1.0 - eff), nbf, lo, hi)
+    v = 2.0 * (n_sig + nbp + nbf - sp - sf)
+    return v if np.isfinite(v) else 1e30
+
+
+def log_intensity(model: PassFailModel, m: np.ndarray, x: np.ndarray, category: str) -> np.ndarray:
+    """ln λ_c(m) per candidate (units: log of candidates per unit of mass) for parameter vector ``x``."""
+    ps, psf, pbp, pbf = model.split(x)
+    n_sig, eff, nbp, nbf = x[:4]
+    n_s, n_b, sig, bkg = (n_sig * eff, nbp, ps, pbp) if category == "pass" else (n_sig * (1 - eff), nbf, psf, pbf)
+    with np.errstate(divide="ignore"):
+        ls = np.log(n_s) + normalised_logpdf(model.signal, m, model.lo, model.hi, *sig)
+        lb = np.log(n_b) + normalised_logpdf(model.background, m, model.lo, model.hi, *bkg)
+    return np.logaddexp(ls, lb)
+
+
+def unbinned_cost(model: PassFailModel, mp: np.ndarray, wp: np.ndarray, mf: np.ndarray, wf: np.ndarray) -> Cost:
+    """Extended unbinned cost C(x) (see module docstring); fused kernel when both shapes have one."""
+    if model.fused:
+        codes = np.array([model.signal.code, len(model.signal.params), model.background.code,
+                          len(model.background.params)], dtype=np.int64)
+        args = (mp, wp, mf, wf, codes, model.width_mask, model.lo, model.hi)
+
+        def fused(x: np.ndarray) -> float:
+            return _fused_nll(np.asarray(x, dtype=float), *args)
+
+        return fused
+    sw = float(wp.sum() + wf.sum())
+
+    def cost(x: np.ndarray) -> float:
+        n_total = x[0] + x[2] + x[3]
+        ll = float(np.dot(wp, log_intensity(model, mp, x, "pass")) + np.dot(wf, log_intensity(model, mf, x, "fail")))
+        v = 2.0 * (n_total - ll)
+        return v if np.isfinite(v) else 1e30 + sw
+
+    return cost
+
+
+def sandwich_errors(model: PassFailModel, m: Minuit, data: list[tuple[np.ndarray, np.ndarray, str]]) -> dict[str, float]:
+    """Errors √diag(V·D·V) of a weighted fit: V = HESSE covariance, D = Σ w² s sᵀ over candidates.
+
+    The per-candidate scores s_i = ∂ ln λ(m_i)/∂θ are central finite differences (step 1e-4·σ_HESSE).
+    """
+    free = [i for i, p in enumerate(m.params) if not p.is_fixed]
+    x0 = np.array(m.values, dtype=float)
+    v = np.array(m.covariance, dtype=float)[np.ix_(free, free)]
+    d = np.zeros((len(free), len(free)))
+    for mass, w, cat in data:
+        if mass.size == 0:
+            continue
+        scores = np.empty((len(free), mass.size))
+        for k, i in enumerate(free):
+            h = 1e-4 * max(float(m.errors[i]), 1e-12)
+            up, dn = x0.copy(), x0.copy()
+            up[i] += h
+            dn[i] -= h
+            scores[k] = (log_intensity(model, mass, up, cat) - log_intensity(model, mass, dn, cat)) / (2 * h)
+        d += (scores * w**2) @ scores.T
+    cov = v @ d @ v
+    errs = {p.name: float(m.errors[p.name]) for p in m.params}
+    for k, i in enumerate(free):
+        errs[m.parameters[i]] = float(np.sqrt(max(cov[k, k], 0.0)))
+    return errs
+
+
+def _prepare(mass: np.ndarray, weights: np.ndarray | None, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    m = np.asarray(mass, dtype=float)
+    w = np.ones_like(m) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != m.shape:
+        raise ValueError(f"weights: shape {w.shape} differs from the masses' {m.shape}")
+    inside = (m >= lo) & (m <= hi)
+    return np.ascontiguousarray(m[inside]), np.ascontiguousarray(w[inside])
+
+
+def fit_pass_fail_unbinned(
+    mass_pass: np.ndarray,
+    mass_fail: np.ndarray,
+    lo: float,
+    hi: float,
+    weights_pass: np.ndarray | None = None,
+    weights_fail: np.ndarray | None = None,
+    signal: str | Shape = "crystalball",
+    background: str | Shape = "exponential",
+    parameters: Mapping[str, Mapping[str, Any]] | None = None,
+    strategy: int = 1,
+    minos: bool = True,
+    fail_width_shift: bool = False,
+    quality: FitQuality | None = None,
+    goodness_fail: bool = True,
+) -> FitResult:
+    """Simultaneous extended unbinned fit of passing and failing candidates' masses on [lo, hi].
+
+    Candidates outside [lo, hi] are ignored. Same parameters, retries and result as
+    :func:`calibflow.fit.passfail.fit_pass_fail`; ε errors from MINOS for unweighted candidates and
+    from the sandwich covariance for weighted ones. ``goodness_fail=False`` leaves the fail histogram
+    out of the reported χ² (single-sample fits).
+    """
+    lo, hi = float(lo), float(hi)
+    mp, wp = _prepare(mass_pass, weights_pass, lo, hi)
+    mf, wf = _prepare(mass_fail, weights_fail, lo, hi)
+    weighted = weights_pass is not None or weights_fail is not None
+    edges = np.linspace(lo, hi, N_START_BINS + 1)
+    hp, hf = np.histogram(mp, edges, weights=wp)[0], np.histogram(mf, edges, weights=wf)[0]
+    sp = _scale(hp, np.histogram(mp, edges, weights=wp**2)[0]) if weighted else np.ones_like(hp)
+    sf = _scale(hf, np.histogram(mf, edges, weights=wf**2)[0]) if weighted else np.ones_like(hf)
+    model0 = PassFailModel.create(signal, background, lo, hi, fail_width_shift)
+
+    def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
+        nu_p, nu_f = model.expected(edges, np.array(m.values))
+        chi2 = _poisson_chi2(hp, nu_p, sp)
+        n = hp.size
+        if goodness_fail:
+            chi2 += _poisson_chi2(hf, nu_f, sf)
+            n += hf.size
+        return chi2, int(n - m.nfit)
+
+    attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: unbinned_cost(mdl, mp, wp, mf, wf),
+                                      goodness, parameters, strategy, quality or FitQuality(), prefit=True)
+    errors = None
+    if weighted:
+        a = attempts[accepted]
+        errors = sandwich_errors(a.model, a.minuit, [(mp, wp, "pass"), (mf, wf, "fail")])
+    return build_result(attempts, accepted, minos and not weighted, errors)
+
+
+@dataclass
+class ExtendedFit:
+    """Signal + background fit of one sample: yields, all parameters, status and the bound model."""
+
+    yields: dict[str, float]
+    yield_errors: dict[str, float]
+    values: dict[str, float]
+    errors: dict[str, float]
+    status: str
+    model: PassFailModel
+    result: FitResult
+
+    def pdfs(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """Normalised densities on [lo, hi] of ``signal`` and ``background`` at the fitted parameters."""
+        x = np.array([self.values[n] for n in self.model.names])
+        ps, _, pb, _ = self.model.split(x)
+        mdl = self.model
+        return {
+            "signal": lambda m: np.exp(normalised_logpdf(mdl.signal, m, mdl.lo, mdl.hi, *ps)),
+            "background": lambda m: np.exp(normalised_logpdf(mdl.background, m, mdl.lo, mdl.hi, *pb)),
+        }
+
+
+def fit_extended(
+    mass: np.ndarray,
+    lo: float,
+    hi: float,
+    signal: str | Shape = "crystalball",
+    background: str | Shape = "exponential",
+    weights: np.ndarray | None = None,
+    parameters: Mapping[str, Mapping[str, Any]] | None = None,
+    strategy: int = 1,
+    quality: FitQuality | None = None,
+) -> ExtendedFit:
+    """Extended unbinned fit N_s·f_s + N_b·f_b of one sample (the pass category of a pass/fail model
+    with ε fixed to 1 and no fail candidates). ``parameters`` use the pass/fail names (``n_sig``,
+    ``n_bkg_pass``, ``mu``, ``slope_pass``, ...)."""
+    bkg = PassFailModel.create(signal, background, lo, hi).background
+    frozen: dict[str, dict[str, Any]] = {"eff": {"value": 1.0, "fixed": True},
+                                         "n_bkg_fail": {"value": 0.0, "fixed": True}}
+    frozen.update({f"{p}_fail": {"fixed": True} for p in bkg.params})
+    frozen.update({k: dict(v) for k, v in (parameters or {}).items()})
+    r = fit_pass_fail_unbinned(mass, np.empty(0), lo, hi, weights, None, signal, background, frozen, strategy,
+                               minos=False, quality=quality, goodness_fail=False)
+    model = PassFailModel.create(r.signal_model, background, lo, hi) if isinstance(signal, str) else \
+        PassFailModel.create(signal, background, lo, hi)
+    return ExtendedFit(
+        yields={"signal": r.values["n_sig"], "background": r.values["n_bkg_pass"]},
+        yield_errors={"signal": r.errors["n_sig"], "background": r.errors["n_bkg_pass"]},
+        values=r.values,
+        errors=r.errors,
+        status=r.status,
+        model=model,
+        result=r,
+    )

@@ -1,0 +1,74 @@
+"""Combine systematic variations of a table into per-source Up/Down values and a total systematic.
+
+For a value v (an efficiency or a scale factor) with nominal v₀:
+
+* a one-sided source with varied value v₁ is symmetrised: Up = v₀ + |v₁ − v₀|, Down = v₀ − |v₁ − v₀|;
+* a two-sided source gives Up and Down from its two runs as they are.
+
+Per source the systematic is δ_s = max(|Up − v₀|, |Down − v₀|). The total is
+
+* ``quadrature_max`` (default): σ_syst = sqrt(Σ_s δ_s²);
+* ``egm_rms``: σ_syst = sqrt(mean of d²) over every varied run's deviation d = v_run − v₀ (a one-sided
+  source contributes one deviation, a two-sided one two), the RMS convention of CMS EGM tables.
+
+The total uncertainty adds σ_syst in quadrature to each side of the statistical interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from calibflow.config import Variation
+from calibflow.tables import Row
+
+SUFFIXES = ("Up", "Down")
+
+
+def combine(
+    nominal: Sequence[Row],
+    varied: Mapping[str, Sequence[Row]],
+    sources: Sequence[Variation],
+    method: str,
+    value: str,
+    keys: Sequence[str],
+) -> list[Row]:
+    """Nominal rows extended with ``<source>Up/Down``, ``syst`` and ``total_up/down`` columns.
+
+    ``varied`` maps each run's name (``src`` or ``srcUp``/``srcDown``) to its rows; rows are matched
+    on the ``keys`` columns and compared on ``value``. A bin missing from a run gives NaN columns.
+    """
+    index = {name: {tuple(r[k] for k in keys): r for r in rows} for name, rows in varied.items()}
+    out = []
+    for row in nominal:
+        key = tuple(row[k] for k in keys)
+        v0 = float(row[value])
+        new = dict(row)
+        deviations: list[float] = []
+        per_source: list[float] = []
+        for src in sources:
+
+            def get(run: str, key: tuple = key) -> float:
+                r = index.get(run, {}).get(key)
+                return float(r[value]) if r is not None else math.nan
+
+            if src.vary is not None:
+                d = get(src.name) - v0
+                up, down = v0 + abs(d), v0 - abs(d)
+                deviations.append(d)
+            else:
+                up, down = get(f"{src.name}Up"), get(f"{src.name}Down")
+                deviations += [up - v0, down - v0]
+            new[f"{src.name}Up"], new[f"{src.name}Down"] = up, down
+            per_source.append(max(abs(up - v0), abs(down - v0)))
+        if not sources:
+            syst = 0.0
+        elif method == "egm_rms":
+            syst = math.sqrt(sum(d * d for d in deviations) / len(deviations))
+        else:
+            syst = math.sqrt(sum(s * s for s in per_source))
+        new["syst"] = syst
+        new["total_down"] = math.hypot(float(row["err_down"]), syst)
+        new["total_up"] = math.hypot(float(row["err_up"]), syst)
+        out.append(new)
+    return out

@@ -1,0 +1,156 @@
+"""Binned simultaneous pass/fail fits: fused kernel, recovery of toy truth, retries and pulls."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from calibflow.fit.diagnostics import FitQuality, poisson_pulls
+from calibflow.fit.models import get_shape
+from calibflow.fit.passfail import (
+    PassFailModel,
+    apply_overrides,
+    binned_cost,
+    fit_pass_fail,
+    starting_values,
+)
+
+LO, HI = 2900.0, 3300.0
+EDGES = np.linspace(LO, HI, 101)
+TRUTH = {"eff": 0.8, "n_sig": 6000.0, "n_bkg_pass": 2000.0, "n_bkg_fail": 5000.0, "mu": 3097.0, "sigma": 12.0}
+
+
+def _fractions(dist: stats.rv_continuous) -> np.ndarray:
+    c = dist.cdf(EDGES)
+    return np.diff(c) / (c[-1] - c[0])
+
+
+def expected_counts(eff: float = TRUTH["eff"], n_sig: float = TRUTH["n_sig"], sigma_fail: float = 12.0,
+                    n_bkg_pass: float = TRUTH["n_bkg_pass"], n_bkg_fail: float = TRUTH["n_bkg_fail"]):
+    """Truth ν per bin from scipy: Crystal Ball signal (α=1.5, n=4), exponential backgrounds."""
+    sig_p = _fractions(stats.crystalball(1.5, 4.0, 3097.0, 12.0))
+    sig_f = _fractions(stats.crystalball(1.5, 4.0, 3097.0, sigma_fail))
+    bkg_p = _fractions(stats.expon(loc=LO, scale=250.0))
+    bkg_f = _fractions(stats.expon(loc=LO, scale=600.0))
+    return n_sig * eff * sig_p + n_bkg_pass * bkg_p, n_sig * (1 - eff) * sig_f + n_bkg_fail * bkg_f
+
+
+def test_fused_kernel_equals_generic_cost() -> None:
+    rng = np.random.default_rng(3)
+    nu_p, nu_f = expected_counts()
+    hp, hf = rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float)
+    sp, sf = rng.uniform(0.5, 1.5, hp.size), rng.uniform(0.5, 1.5, hf.size)
+    for sig, bkg, shift in [("crystalball", "exponential", False), ("double_crystalball", "chebyshev2", True),
+                            ("double_gauss", "bernstein3", True), ("gauss", "linear", False)]:
+        model = PassFailModel.create(sig, bkg, LO, HI, fail_width_shift=shift)
+        generic = dataclasses.replace(model, signal=dataclasses.replace(model.signal, code=-1))
+        assert model.fused and not generic.fused
+        start, _ = apply_overrides(model, starting_values(model, EDGES, hp, hf), None)
+        x = np.array([start[n][0] for n in model.names])
+        if shift:
+            x[-1] = 2.0
+        fused, slow = binned_cost(model, EDGES, hp, hf, sp, sf)(x), binned_cost(generic, EDGES, hp, hf, sp, sf)(x)
+        assert fused == pytest.approx(slow, rel=1e-10), (sig, bkg)
+
+
+def test_fit_recovers_asimov_truth_and_reports_attempts() -> None:
+    nu_p, nu_f = expected_counts()
+    r = fit_pass_fail(EDGES, nu_p, nu_f)
+    assert r.status == "ok" and r.n_attempts == 1 and r.accepted == 0 and r.signal_model == "crystalball"
+    assert r.efficiency == pytest.approx(TRUTH["eff"], abs=1e-4)
+    assert r.n_sig == pytest.approx(TRUTH["n_sig"], rel=1e-3)
+    assert r.values["sigma"] == pytest.approx(12.0, rel=1e-3)
+    assert r.chi2 == pytest.approx(0.0, abs=1e-3) and r.ndof == 2 * 100 - 10
+    # binomial-like error: sqrt(eff(1-eff)/N) inflated by the background
+    assert 0.8 * np.sqrt(0.8 * 0.2 / 6000) < r.err_up < 3 * np.sqrt(0.8 * 0.2 / 6000)
+    assert r.attempts[0]["status"] == "ok" and r.to_dict()["n_attempts"] == 1
+
+
+def test_weighted_histograms_give_the_unweighted_result() -> None:
+    rng = np.random.default_rng(5)
+    nu_p, nu_f = expected_counts()
+    hp, hf = rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float)
+    plain = fit_pass_fail(EDGES, hp, hf)
+    w = fit_pass_fail(EDGES, 2 * hp, 2 * hf, 4 * hp, 4 * hf)
+    assert w.efficiency == pytest.approx(plain.efficiency, abs=0.01 * plain.err_up)  # Migrad tolerance
+    assert w.err_up == pytest.approx(plain.err_up, rel=1e-2)
+    assert w.n_sig == pytest.approx(2 * plain.n_sig, rel=1e-3)
+
+
+def test_fail_width_shift_recovers_wider_fail_peak() -> None:
+    nu_p, nu_f = expected_counts(sigma_fail=16.0, n_sig=20000.0)
+    r = fit_pass_fail(EDGES, nu_p, nu_f, fail_width_shift=True)
+    assert r.status == "ok"
+    assert r.values["dsigma_fail"] == pytest.approx(4.0, abs=0.05)
+    assert r.efficiency == pytest.approx(TRUTH["eff"], abs=1e-3)
+    # without the shift the same data bias ε or fit badly
+    r0 = fit_pass_fail(EDGES, nu_p, nu_f)
+    assert abs(r0.efficiency - TRUTH["eff"]) > 5 * abs(r.efficiency - TRUTH["eff"])
+
+
+@pytest.mark.parametrize(("signal", "background"), [("gauss", "chebyshev2"), ("double_gauss", "bernstein2"),
+                                                    ("johnsonsu", "exponential"), ("voigt", "cms")])
+def test_other_models_measure_the_efficiency(signal: str, background: str) -> None:
+    rng = np.random.default_rng(11)
+    nu_p, nu_f = expected_counts(n_sig=20000.0)
+    r = fit_pass_fail(EDGES, rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float), signal=signal,
+                      background=background, minos=False)
+    assert r.efficiency == pytest.approx(TRUTH["eff"], abs=4 * r.err_up + 0.01), r.status
+
+
+def test_pathological_bin_is_retried_then_flagged() -> None:
+    rng = np.random.default_rng(7)
+    nu_p, nu_f = expected_counts(n_sig=15.0, n_bkg_pass=150000.0, n_bkg_fail=200000.0)
+    r = fit_pass_fail(EDGES, rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float))
+    assert r.n_attempts == 3
+    assert [a["label"] for a in r.attempts] == ["initial", "strategy2_sideband_starts", "simpler_signal:gauss"]
+    assert r.status != "ok"
+    assert all(a["status"] != "ok" for a in r.attempts)
+    assert r.status.startswith(r.attempts[r.accepted]["status"])  # plus MINOS problems, if any
+
+
+def test_no_retry_when_disabled() -> None:
+    rng = np.random.default_rng(7)
+    nu_p, nu_f = expected_counts(n_sig=15.0, n_bkg_pass=150000.0, n_bkg_fail=200000.0)
+    r = fit_pass_fail(EDGES, rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float),
+                      quality=FitQuality(retry=False), minos=False)
+    assert r.n_attempts == 1 and r.status != "ok"
+
+
+def test_parameter_overrides_and_errors() -> None:
+    nu_p, nu_f = expected_counts()
+    r = fit_pass_fail(EDGES, nu_p, nu_f, parameters={"mu": {"value": 3097.0, "fixed": True}}, minos=False)
+    assert r.values["mu"] == 3097.0 and r.errors["mu"] > 0
+    with pytest.raises(ValueError, match=r"fit.parameters.bogus: not a parameter.*n_sig"):
+        fit_pass_fail(EDGES, nu_p, nu_f, parameters={"bogus": {"value": 1.0}})
+
+
+def test_default_fixed_parameter_floats_with_limits() -> None:
+    model = PassFailModel.create("gauss", "argus", LO, HI)
+    start, fixed = apply_overrides(model, starting_values(model, EDGES, *expected_counts()), None)
+    assert {"m0_pass", "m0_fail", "p_pass", "p_fail"} <= fixed
+    start, fixed = apply_overrides(model, start, {"m0_pass": {"limits": (3300.0, 3500.0)}})
+    assert "m0_pass" not in fixed and start["m0_pass"][1] == (3300.0, 3500.0)
+
+
+def test_poisson_pulls_reference() -> None:
+    n, nu = np.array([0.0, 4.0, 100.0]), np.array([1.0, 4.0, 81.0])
+    expected = [-np.sqrt(2.0), 0.0, np.sqrt(2 * (81 - 100 + 100 * np.log(100 / 81)))]
+    np.testing.assert_allclose(poisson_pulls(n, nu), expected)
+
+
+def test_binned_pulls_of_efficiency() -> None:
+    """100 toys with known truth: the pull of ε (MINOS errors) has mean ≈ 0 and width ≈ 1."""
+    rng = np.random.default_rng(2024)
+    nu_p, nu_f = expected_counts(n_sig=3000.0, n_bkg_pass=1500.0, n_bkg_fail=3000.0)
+    pulls = []
+    for _ in range(100):
+        r = fit_pass_fail(EDGES, rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float))
+        d = r.efficiency - TRUTH["eff"]
+        pulls.append(d / (r.err_down if d > 0 else r.err_up))
+    pulls = np.array(pulls)
+    assert abs(pulls.mean()) < 0.25
+    assert 0.8 < pulls.std(ddof=1) < 1.2
