@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("config", nargs="?", help="only the tasks of this calibration (default: every task)")
     st.add_argument("--result-dir", help="result folder of that calibration")
     _scheduler_args(st)
+    ap = sub.add_parser("apply", help="add correction weight columns (nominal and variations) to tuples")
+    ap.add_argument("apply_config", help="apply YAML: tree and ordered calibrator steps")
+    ap.add_argument("inputs", nargs="+", help="ROOT or HDF5 tuples")
+    ap.add_argument("--output-dir", required=True, help="folder for the output copies")
+    ap.add_argument("--data", action="store_true", help="inputs are data: skip simulation-only steps")
     return p
 
 
@@ -208,11 +213,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Apply a calibrator sequence to every input; one line per output file."""
+    from calibflow.apply import apply_to_file, load_apply_config
+
+    cfg, seq = load_apply_config(args.apply_config)
+    os.makedirs(args.output_dir, exist_ok=True)
+    for src in args.inputs:
+        if not os.path.exists(src):
+            raise ConfigError(f"{src}: input file not found")
+        stem, ext = os.path.splitext(os.path.basename(src))
+        dst = os.path.join(args.output_dir, f"{stem}_calibrated{ext}")
+        cols = apply_to_file(src, dst, cfg, seq, is_mc=not args.data)
+        print(f"{dst}: added {len(cols)} column(s): {', '.join(cols)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a bad config, expression or setup, 1 for failed tasks)."""
     args = _parser().parse_args(argv)
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)
-    commands = {"run": cmd_run, "fit-bin": cmd_fit_bin, "scheduler": cmd_scheduler, "status": cmd_status}
+    commands = {"run": cmd_run, "fit-bin": cmd_fit_bin, "scheduler": cmd_scheduler, "status": cmd_status,
+                "apply": cmd_apply}
     try:
         return commands[args.command](args)
     except (ConfigError, ExprError, SetupError) as exc:

@@ -127,7 +127,7 @@ def test_every_shape_has_consistent_starts() -> None:
 
 
 def test_get_shape_errors_name_the_known_models() -> None:
-    with pytest.raises(ValueError, match="known: .*gauss"):
+    with pytest.raises(ValueError, match=r"known: .*gauss"):
         M.get_shape("signal", "lorentz")
     with pytest.raises(ValueError, match="orders go from 1 to"):
         M.get_shape("background", "chebyshev12")

@@ -9,7 +9,6 @@ import pytest
 from scipy import stats
 
 from calibflow.fit.diagnostics import FitQuality, poisson_pulls
-from calibflow.fit.models import get_shape
 from calibflow.fit.passfail import (
     PassFailModel,
     apply_overrides,

@@ -17,9 +17,11 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import small_demo_dict
 
@@ -160,86 +162,131 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         cluster.stop()
 
 
-def _setup(tmp_path: Path, cluster: SlurmCluster, **settings: object) -> tuple[Path, dict[str, str]]:
-    """A small toy config and an environment whose settings.json submits to Slurm."""
-    d = small_demo_dict()
+def _setup(tmp_path: Path, cluster: SlurmCluster) -> tuple[Path, dict[str, str]]:
+    """A tiny toy config and an environment whose settings.json submits to the test Slurm."""
+    d = small_demo_dict()  # shrunk further: one file per sample, 2 bins (every job costs a Python start-up)
+    d["toy"]["samples"] = {"data": {"candidates": 20000, "files": 1}, "mc": {"candidates": 15000, "files": 1}}
+    d["binning"]["variables"][0]["edges"] = [2, 10, 200]
+    d["binning"]["variables"][1]["edges"] = [2.0, 5.0]
     d["outputs"] = {"correctionlib": True, "plots": False}
     d["resources"] = {"default": {"memory_mb": 200, "time_minutes": 30, "cpus": 1}, "FitBin": {"time_minutes": 10}}
-    cfg = tmp_path / "small.yaml"
-    import yaml
-
+    cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(d, sort_keys=False))
-    (tmp_path / "settings.json").write_text(json.dumps({"batch_system": "slurm", "job_status_cache_ttl": 1,
-                                                        **settings}))
+    (tmp_path / "settings.json").write_text(json.dumps({"batch_system": "slurm", "job_status_cache_ttl": 1}))
     return cfg, {**cluster.env, "B2LUIGI_SETTINGS_JSON": str(tmp_path / "settings.json")}
 
 
-def _calibflow(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "calibflow.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+def _calibflow(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "calibflow.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
-@pytest.mark.slow
-def test_every_task_runs_as_a_slurm_job(slurm: SlurmCluster, tmp_path: Path) -> None:
-    cfg, env = _setup(tmp_path, slurm)
+@dataclass
+class Run:
+    """One finished ``calibflow run``: exit code, output and the Slurm jobs it submitted."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    jobs: list[dict[str, str]]
+
+
+@dataclass
+class BatchRuns:
+    """A batch run whose PrepareTuple job was cancelled, the batch rerun, and a local reference run."""
+
+    killed: Run
+    victim: str
+    rerun: Run
+    local: Run
+    result_dir: Path
+
+
+def _finish(proc: subprocess.Popen[str], cluster: SlurmCluster, before: set[str]) -> Run:
+    stdout, stderr = proc.communicate(timeout=600)
+    return Run(proc.returncode, stdout, stderr, [j for j in cluster.jobs() if j["JobId"] not in before])
+
+
+@pytest.fixture(scope="module")
+def runs(slurm: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> BatchRuns:
+    """Run a tiny calibration with --batch, cancel its first PrepareTuple job, rerun it; run it locally."""
+    tmp = tmp_path_factory.mktemp("batch")
+    cfg, env = _setup(tmp, slurm)
+    res = tmp / "res"
     before = {j["JobId"] for j in slurm.jobs()}
-    out = _calibflow(["run", str(cfg), "--batch", "--result-dir", str(tmp_path / "res")], env, tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    ran = re.search(r"(\d+) task\(s\) run, 0 reused, 0 failed", out.stdout)
-    assert ran, out.stdout
-    n_tasks = int(ran.group(1))
-
-    jobs = [j for j in slurm.jobs() if j["JobId"] not in before]
-    assert all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobName"], j["JobState"]) for j in jobs]
-    per_family = Counter(j["JobName"].removeprefix("calibflow-") for j in jobs)
-    # every task is one job; a task with dynamic dependencies runs once more after them
-    assert per_family["EfficiencyTable"] == 2
-    assert sum(per_family.values()) == n_tasks + 1
-    assert per_family["FitBin"] == 12 and per_family["PrepareTuple"] == 3
-    # the resources section reached sbatch: 200 MB for every job, 10 minutes for the fits
-    fit = next(j for j in jobs if j["JobName"] == "calibflow-FitBin")
-    prep = next(j for j in jobs if j["JobName"] == "calibflow-PrepareTuple")
-    assert fit["TimeLimit"] == "00:10:00" and prep["TimeLimit"] == "00:30:00"
-    assert prep["MinMemoryNode"] == "200M"
-
-    # each task's own log says which Slurm job ran it
-    logs = sorted((tmp_path / "res" / "small_demo" / "logs").glob("*/*.log"))
-    assert len(logs) == n_tasks
-    job_ids = {j["JobId"] for j in jobs}
-    for log in logs:
-        text = log.read_text()
-        found = re.findall(r"batch job (\d+)\)", text)
-        assert found and set(found) <= job_ids, (log, text)
-
-    # the tables equal those of a local run
-    local = _calibflow(["run", str(cfg), "--workers", "2", "--result-dir", str(tmp_path / "local")], env, tmp_path)
-    assert local.returncode == 0, local.stderr
-    for name in ("efficiencies.csv", "scale_factors.csv", "corrections.json"):
-        assert (tmp_path / "res/small_demo" / name).read_bytes() == (tmp_path / "local/small_demo" / name).read_bytes()
-
-
-@pytest.mark.slow
-def test_a_dead_batch_job_is_reported_and_rerun(slurm: SlurmCluster, tmp_path: Path) -> None:
-    cfg, env = _setup(tmp_path, slurm)
-    res = tmp_path / "res"
-    cmd = [sys.executable, "-m", "calibflow.cli", "run", str(cfg), "--batch", "--result-dir", str(res)]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    victim = None
+    proc = _calibflow(["run", str(cfg), "--batch", "--result-dir", str(res)], env, tmp)
+    victim = ""
     deadline = time.monotonic() + 120
-    while victim is None and time.monotonic() < deadline and run.poll() is None:
-        prep = [j for j in slurm.jobs() if j["JobName"] == "calibflow-PrepareTuple" and j["JobState"] in
-                ("PENDING", "RUNNING")]
+    while not victim and time.monotonic() < deadline and proc.poll() is None:
+        prep = [j for j in slurm.jobs() if j["JobName"] == "calibflow-PrepareTuple" and j["JobState"] == "RUNNING"]
         if prep:
             victim = prep[0]["JobId"]
             subprocess.run([_which("scancel"), victim], env=env, check=True)
         time.sleep(0.05)
-    stdout, stderr = run.communicate(timeout=600)
-    assert victim is not None, "no PrepareTuple job was seen"
-    assert run.returncode == 1, stdout + stderr
-    assert re.search(rf"FAILED PrepareTuple\S*: batch job {victim} ended before the task finished", stderr), stderr
-    assert not list(res.rglob("*.tmp-*"))
+    killed = _finish(proc, slurm, before)
+    before |= {j["JobId"] for j in killed.jobs}
+    rerun = _finish(_calibflow(["run", str(cfg), "--batch", "--result-dir", str(res)], env, tmp), slurm, before)
+    local = _finish(_calibflow(["run", str(cfg), "--workers", "2", "--result-dir", str(tmp / "local")], env, tmp),
+                    slurm, before | {j["JobId"] for j in rerun.jobs})
+    return BatchRuns(killed, victim, rerun, local, res)
 
-    again = _calibflow(["run", str(cfg), "--batch", "--result-dir", str(res)], env, tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert re.search(r"\d+ task\(s\) run, \d+ reused, 0 failed \(.*1 PrepareTuple", again.stdout), again.stdout
-    assert (res / "small_demo" / "efficiencies.csv").exists()
+
+def _ran(run: Run) -> int:
+    m = re.search(r"(\d+) task\(s\) run, \d+ reused, 0 failed", run.stdout)
+    assert m, run.stdout + run.stderr
+    return int(m.group(1))
+
+
+@pytest.mark.slow
+def test_a_dead_batch_job_is_reported(runs: BatchRuns) -> None:
+    assert runs.victim, "no running PrepareTuple job was seen"
+    assert runs.killed.returncode == 1, runs.killed.stdout + runs.killed.stderr
+    assert re.search(rf"FAILED PrepareTuple\S*: batch job {runs.victim} ended before the task finished",
+                     runs.killed.stderr), runs.killed.stderr
+    states = {j["JobId"]: j["JobState"] for j in runs.killed.jobs}
+    assert states.pop(runs.victim) == "CANCELLED"
+    assert set(states.values()) == {"COMPLETED"}
+
+
+@pytest.mark.slow
+def test_the_rerun_submits_what_is_missing_as_slurm_jobs(runs: BatchRuns) -> None:
+    assert runs.rerun.returncode == 0, runs.rerun.stdout + runs.rerun.stderr
+    n = _ran(runs.rerun)
+    assert "1 PrepareTuple" in runs.rerun.stdout  # the cancelled one, and only it
+    per_family = Counter(j["JobName"].removeprefix("calibflow-") for j in runs.rerun.jobs)
+    assert {j["JobState"] for j in runs.rerun.jobs} == {"COMPLETED"}
+    # one job per task run; EfficiencyTable twice: its first job yields the fits it still needs
+    assert sum(per_family.values()) == n + 1 and per_family["EfficiencyTable"] == 2
+    assert per_family["PrepareTuple"] == 1 and per_family["GenerateToys"] == 0
+
+
+@pytest.mark.slow
+def test_every_task_ran_in_a_completed_slurm_job(runs: BatchRuns) -> None:
+    completed = {j["JobId"] for j in runs.killed.jobs + runs.rerun.jobs if j["JobState"] == "COMPLETED"}
+    logs = sorted((runs.result_dir / "small_demo" / "logs").glob("*/*.log"))
+    families = {log.parent.name for log in logs}
+    assert families >= {"GenerateToys", "PrepareTuple", "MakeBinning", "FillHistograms", "FitBin", "ExportTables"}
+    for log in logs:
+        last_start = [ln for ln in log.read_text().splitlines() if " start " in ln][-1]
+        job = re.search(r"batch job (\d+)\)", last_start)
+        assert job and job.group(1) in completed, (log, last_start)
+
+
+@pytest.mark.slow
+def test_config_resources_reach_sbatch(runs: BatchRuns) -> None:
+    jobs = runs.killed.jobs + runs.rerun.jobs
+    fit = next(j for j in jobs if j["JobName"] == "calibflow-FitBin")
+    prep = next(j for j in jobs if j["JobName"] == "calibflow-PrepareTuple")
+    assert fit["TimeLimit"] == "00:10:00" and prep["TimeLimit"] == "00:30:00"
+    assert fit["MinMemoryNode"] == prep["MinMemoryNode"] == "200M"
+    assert prep["NumCPUs"] == "1"
+
+
+@pytest.mark.slow
+def test_batch_tables_equal_local_tables_and_no_temporaries(runs: BatchRuns) -> None:
+    assert runs.local.returncode == 0, runs.local.stderr
+    assert not runs.local.jobs  # the local run submitted nothing
+    for name in ("efficiencies.csv", "scale_factors.csv", "corrections.json"):
+        batch = (runs.result_dir / "small_demo" / name).read_bytes()
+        assert batch == (runs.result_dir.parent / "local" / "small_demo" / name).read_bytes(), name
+    assert not list(runs.result_dir.rglob("*.tmp-*"))

@@ -79,19 +79,20 @@ def test_fit_recovers_truth_and_agrees_with_binned_model() -> None:
     assert r.chi2 / r.ndof < 1.5
 
 
-def test_weighted_fit_uses_sandwich_errors() -> None:
+def test_weighted_fit_uses_sumw2_errors() -> None:
     rng = np.random.default_rng(4)
     mp, mf = candidates(rng)
     plain = fit_pass_fail_unbinned(mp, mf, LO, HI)
     ones = fit_pass_fail_unbinned(mp, mf, LO, HI, np.ones_like(mp), np.ones_like(mf))
     doubled = fit_pass_fail_unbinned(mp, mf, LO, HI, np.full(mp.size, 2.0), np.full(mf.size, 2.0))
     assert ones.efficiency == pytest.approx(plain.efficiency, abs=1e-3 * plain.err_up)
-    assert ones.errors["eff"] == pytest.approx(plain.errors["eff"], rel=0.05)
+    for name, err in plain.errors.items():  # unit weights: the HESSE errors
+        assert ones.errors[name] == pytest.approx(err, rel=0.05), name  # HESSE with vs without limits
     # constant weights 2: same information on ε, yields and their errors doubled
     assert doubled.efficiency == pytest.approx(plain.efficiency, abs=0.01 * plain.err_up)
     assert doubled.err_up == pytest.approx(plain.errors["eff"], rel=0.05)
     assert doubled.n_sig == pytest.approx(2 * plain.n_sig, rel=1e-3)
-    assert doubled.n_sig_err == pytest.approx(2 * plain.n_sig_err, rel=0.05)
+    assert doubled.n_sig_err == pytest.approx(2 * plain.n_sig_err, rel=0.1)
 
 
 def test_extended_single_sample_fit() -> None:
@@ -107,8 +108,9 @@ def test_extended_single_sample_fit() -> None:
         assert np.trapezoid(f(grid), grid) == pytest.approx(1.0, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_unbinned_pulls_of_efficiency() -> None:
-    """40 toys: pull of ε (MINOS) with mean within ±0.25·√(100/40)-scaled tolerance and width ≈ 1."""
+    """40 toys: pull of ε (MINOS errors) with mean ≈ 0 (±0.35, the ±0.25 of 100 toys scaled) and width ≈ 1."""
     rng = np.random.default_rng(99)
     pulls = []
     for _ in range(40):

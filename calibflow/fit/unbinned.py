@@ -7,8 +7,8 @@ normalised on [lo, hi], N_sig,pass = N_sig·ε and N_sig,fail = N_sig·(1−ε),
 
 (w_i = 1 for unweighted candidates; equal to iminuit's ``ExtendedUnbinnedNLL(log=True)`` up to a
 constant). The common shapes are evaluated by one fused numba kernel over the candidates; other shapes
-use their ``logpdf`` in numpy. Weighted fits report the sandwich covariance V·D·V with V the inverse
-Hessian and D = Σ_i w_i² s_i s_iᵀ (s_i the per-candidate score), without MINOS. Starting values,
+use their ``logpdf`` in numpy. Weighted fits report the covariance V·H₂·V (V: inverse Hessian of the
+w-weighted cost, H₂: Hessian of the w²-weighted cost; RooFit's SumW2Error), without MINOS. Starting values,
 retries and quality checks are those of the binned fit (:mod:`calibflow.fit.passfail`), applied to
 histograms of the candidates; the χ² reported is that of these histograms against the fitted model.
 """
@@ -104,30 +104,32 @@ def unbinned_cost(model: PassFailModel, mp: np.ndarray, wp: np.ndarray, mf: np.n
     return cost
 
 
-def sandwich_errors(model: PassFailModel, m: Minuit, data: list[tuple[np.ndarray, np.ndarray, str]]) -> dict[str, float]:
-    """Errors √diag(V·D·V) of a weighted fit: V = HESSE covariance, D = Σ w² s sᵀ over candidates.
-
-    The per-candidate scores s_i = ∂ ln λ(m_i)/∂θ are central finite differences (step 1e-4·σ_HESSE).
-    """
+def _external_covariance(cost: Cost, m: Minuit) -> np.ndarray:
+    """HESSE covariance of ``cost`` at the values of ``m`` without parameter limits (no transformation
+    terms from the limits, which do not vanish where the gradient does not), free parameters only."""
+    h = Minuit(cost, np.array(m.values), name=m.parameters)
+    h.errordef = Minuit.LEAST_SQUARES
+    h.fixed = m.fixed
+    h.strategy = 2
+    h.hesse()
     free = [i for i, p in enumerate(m.params) if not p.is_fixed]
-    x0 = np.array(m.values, dtype=float)
-    v = np.array(m.covariance, dtype=float)[np.ix_(free, free)]
-    d = np.zeros((len(free), len(free)))
-    for mass, w, cat in data:
-        if mass.size == 0:
-            continue
-        scores = np.empty((len(free), mass.size))
-        for k, i in enumerate(free):
-            h = 1e-4 * max(float(m.errors[i]), 1e-12)
-            up, dn = x0.copy(), x0.copy()
-            up[i] += h
-            dn[i] -= h
-            scores[k] = (log_intensity(model, mass, up, cat) - log_intensity(model, mass, dn, cat)) / (2 * h)
-        d += (scores * w**2) @ scores.T
-    cov = v @ d @ v
+    return np.array(h.covariance, dtype=float)[np.ix_(free, free)]
+
+
+def sumw2_errors(model: PassFailModel, m: Minuit, mp: np.ndarray, wp: np.ndarray, mf: np.ndarray,
+                 wf: np.ndarray) -> dict[str, float]:
+    """Errors √diag(V·H₂·V) of a weighted fit (RooFit's SumW2Error; Langenbruch, EPJC 82 (2022) 393).
+
+    V is the covariance (inverse Hessian) of the w-weighted cost at its minimum, H₂ the Hessian of the
+    w²-weighted cost at the same point, both by HESSE without limits. Unit weights give V back.
+    """
+    v = _external_covariance(unbinned_cost(model, mp, wp, mf, wf), m)
+    h2 = np.linalg.inv(_external_covariance(unbinned_cost(model, mp, wp**2, mf, wf**2), m))
+    cov = v @ h2 @ v
     errs = {p.name: float(m.errors[p.name]) for p in m.params}
-    for k, i in enumerate(free):
-        errs[m.parameters[i]] = float(np.sqrt(max(cov[k, k], 0.0)))
+    free = [p.name for p in m.params if not p.is_fixed]
+    for k, name in enumerate(free):
+        errs[name] = float(np.sqrt(max(cov[k, k], 0.0)))
     return errs
 
 
@@ -160,7 +162,7 @@ def fit_pass_fail_unbinned(
 
     Candidates outside [lo, hi] are ignored. Same parameters, retries and result as
     :func:`calibflow.fit.passfail.fit_pass_fail`; ε errors from MINOS for unweighted candidates and
-    from the sandwich covariance for weighted ones. ``goodness_fail=False`` leaves the fail histogram
+    from the SumW2 covariance (:func:`sumw2_errors`) for weighted ones. ``goodness_fail=False`` leaves the fail histogram
     out of the reported χ² (single-sample fits).
     """
     lo, hi = float(lo), float(hi)
@@ -187,7 +189,7 @@ def fit_pass_fail_unbinned(
     errors = None
     if weighted:
         a = attempts[accepted]
-        errors = sandwich_errors(a.model, a.minuit, [(mp, wp, "pass"), (mf, wf, "fail")])
+        errors = sumw2_errors(a.model, a.minuit, mp, wp, mf, wf)
     return build_result(attempts, accepted, minos and not weighted, errors)
 
 

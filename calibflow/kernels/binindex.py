@@ -81,9 +81,11 @@ def flatten(root: Node) -> FlatScheme:
             return ids[key]
         e = np.asarray(node.edges, dtype=np.float64)
         var.append(variables.index(node.variable))
-        edges.append(e)
-        edge_start.append(edge_start[-1] + e.size)
         inv_width.append((e.size - 1) / (e[-1] - e[0]) if _is_uniform(e) else 0.0)
+        # a first edge of -inf becomes the lowest float, so that x = -inf is out of range (like NaN and
+        # +inf, which no range [lo, hi) contains)
+        edges.append(np.where(e == -np.inf, np.finfo(np.float64).min, e))
+        edge_start.append(edge_start[-1] + e.size)
         if kids is None:
             n_leaves.append(e.size - 1)
             offset.append(np.arange(e.size - 1))
@@ -107,9 +109,12 @@ def flatten(root: Node) -> FlatScheme:
     return FlatScheme(tree, tuple(variables), n_leaves[-1])
 
 
+BLOCK = 256  # rows per block of the kernel: selection, then the tree walk level by level
+
+
 @numba.njit(cache=True, nogil=True)
 def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, x: float) -> int:
-    """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1])."""
+    """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1]) or NaN."""
     if not (x >= edges[e0] and x < edges[e1 - 1]):
         return -1
     n = e1 - e0 - 1
@@ -120,13 +125,12 @@ def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, x: float) -
         while x >= edges[e0 + j + 1]:
             j += 1
         return j
-    lo, hi = 0, n  # invariant: edges[e0 + lo] <= x < edges[e0 + hi]
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if x >= edges[e0 + mid]:
-            lo = mid
-        else:
-            hi = mid
+    lo = 0  # branchless binary search: the number of steps depends on n only
+    size = n
+    while size > 1:
+        half = size >> 1
+        lo = lo + half if x >= edges[e0 + lo + half] else lo
+        size -= half
     return lo
 
 
@@ -147,36 +151,73 @@ def walk_kernel(
 
     ``cols``: float64 columns by variable id (cut columns after the binning ones). A row is selected
     when ``mask[i]`` (no mask if empty) and ``cut_lo[c] <= cols[cut_var[c]][i] < cut_hi[c]`` for every
-    cut ``c``. When ``index`` is not empty, it receives each row's bin (-1: out of range, not finite or
-    not selected); when ``sumw`` is not empty, selected in-range rows add ``weights[i]`` (1 if
-    ``weights`` is empty) to ``sumw`` and its square to ``sumw2``.
+    cut ``c``. When ``index`` is not empty, it receives each row's bin (-1: out of range, NaN or not
+    selected); when ``sumw`` is not empty, selected in-range rows add ``weights[i]`` (1 if ``weights``
+    is empty) to ``sumw`` and its square to ``sumw2``.
+
+    Rows go in blocks: the selected rows of a block are listed without branches, then walked down the
+    tree one level at a time for the whole block, so that the searches of different rows overlap. Each
+    pass takes one column (a tuple indexed at run time is slow per row): the variable of the first row
+    still walking, and advances every row whose current node cuts that variable.
     """
     use_mask = mask.size > 0
     use_w = weights.size > 0
-    fill = sumw.size > 0
-    var, edge_start, edges, inv_width, offset, child = tree  # local arrays: no refcounting in the loop
-    for i in range(cols[0].size):
-        b = -1 if use_mask and not mask[i] else 0
+    var, edge_start, edges, inv_width, offset, child = tree  # local arrays: no refcounting in the loops
+    ok = np.empty(BLOCK, dtype=np.bool_)
+    rows = np.empty(BLOCK, dtype=np.int64)
+    node = np.empty(BLOCK, dtype=np.int64)
+    bins = np.empty(BLOCK, dtype=np.int64)
+    n = cols[0].size
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        size = stop - start
+        if use_mask:
+            ok[:size] = mask[start:stop]
+        else:
+            ok[:size] = True
         for c in range(cut_var.size):
-            x = cols[cut_var[c]][i]
-            if not (x >= cut_lo[c] and x < cut_hi[c]):
-                b = -1
-        node = var.size - 1 if b == 0 else -1  # the root
-        while node >= 0:
-            x = cols[var[node]][i]
-            e0 = edge_start[node]
-            j = _interval(edges, e0, edge_start[node + 1], inv_width[node], x) if np.isfinite(x) else -1
-            if j < 0:
-                b = -1
+            col = cols[cut_var[c]]
+            lo, hi = cut_lo[c], cut_hi[c]
+            for i in range(size):
+                x = col[start + i]
+                ok[i] &= (x >= lo) & (x < hi)
+        m = 0
+        for i in range(size):
+            rows[m] = start + i
+            m += ok[i]
+        node[:m] = var.size - 1  # the root
+        bins[:m] = 0
+        first = 0  # rows before ``first`` are done
+        while True:
+            while first < m and node[first] < 0:
+                first += 1
+            if first == m:
                 break
-            b += offset[e0 - node + j]
-            node = child[e0 - node + j]
+            v = var[node[first]]
+            col = cols[v]
+            for r in range(first, m):
+                nd = node[r]
+                if nd < 0 or var[nd] != v:
+                    continue
+                e0 = edge_start[nd]
+                j = _interval(edges, e0, edge_start[nd + 1], inv_width[nd], col[rows[r]])
+                if j < 0:
+                    node[r] = -1
+                    bins[r] = -1
+                else:
+                    bins[r] += offset[e0 - nd + j]
+                    node[r] = child[e0 - nd + j]
         if index.size > 0:
-            index[i] = b
-        if fill and b >= 0:
-            w = weights[i] if use_w else 1.0
-            sumw[b] += w
-            sumw2[b] += w * w
+            index[start:stop] = -1
+            for r in range(m):
+                index[rows[r]] = bins[r]
+        if sumw.size > 0:
+            for r in range(m):
+                b = bins[r]
+                if b >= 0:
+                    w = weights[rows[r]] if use_w else 1.0
+                    sumw[b] += w
+                    sumw2[b] += w * w
 
 
 def _column_tuple(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,100 @@
+"""Benchmark: per-bin fits.
+
+    python benchmarks/fits.py [--repeat R] [--seed S]
+
+* t1: median wall time of one binned simultaneous pass/fail fit (100 mass bins, crystalball +
+  exponential, Migrad + HESSE + MINOS on ε), over ``--repeat`` toys, after a warm-up fit (JIT/cache).
+* t2: median wall time of one extended unbinned signal + background fit of 100k candidates
+  (crystalball + exponential, Migrad + HESSE; :func:`calibflow.fit.unbinned.fit_extended`).
+* t3: the whole table, 200 bins × {data, simulation} × 5 variations through the task graph with 2
+  workers: :func:`time_table` — returns None until it is wired to the task graph (printed ``n/a``).
+
+The last line printed is ``fits: binned pass/fail <t1> ms, unbinned 100k <t2> s, table 200x2x5 <t3> s``.
+Goals: t1 ≤ 15 ms, t2 ≤ 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from scipy import stats
+
+from calibflow.fit.passfail import fit_pass_fail
+from calibflow.fit.unbinned import fit_extended
+
+LO, HI = 2900.0, 3300.0
+SIGNAL = stats.crystalball(1.5, 4.0, 3097.0, 12.0)
+
+
+def _truncated(dist: stats.rv_continuous, n: int, rng: np.random.Generator) -> np.ndarray:
+    a, b = dist.cdf([LO, HI])
+    return dist.ppf(rng.uniform(a, b, n))
+
+
+def binned_toy(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges and pass/fail histograms: 5000 signal (ε = 0.8), 3000/6000 exponential background."""
+    edges = np.linspace(LO, HI, 101)
+    sig = _truncated(SIGNAL, 5000, rng)
+    passed = rng.random(sig.size) < 0.8
+    hp = np.histogram(np.concatenate([sig[passed], _truncated(stats.expon(loc=LO, scale=250.0), 3000, rng)]), edges)[0]
+    hf = np.histogram(np.concatenate([sig[~passed], _truncated(stats.expon(loc=LO, scale=500.0), 6000, rng)]), edges)[0]
+    return edges, hp.astype(float), hf.astype(float)
+
+
+def time_binned(repeat: int, rng: np.random.Generator) -> float:
+    """Median seconds of one binned pass/fail fit with MINOS on ε."""
+    fit_pass_fail(*binned_toy(rng))
+    times = []
+    for _ in range(repeat):
+        toy = binned_toy(rng)
+        t0 = time.perf_counter()
+        r = fit_pass_fail(*toy, signal="crystalball", background="exponential", minos=True)
+        times.append(time.perf_counter() - t0)
+        if r.status != "ok":
+            print(f"  binned fit status: {r.status}")
+    return float(np.median(times))
+
+
+def time_unbinned(repeat: int, rng: np.random.Generator) -> float:
+    """Median seconds of one extended unbinned fit of 100k candidates (50k signal, 50k background)."""
+    def sample() -> np.ndarray:
+        return np.concatenate([_truncated(SIGNAL, 50_000, rng), _truncated(stats.expon(loc=LO, scale=400.0), 50_000, rng)])
+
+    fit_extended(sample()[:2000], LO, HI)
+    times = []
+    for _ in range(repeat):
+        x = sample()
+        t0 = time.perf_counter()
+        fit = fit_extended(x, LO, HI)
+        times.append(time.perf_counter() - t0)
+        if fit.status != "ok":
+            print(f"  unbinned fit status: {fit.status}")
+    return float(np.median(times))
+
+
+def time_table() -> float | None:
+    """Seconds to build the 200 bins × {data, simulation} × 5 variations table through the task graph
+    with 2 workers (config, toy inputs and luigi build to be wired here); None: not measured yet."""
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=30, help="binned fits to time (unbinned: repeat // 10, ≥ 3)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    t1 = time_binned(args.repeat, rng)
+    print(f"binned pass/fail fit, median of {args.repeat}: {t1 * 1e3:.1f} ms")
+    n_unbinned = max(3, args.repeat // 10)
+    t2 = time_unbinned(n_unbinned, rng)
+    print(f"unbinned 100k fit, median of {n_unbinned}: {t2:.2f} s")
+    t3 = time_table()
+    t3_text = "n/a" if t3 is None else f"{t3:.1f}"
+    print(f"fits: binned pass/fail {t1 * 1e3:.1f} ms, unbinned 100k {t2:.2f} s, table 200x2x5 {t3_text} s")
+
+
+if __name__ == "__main__":
+    main()
