@@ -1,36 +1,94 @@
-"""Measure the efficiency of one bin: a simultaneous pass/fail fit or a cut-and-count."""
+"""Measure the efficiency of one bin by the sample's method (see :class:`calibflow.config.Sample`).
+
+``fit`` uses the bin's pass/fail mass histograms (binned) or its candidates (``fit.binned: false``);
+``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass and
+counts their sWeights. The result is a JSON-ready dict with efficiency, err_down, err_up, n_pass,
+n_fail, status and, for fits, the parameters and attempts.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from calibflow.config import FitConfig
-from calibflow.fit.counting import count_efficiency
-from calibflow.fit.passfail import fit_pass_fail
-from calibflow.histos import BinHistograms
+from calibflow.fit.counting import count_efficiency, sweighted_efficiency, sweighted_efficiency_from_sums
+from calibflow.fit.diagnostics import FitQuality
+from calibflow.histos import BinCandidates, BinHistograms
+
+NEEDS_CANDIDATES = ("sweights",)
 
 
-def measure_bin(h: BinHistograms, method: str, fit: FitConfig) -> dict[str, Any]:
-    """Efficiency, asymmetric errors, signal yields and status of one bin (JSON-ready dict)."""
-    total_w = float(h.sumw.sum())
-    if total_w <= 0:
-        return {"method": method, "efficiency": float("nan"), "err_down": float("nan"), "err_up": float("nan"),
-                "n_pass": 0.0, "n_fail": 0.0, "status": "empty_bin"}
+def needs_candidates(method: str, fit: FitConfig) -> bool:
+    """Whether the method reads per-bin candidates (else the per-bin histograms)."""
+    return method in NEEDS_CANDIDATES or (method == "fit" and not fit.binned)
+
+
+def _fit_options(fit: FitConfig) -> dict[str, Any]:
+    return {
+        "signal": fit.signal,
+        "background": fit.background,
+        "parameters": {k: v.model_dump() for k, v in fit.parameters.items()},
+        "strategy": fit.strategy,
+        "fail_width_shift": fit.fail_width_shift,
+        "quality": FitQuality(max_chi2_ndof=fit.max_chi2_ndof, min_significance=fit.min_significance),
+    }
+
+
+def _empty(method: str) -> dict[str, Any]:
+    nan = float("nan")
+    return {"method": method, "efficiency": nan, "err_down": nan, "err_up": nan, "n_pass": 0.0, "n_fail": 0.0,
+            "status": "empty_bin"}
+
+
+def _count(method: str, c: Any, status: str = "ok") -> dict[str, Any]:
+    return {"method": method, "efficiency": c.efficiency, "err_down": c.err_down, "err_up": c.err_up,
+            "n_pass": c.passed, "n_fail": c.total - c.passed, "status": status}
+
+
+def measure_bin(
+    method: str,
+    fit: FitConfig,
+    hist: BinHistograms | None = None,
+    cands: BinCandidates | None = None,
+    interval: str = "clopper_pearson",
+) -> dict[str, Any]:
+    """Efficiency of one bin from its histograms (``hist``) or candidates (``cands``)."""
+    if (hist is not None and float(hist.sumw.sum()) <= 0) or (cands is not None and cands.mass.size == 0):
+        return _empty(method)
     if method == "count":
-        w2 = float(h.sumw2.sum()) if h.weighted else None
-        c = count_efficiency(float(h.sumw[0].sum()), total_w, w2)
-        return {"method": method, "efficiency": c.efficiency, "err_down": c.err_down, "err_up": c.err_up,
-                "n_pass": c.passed, "n_fail": c.total - c.passed, "status": "ok"}
-    r = fit_pass_fail(
-        h.edges,
-        h.sumw[0],
-        h.sumw[1],
-        h.sumw2[0] if h.weighted else None,
-        h.sumw2[1] if h.weighted else None,
-        signal=fit.signal,
-        background=fit.background,
-        parameters={k: v.model_dump() for k, v in fit.parameters.items()},
-        strategy=fit.strategy,
-        minos=fit.minos,
-    )
-    return {"method": method, **r.to_dict()}
+        assert hist is not None
+        w2 = float(hist.sumw2.sum()) if hist.weighted else None
+        return _count(method, count_efficiency(float(hist.sumw[0].sum()), float(hist.sumw.sum()), w2, interval=interval))
+    if method == "sweighted":
+        assert hist is not None
+        c = sweighted_efficiency_from_sums(float(hist.sumw[0].sum()), float(hist.sumw2[0].sum()),
+                                           float(hist.sumw.sum()), float(hist.sumw2.sum()))
+        return _count(method, c, "ok" if 0.0 <= c.efficiency <= 1.0 else "efficiency_outside_0_1")
+    if method == "sweights":
+        from calibflow.fit.sweights import fit_and_sweight
+
+        assert cands is not None
+        opts = _fit_options(fit)
+        sw = fit_and_sweight(cands.mass, opts["signal"], opts["background"], cands.lo, cands.hi,
+                             parameters=opts["parameters"], strategy=fit.strategy, quality=opts["quality"])
+        w = sw.weights["signal"] * cands.weight
+        c = sweighted_efficiency(w[cands.passed], w)
+        status = sw.status if 0.0 <= c.efficiency <= 1.0 else f"{sw.status},efficiency_outside_0_1"
+        return {**_count(method, c, status), "values": dict(sw.fit.values), "yields": dict(sw.fit.yields)}
+    if cands is not None:
+        from calibflow.fit.unbinned import fit_pass_fail_unbinned
+
+        wp = cands.weight[cands.passed] if cands.weighted else None
+        wf = cands.weight[~cands.passed] if cands.weighted else None
+        r = fit_pass_fail_unbinned(cands.mass[cands.passed], cands.mass[~cands.passed], cands.lo, cands.hi, wp, wf,
+                                   minos=fit.minos, **_fit_options(fit))
+    else:
+        from calibflow.fit.passfail import fit_pass_fail
+
+        assert hist is not None
+        r = fit_pass_fail(hist.edges, hist.sumw[0], hist.sumw[1], hist.sumw2[0] if hist.weighted else None,
+                          hist.sumw2[1] if hist.weighted else None, minos=fit.minos, **_fit_options(fit))
+    out = {"method": method, **r.to_dict()}
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}

@@ -43,14 +43,20 @@ class ToyConfig(_Strict):
 
 
 class Sample(_Strict):
-    """One input sample: real data or simulation."""
+    """One input sample: real data or simulation, and how its bins are measured.
+
+    ``method``: ``fit`` (simultaneous pass/fail mass fit), ``count`` (cut-and-count with a binomial
+    ``interval``), ``sweighted`` (counts of the per-candidate ``weight``, e.g. an sWeight column, with the
+    PIDCalib2 variance) or ``sweights`` (per-bin sPlot from an unbinned mass fit, then as ``sweighted``).
+    """
 
     role: Literal["data", "mc"]
     files: list[str] = Field(default_factory=list)
     tree: str = "DecayTree"
     weight: str | None = None
     cut: str | None = None
-    method: Literal["fit", "count"] = "fit"
+    method: Literal["fit", "count", "sweighted", "sweights"] = "fit"
+    interval: Literal["clopper_pearson", "wilson", "jeffreys"] = "clopper_pearson"
 
 
 class Selection(_Strict):
@@ -66,7 +72,7 @@ class MassConfig(_Strict):
 
     variable: str
     range: tuple[float, float]
-    bins: int = Field(default=100, gt=1)
+    bins: int = Field(default=100, ge=1)
 
     @field_validator("range")
     @classmethod
@@ -74,6 +80,10 @@ class MassConfig(_Strict):
         if not v[0] < v[1]:
             raise ValueError("must be [low, high] with low < high")
         return v
+
+
+COUNT_ONLY_MASS = MassConfig(variable="0", range=(-1.0, 1.0), bins=1)
+"""Stand-in mass section of counting-only calibrations: every candidate in one bin."""
 
 
 class BinVariable(_Strict):
@@ -129,6 +139,11 @@ class FitConfig(_Strict):
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)
     strategy: int = Field(default=1, ge=0, le=2)
     minos: bool = True
+    binned: bool = True
+    fail_width_shift: bool = False
+    max_chi2_ndof: float = Field(default=3.0, gt=0)
+    min_significance: float = Field(default=3.0, ge=0)
+    plots: Literal["none", "flagged", "all"] = "flagged"
 
 
 class ClosureConfig(_Strict):
@@ -253,7 +268,7 @@ class CalibrationConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
     selection: Selection = Selection()
     pass_: str = Field(alias="pass")
-    mass: MassConfig
+    mass: MassConfig | None = None
     binning: BinningConfig
     fit: FitConfig = FitConfig()
     closure: ClosureConfig | None = None
@@ -277,6 +292,10 @@ class CalibrationConfig(_Strict):
         if self.toy:
             for name in toy_samples - set(self.samples):
                 raise ValueError(f"toy.samples.{name}: no sample of that name in 'samples'")
+        if self.mass is None:
+            fitted = [n for n, smp in self.samples.items() if smp.method != "count"]
+            if fitted:
+                raise ValueError(f"mass: required for fitted samples ({', '.join(fitted)}); or set their method: count")
         for key, sample in (("roc.signal", self.roc and self.roc.signal), ("roc.background", self.roc and self.roc.background)):
             if sample and sample not in self.samples:
                 raise ValueError(f"{key}: unknown sample {sample!r}; samples are {sorted(self.samples)}")
@@ -288,6 +307,11 @@ class CalibrationConfig(_Strict):
         if self.reference is not None and self.reference not in self.samples:
             raise ValueError(f"reference: unknown sample {self.reference!r}; samples are {sorted(self.samples)}")
         return self
+
+    @property
+    def mass_spec(self) -> MassConfig:
+        """The mass section, or a single constant bin for counting-only calibrations."""
+        return self.mass if self.mass is not None else COUNT_ONLY_MASS
 
     @property
     def data_samples(self) -> list[str]:

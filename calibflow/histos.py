@@ -87,3 +87,52 @@ def read_truth(path: str) -> np.ndarray | None:
         n, s = h5["truth_n"][...], h5["truth_sum"][...]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, s / n, np.nan)
+
+
+@dataclass
+class BinCandidates:
+    """Candidates of one bin in the mass range: mass, pass decision and weight."""
+
+    mass: np.ndarray
+    passed: np.ndarray
+    weight: np.ndarray
+    weighted: bool
+    lo: float
+    hi: float
+
+
+def split_by_bin(
+    prep_paths: Sequence[str], scheme: BinningScheme, mass: MassConfig, out_path: str, pass_column: str = PASS
+) -> None:
+    """Store the in-range candidates of all ``prep_paths`` contiguously by bin (``offsets`` per bin),
+    so that an unbinned per-bin fit reads only its slice."""
+    lo, hi = mass.range
+    parts: list[tuple[np.ndarray, ...]] = []
+    weighted = False
+    for path in prep_paths:
+        cols = read_columns(path)
+        idx = scheme.locate(cols)
+        m = cols[MASS]
+        keep = (idx >= 0) & (m >= lo) & (m < hi)
+        w = cols.get(WEIGHT)
+        weighted |= w is not None
+        w = np.ones_like(m) if w is None else w
+        parts.append((idx[keep], m[keep], cols[pass_column][keep], w[keep]))
+    idx, m, p, w = (np.concatenate([part[k] for part in parts]) for k in range(4))
+    order = np.argsort(idx, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(idx, minlength=len(scheme)))])
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        for name, arr in (("mass", m[order]), ("pass", p[order]), ("weight", w[order])):
+            h5.create_dataset(name, data=arr, **COMPRESSION)
+        h5["offsets"] = offsets
+        h5.attrs["weighted"] = weighted
+        h5.attrs["range"] = (lo, hi)
+
+
+def read_bin_candidates(path: str, index: int) -> BinCandidates:
+    """Candidates of bin ``index`` from a file written by :func:`split_by_bin`."""
+    with h5py.File(path, "r") as h5:
+        a, b = (int(x) for x in h5["offsets"][index : index + 2])
+        lo, hi = (float(x) for x in h5.attrs["range"])
+        return BinCandidates(h5["mass"][a:b], h5["pass"][a:b].astype(bool), h5["weight"][a:b],
+                             bool(h5.attrs["weighted"]), lo, hi)

@@ -215,19 +215,25 @@ class Plan:
     # --- histograms and fits ------------------------------------------------------------------------
     def hist_key(self, sample: str) -> str:
         """Content key of the per-bin mass histograms of ``sample``."""
-        return content_key(self.binning_key(), self.config.mass, self.prep_keys(sample), self.pass_column,
+        return content_key(self.binning_key(), self.config.mass_spec, self.prep_keys(sample), self.pass_column,
                            HIST_VERSION)
 
     def hist_path(self, sample: str) -> str:
         """Per-bin histogram HDF5 of ``sample``."""
         return os.path.join(self.workdir, "hists", f"{sample}-{self.hist_key(sample)}.h5")
 
+    def split_path(self, sample: str) -> str:
+        """Per-bin contiguous candidates of ``sample`` (for unbinned fits and sWeights)."""
+        return os.path.join(self.workdir, "hists", f"{sample}-{self.hist_key(sample)}-candidates.h5")
+
     def fit_key(self, sample: str, bin_key: str) -> str:
         """Content key of the fit of one bin (by its content key) of ``sample``."""
         cfg = self.config
-        method = cfg.samples[sample].method
-        model = cfg.fit if method == "fit" else None
-        return content_key(bin_key, self.prep_keys(sample), cfg.mass, self.pass_column, method, model, FIT_VERSION)
+        s = cfg.samples[sample]
+        model = cfg.fit if s.method in ("fit", "sweights") else None
+        interval = s.interval if s.method == "count" else None
+        return content_key(bin_key, self.prep_keys(sample), cfg.mass_spec, self.pass_column, s.method, model,
+                           interval, FIT_VERSION)
 
     def fit_path(self, sample: str, bin_key: str) -> str:
         """Result JSON of one bin of ``sample``."""
@@ -238,7 +244,7 @@ class Plan:
         """Content key of the tables and exports."""
         cfg = self.config
         per_sample = {s: [self.prep_keys(s), cfg.samples[s].method] for s in cfg.samples}
-        return content_key(self.binning_key(), per_sample, cfg.mass, cfg.fit, cfg.closure, cfg.reference,
+        return content_key(self.binning_key(), per_sample, cfg.mass_spec, cfg.fit, cfg.closure, cfg.reference,
                            self.pass_column, TABLE_VERSION)
 
     def table_dir(self) -> str:

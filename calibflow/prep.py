@@ -74,7 +74,7 @@ def prep_spec(config: CalibrationConfig, sample: str) -> PrepSpec:
         return compile_expression(text, al, where=where)
 
     columns = {v.name: c(v.expr, f"binning.variables[{i}]") for i, v in enumerate(config.binning.variables)}
-    columns[MASS] = c(config.mass.variable, "mass.variable")
+    columns[MASS] = c(config.mass_spec.variable, "mass.variable")
     columns[PASS] = c(config.pass_, "pass")
     for wp, text in config.working_points.items():
         columns[pass_column(wp)] = c(text, f"working_points.{wp}")

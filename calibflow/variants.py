@@ -81,7 +81,7 @@ def resolve(base: CalibrationConfig, variant: str) -> Variant:
                                    for v in cfg.binning.variables]}
             cfg = _overridden(cfg, {"binning": edges}, f"{INCLUSIVE} binning")
         else:
-            i, src, override = _source(base, part)
+            i, _, override = _source(base, part)
             syst = part
             cfg = _overridden(cfg, override, f"systematics.sources[{i}] ({part})")
     return Variant(cfg, wp, syst, inclusive)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import b2luigi
 import luigi
@@ -23,8 +24,8 @@ class MakeBinning(CalibTask):
             self.plan.scheme().save(tmp)
 
 
-class FillHistograms(CalibTask):
-    """Per-bin pass/fail mass histograms of ``sample``, one pass over its prepared tuples."""
+class _PerSample(CalibTask):
+    """A pass over every prepared tuple of ``sample`` in the current binning."""
 
     sample = b2luigi.Parameter()
 
@@ -33,6 +34,15 @@ class FillHistograms(CalibTask):
         for i in range(len(self.plan.input_files(self.sample))):
             yield PrepareTuple(sample=self.sample, index=i, **self.common())
 
+    def prep_paths(self) -> list[str]:
+        """Prepared tuples of the sample."""
+        plan = self.plan
+        return [plan.prep_path(self.sample, i) for i in range(len(plan.input_files(self.sample)))]
+
+
+class FillHistograms(_PerSample):
+    """Per-bin pass/fail mass histograms of ``sample``, one pass over its prepared tuples."""
+
     def output(self):
         return self.target(self.plan.hist_path(self.sample))
 
@@ -40,8 +50,22 @@ class FillHistograms(CalibTask):
         from calibflow.histos import fill_histograms
 
         plan = self.plan
-        paths = [plan.prep_path(self.sample, i) for i in range(len(plan.input_files(self.sample)))]
-        fill_histograms(paths, plan.load_scheme(), plan.config.mass, self.output().path, plan.pass_column)
+        fill_histograms(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec, self.output().path,
+                        plan.pass_column)
+
+
+class SplitByBin(_PerSample):
+    """In-range candidates of ``sample`` stored contiguously per bin (unbinned fits, sWeights)."""
+
+    def output(self):
+        return self.target(self.plan.split_path(self.sample))
+
+    def run(self) -> None:
+        from calibflow.histos import split_by_bin
+
+        plan = self.plan
+        split_by_bin(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec, self.output().path,
+                     plan.pass_column)
 
 
 class FitBin(CalibTask):
@@ -50,8 +74,17 @@ class FitBin(CalibTask):
     sample = b2luigi.Parameter()
     bin_index = b2luigi.IntParameter()
 
+    def _candidates(self) -> bool:
+        from calibflow.binfit import needs_candidates
+
+        cfg = self.plan.config
+        return needs_candidates(cfg.samples[self.sample].method, cfg.fit)
+
     def requires(self):
-        yield FillHistograms(sample=self.sample, **self.common())
+        if self._candidates():
+            yield SplitByBin(sample=self.sample, **self.common())
+        else:
+            yield FillHistograms(sample=self.sample, **self.common())
 
     def output(self):
         plan = self.plan
@@ -63,14 +96,41 @@ class FitBin(CalibTask):
 
     def run(self) -> None:
         from calibflow.binfit import measure_bin
-        from calibflow.histos import read_bin
+        from calibflow.histos import read_bin, read_bin_candidates
 
         plan = self.plan
-        h = read_bin(plan.hist_path(self.sample), self.bin_index)
-        result = measure_bin(h, plan.config.samples[self.sample].method, plan.config.fit)
-        result["bin"] = plan.load_scheme().bins[self.bin_index].label()
+        cfg = plan.config
+        sample = cfg.samples[self.sample]
+        if self._candidates():
+            data = {"cands": read_bin_candidates(plan.split_path(self.sample), self.bin_index)}
+        else:
+            data = {"hist": read_bin(plan.hist_path(self.sample), self.bin_index)}
+        result = measure_bin(sample.method, cfg.fit, interval=sample.interval, **data)
+        label = plan.load_scheme().bins[self.bin_index].label()
+        result["bin"] = label
         with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
             json.dump(result, f, indent=1)
+        plots = cfg.fit.plots
+        if sample.method == "fit" and (plots == "all" or (plots == "flagged" and result["status"] != "ok")):
+            self._plot(result, f"{self.sample}: {label}")
+
+    def _plot(self, result: dict, title: str) -> None:
+        import numpy as np
+
+        from calibflow.fitplots import plot_pass_fail_fit
+        from calibflow.histos import read_bin, read_bin_candidates
+
+        plan = self.plan
+        cfg = plan.config
+        if self._candidates():
+            c = read_bin_candidates(plan.split_path(self.sample), self.bin_index)
+            edges = np.linspace(c.lo, c.hi, cfg.mass_spec.bins + 1)
+            hp, hf = (np.histogram(c.mass[sel], edges, weights=c.weight[sel])[0] for sel in (c.passed, ~c.passed))
+        else:
+            h = read_bin(plan.hist_path(self.sample), self.bin_index)
+            edges, hp, hf = h.edges, h.sumw[0], h.sumw[1]
+        path = os.path.splitext(self.output().path)[0] + ".png"
+        plot_pass_fail_fit(edges, hp, hf, result, cfg.fit.background, cfg.fit.fail_width_shift, path, title)
 
 
 def fit_tasks(task: CalibTask) -> list[luigi.Task]:

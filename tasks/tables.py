@@ -58,8 +58,8 @@ class CombineTables(CalibTask):
         return self.target(os.path.join(self.plan.combined_dir(), DONE))
 
     def run(self) -> None:
-        from calibflow.io.store import atomic_path
         from calibflow.assemble import combine_all
+        from calibflow.io.store import atomic_path
 
         combine_all(self.plan)
         with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:

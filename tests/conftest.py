@@ -49,3 +49,31 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result_dir = tmp_path_factory.mktemp("demo_results")
     assert main(["run", str(DEMO), "--workers", "2", "--result-dir", str(result_dir)]) == 0
     return result_dir / "demo_jpsi"
+
+
+def tiny_demo_dict() -> dict[str, Any]:
+    """The demo shrunk to the bone for operations tests: one toy file per sample, 2 x 1 bins, no plots."""
+    d = small_demo_dict()
+    d["toy"]["samples"] = {"data": {"candidates": 20000, "files": 1}, "mc": {"candidates": 15000, "files": 1}}
+    d["binning"]["variables"][0]["edges"] = [2, 10, 200]
+    d["binning"]["variables"][1]["edges"] = [2.0, 5.0]
+    d["outputs"] = {"correctionlib": True, "plots": False}
+    return d
+
+
+@pytest.fixture
+def corrupt_input_config(tmp_path: Path, write_config: Callable[[dict[str, Any], str], Path]) -> Path:
+    """A tiny config whose data sample is a real ROOT file with damaged baskets: its preparation fails midway."""
+    from calibflow.toys import write_toy_file
+
+    src = tmp_path / "data_damaged.root"
+    write_toy_file(str(src), 200000, is_data=True, seed=5)
+    raw = bytearray(src.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 4096] = bytes(4096)  # zero a stretch of compressed basket data
+    src.write_bytes(bytes(raw))
+    d = tiny_demo_dict()
+    d["name"] = "damaged"
+    del d["toy"]["samples"]["data"]
+    d["samples"]["data"]["files"] = [src.name]
+    return write_config(d, "damaged.yaml")

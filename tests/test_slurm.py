@@ -202,6 +202,15 @@ class BatchRuns:
     result_dir: Path
 
 
+def _task_started(job: dict[str, str]) -> bool:
+    """Whether the task of a pending or running job has started (its log names the job)."""
+    if job["JobState"] not in ("PENDING", "RUNNING"):
+        return True
+    batch_dir = Path(job["StdOut"]).parent  # <workdir>/logs/batch/<task id>/stdout
+    log = batch_dir.parent.parent / "PrepareTuple" / f"{batch_dir.name}.log"
+    return log.exists() and f"batch job {job['JobId']})" in log.read_text()
+
+
 def _finish(proc: subprocess.Popen[str], cluster: SlurmCluster, before: set[str]) -> Run:
     stdout, stderr = proc.communicate(timeout=600)
     return Run(proc.returncode, stdout, stderr, [j for j in cluster.jobs() if j["JobId"] not in before])
@@ -218,11 +227,11 @@ def runs(slurm: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Batch
     victim = ""
     deadline = time.monotonic() + 120
     while not victim and time.monotonic() < deadline and proc.poll() is None:
-        prep = [j for j in slurm.jobs() if j["JobName"] == "calibflow-PrepareTuple" and j["JobState"] == "RUNNING"]
+        prep = [j for j in slurm.jobs() if j["JobName"] == "calibflow-PrepareTuple" and not _task_started(j)]
         if prep:
             victim = prep[0]["JobId"]
             subprocess.run([_which("scancel"), victim], env=env, check=True)
-        time.sleep(0.05)
+        time.sleep(0.02)
     killed = _finish(proc, slurm, before)
     before |= {j["JobId"] for j in killed.jobs}
     rerun = _finish(_calibflow(["run", str(cfg), "--batch", "--result-dir", str(res)], env, tmp), slurm, before)

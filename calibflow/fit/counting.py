@@ -113,12 +113,16 @@ def sweighted_efficiency(w_pass: np.ndarray, w_all: np.ndarray) -> CountResult:
     weights' Σw² (PIDCalib2). ε outside [0, 1] (possible with negative sWeights) is kept and warned about.
     """
     wp, wa = np.asarray(w_pass, dtype=float), np.asarray(w_all, dtype=float)
-    sw = float(wa.sum())
-    if sw <= 0:
-        return CountResult(float("nan"), float("nan"), float("nan"), float(wp.sum()), sw, "sweights")
-    eff = float(wp.sum()) / sw
+    return sweighted_efficiency_from_sums(float(wp.sum()), float(np.sum(wp**2)), float(wa.sum()), float(np.sum(wa**2)))
+
+
+def sweighted_efficiency_from_sums(sw_pass: float, sw2_pass: float, sw_all: float, sw2_all: float) -> CountResult:
+    """:func:`sweighted_efficiency` from the sums Σw and Σw² of passing and of all candidates."""
+    if sw_all <= 0:
+        return CountResult(float("nan"), float("nan"), float("nan"), sw_pass, sw_all, "sweights")
+    eff = sw_pass / sw_all
     if not 0.0 <= eff <= 1.0:
         warnings.warn(f"sWeighted efficiency {eff:.4g} outside [0, 1] (negative weights)", stacklevel=2)
-    var = ((1.0 - 2.0 * eff) * float(np.sum(wp**2)) + eff**2 * float(np.sum(wa**2))) / sw**2
+    var = ((1.0 - 2.0 * eff) * sw2_pass + eff**2 * sw2_all) / sw_all**2
     err = math.sqrt(max(var, 0.0))
-    return CountResult(eff, err, err, float(wp.sum()), sw, "sweights")
+    return CountResult(eff, err, err, sw_pass, sw_all, "sweights")
