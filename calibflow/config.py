@@ -57,14 +57,66 @@ class Sample(_Strict):
     cut: str | None = None
     method: Literal["fit", "count", "sweighted", "sweights"] = "fit"
     interval: Literal["clopper_pearson", "wilson", "jeffreys"] = "clopper_pearson"
+    lumi_mask: str | None = None
+    """CMS certification ("golden") JSON, relative to the config file; keeps certified ``run`` and
+    ``luminosityBlock`` only (first cut-flow stage, ``lumi``)."""
 
 
 class Selection(_Strict):
-    """Offline selection, as expressions over branches and aliases."""
+    """Offline selection, as expressions over branches and aliases.
+
+    ``event`` is applied per event before tag-and-probe pairing (with ``pairing``; otherwise per row,
+    first); ``tag``, ``probe`` and ``pair`` per candidate (per pair with ``pairing``), in this order.
+    """
 
     tag: str | None = None
     probe: str | None = None
     pair: str | None = None
+    event: str | None = None
+
+
+class MatchConfig(_Strict):
+    """Flag the objects of the pairing collection matched in ΔR to selected objects of another collection.
+
+    The flag is the per-object column ``as`` (``<collection>_<field>``), true when the nearest object of
+    ``objects`` passing ``cut`` lies within ``max_dr`` (η, φ in rad; ``<objects>_eta``/``_phi``).
+    """
+
+    objects: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")
+    cut: str | None = None
+    max_dr: float = Field(gt=0)
+    as_: str = Field(alias="as", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PairingConfig(_Strict):
+    """Tag-and-probe pairing of a NanoAOD-style jagged collection (branches ``<collection>_<field>``).
+
+    ``tag`` and ``probe`` are per-object expressions; every ordered (tag, probe) pair of different
+    objects of an event becomes one row with the columns ``tag_<field>``, ``probe_<field>``,
+    ``pair_mass`` (GeV), ``pair_charge`` (product of the charges) and ``pair_dr``, plus the event-level
+    branches under their own names. ``mass`` is the object mass in GeV, or the name of a mass field.
+    """
+
+    collection: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")
+    tag: str
+    probe: str
+    mass: float | str = 0.0
+    charge: str = "charge"
+    match: list[MatchConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _match_names(self) -> PairingConfig:
+        prefix = f"{self.collection}_"
+        names = [m.as_ for m in self.match]
+        for i, name in enumerate(names):
+            if not name.startswith(prefix) or name == prefix:
+                raise ValueError(f"match[{i}].as: {name!r} must name a field of {self.collection}, "
+                                 f"e.g. {prefix}trigMatch")
+            if names.count(name) > 1:
+                raise ValueError(f"match[{i}].as: {name!r} is given twice")
+        return self
 
 
 class MassConfig(_Strict):
@@ -87,31 +139,84 @@ COUNT_ONLY_MASS = MassConfig(variable="0", range=(-1.0, 1.0), bins=1)
 
 
 class BinVariable(_Strict):
-    """One binning variable: name (the column in tables), optional expression, and bin edges."""
+    """One binning variable: name (the column in tables), optional expression, and its fine binning.
 
-    name: str
+    Give ``edges``, or a ``range`` with ``uniform``, ``log`` or ``equal_population`` (number of bins;
+    equal-population edges come from the data). The fine bins are the final ones unless
+    ``binning.optimise`` merges them.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     expression: str | None = None
-    edges: list[float]
+    edges: list[float] | None = None
+    range: tuple[float, float] | None = None
+    uniform: int | None = Field(default=None, ge=1)
+    log: int | None = Field(default=None, ge=1)
+    equal_population: int | None = Field(default=None, ge=1)
 
     @field_validator("edges")
     @classmethod
-    def _increasing(cls, v: list[float]) -> list[float]:
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
         if len(v) < 2:
             raise ValueError("needs at least two edges")
         if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError("must be strictly increasing")
         return v
 
+    @model_validator(mode="after")
+    def _one_binning(self) -> BinVariable:
+        rules = [k for k in ("uniform", "log", "equal_population") if getattr(self, k) is not None]
+        if self.edges is not None:
+            if rules or self.range is not None:
+                raise ValueError(f"{self.name}: give either edges or a range with {' / '.join(rules or ['a rule'])}")
+            return self
+        if len(rules) != 1 or self.range is None:
+            raise ValueError(f"{self.name}: give edges, or a range and one of uniform, log, equal_population")
+        lo, hi = self.range
+        if not lo < hi:
+            raise ValueError(f"{self.name}: range must be [low, high] with low < high")
+        if self.log is not None and lo <= 0:
+            raise ValueError(f"{self.name}: log binning needs a positive range")
+        return self
+
     @property
     def expr(self) -> str:
         """Expression computing this variable (defaults to its name)."""
         return self.expression or self.name
 
+    @property
+    def limits(self) -> tuple[float, float]:
+        """Lowest and highest edge."""
+        if self.edges is not None:
+            return self.edges[0], self.edges[-1]
+        assert self.range is not None
+        return self.range
+
+    @property
+    def data_driven(self) -> bool:
+        """Whether the edges come from the data (equal population)."""
+        return self.equal_population is not None
+
+
+class OptimiseConfig(_Strict):
+    """Merge neighbouring fine bins (nested-rectangular) until every bin has ``min_count`` candidates in
+    every fitted category (pass and fail of every sample and working point); effective counts
+    (Σw)²/Σw² for weighted samples. ``efficiency: true`` places the merged edges where the efficiency
+    changes most; ``max_intervals`` caps the bins per variable and node."""
+
+    min_count: float = Field(default=100.0, gt=0)
+    use_effective: bool = True
+    max_intervals: dict[str, int] = Field(default_factory=dict)
+    efficiency: bool = False
+
 
 class BinningConfig(_Strict):
-    """Binning of the efficiency tables (product of the variables' edges)."""
+    """Binning of the efficiency tables: product of the variables' fine binnings, optionally merged."""
 
     variables: list[BinVariable] = Field(min_length=1)
+    optimise: OptimiseConfig | None = None
 
     @field_validator("variables")
     @classmethod
@@ -121,6 +226,11 @@ class BinningConfig(_Strict):
         if dup:
             raise ValueError(f"duplicate variable names {sorted(dup)}")
         return v
+
+    @property
+    def data_driven(self) -> bool:
+        """Whether making the binning reads the prepared data."""
+        return self.optimise is not None or any(v.data_driven for v in self.variables)
 
 
 class ParamSpec(_Strict):
@@ -166,7 +276,8 @@ class OutputsConfig(_Strict):
     flow: Literal["clamp", "error"] = "clamp"
 
 
-VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samples", "working_points")
+VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samples", "working_points",
+                 "pairing")
 """Top-level config keys a systematic variation may override."""
 
 
@@ -267,6 +378,7 @@ class CalibrationConfig(_Strict):
     samples: dict[str, Sample] = Field(min_length=1)
     aliases: dict[str, str] = Field(default_factory=dict)
     selection: Selection = Selection()
+    pairing: PairingConfig | None = None
     pass_: str = Field(alias="pass")
     mass: MassConfig | None = None
     binning: BinningConfig

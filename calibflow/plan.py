@@ -40,6 +40,7 @@ FIT_VERSION = 1
 HIST_VERSION = 1
 TABLE_VERSION = 1
 TOY_VERSION = 2
+BINNING_VERSION = 1
 COMBINE_VERSION = 1
 EXPORT_VERSION = 1
 
@@ -196,13 +197,31 @@ class Plan:
         return [self.prep_key(sample, i) for i in range(len(self.input_files(sample)))]
 
     # --- binning ------------------------------------------------------------------------------------
-    def scheme(self) -> BinningScheme:
-        """The binning scheme of the config (product of the given edges)."""
-        return BinningScheme.product([(v.name, v.edges) for v in self.config.binning.variables])
+    def scheme(self) -> BinningScheme | None:
+        """The binning scheme when it needs no data (else None: MakeBinning derives it)."""
+        from calibflow.binmake import static_scheme
+
+        binning = self.config.binning
+        return None if binning.data_driven else static_scheme(binning)
+
+    @property
+    def binning_source(self) -> Plan:
+        """The plan whose prepared data define a data-driven binning: the nominal selection, so that
+        variations and working points share the binning unless they change the binning section."""
+        return self.with_variant(NOMINAL)
+
+    def binning_pass_columns(self) -> list[str]:
+        """Pass decisions whose pass and fail categories every bin must populate."""
+        return [PASS, *(pass_column(w) for w in self.nominal_config.working_points)]
 
     def binning_key(self) -> str:
-        """Content key of the binning."""
-        return content_key(self.config.binning)
+        """Content key of the binning: its section and, when data-driven, the data it is made from."""
+        binning = self.config.binning
+        if not binning.data_driven:
+            return content_key(binning)
+        src = self.binning_source
+        data = {s: src.prep_keys(s) for s in src.config.samples}
+        return content_key(binning, data, self.binning_pass_columns(), src.config.mass_spec.range, BINNING_VERSION)
 
     def binning_path(self) -> str:
         """Binning JSON."""

@@ -35,21 +35,24 @@ def combine(
 ) -> list[Row]:
     """Nominal rows extended with ``<source>Up/Down``, ``syst`` and ``total_up/down`` columns.
 
-    ``varied`` maps each run's name (``src`` or ``srcUp``/``srcDown``) to its rows; rows are matched
-    on the ``keys`` columns and compared on ``value``. A bin missing from a run gives NaN columns.
+    ``varied`` maps each run's name (``src`` or ``srcUp``/``srcDown``) to its rows; a varied row matches
+    a nominal one when its ``keys`` columns (other than ``bin``) are equal and its bin contains the
+    nominal bin's centre — so an alternative binning is compared at the nominal bins. Rows are compared
+    on ``value``. A bin missing from a run gives NaN columns.
     """
-    index = {name: {tuple(r[k] for k in keys): r for r in rows} for name, rows in varied.items()}
+    index = {name: _index(rows, keys) for name, rows in varied.items()}
     out = []
     for row in nominal:
-        key = tuple(row[k] for k in keys)
+        key = _group(row, keys)
+        centre = {v: 0.5 * (row[f"{v}_lo"] + row[f"{v}_hi"]) for v in _variables(row)}
         v0 = float(row[value])
         new = dict(row)
         deviations: list[float] = []
         per_source: list[float] = []
         for src in sources:
 
-            def get(run: str, key: tuple = key) -> float:
-                r = index.get(run, {}).get(key)
+            def get(run: str, key: tuple = key, centre: dict = centre) -> float:
+                r = _containing(index.get(run, {}).get(key, []), centre)
                 return float(r[value]) if r is not None else math.nan
 
             if src.vary is not None:
@@ -72,3 +75,26 @@ def combine(
         new["total_up"] = math.hypot(float(row["err_up"]), syst)
         out.append(new)
     return out
+
+
+def _variables(row: Row) -> list[str]:
+    return [k[:-3] for k in row if k.endswith("_lo") and f"{k[:-3]}_hi" in row]
+
+
+def _group(row: Row, keys: Sequence[str]) -> tuple:
+    return tuple(row[k] for k in keys if k != "bin")
+
+
+def _index(rows: Sequence[Row], keys: Sequence[str]) -> dict[tuple, list[Row]]:
+    out: dict[tuple, list[Row]] = {}
+    for r in rows:
+        out.setdefault(_group(r, keys), []).append(r)
+    return out
+
+
+def _containing(rows: Sequence[Row], centre: Mapping[str, float]) -> Row | None:
+    """The row whose bin contains ``centre`` (every variable within [lo, hi))."""
+    for r in rows:
+        if all(r[f"{v}_lo"] <= x < r[f"{v}_hi"] for v, x in centre.items()):
+            return r
+    return None

@@ -77,9 +77,9 @@ def resolve(base: CalibrationConfig, variant: str) -> Variant:
                 raise ConfigError(f"unknown working point {wp!r}; working_points: {', '.join(base.working_points)}")
         elif part == INCLUSIVE:
             inclusive = True
-            edges = {"variables": [{**v.model_dump(mode="json"), "edges": [v.edges[0], v.edges[-1]]}
-                                   for v in cfg.binning.variables]}
-            cfg = _overridden(cfg, {"binning": edges}, f"{INCLUSIVE} binning")
+            one_bin = [{"name": v.name, "expression": v.expression, "edges": list(v.limits)}
+                       for v in cfg.binning.variables]
+            cfg = _overridden(cfg, {"binning": {"variables": one_bin, "optimise": None}}, f"{INCLUSIVE} binning")
         else:
             i, _, override = _source(base, part)
             syst = part

@@ -14,14 +14,32 @@ from tasks.prep import PrepareTuple
 
 
 class MakeBinning(CalibTask):
-    """Write the binning scheme JSON."""
+    """Write the binning scheme JSON (and, when made from the data, a plot of it with the counts)."""
+
+    def requires(self):
+        plan = self.plan
+        if plan.config.binning.data_driven:
+            src = plan.binning_source
+            for s in src.config.samples:
+                for i in range(len(src.input_files(s))):
+                    yield PrepareTuple(sample=s, index=i, config=self.config, result_dir=self.result_dir, variant="")
 
     def output(self):
         return self.target(self.plan.binning_path())
 
     def run(self) -> None:
-        with atomic_path(self.output().path) as tmp:
-            self.plan.scheme().save(tmp)
+        from calibflow.binmake import data_scheme, write_scheme
+
+        plan = self.plan
+        scheme = plan.scheme()
+        if scheme is not None:
+            write_scheme(scheme, self.output().path)
+            return
+        src = plan.binning_source
+        paths = {s: [src.prep_path(s, i) for i in range(len(src.input_files(s)))] for s in src.config.samples}
+        scheme, counts, names = data_scheme(plan.config.binning, paths, plan.binning_pass_columns(),
+                                            src.config.mass_spec)
+        write_scheme(scheme, self.output().path, counts, names)
 
 
 class _PerSample(CalibTask):

@@ -66,11 +66,15 @@ def corrupt_input_config(tmp_path: Path, write_config: Callable[[dict[str, Any],
     """A tiny config whose data sample is a real ROOT file with damaged baskets: its preparation fails midway."""
     from calibflow.toys import write_toy_file
 
+    import uproot
+
     src = tmp_path / "data_damaged.root"
-    write_toy_file(str(src), 200000, is_data=True, seed=5)
+    write_toy_file(str(src), 20000, is_data=True, seed=5)
+    with uproot.open(src) as f:
+        branch = f["DecayTree"]["Jpsi_M"]
+        seek, size = int(branch.member("fBasketSeek")[0]), int(branch.member("fBasketBytes")[0])
     raw = bytearray(src.read_bytes())
-    middle = len(raw) // 2
-    raw[middle : middle + 4096] = bytes(4096)  # zero a stretch of compressed basket data
+    raw[seek + size // 2 : seek + size // 2 + 64] = bytes(64)  # zero compressed data inside the basket
     src.write_bytes(bytes(raw))
     d = tiny_demo_dict()
     d["name"] = "damaged"

@@ -89,8 +89,9 @@ def test_root_export_equals_table(syst_run: Path) -> None:
 
 
 def test_master_table_has_metadata_and_tables(syst_run: Path) -> None:
-    import h5py
     import json
+
+    import h5py
 
     master = json.loads((syst_run / "calibration.json").read_text())
     assert master["metadata"]["config"]["name"] == "syst_demo"

@@ -9,13 +9,16 @@ import pytest
 from calibflow.config import Variation
 from calibflow.systematics import combine
 
-NOMINAL = [{"sample": "data", "bin": 0, "efficiency": 0.80, "err_down": 0.01, "err_up": 0.02}]
+B = {"p_lo": 2.0, "p_hi": 5.0}
+NOMINAL = [{"sample": "data", "bin": 0, **B, "efficiency": 0.80, "err_down": 0.01, "err_up": 0.02}]
 SOURCES = [Variation(name="sig", vary={"fit": {"signal": "gauss"}}),
            Variation(name="rng", up={"mass": {"bins": 50}}, down={"mass": {"bins": 200}})]
 VARIED = {
-    "sig": [{"sample": "data", "bin": 0, "efficiency": 0.77}],
-    "rngUp": [{"sample": "data", "bin": 0, "efficiency": 0.81}],
-    "rngDown": [{"sample": "data", "bin": 0, "efficiency": 0.78}],
+    "sig": [{"sample": "data", "bin": 0, **B, "efficiency": 0.77}],
+    "rngUp": [{"sample": "data", "bin": 0, **B, "efficiency": 0.81}],
+    # an alternative binning: the nominal bin centre (3.5) falls in the second bin
+    "rngDown": [{"sample": "data", "bin": 0, "p_lo": 2.0, "p_hi": 3.0, "efficiency": 0.5},
+                {"sample": "data", "bin": 1, "p_lo": 3.0, "p_hi": 5.0, "efficiency": 0.78}],
 }
 
 
