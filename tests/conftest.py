@@ -64,9 +64,9 @@ def tiny_demo_dict() -> dict[str, Any]:
 @pytest.fixture
 def corrupt_input_config(tmp_path: Path, write_config: Callable[[dict[str, Any], str], Path]) -> Path:
     """A tiny config whose data sample is a real ROOT file with damaged baskets: its preparation fails midway."""
-    from calibflow.toys import write_toy_file
-
     import uproot
+
+    from calibflow.toys import write_toy_file
 
     src = tmp_path / "data_damaged.root"
     write_toy_file(str(src), 20000, is_data=True, seed=5)

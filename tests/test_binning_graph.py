@@ -71,7 +71,7 @@ def test_optimised_binning_meets_the_minimum_in_every_category(write_config, tmp
 
 
 def test_impossible_minimum_fails_with_counts(write_config, tmp_path: Path) -> None:
-    plan, report = _build(write_config(_optimised("opt_fail", 1e7)), tmp_path / "res", workers=1)
+    _, report = _build(write_config(_optimised("opt_fail", 1e7)), tmp_path / "res", workers=1)
     assert not report.ok
     (task_id, reason), = report.failed
     assert "MakeBinning" in task_id
