@@ -37,7 +37,8 @@ class ToySample(_Strict):
 class ToyConfig(_Strict):
     """Generate the input files instead of reading them (demo and closure tests)."""
 
-    generator: Literal["jpsi_tag_and_probe"] = "jpsi_tag_and_probe"
+    generator: str = "jpsi_tag_and_probe"
+    options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 1
     samples: dict[str, ToySample]
 

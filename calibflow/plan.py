@@ -124,6 +124,13 @@ class Plan:
     def check(self) -> None:
         """Fail early, with the key to fix, on anything that would fail later: files, expressions, models."""
         cfg = self.config
+        if cfg.toy is not None:
+            from calibflow.toys import get_generator
+
+            try:
+                get_generator(cfg.toy.generator)
+            except ValueError as exc:
+                raise ConfigError(f"{self.config_path}: {exc}") from None
         for s in cfg.samples:
             self.input_files(s)
             prep_spec(cfg, s)
@@ -150,7 +157,7 @@ class Plan:
         """Content key of toy file ``index`` of ``sample``."""
         toy = self.config.toy
         assert toy is not None
-        return content_key(toy.generator, toy.seed, sample, self.config.samples[sample].role,
+        return content_key(toy.generator, toy.options, toy.seed, sample, self.config.samples[sample].role,
                            toy.samples[sample], index, TOY_VERSION)
 
     def toy_seed(self, sample: str, index: int) -> int:

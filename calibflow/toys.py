@@ -8,7 +8,10 @@ and are read only by the closure table, never by the measurement.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,8 +125,33 @@ def generate_candidates(n: int, params: ToyParameters, rng: np.random.Generator)
     return out
 
 
-def write_toy_file(path: str, n: int, is_data: bool, seed: int) -> None:
-    """Generate ``n`` candidates with ``seed`` and write them atomically to the ROOT file ``path``."""
+def write_jpsi_file(path: str, n: int, is_data: bool, seed: int, **options: Any) -> None:
+    """J/ψ tag-and-probe toy: ``n`` candidates with ``seed`` written atomically to the ROOT file ``path``."""
+    if options:
+        raise ValueError(f"toy.options: the jpsi_tag_and_probe generator takes no options, got {sorted(options)}")
     rng = np.random.default_rng(seed)
     branches = generate_candidates(n, DATA if is_data else SIMULATION, rng)
     write_ttree(path, branches, TREE)
+
+
+ToyWriter = Callable[..., None]
+"""``writer(path, n, is_data, seed, **options)``: generate ``n`` candidates (or events) into ``path``."""
+
+GENERATORS: dict[str, str] = {
+    "jpsi_tag_and_probe": "calibflow.toys:write_jpsi_file",
+}
+"""Toy generators by name: ``module:function`` of a :data:`ToyWriter` (imported on use)."""
+
+
+def get_generator(name: str) -> ToyWriter:
+    """The writer of toy generator ``name``; ValueError lists the known names."""
+    if name not in GENERATORS:
+        raise ValueError(f"toy.generator: unknown generator {name!r}; known: {', '.join(sorted(GENERATORS))}")
+    module, func = GENERATORS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def write_toy_file(path: str, n: int, is_data: bool, seed: int, generator: str = "jpsi_tag_and_probe",
+                   **options: Any) -> None:
+    """Write one toy input file with the named generator."""
+    get_generator(generator)(path, n, is_data, seed, **options)

@@ -25,6 +25,8 @@ class GenerateToys(CalibTask):
             plan.toy_candidates(self.sample, self.index),
             is_data=plan.config.samples[self.sample].role == "data",
             seed=plan.toy_seed(self.sample, self.index),
+            generator=plan.config.toy.generator,
+            **plan.config.toy.options,
         )
 
 

@@ -9,10 +9,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import h5py
+import hdf5plugin  # registers the Blosc filter of PREP_COMPRESSION for every reader of these files
 import numpy as np
 
 COLUMNS = "columns"
 COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+PREP_COMPRESSION: dict[str, Any] = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+"""Prepared tuples: Blosc-LZ4 with bit shuffle, about 10x faster to write than gzip-1 for 5% more bytes
+(docs/prep.md). Reading needs ``import hdf5plugin`` (done here)."""
 
 
 @contextmanager
@@ -32,9 +36,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
 class TableWriter:
     """Append chunks of named 1-D columns to an open HDF5 file (resizable, compressed datasets)."""
 
-    def __init__(self, h5: h5py.File, chunk_rows: int = 65536) -> None:
+    def __init__(self, h5: h5py.File, chunk_rows: int = 65536, compression: Mapping[str, Any] | None = None) -> None:
         self._group = h5.require_group(COLUMNS)
         self._chunk = chunk_rows
+        self._compression = dict(COMPRESSION if compression is None else compression)
         self.rows = 0
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
@@ -47,7 +52,7 @@ class TableWriter:
             arr = np.ascontiguousarray(values)
             if name not in self._group:
                 self._group.create_dataset(
-                    name, shape=(self.rows,), maxshape=(None,), dtype=arr.dtype, chunks=(self._chunk,), **COMPRESSION
+                    name, shape=(self.rows,), maxshape=(None,), dtype=arr.dtype, chunks=(self._chunk,), **self._compression
                 )
             ds = self._group[name]
             ds.resize((self.rows + n,))
@@ -59,7 +64,7 @@ class TableWriter:
         for name, dtype in dtypes.items():
             if name not in self._group:
                 self._group.create_dataset(
-                    name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self._chunk,), **COMPRESSION
+                    name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self._chunk,), **self._compression
                 )
 
 
