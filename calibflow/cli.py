@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", action="store_true",
                      help="submit every task as a job of settings.json's batch_system (slurm, htcondor, lsf)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--skip-bad-files", action="store_true",
+                     help="leave out input files that cannot be read (listed in excluded_files.txt and in the "
+                     "master table) instead of failing; a run without it retries them")
     fb = sub.add_parser("fit-bin", help="refit one bin alone (the binning must exist: run first)")
     fb.add_argument("config", help="calibration YAML")
     fb.add_argument("--bin", type=int, required=True, dest="bin_index", help="bin index (see efficiencies.csv)")
@@ -111,6 +114,16 @@ def _report(name: str, report, seconds: float) -> None:
         print(f"  FAILED {task_id}: {reason}", file=sys.stderr)
     if report.not_run:
         print(f"  {report.not_run} task(s) not run because of the failures above", file=sys.stderr)
+    bad = [reason.removeprefix(BAD_FILE) for _, reason in report.failed if reason.startswith(BAD_FILE)]
+    if bad:
+        print(f"calibflow: {len(bad)} bad input file(s) (fix or remove them, or rerun with --skip-bad-files "
+              "to leave them out):", file=sys.stderr)
+        for line in bad:
+            print(f"  {line}", file=sys.stderr)
+
+
+BAD_FILE = "PrepError: "
+"""Start of the failure reason of a tuple preparation that failed on a bad input file."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     scheduler = _scheduler(args)
     plan = _plan(args.config, args.result_dir)
     t0 = time.perf_counter()
+    plan.set_skip_bad_files(args.skip_bad_files)  # without the flag, files left out before are retried
     top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
     if not top.complete():
         plan.check_models()
@@ -139,6 +153,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"outputs in {plan.workdir}:")
     for rel in manifest["files"]:
         print(f"  {rel}")
+    excluded = [e for entries in plan.excluded_files().values() for e in entries]
+    if excluded:
+        print(f"calibflow: {len(excluded)} bad input file(s) left out (--skip-bad-files), as excluded_files.txt says:")
+        for e in excluded:
+            print(f"  {e['reason']}")
     return 0
 
 

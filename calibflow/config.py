@@ -61,6 +61,9 @@ class Sample(_Strict):
     lumi_mask: str | None = None
     """CMS certification ("golden") JSON, relative to the config file; keeps certified ``run`` and
     ``luminosityBlock`` only (first cut-flow stage, ``lumi``)."""
+    aliases: dict[str, str] = Field(default_factory=dict)
+    """Aliases of this sample only, merged over the global ``aliases`` (e.g. ``p: K_p`` for a kaon
+    sample and ``p: pi_p`` for a pion sample read from the same ntuple)."""
 
 
 class Selection(_Strict):
@@ -385,11 +388,13 @@ class CalibrationConfig(_Strict):
     binning: BinningConfig
     fit: FitConfig = FitConfig()
     closure: ClosureConfig | None = None
-    reference: str | None = None
+    reference: str | dict[str, str] | None = None
     outputs: OutputsConfig = OutputsConfig()
     systematics: SystematicsConfig = SystematicsConfig()
     working_points: dict[str, str] = Field(default_factory=dict)
     roc: RocConfig | None = None
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    products: dict[str, list[str]] = Field(default_factory=dict)
     resources: dict[str, TaskResources] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -412,13 +417,32 @@ class CalibrationConfig(_Strict):
         for key, sample in (("roc.signal", self.roc and self.roc.signal), ("roc.background", self.roc and self.roc.background)):
             if sample and sample not in self.samples:
                 raise ValueError(f"{key}: unknown sample {sample!r}; samples are {sorted(self.samples)}")
+        for m, override in self.methods.items():
+            if not m.replace("_", "").isalnum():
+                raise ValueError(f"methods.{m}: names may hold letters, digits and '_' only")
+            try:
+                _check_overrides(override)
+            except ValueError as exc:
+                raise ValueError(f"methods.{m}: {exc}") from None
+        for prod, members in self.products.items():
+            unknown = [m for m in members if m not in self.methods]
+            if unknown or len(members) < 2:
+                raise ValueError(f"products.{prod}: needs two or more of the methods {sorted(self.methods)}"
+                                 + (f"; unknown: {unknown}" if unknown else ""))
+            if prod in self.methods:
+                raise ValueError(f"products.{prod}: name already used by a method")
         if self.roc and not self.working_points:
             raise ValueError("roc: needs working_points to scan")
         for wp in self.working_points:
             if not wp.replace("_", "").replace(".", "").isalnum():
                 raise ValueError(f"working_points.{wp}: names may hold letters, digits, '_' and '.' only")
-        if self.reference is not None and self.reference not in self.samples:
-            raise ValueError(f"reference: unknown sample {self.reference!r}; samples are {sorted(self.samples)}")
+        refs = self.reference if isinstance(self.reference, dict) else {"": self.reference} if self.reference else {}
+        for data, ref in refs.items():
+            key = f"reference.{data}" if data else "reference"
+            if data and (data not in self.samples or self.samples[data].role != "data"):
+                raise ValueError(f"{key}: {data!r} is not a data sample; data samples are {self.data_samples}")
+            if ref not in self.samples:
+                raise ValueError(f"{key}: unknown sample {ref!r}; samples are {sorted(self.samples)}")
         return self
 
     @property
@@ -433,11 +457,27 @@ class CalibrationConfig(_Strict):
 
     @property
     def reference_sample(self) -> str | None:
-        """The simulation sample data are compared with (``reference``, or the only mc sample)."""
+        """The simulation sample data are compared with (``reference``, or the only mc sample); None when
+        ``reference`` maps data samples to their own simulation (see :attr:`scale_factor_pairs`)."""
+        if isinstance(self.reference, dict):
+            return None
         if self.reference is not None:
             return self.reference
         mc = [n for n, s in self.samples.items() if s.role == "mc"]
         return mc[0] if len(mc) == 1 else None
+
+    @property
+    def scale_factor_pairs(self) -> list[tuple[str, str]]:
+        """(data, simulation) sample pairs of the scale-factor table: ``reference`` as a mapping
+        data sample -> simulation sample, else every data sample with :attr:`reference_sample`."""
+        if isinstance(self.reference, dict):
+            return list(self.reference.items())
+        ref = self.reference_sample
+        return [(d, ref) for d in self.data_samples] if ref else []
+
+    def sample_aliases(self, sample: str) -> dict[str, str]:
+        """Aliases seen by the expressions of ``sample``: the global ones, then the sample's own."""
+        return {**self.aliases, **self.samples[sample].aliases}
 
     def resources_for(self, family: str) -> TaskResources:
         """Batch resources of task ``family``: its own entry over ``resources.default``."""

@@ -19,7 +19,9 @@ Layout under ``<result_dir>/<name>/``::
 from __future__ import annotations
 
 import functools
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from calibflow.binning import BinningScheme
@@ -31,11 +33,16 @@ from calibflow.variants import (
     NOMINAL,
     Variant,
     join,
+    method_variants,
     resolve,
     systematic_variants,
     working_point_variants,
 )
 
+EXCLUDED = ":excluded"
+"""Suffix of the prep key of an input left out as a bad file."""
+EXCLUDED_MARKER = ".excluded.json"
+SKIP_MODE = "SKIP_BAD_FILES"
 FIT_VERSION = 1
 HIST_VERSION = 1
 TABLE_VERSION = 1
@@ -48,6 +55,13 @@ EXPORT_VERSION = 1
 @functools.lru_cache(maxsize=16)
 def _cached_config(path: str, mtime_ns: int) -> CalibrationConfig:
     return load_config(path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_prep_spec(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object = None) -> PrepSpec:
+    # lumi_version (size, mtime of the sample's lumi mask JSON) makes an edited JSON give a new spec and key
+    cfg = _cached_variant(path, mtime_ns, variant).config
+    return prep_spec(cfg, sample, os.path.dirname(path))
 
 
 @functools.lru_cache(maxsize=256)
@@ -106,12 +120,23 @@ class Plan:
         wp = self.resolved.working_point
         return PASS if wp is None else pass_column(wp)
 
+    def canonical(self, key_of: Callable[[Plan], object]) -> str:
+        """The first variant (nominal first) whose ``key_of`` equals this variant's: tasks of different
+        variants with the same content are then one luigi task, so a run never does the same work twice."""
+        mine = key_of(self)
+        for v in [NOMINAL, *self.all_variants()]:
+            if v == self.variant:
+                break
+            if key_of(self.with_variant(v)) == mine:
+                return v
+        return self.variant
+
     def all_variants(self) -> list[str]:
         """Every variant the full calibration needs besides the nominal one."""
         cfg = self.nominal_config
-        bases = [NOMINAL, *working_point_variants(cfg)]
+        bases = [NOMINAL, *working_point_variants(cfg), *method_variants(cfg)]
         out = [join(b, s) for b in bases for s in systematic_variants(cfg)]
-        out += working_point_variants(cfg)
+        out += working_point_variants(cfg) + method_variants(cfg)
         if cfg.roc:
             out += [join(b, INCLUSIVE) for b in working_point_variants(cfg)]
         return out
@@ -133,7 +158,7 @@ class Plan:
                 raise ConfigError(f"{self.config_path}: {exc}") from None
         for s in cfg.samples:
             self.input_files(s)
-            prep_spec(cfg, s)
+            self.prep_spec(s)
         self.scheme()
 
     def check_models(self) -> None:
@@ -187,21 +212,72 @@ class Plan:
 
     # --- preparation --------------------------------------------------------------------------------
     def prep_spec(self, sample: str) -> PrepSpec:
-        """Columns and cuts of tuple preparation for ``sample``."""
-        return prep_spec(self.config, sample)
+        """Columns and cuts of tuple preparation for ``sample`` (cached per process and variant)."""
+        lumi = self.config.samples[sample].lumi_mask
+        lumi_version = None
+        if lumi:
+            try:
+                st = os.stat(os.path.join(os.path.dirname(self.config_path), lumi))
+                lumi_version = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass  # prep_spec names the missing file
+        return _cached_prep_spec(self.config_path, self._mtime(), self.variant, sample, lumi_version)
 
     def prep_key(self, sample: str, index: int) -> str:
         """Content key of the prepared tuple of input ``index`` of ``sample``."""
         return content_key(self.prep_spec(sample).describe(), self.input_identity(sample, index))
 
-    def prep_path(self, sample: str, index: int) -> str:
-        """Prepared HDF5 of input ``index`` of ``sample``."""
+    def prep_path(self, sample: str, index: int, key: str | None = None) -> str:
+        """Prepared HDF5 of input ``index`` of ``sample`` (``key``: its prep key, if already known)."""
         src = self.input_files(sample)[index]
-        return os.path.join(self.workdir, "prep", sample, output_name(src, self.prep_key(sample, index)))
+        return os.path.join(self.workdir, "prep", sample, output_name(src, key or self.prep_key(sample, index)))
 
     def prep_keys(self, sample: str) -> list[str]:
-        """Keys of all prepared tuples of ``sample``."""
-        return [self.prep_key(sample, i) for i in range(len(self.input_files(sample)))]
+        """Keys of all prepared tuples of ``sample``; an input left out as bad (``--skip-bad-files``)
+        counts as ``<key>:excluded``, so results without it never pass for results with it."""
+        keys = [self.prep_key(sample, i) for i in range(len(self.input_files(sample)))]
+        if not self.skips_bad_files:
+            return keys
+        return [k + (EXCLUDED if os.path.exists(self.excluded_path(sample, i, k)) else "") for i, k in enumerate(keys)]
+
+    # --- inputs left out as bad (calibflow run --skip-bad-files) ------------------------------------
+    @property
+    def skip_mode_path(self) -> str:
+        """Present while the calibration runs with ``--skip-bad-files`` (set by each ``calibflow run``)."""
+        return os.path.join(self.workdir, "prep", SKIP_MODE)
+
+    @property
+    def skips_bad_files(self) -> bool:
+        """Whether bad input files are left out (exclusion markers count) rather than failing the run."""
+        return os.path.exists(self.skip_mode_path)
+
+    def set_skip_bad_files(self, skip: bool) -> None:
+        """Leave bad input files out from now on (``skip``), or retry them: exclusion markers are kept, but
+        count only while skipping, so switching back and forth recomputes nothing."""
+        if skip and not self.skips_bad_files:
+            os.makedirs(os.path.dirname(self.skip_mode_path), exist_ok=True)
+            with open(self.skip_mode_path, "w") as f:
+                f.write("calibflow run --skip-bad-files: inputs with a *.excluded.json marker are left out\n")
+        elif not skip and self.skips_bad_files:
+            os.remove(self.skip_mode_path)
+
+    def excluded_path(self, sample: str, index: int, key: str | None = None) -> str:
+        """Marker written instead of the prepared tuple of a bad input: JSON with the file and the reason."""
+        return self.prep_path(sample, index, key)[: -len(".h5")] + EXCLUDED_MARKER
+
+    def is_excluded(self, sample: str, index: int) -> bool:
+        """Whether input ``index`` of ``sample`` (this version of it) is left out as a bad file."""
+        return self.skips_bad_files and os.path.exists(self.excluded_path(sample, index))
+
+    def excluded_files(self) -> dict[str, list[dict[str, str]]]:
+        """Per sample, the inputs left out as bad: ``{"sample", "file": path, "reason": one line}``."""
+        out: dict[str, list[dict[str, str]]] = {}
+        for s in self.config.samples if self.skips_bad_files else []:
+            for i in range(len(self.input_files(s))):
+                if self.is_excluded(s, i):
+                    with open(self.excluded_path(s, i)) as f:
+                        out.setdefault(s, []).append(json.load(f))
+        return out
 
     # --- binning ------------------------------------------------------------------------------------
     def scheme(self) -> BinningScheme | None:
@@ -281,7 +357,7 @@ class Plan:
         """Content key of the combined tables: every variant's tables, the sources and their combination."""
         cfg = self.nominal_config
         tables = {v: self.with_variant(v).table_key() for v in [NOMINAL, *self.all_variants()]}
-        return content_key(tables, cfg.systematics, cfg.roc, COMBINE_VERSION)
+        return content_key(tables, cfg.systematics, cfg.roc, cfg.products, COMBINE_VERSION)
 
     def combined_dir(self) -> str:
         """Folder of the combined tables and their exports."""
@@ -293,5 +369,4 @@ class Plan:
 
     def scale_factor_pairs(self) -> list[tuple[str, str]]:
         """(data, simulation) sample pairs compared in the scale-factor table."""
-        ref = self.config.reference_sample
-        return [(d, ref) for d in self.config.data_samples] if ref else []
+        return self.config.scale_factor_pairs

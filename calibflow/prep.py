@@ -54,18 +54,16 @@ def is_flag(column: str) -> bool:
 
 
 class PrepError(RuntimeError):
-    """An input file cannot be prepared; ``str()`` is one line naming the file and the problem.
+    """An input file cannot be prepared; ``str()`` is one line naming the file and the problem."""
 
-    ``skippable`` is False when the problem is in the config rather than in the file (an expression
-    that cannot be evaluated): ``--skip-bad-files`` must not hide it.
-    """
+    skippable = True
+    """A bad file, which ``--skip-bad-files`` may leave out."""
 
-    def __init__(self, message: str, skippable: bool = True) -> None:
-        super().__init__(message)
-        self.skippable = skippable
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.skippable))
+class PrepExpressionError(PrepError):
+    """An expression cannot be evaluated on an input file (a config problem: never skipped)."""
+
+    skippable = False
 
 
 # --- specification ---------------------------------------------------------------------------------
@@ -170,6 +168,8 @@ class PrepSpec:
     event_cuts: list[tuple[str, Expression]] = field(default_factory=list)
     pairing: PairingSpec | None = None
     lumi: LumiSpec | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    """Alias definitions the expressions were compiled with (global merged with the sample's)."""
 
     @property
     def branches(self) -> list[str]:
@@ -198,6 +198,8 @@ class PrepSpec:
             "aliases_expanded": sorted(self.branches),
             "version": PREP_VERSION,
         }
+        if self.aliases:  # the column texts name aliases: their definitions determine the content
+            out["aliases"] = dict(sorted(self.aliases.items()))
         if self.event_cuts:
             out["event_cuts"] = [[k, v.text] for k, v in self.event_cuts]
         if self.pairing is not None:
@@ -273,7 +275,7 @@ def prep_spec(config: CalibrationConfig, sample: str, base_dir: str | None = Non
     ``base_dir`` is the folder relative paths (the lumi mask) are resolved from: the config's folder.
     """
     s = config.samples[sample]
-    al = config.aliases
+    al = config.sample_aliases(sample)
 
     def c(text: str, where: str) -> Expression:
         return compile_expression(text, al, where=where)
@@ -301,7 +303,8 @@ def prep_spec(config: CalibrationConfig, sample: str, base_dir: str | None = Non
     if config.pairing is not None:
         pairing = _pairing_spec(config.pairing, [*columns.values(), *(e for _, e in cuts)], c)
     lumi = _lumi_spec(s.lumi_mask, base_dir, f"samples.{sample}.lumi_mask") if s.lumi_mask else None
-    return PrepSpec(tree=s.tree, columns=columns, cuts=cuts, event_cuts=event_cuts, pairing=pairing, lumi=lumi)
+    return PrepSpec(tree=s.tree, columns=columns, cuts=cuts, event_cuts=event_cuts, pairing=pairing, lumi=lumi,
+                    aliases=al)
 
 
 def prep_key(spec: PrepSpec, path: str) -> str:
@@ -516,7 +519,7 @@ def prepare_file(
                     keep = _cut_flow(cols, n, [*pre_pair, *post], flow)
                     writer.append(_outputs(cols, n, keep, spec.columns))
             except ExprError as exc:
-                raise PrepError(f"{path}: {exc}", skippable=False) from None
+                raise PrepExpressionError(f"{path}: {exc}") from None
             except Exception as exc:
                 raise PrepError(f"{path}: reading failed ({_first_line(exc)})") from None
             writer.ensure({k: (bool if is_flag(k) else np.float64) for k in spec.columns})

@@ -12,6 +12,7 @@ Nothing here imports luigi: the server is a subprocess and the API is read with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -153,7 +154,8 @@ def start(port: int = DEFAULT_PORT, state_dir: str | None = None, timeout: float
         except SetupError:
             if time.monotonic() > deadline:
                 _terminate(proc.pid)
-                raise SetupError(f"luigid did not answer on port {port} within {timeout:.0f} s: {_last_line(logs)}")
+                raise SetupError(f"luigid did not answer on port {port} within {timeout:.0f} s: "
+                                 f"{_last_line(logs)}") from None
             time.sleep(0.1)
     with open(_pid_file(state_dir), "w") as f:
         json.dump({"pid": srv.pid, "host": srv.host, "port": srv.port}, f)
@@ -184,10 +186,8 @@ def _terminate(pid: int, timeout: float = 20.0) -> None:
             os.kill(pid, signal.SIGKILL)
             break
         time.sleep(0.05)
-    try:  # reap it when it is our child (calibflow scheduler start/stop in one process, as in tests)
+    with contextlib.suppress(ChildProcessError):  # reap it if it is our child (start and stop in one process)
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _last_line(logs: str) -> str:

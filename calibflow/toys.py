@@ -139,6 +139,9 @@ ToyWriter = Callable[..., None]
 
 GENERATORS: dict[str, str] = {
     "jpsi_tag_and_probe": "calibflow.toys:write_jpsi_file",
+    "belle2_dstar": "calibflow.toys_belle2:write_dstar_file",
+    "belle2_v0": "calibflow.toys_belle2:write_v0_file",
+    "classifier_tracks": "calibflow.toys_classifier:write_classifier_file",
 }
 """Toy generators by name: ``module:function`` of a :data:`ToyWriter` (imported on use)."""
 

@@ -6,6 +6,7 @@ A variant is named by ``/``-separated parts applied in order to the nominal conf
   (``systematics.sources``), merged into the config as a JSON merge patch (mappings merge, ``null``
   deletes a key, other values replace);
 * ``wp=<name>`` — measure working point ``<name>`` (``working_points``) instead of ``pass``;
+* ``method=<name>`` — the overrides of an alternative probe definition (``methods``);
 * ``inclusive`` — one bin spanning the whole binning range (integrated efficiencies).
 
 The empty name is the nominal calibration. Because every stage is keyed by content, variants share
@@ -23,6 +24,7 @@ from calibflow.config import CalibrationConfig, ConfigError, Variation, parse_co
 NOMINAL = ""
 INCLUSIVE = "inclusive"
 WP_PREFIX = "wp="
+METHOD_PREFIX = "method="
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,6 +77,11 @@ def resolve(base: CalibrationConfig, variant: str) -> Variant:
             wp = part[len(WP_PREFIX) :]
             if wp not in base.working_points:
                 raise ConfigError(f"unknown working point {wp!r}; working_points: {', '.join(base.working_points)}")
+        elif part.startswith(METHOD_PREFIX):
+            name = part[len(METHOD_PREFIX) :]
+            if name not in base.methods:
+                raise ConfigError(f"unknown method {name!r}; methods: {', '.join(base.methods) or 'none'}")
+            cfg = _overridden(cfg, {**base.methods[name], "methods": None, "products": None}, f"methods.{name}")
         elif part == INCLUSIVE:
             inclusive = True
             one_bin = [{"name": v.name, "expression": v.expression, "edges": list(v.limits)}
@@ -100,3 +107,8 @@ def systematic_variants(cfg: CalibrationConfig) -> list[str]:
 def working_point_variants(cfg: CalibrationConfig) -> list[str]:
     """``wp=<name>`` for every working point."""
     return [f"{WP_PREFIX}{w}" for w in cfg.working_points]
+
+
+def method_variants(cfg: CalibrationConfig) -> list[str]:
+    """``method=<name>`` for every alternative probe definition."""
+    return [f"{METHOD_PREFIX}{m}" for m in cfg.methods]

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import b2luigi
@@ -36,6 +37,11 @@ class CalibTask(b2luigi.Task):
     def common(self) -> dict[str, str]:
         """Parameters to pass on to required tasks (same calibration and variant)."""
         return {"config": self.config, "result_dir": self.result_dir, "variant": self.variant}
+
+    def same_content(self, key_of: Callable[[Plan], object]) -> dict[str, str]:
+        """Parameters of a required task whose content is ``key_of(plan)``: the variant is the first one
+        with that content, so variants sharing a result require the very same task."""
+        return {**self.common(), "variant": self.plan.canonical(key_of)}
 
     def target(self, path: str) -> luigi.LocalTarget:
         """Local file target (written atomically by the library functions)."""

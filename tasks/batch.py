@@ -23,6 +23,8 @@ from b2luigi.batch.processes import JobStatus, htcondor, lsf, slurm
 from b2luigi.batch.workers import BatchSystems
 
 from calibflow.config import TaskResources
+from calibflow.io.store import atomic_path
+from calibflow.scheduler import SetupError
 
 RESULT_FILE = "result.json"
 DEFAULT_STATUS_TTL = 10.0
@@ -77,13 +79,13 @@ def configure_submission(status_ttl: float | None = None) -> None:
     b2luigi.set_setting("executable", [sys.executable, "-m", "tasks.entry"])
     b2luigi.set_setting("add_filename_to_cmd", False)
     b2luigi.set_setting("working_dir", os.getcwd())
-    ttl = status_ttl if status_ttl is not None else b2luigi.get_setting("job_status_cache_ttl", DEFAULT_STATUS_TTL)
+    value = status_ttl if status_ttl is not None else b2luigi.get_setting("job_status_cache_ttl", DEFAULT_STATUS_TTL)
     try:
-        ttl = float(ttl)
+        ttl = float(value)
     except (TypeError, ValueError):
         ttl = -1.0
     if not ttl > 0:
-        raise ValueError(f"settings.json: job_status_cache_ttl must be a positive number of seconds, got {ttl!r}")
+        raise SetupError(f"settings.json: job_status_cache_ttl must be a positive number of seconds, got {value!r}")
     for module in _STATUS_MODULES:
         module._batch_job_status_cache = _status_cache(type(module._batch_job_status_cache), ttl)
 
@@ -106,8 +108,6 @@ def result_path(task: luigi.Task) -> str:
 
 def write_result(task: luigi.Task, status: str, explanation: str, missing: list[str], new_deps: list[Any]) -> None:
     """Record the outcome of running ``task`` in a job (atomically)."""
-    from calibflow.io.store import atomic_path
-
     path = result_path(task)
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump({"status": status, "explanation": explanation, "missing": missing, "new_deps": new_deps}, f)
@@ -145,7 +145,7 @@ class JobResultMixin:
         if self._terminated:
             return False
         state = self.get_job_status()  # type: ignore[attr-defined]
-        if state == JobStatus.running:
+        if state in (JobStatus.running, JobStatus.idle):
             return True
         self._terminated = True
         self._report(state == JobStatus.successful)

@@ -22,7 +22,8 @@ class MakeBinning(CalibTask):
             src = plan.binning_source
             for s in src.config.samples:
                 for i in range(len(src.input_files(s))):
-                    yield PrepareTuple(sample=s, index=i, config=self.config, result_dir=self.result_dir, variant="")
+                    yield PrepareTuple(sample=s, index=i, config=self.config, result_dir=self.result_dir,
+                                       variant=src.canonical(lambda p, s=s, i=i: p.prep_key(s, i)))
 
     def output(self):
         return self.target(self.plan.binning_path())
@@ -48,14 +49,19 @@ class _PerSample(CalibTask):
     sample = b2luigi.Parameter()
 
     def requires(self):
-        yield MakeBinning(**self.common())
+        yield MakeBinning(**self.same_content(lambda p: p.binning_key()))
         for i in range(len(self.plan.input_files(self.sample))):
-            yield PrepareTuple(sample=self.sample, index=i, **self.common())
+            yield PrepareTuple(sample=self.sample, index=i,
+                               **self.same_content(lambda p, i=i: p.prep_key(self.sample, i)))
 
     def prep_paths(self) -> list[str]:
-        """Prepared tuples of the sample."""
+        """Prepared tuples of the sample, without the inputs left out as bad (``--skip-bad-files``)."""
         plan = self.plan
-        return [plan.prep_path(self.sample, i) for i in range(len(plan.input_files(self.sample)))]
+        n = len(plan.input_files(self.sample))
+        paths = [plan.prep_path(self.sample, i) for i in range(n) if not plan.is_excluded(self.sample, i)]
+        if not paths:
+            raise RuntimeError(f"sample {self.sample}: all {n} input file(s) were left out as bad files")
+        return paths
 
 
 class FillHistograms(_PerSample):
@@ -99,10 +105,11 @@ class FitBin(CalibTask):
         return needs_candidates(cfg.samples[self.sample].method, cfg.fit)
 
     def requires(self):
+        per_sample = self.same_content(lambda p: p.hist_key(self.sample))
         if self._candidates():
-            yield SplitByBin(sample=self.sample, **self.common())
+            yield SplitByBin(sample=self.sample, **per_sample)
         else:
-            yield FillHistograms(sample=self.sample, **self.common())
+            yield FillHistograms(sample=self.sample, **per_sample)
 
     def output(self):
         plan = self.plan
@@ -154,4 +161,8 @@ class FitBin(CalibTask):
 def fit_tasks(task: CalibTask) -> list[luigi.Task]:
     """FitBin tasks of every sample and bin of the current binning (binning must exist)."""
     n = len(task.plan.load_scheme())
-    return [FitBin(sample=s, bin_index=i, **task.common()) for s in task.plan.config.samples for i in range(n)]
+    out = []
+    for s in task.plan.config.samples:
+        params = task.same_content(lambda p, s=s: (p.fit_key(s, ""), p.binning_key()))
+        out += [FitBin(sample=s, bin_index=i, **params) for i in range(n)]
+    return out

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import b2luigi
 
+from calibflow.io.store import atomic_path
 from tasks.base import CalibTask
 
 
@@ -31,7 +34,11 @@ class GenerateToys(CalibTask):
 
 
 class PrepareTuple(CalibTask):
-    """Prepare input file ``index`` of ``sample`` into a compact HDF5 of the needed columns."""
+    """Prepare input file ``index`` of ``sample`` into a compact HDF5 of the needed columns.
+
+    While the calibration skips bad files (``calibflow run --skip-bad-files``), a file that cannot be read
+    is left out: the task writes an exclusion marker (file and reason) instead of failing.
+    """
 
     sample = b2luigi.Parameter()
     index = b2luigi.IntParameter()
@@ -43,10 +50,20 @@ class PrepareTuple(CalibTask):
     def output(self):
         return self.target(self.plan.prep_path(self.sample, self.index))
 
+    def complete(self) -> bool:
+        return self.plan.is_excluded(self.sample, self.index) or super().complete()
+
     def run(self) -> None:
-        from calibflow.prep import prepare_file
+        from calibflow.prep import PrepError, prepare_file
 
         plan = self.plan
         src = plan.input_files(self.sample)[self.index]
-        prepare_file(src, plan.prep_spec(self.sample), self.output().path,
-                     metadata={"sample": self.sample, "key": plan.prep_key(self.sample, self.index)})
+        key = plan.prep_key(self.sample, self.index)
+        try:
+            prepare_file(src, plan.prep_spec(self.sample), plan.prep_path(self.sample, self.index, key),
+                         metadata={"sample": self.sample, "key": key})
+        except PrepError as exc:
+            if not (exc.skippable and plan.skips_bad_files):
+                raise
+            with atomic_path(plan.excluded_path(self.sample, self.index, key)) as tmp, open(tmp, "w") as f:
+                json.dump({"sample": self.sample, "file": src, "reason": str(exc)}, f, indent=1)

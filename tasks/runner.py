@@ -101,8 +101,10 @@ def clean_stale_temporaries(root: str) -> list[str]:
 # --- progress ---------------------------------------------------------------------------------------
 def events_read(task: luigi.Task) -> int | None:
     """Candidates read by a tuple-preparation task (from its output's cut flow), else None."""
+    if task.task_family != "PrepareTuple":
+        return None
     path = getattr(task.output(), "path", "")
-    if task.task_family != "PrepareTuple" or not os.path.exists(path):
+    if not os.path.exists(path):
         return None
     from calibflow.io.store import read_metadata
 

@@ -17,7 +17,7 @@ class EfficiencyTable(CalibTask):
     """Collect every per-bin result of one variant into efficiencies/scale_factors/closure CSVs."""
 
     def requires(self):
-        yield MakeBinning(**self.common())
+        yield MakeBinning(**self.same_content(lambda p: p.binning_key()))
 
     def output(self):
         return self.target(os.path.join(self.plan.table_dir(), DONE))
@@ -37,7 +37,8 @@ class EfficiencyTable(CalibTask):
                 results[(t.sample, t.bin_index)] = json.load(f)
         truth = {}
         if plan.config.closure:
-            hists = [FillHistograms(sample=s, **self.common()) for s in plan.config.samples]
+            hists = [FillHistograms(sample=s, **self.same_content(lambda p, s=s: p.hist_key(s)))
+                     for s in plan.config.samples]
             yield hists
             truth = {h.sample: read_truth(h.output().path) for h in hists}
         write_tables(plan.table_dir(), plan.load_scheme(), results, plan.scale_factor_pairs(), truth)
@@ -52,7 +53,9 @@ class CombineTables(CalibTask):
     def requires(self):
         plan = self.plan
         for v in [NOMINAL, *plan.all_variants()]:
-            yield EfficiencyTable(config=self.config, result_dir=self.result_dir, variant=v)
+            v_plan = plan.with_variant(v)
+            yield EfficiencyTable(config=self.config, result_dir=self.result_dir,
+                                  variant=v_plan.canonical(lambda p: p.table_key()))
 
     def output(self):
         return self.target(os.path.join(self.plan.combined_dir(), DONE))

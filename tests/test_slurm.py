@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import small_demo_dict
+from .conftest import tiny_demo_dict
 
 SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
 SBIN = ("/usr/sbin", "/usr/bin")
@@ -164,11 +164,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
 def _setup(tmp_path: Path, cluster: SlurmCluster) -> tuple[Path, dict[str, str]]:
     """A tiny toy config and an environment whose settings.json submits to the test Slurm."""
-    d = small_demo_dict()  # shrunk further: one file per sample, 2 bins (every job costs a Python start-up)
-    d["toy"]["samples"] = {"data": {"candidates": 20000, "files": 1}, "mc": {"candidates": 15000, "files": 1}}
-    d["binning"]["variables"][0]["edges"] = [2, 10, 200]
-    d["binning"]["variables"][1]["edges"] = [2.0, 5.0]
-    d["outputs"] = {"correctionlib": True, "plots": False}
+    d = tiny_demo_dict()
     d["resources"] = {"default": {"memory_mb": 200, "time_minutes": 30, "cpus": 1}, "FitBin": {"time_minutes": 10}}
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(d, sort_keys=False))
@@ -299,3 +295,24 @@ def test_batch_tables_equal_local_tables_and_no_temporaries(runs: BatchRuns) -> 
         batch = (runs.result_dir / "small_demo" / name).read_bytes()
         assert batch == (runs.result_dir.parent / "local" / "small_demo" / name).read_bytes(), name
     assert not list(runs.result_dir.rglob("*.tmp-*"))
+
+
+@pytest.mark.parametrize(("settings", "args", "message"), [
+    ({"batch_system": "local"}, ["--batch"], "--batch: batch_system in settings.json is 'local'"),
+    ({"batch_system": "slurm", "job_status_cache_ttl": "soon"}, ["--batch"],
+     "settings.json: job_status_cache_ttl must be a positive number of seconds, got 'soon'"),
+    ({"batch_system": "slurm"}, ["--batch", "--workers", "0"], "--workers 0: give at least 1"),
+])
+def test_bad_batch_setup_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str], settings: dict[str, object],
+                                             args: list[str], message: str) -> None:
+    from calibflow.cli import main
+
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    monkeypatch.setenv("B2LUIGI_SETTINGS_JSON", str(tmp_path / "settings.json"))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_demo_dict(), sort_keys=False))
+    assert main(["run", str(cfg), "--result-dir", str(tmp_path / "res"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"calibflow: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "res" / "small_demo" / "logs" / "batch").exists()  # nothing was submitted

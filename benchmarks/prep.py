@@ -1,0 +1,230 @@
+"""Benchmark: tuple preparation (PrepareTuple tasks) vs. a naive pandas reader and vs. raw decompression.
+
+    python benchmarks/prep.py [--events N] [--files F] [--seed S] [--fresh]
+
+Generates ``F`` ROOT files (half ZLIB-1, half LZ4-1; ``N`` events in total, default 5M) with 13 flat
+branches, of which the calibration needs 4 (``probe_P``, ``probe_ETA``, ``Jpsi_M``, ``probe_Assoc``), and
+a jagged ``Track`` collection (counter ``nTrack``, 3 fields, 5 tracks per event on average). They go to
+a folder under the system temp dir and are reused by later runs with the same arguments (``--fresh``
+rewrites them). Every file is read once before timing, so all measurements read from the page cache.
+
+Timed, each over all files:
+
+(a) naive: per file, every branch read with uproot (flat ones into a pandas DataFrame, the jagged
+    collection as awkward arrays), then the selection applied with pandas and the needed columns kept;
+(b) calibflow: the real ``PrepareTuple`` tasks (``prepare_file``: needed branches only, cuts, HDF5
+    output) run by luigi local workers, with 1 and with 2 workers (fresh result folders);
+(c) the limit: uproot reading just the needed branches into numpy, no cuts, no output (decompression).
+
+Then the HDF5 codecs are compared on the columns of one prepared file (write speed, size). The last line
+is ``prep: <x> Mevt/s/core, <r>x naive, <f> of decompression limit, <s>x on 2 workers`` with x the
+events per second of (b) with one worker, r = t_naive / t_prep(1), f = t_limit / t_prep(1) and
+s = t_prep(1) / t_prep(2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import awkward as ak
+import h5py
+import hdf5plugin
+import numpy as np
+import uproot
+import yaml
+
+NEEDED = ["Jpsi_M", "probe_ETA", "probe_P", "probe_Assoc"]
+CUTS = {"tag": "tag_PT > 1.0 and tag_isMuon == 1", "probe": "probe_P > 2 and probe_ETA > 2 and probe_ETA < 5"}
+BASKET_ROWS = 200_000
+
+
+def flat_branches(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """13 flat branches of an LHCb-like J/psi tag-and-probe ntuple (momenta in GeV, mass in MeV)."""
+    return {
+        "Jpsi_M": rng.normal(3097.0, 15.0, n),
+        "probe_P": rng.exponential(20.0, n) + 1.0,
+        "probe_ETA": rng.uniform(1.8, 5.2, n).astype(np.float32),
+        "probe_Assoc": (rng.random(n) < 0.9).astype(np.int32),
+        "tag_PT": rng.exponential(2.0, n).astype(np.float32),
+        "tag_isMuon": (rng.random(n) < 0.8).astype(np.int32),
+        "tag_P": rng.exponential(30.0, n).astype(np.float32),
+        "tag_ETA": rng.uniform(2.0, 5.0, n).astype(np.float32),
+        "probe_PT": rng.exponential(2.0, n).astype(np.float32),
+        "Jpsi_PT": rng.exponential(4.0, n).astype(np.float32),
+        "nPVs": rng.integers(1, 10, n).astype(np.int32),
+        "runNumber": rng.integers(200000, 210000, n).astype(np.int32),
+        "eventNumber": rng.integers(0, 2**40, n).astype(np.int64),
+    }
+
+
+def write_file(path: Path, n: int, compression: object, seed: int) -> None:
+    """One input file: the flat branches plus a jagged Track collection (pt, eta, chi2)."""
+    rng = np.random.default_rng(seed)
+    with uproot.recreate(path, compression=compression) as f:
+        tree = None
+        for start in range(0, n, BASKET_ROWS):
+            m = min(BASKET_ROWS, n - start)
+            counts = rng.poisson(5.0, m)
+            k = int(counts.sum())
+            tracks = ak.zip({"pt": ak.unflatten(rng.exponential(1.0, k).astype(np.float32), counts),
+                             "eta": ak.unflatten(rng.uniform(2, 5, k).astype(np.float32), counts),
+                             "chi2": ak.unflatten(rng.exponential(1.5, k).astype(np.float32), counts)})
+            chunk = {**flat_branches(rng, m), "Track": tracks}
+            if tree is None:
+                tree = f.mktree("DecayTree", {k: (v.type.content if k == "Track" else v.dtype) for k, v in chunk.items()})
+            tree.extend(chunk)
+
+
+def make_inputs(folder: Path, events: int, files: int, seed: int) -> list[str]:
+    """Write (or reuse) the input files; half ZLIB-1, half LZ4-1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_file = events // files
+    for i in range(files):
+        comp = uproot.ZLIB(1) if i % 2 == 0 else uproot.LZ4(1)
+        path = folder / f"bench_{i}_{type(comp).__name__.lower()}.root"
+        if not path.exists():
+            write_file(path, per_file, comp, seed + i)
+        paths.append(str(path))
+    return paths
+
+
+def config(folder: Path, files: list[str]) -> Path:
+    """A counted calibration over ``files`` that needs 4 of their branches."""
+    cfg = {
+        "name": "bench_prep",
+        "samples": {"data": {"role": "data", "files": files, "method": "count"}},
+        "aliases": {"p": "probe_P", "eta": "probe_ETA"},
+        "selection": CUTS,
+        "pass": "probe_Assoc == 1",
+        "mass": {"variable": "Jpsi_M", "range": [2950, 3250], "bins": 100},
+        "binning": {"variables": [{"name": "p", "edges": [2, 10, 200]}, {"name": "eta", "edges": [2, 3.5, 5]}]},
+    }
+    path = folder / "bench_prep.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def naive(files: list[str]) -> int:
+    """Every branch of every file into pandas (jagged ones as awkward), cut with pandas; rows kept."""
+    import pandas as pd
+
+    kept = []
+    for path in files:
+        with uproot.open(path) as f:
+            tree = f["DecayTree"]
+            flat = [b for b in tree.keys() if not isinstance(tree[b].interpretation, uproot.AsJagged)]
+            jagged = [b for b in tree.keys() if b not in flat]
+            df = tree.arrays(flat, library="pd")
+            tree.arrays(jagged, library="ak")  # read and decompressed, as a full read would
+        sel = ((df.tag_PT > 1.0) & (df.tag_isMuon == 1) & (df.probe_P > 2) & (df.probe_ETA > 2)
+               & (df.probe_ETA < 5))
+        kept.append(df.loc[sel, NEEDED])
+    return len(pd.concat(kept))
+
+
+def limit(files: list[str]) -> int:
+    """Just the needed branches, decompressed into numpy: entries read."""
+    n = 0
+    for path in files:
+        with uproot.open(path) as f:
+            n += len(f["DecayTree"].arrays(NEEDED, library="np")["Jpsi_M"])
+    return n
+
+
+def prepare(cfg: Path, result_dir: Path, workers: int) -> float:
+    """Run every PrepareTuple task of the calibration with ``workers`` luigi workers; seconds."""
+    from calibflow.plan import Plan
+    from tasks import PrepareTuple
+    from tasks.runner import build
+
+    shutil.rmtree(result_dir, ignore_errors=True)
+    plan = Plan.create(cfg, result_dir)
+    tasks = [PrepareTuple(config=plan.config_path, result_dir=plan.result_dir, sample="data", index=i)
+             for i in range(len(plan.input_files("data")))]
+    t0 = time.perf_counter()
+    report = build(plan, tasks, workers)
+    seconds = time.perf_counter() - t0
+    if not report.ok:
+        raise SystemExit(f"prep failed: {report.failed}")
+    return seconds
+
+
+def codecs(h5_path: str, repeat: int = 3) -> list[str]:
+    """Write speed (MB/s of uncompressed columns) and size of one prepared file's columns per codec."""
+    from calibflow.io.store import COMPRESSION, PREP_COMPRESSION, read_columns
+
+    cols = read_columns(h5_path)
+    raw = sum(v.nbytes for v in cols.values())
+    options = {
+        "gzip-1 + shuffle (before)": COMPRESSION,
+        "blosc-lz4 + bitshuffle (now)": PREP_COMPRESSION,
+        "blosc-lz4 + shuffle": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
+        "lz4 (no shuffle)": dict(hdf5plugin.LZ4()),
+        "blosc-zstd-1 + bitshuffle": dict(hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.BITSHUFFLE)),
+        "none": {},
+    }
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, opts in options.items():
+            path = os.path.join(tmp, "c.h5")
+            best = np.inf
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                with h5py.File(path, "w") as h5:
+                    for k, v in cols.items():
+                        h5.create_dataset(k, data=v, chunks=(65536,), maxshape=(None,), **opts)
+                best = min(best, time.perf_counter() - t0)
+            lines.append(f"  {name:30s} write {raw / best / 1e6:6.0f} MB/s, size {os.path.getsize(path) / raw:.3f} "
+                         "of raw")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=5_000_000)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--fresh", action="store_true", help="rewrite the input files")
+    args = ap.parse_args()
+    folder = Path(tempfile.gettempdir()) / f"calibflow_bench_prep_{args.events}_{args.files}_{args.seed}"
+    if args.fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    files = make_inputs(folder / "inputs", args.events, args.files, args.seed)
+    size = sum(os.path.getsize(p) for p in files) / 1e6
+    print(f"inputs: {len(files)} files, {size:.0f} MB in {folder} ({time.perf_counter() - t0:.1f} s to make or find)")
+    for p in files:  # into the page cache
+        Path(p).read_bytes()
+    cfg = config(folder, files)
+    import calibflow.prep  # noqa: F401  (imported once, as `calibflow run` does before forking workers)
+
+    t0 = time.perf_counter()
+    n = limit(files)
+    t_limit = time.perf_counter() - t0
+    print(f"(c) limit, needed branches to numpy: {t_limit:.2f} s, {n / t_limit / 1e6:.1f} Mevt/s")
+    t_prep = {w: prepare(cfg, folder / f"results_{w}", w) for w in (1, 2)}
+    for w, t in t_prep.items():
+        print(f"(b) calibflow PrepareTuple, {w} worker(s): {t:.2f} s, {n / t / 1e6:.1f} Mevt/s")
+    t0 = time.perf_counter()
+    kept = naive(files)
+    t_naive = time.perf_counter() - t0
+    print(f"(a) naive pandas, all branches: {t_naive:.2f} s, {n / t_naive / 1e6:.2f} Mevt/s ({kept} rows kept)")
+    from calibflow.plan import Plan
+
+    plan = Plan.create(cfg, folder / "results_1")
+    print("HDF5 codecs on the prepared columns of one file:")
+    print("\n".join(codecs(plan.prep_path("data", 0))))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    x = n / t_prep[1] / 1e6
+    print(f"prep: {x:.1f} Mevt/s/core, {t_naive / t_prep[1]:.1f}x naive, {t_limit / t_prep[1]:.2f} of decompression "
+          f"limit, {t_prep[1] / t_prep[2]:.2f}x on 2 workers")
+
+
+if __name__ == "__main__":
+    main()
