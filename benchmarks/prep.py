@@ -39,7 +39,7 @@ import uproot
 import yaml
 
 NEEDED = ["Jpsi_M", "probe_ETA", "probe_P", "probe_Assoc"]
-CUTS = {"tag": "tag_PT > 1.0 and tag_isMuon == 1", "probe": "probe_P > 2 and probe_ETA > 2 and probe_ETA < 5"}
+CUTS = {"probe": "probe_P > 2 and probe_ETA > 2 and probe_ETA < 5", "pair": "abs(Jpsi_M - 3097) < 120"}
 BASKET_ROWS = 200_000
 
 
@@ -118,12 +118,11 @@ def naive(files: list[str]) -> int:
     for path in files:
         with uproot.open(path) as f:
             tree = f["DecayTree"]
-            flat = [b for b in tree.keys() if not isinstance(tree[b].interpretation, uproot.AsJagged)]
-            jagged = [b for b in tree.keys() if b not in flat]
+            flat = [b for b in tree if not isinstance(tree[b].interpretation, uproot.AsJagged)]
+            jagged = [b for b in tree if b not in flat]
             df = tree.arrays(flat, library="pd")
             tree.arrays(jagged, library="ak")  # read and decompressed, as a full read would
-        sel = ((df.tag_PT > 1.0) & (df.tag_isMuon == 1) & (df.probe_P > 2) & (df.probe_ETA > 2)
-               & (df.probe_ETA < 5))
+        sel = (df.probe_P > 2) & (df.probe_ETA > 2) & (df.probe_ETA < 5) & ((df.Jpsi_M - 3097).abs() < 120)
         kept.append(df.loc[sel, NEEDED])
     return len(pd.concat(kept))
 
