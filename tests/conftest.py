@@ -23,6 +23,7 @@ def small_demo_dict() -> dict[str, Any]:
     """The demo recipe shrunk for fast graph tests: 40k + 30k candidates, 3 x 2 bins."""
     d = demo_dict()
     d["name"] = "small_demo"
+    d.pop("systematics", None)
     d["toy"]["samples"] = {"data": {"candidates": 40000, "files": 2}, "mc": {"candidates": 30000, "files": 1}}
     d["binning"]["variables"][0]["edges"] = [2, 6, 15, 200]
     d["binning"]["variables"][1]["edges"] = [2.0, 3.5, 5.0]

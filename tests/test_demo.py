@@ -25,8 +25,9 @@ def _pulls(closure: list[dict], quantity: str) -> np.ndarray:
 
 
 def test_demo_outputs_exist(demo_run: Path) -> None:
-    for name in ("efficiencies.csv", "scale_factors.csv", "corrections.json", "closure.csv",
-                 "plots/efficiency_vs_p.png", "plots/efficiency_vs_eta.png"):
+    for name in ("efficiencies.csv", "scale_factors.csv", "corrections.json", "closure.csv", "corrections.root",
+                 "calibration.json", "calibration.h5", "tables.md", "tables.tex", "report.html", "report.md",
+                 "plots/efficiency_vs_p.png", "plots/efficiency_vs_eta.png", "plots/scale_factor_map_data.png"):
         assert (demo_run / name).stat().st_size > 0, name
     eff = read_csv(demo_run / "efficiencies.csv")
     assert {"sample", "bin", "p_lo", "p_hi", "eta_lo", "eta_hi", "n_pass", "n_fail", "efficiency", "err_down",
@@ -65,8 +66,11 @@ def test_correctionlib_reproduces_scale_factors(demo_run: Path) -> None:
     for r in read_csv(demo_run / "scale_factors.csv"):
         p, eta = 0.5 * (r["p_lo"] + r["p_hi"]), 0.5 * (r["eta_lo"] + r["eta_hi"])
         assert corr.evaluate(p, eta, "nominal") == pytest.approx(r["scale_factor"], rel=1e-12)
-        assert corr.evaluate(p, eta, "up") == pytest.approx(r["scale_factor"] + r["err_up"], rel=1e-12)
-        assert corr.evaluate(p, eta, "down") == pytest.approx(r["scale_factor"] - r["err_down"], rel=1e-12)
+        assert corr.evaluate(p, eta, "up") == pytest.approx(r["scale_factor"] + r["total_up"], rel=1e-12)
+        assert corr.evaluate(p, eta, "down") == pytest.approx(r["scale_factor"] - r["total_down"], rel=1e-12)
+        assert corr.evaluate(p, eta, "statUp") == pytest.approx(r["scale_factor"] + r["err_up"], rel=1e-12)
+        assert corr.evaluate(p, eta, "sigmodelUp") == pytest.approx(r["sigmodelUp"], rel=1e-12)
+        assert r["total_up"] >= r["err_up"]
         assert r["scale_factor"] == pytest.approx(r["eff_data"] / r["eff_mc"], rel=1e-12)
         assert math.isfinite(r["err_up"]) and r["err_up"] > 0
 
