@@ -10,6 +10,7 @@ import difflib
 import glob
 import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -285,12 +286,17 @@ VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samp
 """Top-level config keys a systematic variation may override."""
 
 
+def _check_names(keys: Any, allowed: Sequence[str], problem: str, listing: str) -> None:
+    """ValueError ``<problem> (did you mean ...?)`` for the first key not in ``allowed``."""
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"{listing}: {', '.join(allowed)}"
+            raise ValueError(f"{problem.format(key=repr(key))} ({hint})")
+
+
 def _check_overrides(v: dict[str, Any] | None) -> dict[str, Any] | None:
-    for key in v or {}:
-        if key not in VARIABLE_KEYS:
-            close = difflib.get_close_matches(key, VARIABLE_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"variable keys: {', '.join(VARIABLE_KEYS)}"
-            raise ValueError(f"{key!r} cannot be varied ({hint})")
+    _check_names(v or {}, VARIABLE_KEYS, "{key} cannot be varied", "variable keys")
     return v
 
 
@@ -364,12 +370,7 @@ class TaskResources(_Strict):
 
 
 def _check_resource_keys(v: dict[str, TaskResources]) -> dict[str, TaskResources]:
-    allowed = ["default", *TASK_FAMILIES]
-    for key in v:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
-            raise ValueError(f"unknown task family {key!r} ({hint})")
+    _check_names(v, ["default", *TASK_FAMILIES], "unknown task family {key}", "allowed")
     return v
 
 

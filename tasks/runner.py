@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import luigi
 import luigi.interface
+import luigi.rpc
 import luigi.scheduler
 import luigi.worker
 from b2luigi.batch.workers import BatchSystems, SendJobWorker
@@ -29,6 +30,8 @@ from tasks import batch
 from tasks.base import describe, failure_reason
 
 _TMP = re.compile(r"\.tmp-(\d+)$")
+IDLE_GRACE = 10.0
+"""Seconds an invocation waits, under a central scheduler, after other workers stop running its tasks."""
 
 
 @dataclass(frozen=True)
@@ -168,9 +171,11 @@ class CalibWorker(SendJobWorker):
         super().__init__(*args, **kwargs)
         self.batch = batch
         self.progress = progress or Progress(None)
+        self._quiet_since: float | None = None
 
     def _create_task_process(self, task: luigi.Task) -> Any:
         self.progress.started_task(task)
+        self._quiet_since = None
         cls = batch.process_class(self.detect_batch_system(task)) if self.batch else None
         if cls is None:
             return luigi.worker.Worker._create_task_process(self, task)
@@ -188,14 +193,25 @@ class CalibWorker(SendJobWorker):
             self.progress.scheduled(task)
 
     def _keep_alive(self, get_work_response: Any) -> bool:
-        """Stay while tasks we wait for are pending and another worker runs tasks of our calibrations."""
-        if get_work_response.n_pending_tasks == 0:
+        """With a central scheduler, wait while another worker runs tasks of our calibrations.
+
+        Our pending tasks may be waiting for another invocation's tasks (or for tasks it added as
+        dynamic dependencies). The wait ends after ``IDLE_GRACE`` seconds in which no such task runs
+        (the moments between two of its tasks do not count), or when nothing of ours is pending.
+        """
+        if get_work_response.n_pending_tasks == 0 or not isinstance(self._scheduler, luigi.rpc.RemoteScheduler):
             return False
-        if get_work_response.running_tasks:
+        if get_work_response.running_tasks or self._others_run_ours():
+            self._quiet_since = None
             return True
+        self._quiet_since = self._quiet_since or time.monotonic()
+        return time.monotonic() - self._quiet_since < IDLE_GRACE
+
+    def _others_run_ours(self) -> bool:
+        """Whether the scheduler has a RUNNING task with the config and result folder of one of ours."""
         ours = {(t.param_kwargs.get("config"), t.param_kwargs.get("result_dir")) for t in self._scheduled_tasks.values()}
         running = self._scheduler.task_list(status=luigi.scheduler.RUNNING, upstream_status="")
-        if "num_tasks" in running:
+        if "num_tasks" in running:  # too many to list: assume some are ours
             return True
         return any((t["params"].get("config"), t["params"].get("result_dir")) in ours for t in running.values())
 
