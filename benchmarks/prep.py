@@ -14,7 +14,8 @@ Timed, each over all files:
     collection as awkward arrays), then the selection applied with pandas and the needed columns kept;
 (b) calibflow: the real ``PrepareTuple`` tasks (``prepare_file``: needed branches only, cuts, HDF5
     output) run by luigi local workers, with 1 and with 2 workers (fresh result folders);
-(c) the limit: uproot reading just the needed branches into numpy, no cuts, no output (decompression).
+(c) the limit: uproot reading just the needed branches into numpy, no cuts, no output (decompression;
+    memory-mapped files, as prep reads local files).
 
 Then the HDF5 codecs are compared on the columns of one prepared file (write speed, size). The last line
 is ``prep: <x> Mevt/s/core, <r>x naive, <f> of decompression limit, <s>x on 2 workers`` with x the
@@ -131,10 +132,10 @@ def naive(files: list[str]) -> int:
 
 
 def limit(files: list[str]) -> int:
-    """Just the needed branches, decompressed into numpy: entries read."""
+    """Just the needed branches, decompressed into numpy (same file source as prep): entries read."""
     n = 0
     for path in files:
-        with uproot.open(path) as f:
+        with uproot.open(path, handler=uproot.source.file.MemmapSource) as f:
             n += len(f["DecayTree"].arrays(NEEDED, library="np")["Jpsi_M"])
     return n
 

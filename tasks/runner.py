@@ -199,9 +199,12 @@ class CalibWorker(SendJobWorker):
         dynamic dependencies). The wait ends after ``IDLE_GRACE`` seconds in which no such task runs
         (the moments between two of its tasks do not count), or when nothing of ours is pending.
         """
+        if get_work_response.running_tasks:  # tasks of ours, running in another worker
+            self._quiet_since = None
+            return True
         if get_work_response.n_pending_tasks == 0 or not isinstance(self._scheduler, luigi.rpc.RemoteScheduler):
             return False
-        if get_work_response.running_tasks or self._others_run_ours():
+        if self._others_run_ours():
             self._quiet_since = None
             return True
         self._quiet_since = self._quiet_since or time.monotonic()

@@ -278,3 +278,37 @@ def test_per_object_result_in_a_per_pair_stage_is_an_expression_error(nano, tmp_
 
     with pytest.raises(PrepExpressionError, match=r"nano\.root: selection\.event: gives several values per row"):
         prepare_file(str(folder / "nano.root"), spec, str(tmp_path / "out.h5"))
+
+
+def test_no_event_left_gives_empty_columns(nano, tmp_path: Path) -> None:
+    folder, _ = nano
+    d = nano_config()
+    d["selection"]["event"] = "HLT_IsoMu24 == 2"
+    flow = prepare_file(str(folder / "nano.root"), prep_spec(parse_config(d), "data", str(folder)),
+                        str(tmp_path / "out.h5"), step_size=1000)
+    assert flow["read"] == 3000 and flow["event"] == flow["pairs"] == flow["pair"] == 0
+    cols = read_columns(tmp_path / "out.h5")
+    assert set(cols) == {"pt", "eta", MASS, PASS, WEIGHT, pass_column("matched"), pass_column("above_met")}
+    assert all(len(v) == 0 for v in cols.values())
+
+
+def test_calibflow_run_on_nanoaod(nano, tmp_path: Path) -> None:
+    """The whole graph on the NanoAOD file: PrepareTuple pairs, tables, and the published cut flow."""
+    from calibflow.cli import main
+    from calibflow.tables import read_csv
+
+    folder, d = nano
+    cfg = nano_config()
+    cfg["outputs"] = {"correctionlib": False, "root": False, "markdown": False, "latex": False, "plots": False,
+                      "report": False}
+    path = folder / "nano_run.yaml"
+    path.write_text(json.dumps(cfg))
+    assert main(["run", str(path), "--result-dir", str(tmp_path), "--quiet"]) == 0
+    rows = read_csv(tmp_path / "nano" / "cutflow_data.csv")
+    ref, ref_flow = reference(d)
+    assert [(r["stage"], r["unit"], r["entries"]) for r in rows] == [
+        ("read", "events", 3000), ("lumi", "events", ref_flow["lumi"]), ("event", "events", ref_flow["event"]),
+        ("pairs", "pairs", ref_flow["pairs"]), ("pair", "pairs", ref_flow["pair"])]
+    eff = read_csv(tmp_path / "nano" / "efficiencies.csv")
+    total = sum(r["n_pass"] + r["n_fail"] for r in eff)  # sums of weights (pair_dr)
+    assert len(eff) == 6 and 0 < total <= sum(ref[WEIGHT]) + 1e-9

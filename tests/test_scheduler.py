@@ -125,6 +125,8 @@ def test_two_concurrent_runs_share_the_work(luigid: scheduler.Server, tiny_confi
     assert len(logs) == total
     for log in logs:
         starts = log.read_text().count(" start ")
-        assert starts == (2 if log.parent.name == "EfficiencyTable" else 1), log
+        # EfficiencyTable starts, yields its fits and starts again once they are done; when both runs
+        # have started it before the fits were done, it starts once more (the yield only checks)
+        assert starts in ((2, 3) if log.parent.name == "EfficiencyTable" else (1,)), log
     assert not list(res.rglob("*.tmp-*"))
     assert (res / "small_demo" / "manifest.json").exists()
