@@ -98,16 +98,6 @@ def _plan(config: str | None, result_dir: str | None):
     return Plan.create(config or default_config(), result_dir or default_result_dir())
 
 
-def _preload() -> None:
-    """Import the compute modules once in this process, so forked workers do not each import them."""
-    import calibflow.binfit
-    import calibflow.histos
-    import calibflow.outputs
-    import calibflow.plots
-    import calibflow.prep
-    import calibflow.toys  # noqa: F401
-
-
 def _report(name: str, report, seconds: float) -> None:
     print(f"calibflow: {name}: {report.summary()}, {seconds:.1f} s")
     for task_id, reason in report.failed:
@@ -141,8 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
     if not top.complete():
         plan.check_models()
-        if not args.batch:
-            _preload()
+        if not args.batch and workers > 1:
+            from calibflow.warmup import warm_up
+
+            warm_up()  # forked workers start with the kernels loaded
     report = build(plan, [top], workers, scheduler=scheduler, batch_mode=args.batch,
                    progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)

@@ -57,6 +57,11 @@ def _cached_config(path: str, mtime_ns: int) -> CalibrationConfig:
     return load_config(path)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_scheme(path: str, mtime_ns: int) -> BinningScheme:
+    return BinningScheme.load(path)
+
+
 @functools.lru_cache(maxsize=1024)
 def _cached_prep_spec(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object = None) -> PrepSpec:
     # lumi_version (size, mtime of the sample's lumi mask JSON) makes an edited JSON give a new spec and key
@@ -311,8 +316,9 @@ class Plan:
         return os.path.join(self.workdir, "binning", f"{self.binning_key()}.json")
 
     def load_scheme(self) -> BinningScheme:
-        """The scheme written by the binning stage."""
-        return BinningScheme.load(self.binning_path())
+        """The scheme written by the binning stage (cached per process while the file is unchanged)."""
+        path = self.binning_path()
+        return _cached_scheme(path, os.stat(path).st_mtime_ns)
 
     # --- histograms and fits ------------------------------------------------------------------------
     def hist_key(self, sample: str) -> str:

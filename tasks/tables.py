@@ -36,7 +36,7 @@ class EfficiencyTable(CalibTask):
             with open(t.output().path) as f:
                 results[(t.sample, t.bin_index)] = json.load(f)
         truth = {}
-        if plan.config.closure:
+        if plan.config.closure and plan.resolved.working_point is None:  # the truth is of the nominal pass
             hists = [FillHistograms(sample=s, **self.same_content(lambda p, s=s: p.hist_key(s)))
                      for s in plan.config.samples]
             yield hists
