@@ -83,7 +83,7 @@ def combine_all(plan: Plan) -> None:
     for name, folder, _ in _products(plan):
         members = cfg.products[name]
         for table, value, keys in ((EFFICIENCIES, "efficiency", ("sample", "bin")),
-                                   (SCALE_FACTORS, "scale_factor", ("data", "bin"))):
+                                   (SCALE_FACTORS, "scale_factor", ("data", "mc", "bin"))):
             tables = [read_csv(os.path.join(out_dir, "methods", m, table)) for m in members]
             write_csv(os.path.join(folder, table), product_rows(tables, value, keys, members))
     if cfg.roc:

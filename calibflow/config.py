@@ -124,6 +124,25 @@ class PairingConfig(_Strict):
         return self
 
 
+class HitMatchConfig(_Strict):
+    """Shared-hit-fraction matching of a flat ntuple's probe track to a list of target tracks (LHCb
+    tracking efficiency: VeloMuon / Downstream / MuonUT probe versus the event's long tracks).
+
+    Per row, ``probe_hits`` is a jagged branch of the probe's hit IDs (e.g. LHCbIDs), ``target_hits``
+    the hit IDs of all target tracks concatenated and ``target_counts`` the number of hits of each target
+    track (jagged; without it ``target_hits`` must be doubly jagged, one list per track). The new column
+    ``as`` is the largest fraction |H_probe ∩ H_target| / |H_probe| over the targets (hit sets, 0.0 when no
+    hit is shared), so that e.g. ``pass: probe_matchFraction >= 0.7``.
+    """
+
+    probe_hits: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    target_hits: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    target_counts: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    as_: str = Field(alias="as", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class MassConfig(_Strict):
     """Discriminating variable of the fits: expression, fit range and number of histogram bins."""
 
@@ -384,6 +403,7 @@ class CalibrationConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
     selection: Selection = Selection()
     pairing: PairingConfig | None = None
+    hit_match: list[HitMatchConfig] = Field(default_factory=list)
     pass_: str = Field(alias="pass")
     mass: MassConfig | None = None
     binning: BinningConfig
@@ -432,6 +452,12 @@ class CalibrationConfig(_Strict):
                                  + (f"; unknown: {unknown}" if unknown else ""))
             if prod in self.methods:
                 raise ValueError(f"products.{prod}: name already used by a method")
+        if self.hit_match and self.pairing is not None:
+            raise ValueError("hit_match: works on flat ntuples (one row per candidate), not with pairing")
+        hit_names = [h.as_ for h in self.hit_match]
+        for i, name in enumerate(hit_names):
+            if hit_names.count(name) > 1:
+                raise ValueError(f"hit_match[{i}].as: {name!r} is given twice")
         if self.roc and not self.working_points:
             raise ValueError("roc: needs working_points to scan")
         for wp in self.working_points:

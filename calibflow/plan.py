@@ -48,7 +48,7 @@ HIST_VERSION = 1
 TABLE_VERSION = 1
 TOY_VERSION = 2
 BINNING_VERSION = 1
-COMBINE_VERSION = 1
+COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
 EXPORT_VERSION = 1
 
 

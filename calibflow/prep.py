@@ -157,6 +157,23 @@ class PairingSpec:
 
 
 @dataclass(frozen=True)
+class HitMatchSpec:
+    """Shared-hit-fraction column ``name`` of a flat ntuple (``hit_match``): the probe's hit IDs
+    ``probe_hits`` against the target tracks' ``target_hits`` (with per-track ``target_counts``, or doubly
+    jagged)."""
+
+    probe_hits: str
+    target_hits: str
+    target_counts: str | None
+    name: str
+
+    @property
+    def branches(self) -> set[str]:
+        """Jagged branches read for this column."""
+        return {self.probe_hits, self.target_hits} | ({self.target_counts} if self.target_counts else set())
+
+
+@dataclass(frozen=True)
 class PrepSpec:
     """What to read from one sample's files: tree, output column expressions and ordered cuts.
 
@@ -170,6 +187,7 @@ class PrepSpec:
     event_cuts: list[tuple[str, Expression]] = field(default_factory=list)
     pairing: PairingSpec | None = None
     lumi: LumiSpec | None = None
+    hit_matches: tuple[HitMatchSpec, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     """Alias definitions the expressions were compiled with (global merged with the sample's)."""
 
@@ -183,7 +201,17 @@ class PrepSpec:
             return sorted(names | self.pairing.branches())
         for e in [*self.columns.values(), *(c for _, c in self.cuts)]:
             names |= e.branches
-        return sorted(names)
+        for h in self.hit_matches:
+            names |= h.branches
+        return sorted(names - {h.name for h in self.hit_matches})
+
+    @property
+    def first_hit_match_stage(self) -> int:
+        """Index in the cut-flow stages (``lumi``, ``event``, candidate cuts) of the first one reading a
+        ``hit_match`` column; the shared-hit fractions are computed for the rows surviving the stages before."""
+        names = {h.name for h in self.hit_matches}
+        exprs = [frozenset()] * (self.lumi is not None) + [e.branches for _, e in [*self.event_cuts, *self.cuts]]
+        return next((i for i, b in enumerate(exprs) if b & names), len(exprs))
 
     @property
     def stages(self) -> list[str]:
@@ -208,6 +236,8 @@ class PrepSpec:
             out["pairing"] = self.pairing.describe()
         if self.lumi is not None:
             out["lumi_mask_sha256"] = self.lumi.sha256
+        if self.hit_matches:
+            out["hit_match"] = [[h.probe_hits, h.target_hits, h.target_counts, h.name] for h in self.hit_matches]
         return out
 
 
@@ -305,8 +335,9 @@ def prep_spec(config: CalibrationConfig, sample: str, base_dir: str | None = Non
     if config.pairing is not None:
         pairing = _pairing_spec(config.pairing, [*columns.values(), *(e for _, e in cuts)], c)
     lumi = _lumi_spec(s.lumi_mask, base_dir, f"samples.{sample}.lumi_mask") if s.lumi_mask else None
+    hits = tuple(HitMatchSpec(h.probe_hits, h.target_hits, h.target_counts, h.as_) for h in config.hit_match)
     return PrepSpec(tree=s.tree, columns=columns, cuts=cuts, event_cuts=event_cuts, pairing=pairing, lumi=lumi,
-                    aliases=al)
+                    hit_matches=hits, aliases=al)
 
 
 def prep_key(spec: PrepSpec, path: str) -> str:
@@ -346,11 +377,11 @@ Test = Callable[[Mapping[str, Any]], Any]
 """A cut-flow stage's test: columns in, per-row booleans out."""
 
 
-def _cut_flow(cols: Mapping[str, Any], n: int, stages: Sequence[tuple[str, str, Test]], flow: dict[str, int]
-              ) -> np.ndarray:
-    """Boolean mask of the ``n`` rows of ``cols`` passing every (stage, config key, test); adds the
-    survivors to ``flow``."""
-    keep = np.ones(n, dtype=bool)
+def _cut_flow(cols: Mapping[str, Any], n: int, stages: Sequence[tuple[str, str, Test]], flow: dict[str, int],
+              keep: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the ``n`` rows of ``cols`` passing every (stage, config key, test), starting from the
+    rows in ``keep`` (default: all); adds the survivors to ``flow``."""
+    keep = np.ones(n, dtype=bool) if keep is None else keep.copy()
     for stage, where, test in stages:
         keep &= _per_row(test(cols), n, where).astype(bool, copy=False)
         flow[stage] += int(np.count_nonzero(keep))
@@ -437,6 +468,60 @@ def make_pairs(cols: dict[str, Any], p: PairingSpec) -> tuple[dict[str, Any], in
     return out, len(ev)
 
 
+def _jagged_flat(values: Any, name: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(counts per row, flat values) of the singly jagged branch ``name``; ExprError otherwise."""
+    if not (isinstance(values, ak.Array) and values.ndim == 2):
+        raise ExprError(f"branch {name!r} must be a jagged list per row", where)
+    return ak.to_numpy(ak.num(values, axis=1)), ak.to_numpy(ak.flatten(values, axis=1))
+
+
+def shared_hit_fraction(probe_hits: Any, target_hits: Any, target_counts: Any = None, where: str = "hit_match"
+                        ) -> np.ndarray:
+    """Per row, the largest shared-hit fraction |H_probe ∩ H_target| / |H_probe| of the probe track over the
+    row's target tracks (0.0 without a shared hit), by :func:`calibflow.kernels.matching.shared_fraction_match`.
+
+    ``probe_hits``: jagged hit IDs per row; ``target_hits``: the targets' hit IDs concatenated per row, split
+    into tracks by the jagged ``target_counts`` (hits per track), or doubly jagged when ``target_counts`` is
+    None. Raises ExprError (naming ``where``) when the counts do not add up.
+    """
+    from calibflow.kernels.matching import shared_fraction_match
+    from calibflow.kernels.pairing import offsets_from_counts
+
+    n_probe_hits, probe = _jagged_flat(probe_hits, "probe_hits", where)
+    if target_counts is None:
+        if not (isinstance(target_hits, ak.Array) and target_hits.ndim == 3):
+            raise ExprError("target_hits must be doubly jagged (one list per track) without target_counts", where)
+        target_counts = ak.num(target_hits, axis=2)
+        target_hits = ak.flatten(target_hits, axis=2)
+    n_tracks, hits_per_track = _jagged_flat(target_counts, "target_counts", where)
+    n_target_hits, targets = _jagged_flat(target_hits, "target_hits", where)
+    rows = len(n_probe_hits)
+    if len(n_tracks) != rows or len(n_target_hits) != rows:
+        raise ExprError("probe and target branches have different numbers of rows", where)
+    track_offsets = offsets_from_counts(n_tracks)
+    cumulative = np.concatenate([[0], np.cumsum(hits_per_track)])
+    if np.any(hits_per_track < 0) or not np.array_equal(
+            cumulative[track_offsets[1:]] - cumulative[track_offsets[:-1]], n_target_hits):
+        raise ExprError("target_counts do not add up to the number of target_hits of each row", where)
+    _, fraction = shared_fraction_match(np.arange(rows + 1, dtype=np.int64), offsets_from_counts(n_probe_hits), probe,
+                                        track_offsets, offsets_from_counts(hits_per_track), targets,
+                                        0.0)
+    return fraction
+
+
+def add_hit_matches(cols: dict[str, Any], matches: Sequence[HitMatchSpec], rows: np.ndarray | None = None) -> None:
+    """Add the shared-hit-fraction column of every ``hit_match`` entry to ``cols`` (in place), computed for the
+    row indices ``rows`` only (default: all; the other rows get 0.0)."""
+    n = len(next(iter(cols.values())))
+    for i, h in enumerate(matches):
+        args = [cols[h.probe_hits], cols[h.target_hits], cols[h.target_counts] if h.target_counts else None]
+        if rows is None:
+            cols[h.name] = shared_hit_fraction(*args, where=f"hit_match[{i}]")
+            continue
+        cols[h.name] = np.zeros(n)
+        cols[h.name][rows] = shared_hit_fraction(*(a if a is None else a[rows] for a in args), where=f"hit_match[{i}]")
+
+
 def _event_arrays(chunk: Mapping[str, Any]) -> dict[str, Any]:
     """Flat awkward branches as numpy (fast expression evaluation); jagged ones stay awkward."""
     return {k: ak.to_numpy(v) if isinstance(v, ak.Array) and v.ndim == 1 else v for k, v in chunk.items()}
@@ -507,7 +592,7 @@ def prepare_file(
     with _open(path) as f:
         tree = _tree(path, f, spec.tree)
         jagged = _check_input(path, tree, spec)
-        library = "ak" if jagged or spec.pairing is not None else "np"
+        library = "ak" if jagged or spec.pairing is not None or spec.hit_matches else "np"
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
             writer = TableWriter(h5, compression=PREP_COMPRESSION)
             try:
@@ -522,7 +607,14 @@ def prepare_file(
                         pre_pair: list[tuple[str, str, Test]] = []
                     else:
                         pre_pair = pre
-                    keep = _cut_flow(cols, n, [*pre_pair, *post], flow)
+                    stages = [*pre_pair, *post]
+                    if spec.pairing is None and spec.hit_matches:  # fractions only for rows that can be kept
+                        first = spec.first_hit_match_stage
+                        keep = _cut_flow(cols, n, stages[:first], flow)
+                        add_hit_matches(cols, spec.hit_matches, np.flatnonzero(keep))
+                        keep = _cut_flow(cols, n, stages[first:], flow, keep)
+                    else:
+                        keep = _cut_flow(cols, n, stages, flow)
                     writer.append(_outputs(cols, n, keep, spec.columns))
             except ExprError as exc:
                 raise PrepExpressionError(f"{path}: {exc}") from None

@@ -142,6 +142,9 @@ GENERATORS: dict[str, str] = {
     "belle2_dstar": "calibflow.toys_belle2:write_dstar_file",
     "belle2_v0": "calibflow.toys_belle2:write_v0_file",
     "classifier_tracks": "calibflow.toys_classifier:write_classifier_file",
+    "lhcb_tracking_jpsi": "calibflow.toys_lhcb:write_tracking_file",
+    "z_mumu_nanoaod": "calibflow.toys_nanoaod:write_z_mumu_file",
+    "emu_nanoaod": "calibflow.toys_nanoaod:write_emu_file",
 }
 """Toy generators by name: ``module:function`` of a :data:`ToyWriter` (imported on use)."""
 

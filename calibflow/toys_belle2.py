@@ -28,8 +28,18 @@ from typing import Any
 import numpy as np
 
 from calibflow.io.root import write_ttrees
-from calibflow.toy_common import (TOY_COMPRESSION, Response, beta_on, by_label, double_gauss, gamma_on, linear_on, pick, threshold_on,
-                                  toy_options)
+from calibflow.toy_common import (
+    TOY_COMPRESSION,
+    Response,
+    beta_on,
+    by_label,
+    double_gauss,
+    gamma_on,
+    linear_on,
+    pick,
+    threshold_on,
+    toy_options,
+)
 
 COS_THETA_RANGE = (-0.95, 0.98)
 """Generated polar-angle range (the CDC acceptance, 17°–150°, is a selection cut)."""
@@ -109,7 +119,7 @@ DSTAR = DecayToy(
         Track("pi", "pi", +1, (2.2, 0.6, 0.3, 6.0), _PI_MIX),
         Track("pisoft", "pi", +1, (3.0, 0.06, 0.05, 0.8), _PI_MIX),
     ),
-    signal_fraction={True: 0.12, False: 0.21},
+    signal_fraction={True: 0.25, False: 0.35},
 )
 LAMBDA = DecayToy(
     tree=LAMBDA_TREE, mass_branch="M", mass=LAMBDA_MASS, sigma=0.0012, window=(LAMBDA_MASS - 0.03, LAMBDA_MASS + 0.03),
@@ -118,7 +128,7 @@ LAMBDA = DecayToy(
         Track("p", "p", +1, (2.5, 0.45, 0.2, 5.0), {"pi": 0.45, "p": 0.40, "K": 0.15}),
         Track("pi", "pi", -1, (2.0, 0.12, 0.06, 1.5), _PI_MIX),
     ),
-    signal_fraction={True: 0.25, False: 0.4},
+    signal_fraction={True: 0.35, False: 0.5},
 )
 KSHORT = DecayToy(
     tree=KSHORT_TREE, mass_branch="M", mass=KSHORT_MASS, sigma=0.003, window=(KSHORT_MASS - 0.03, KSHORT_MASS + 0.03),
@@ -127,7 +137,7 @@ KSHORT = DecayToy(
         Track("pip", "pi", +1, (2.0, 0.35, 0.1, 4.0), {"pi": 0.88, "K": 0.08, "p": 0.04}),
         Track("pim", "pi", -1, (2.0, 0.35, 0.1, 4.0), {"pi": 0.88, "K": 0.08, "p": 0.04}),
     ),
-    signal_fraction={True: 0.3, False: 0.45},
+    signal_fraction={True: 0.4, False: 0.55},
 )
 
 

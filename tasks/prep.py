@@ -45,7 +45,8 @@ class PrepareTuple(CalibTask):
 
     def requires(self):
         if self.plan.is_toy(self.sample):
-            yield GenerateToys(sample=self.sample, index=self.index, **self.common())
+            yield GenerateToys(sample=self.sample, index=self.index,  # one task for every variant
+                               **self.same_content(lambda p: p.toy_key(self.sample, self.index)))
 
     def output(self):
         return self.target(self.plan.prep_path(self.sample, self.index))

@@ -1,0 +1,90 @@
+"""Shared helpers of the recipe tests: shrink a recipe, run it, read its closure and cut flow."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from calibflow.cli import main
+from calibflow.tables import read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """``task_configs/<name>.yaml`` as a dict (a fresh copy)."""
+    return copy.deepcopy(yaml.safe_load((ROOT / "task_configs" / f"{name}.yaml").read_text()))
+
+
+def shrink(d: dict[str, Any], candidates: dict[str, int], edges: dict[str, list[float]]) -> dict[str, Any]:
+    """CI-size copy of a recipe: one toy file of ``candidates`` per sample, coarser ``edges`` per
+    binning variable, only the CSV/JSON outputs."""
+    d = copy.deepcopy(d)
+    d["name"] = f"{d['name']}_ci"
+    d["toy"]["samples"] = {s: {"candidates": n, "files": 1} for s, n in candidates.items()}
+    for v in d["binning"]["variables"]:
+        v["edges"] = edges[v["name"]]
+    d["outputs"] = {"correctionlib": True, "root": False, "markdown": False, "latex": False, "plots": False,
+                    "report": False}
+    return d
+
+
+def run(d: dict[str, Any], folder: Path) -> Path:
+    """Run the recipe ``d`` from ``folder`` with one worker (tasks then share the imported fit kernels,
+    which is several times faster than a process per task for hundreds of small fits); its outputs."""
+    path = folder / f"{d['name']}.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    assert main(["run", str(path), "--workers", "1", "--result-dir", str(folder / "res")]) == 0
+    return folder / "res" / d["name"]
+
+
+def pulls(out: Path, quantity: str = "efficiency") -> np.ndarray:
+    """Closure pulls of ``quantity`` over every sample and bin."""
+    return np.array([r["pull"] for r in read_csv(out / "closure.csv") if r["quantity"] == quantity], dtype=float)
+
+
+def assert_closes(p: np.ndarray) -> None:
+    """Pull mean within ±(0.2 + 2/√N) and width within [0.8, 1.2] widened by 2/√N on both sides.
+
+    With a few dozen bins the sample mean of unit-Gaussian pulls scatters by 1/√N and the sample width
+    by ≈ 1/√(2N): the 0.2 bands of the demo's 78-bin test alone would fail by chance.
+    """
+    assert p.size >= 8 and np.all(np.isfinite(p)), p
+    allowance = 2.0 / math.sqrt(p.size)
+    assert abs(p.mean()) < 0.2 + allowance, (p.mean(), p)
+    assert 0.8 - allowance <= p.std(ddof=1) <= 1.2 + allowance, (p.std(ddof=1), p)
+
+
+def strictly_decreasing(values: list[float]) -> bool:
+    """Whether every value is below the one before it."""
+    return all(b < a for a, b in itertools.pairwise(values))
+
+
+def efficiencies(out: Path, wp: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Rows of ``efficiencies.csv`` (nominal, or of working point ``wp``) by (sample, bin)."""
+    folder = out if wp is None else out / "wp" / wp
+    return {(r["sample"], r["bin"]): r for r in read_csv(folder / "efficiencies.csv")}
+
+
+def toy_inputs(out: Path, sample: str) -> list[Path]:
+    """The generated toy ROOT files of ``sample``."""
+    files = sorted((out / "inputs").glob(f"{sample}_*.root"))
+    assert files, sample
+    return files
+
+
+def bin_index(edges: list[list[float]], values: list[np.ndarray]) -> np.ndarray:
+    """Row-major bin index of the product binning ``edges`` (−1 outside), like the efficiency tables."""
+    index = np.zeros(len(values[0]), dtype=np.int64)
+    inside = np.ones(len(values[0]), dtype=bool)
+    for e, v in zip(edges, values, strict=True):
+        i = np.searchsorted(e, v, side="right") - 1
+        inside &= (i >= 0) & (i < len(e) - 1)
+        index = index * (len(e) - 1) + i
+    return np.where(inside, index, -1)
