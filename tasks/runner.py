@@ -8,6 +8,7 @@ the report counts what this invocation ran, reused, saw run by others, and what 
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import time
@@ -264,6 +265,11 @@ def run_tasks(tasks: Sequence[luigi.Task], workers: int = 1, scheduler: Schedule
     _configure_luigi()
     if batch_mode:
         batch.configure_submission()
+    if workers > 1 and not batch_mode:
+        # luigi forks a process per task: freeze what exists now so that no child's garbage collector
+        # touches (and copies) the parent's pages — halves the cost of a small task here
+        gc.collect()
+        gc.freeze()
     where: dict[str, Any] = ({"scheduler_host": scheduler.host, "scheduler_port": scheduler.port}
                              if scheduler else {"local_scheduler": True})
     return luigi.build(list(tasks), workers=workers, detailed_summary=True, log_level="WARNING",
