@@ -14,7 +14,12 @@ Every bin of the result holds at least ``min_count`` (effective) events in every
 groupings with the most groups, the one chosen maximises the product of the groups' smallest counts
 (balanced groups), or, when ``Criteria.efficiency`` names pass/fail categories, the between-group
 variance of the efficiency, Σ_g (Σ pass)²/(Σ all) (edges go where the efficiency changes).
-``Criteria.max_intervals`` caps the number of intervals per node of a variable.
+``Criteria.max_intervals`` caps the number of intervals per node of a variable; with fewer intervals
+than the counts allow, the efficiency score places them where they matter (toy turn-on curve: 2-3x
+smaller mean squared deviation of the bin-averaged from the true efficiency, see tests/test_binopt.py).
+
+Grouping n fine intervals of one node is an exact dynamic programme (:func:`best_partition`,
+O(K n²)): meant for up to a few hundred fine intervals per variable.
 """
 
 from __future__ import annotations
@@ -71,8 +76,8 @@ def log_edges(lo: float, hi: float, n: int) -> np.ndarray:
 def equal_population_edges(
     x: np.ndarray,
     n_bins: int | None = None,
-    lo: float = -np.inf,
-    hi: float = np.inf,
+    lo: float | None = None,
+    hi: float | None = None,
     *,
     target_count: float | None = None,
     weights: np.ndarray | None = None,
@@ -84,6 +89,8 @@ def equal_population_edges(
     the value boundary whose cumulative weight is closest to k/n of the total, so many equal values never
     split and give fewer, strictly increasing bins. Deterministic: independent of the order of rows.
     """
+    if lo is None or hi is None:
+        raise ValueError("equal_population_edges needs the range: give lo and hi")
     _check_range(lo, hi)
     if (n_bins is None) == (target_count is None):
         raise ValueError("give exactly one of n_bins and target_count")
@@ -118,7 +125,7 @@ def equal_population_edges(
 # --- N-D optimisation -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Category:
     """One sample that will be fitted (e.g. data pass): its columns, optional weights and selection.
 
@@ -164,7 +171,7 @@ class Criteria:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FineHistograms:
     """Fine N-D histograms of all categories: ``sumw``/``sumw2`` of shape (n_categories, n_0, n_1, ...)."""
 
@@ -231,7 +238,9 @@ def fill_fine(fine: Sequence[tuple[str, Sequence[float]]], categories: Sequence[
 
 
 def optimise_scheme(
-    fine: Sequence[tuple[str, Sequence[float]]], categories: Sequence[Category], criteria: Criteria | None = None
+    fine: Sequence[tuple[str, Sequence[float]]],
+    categories: Sequence[Category],
+    criteria: Criteria | None = None,
 ) -> BinningScheme:
     """Nested scheme from the fine (variable, edges) binnings (outer first) meeting ``criteria`` everywhere.
 
@@ -249,7 +258,9 @@ def optimise_histograms(hists: FineHistograms, criteria: Criteria) -> BinningSch
     for p, f in criteria.efficiency:
         for name in (p, f):
             if name not in hists.names:
-                raise ValueError(f"Criteria.efficiency names category {name!r}; categories are {list(hists.names)}")
+                raise ValueError(
+                    f"Criteria.efficiency names category {name!r}; categories are {list(hists.names)}"
+                )
         pairs.append((hists.names.index(p), hists.names.index(f)))
     total = _count(
         hists.sumw.reshape(len(hists.names), -1).sum(axis=1),
@@ -282,9 +293,9 @@ class _Merger:
         sumw = self._marginal(self.h.sumw, level, region)
         sumw2 = self._marginal(self.h.sumw2, level, region)
         cap = self.criteria.max_intervals.get(var, edges.size - 1)
-        cuts = segment(sumw, sumw2, self.criteria, cap, self.pairs)
-        if cuts.size == 0:  # cannot happen: the region as a whole met the criteria one level up
-            raise BinningError(f"no valid grouping of {var!r} in fine cells {region}")
+        cuts = group_intervals(sumw, sumw2, self.criteria, cap, self.pairs)
+        if cuts.size == 0:  # the region as a whole met the criteria one level up, up to rounding
+            cuts = np.array([0, edges.size - 1])
         children = None
         if level + 1 < len(self.h.fine):
             children = tuple(
@@ -308,7 +319,7 @@ def _segment_sums(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def segment(
+def group_intervals(
     sumw: np.ndarray,
     sumw2: np.ndarray,
     criteria: Criteria,

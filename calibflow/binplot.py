@@ -21,12 +21,17 @@ def _finite_bounds(scheme: BinningScheme) -> list[dict[str, tuple[float, float]]
     """Per bin {variable: (lo, hi)} with infinite ends replaced by the finite span ± 10 %."""
     span: dict[str, tuple[float, float]] = {}
     for v in scheme.variables:
-        vals = [x for b in scheme.bins for var, lo, hi in b.bounds if var == v for x in (lo, hi) if np.isfinite(x)]
+        vals = [
+            x for b in scheme.bins for var, lo, hi in b.bounds if var == v for x in (lo, hi) if np.isfinite(x)
+        ]
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
         pad = 0.1 * (hi - lo) if hi > lo else 1.0
         span[v] = (lo - pad, hi + pad)
     return [
-        {v: (lo if np.isfinite(lo) else span[v][0], hi if np.isfinite(hi) else span[v][1]) for v, lo, hi in b.bounds}
+        {
+            v: (lo if np.isfinite(lo) else span[v][0], hi if np.isfinite(hi) else span[v][1])
+            for v, lo, hi in b.bounds
+        }
         for b in scheme.bins
     ]
 
@@ -56,10 +61,14 @@ def plot_scheme(
         lo = np.array([b[xvar][0] for b in bounds])
         hi = np.array([b[xvar][1] for b in bounds])
         heights = np.ones(len(scheme)) if counts is None else np.asarray(counts, dtype=float)
-        ax.bar(lo, heights, width=hi - lo, align="edge", fill=counts is not None, edgecolor="black", alpha=0.8)
+        ax.bar(
+            lo, heights, width=hi - lo, align="edge", fill=counts is not None, edgecolor="black", alpha=0.8
+        )
         if counts is not None:
             for x0, x1, c in zip(lo, hi, heights, strict=True):
-                ax.text(0.5 * (x0 + x1), c, label_format.format(c), ha="center", va="bottom", fontsize="small")
+                ax.text(
+                    0.5 * (x0 + x1), c, label_format.format(c), ha="center", va="bottom", fontsize="small"
+                )
             ax.set_ylabel("count per bin")
             if log_counts:
                 ax.set_yscale("log")
@@ -67,7 +76,8 @@ def plot_scheme(
     else:
         yvar = scheme.variables[1]
         rects = [
-            Rectangle((b[xvar][0], b[yvar][0]), b[xvar][1] - b[xvar][0], b[yvar][1] - b[yvar][0]) for b in bounds
+            Rectangle((b[xvar][0], b[yvar][0]), b[xvar][1] - b[xvar][0], b[yvar][1] - b[yvar][0])
+            for b in bounds
         ]
         coll = PatchCollection(rects, edgecolor="black", linewidth=0.8)
         if counts is None:

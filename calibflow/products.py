@@ -13,7 +13,8 @@ ERROR_PAIRS = (("err_down", "err_up"), ("total_down", "total_up"))
 
 def product_rows(tables: Sequence[Sequence[Row]], value: str, keys: Sequence[str], method_names: Sequence[str]) -> list[Row]:
     """Per-bin product of ``value`` over ``tables`` (one per method, same binning), with propagated
-    ``err_down/up``, ``syst`` and ``total_down/up``; the methods' own values are kept as ``<value>_<method>``.
+    ``err_down/up``, ``syst`` and ``total_down/up``, and the product of the varied values of every systematic
+    column ``<source>Up``/``<source>Down``; the methods' own values are kept as ``<value>_<method>``.
 
     Raises ValueError when a bin's boundaries differ between methods.
     """
@@ -38,6 +39,9 @@ def product_rows(tables: Sequence[Sequence[Row]], value: str, keys: Sequence[str
             for side in pair:
                 if all(side in r for r in rows):
                     new[side] = abs(prod) * math.sqrt(sum((float(r[side]) / v) ** 2 for r, v in zip(rows, values, strict=True)))
+        for k in first:  # a systematic source varies every method coherently: the product of the varied values
+            if k.endswith(("Up", "Down")) and k not in new and all(k in r for r in rows):
+                new[k] = math.prod(float(r[k]) for r in rows)
         if all("syst" in r for r in rows):
             new["syst"] = abs(prod) * math.sqrt(sum((float(r["syst"]) / v) ** 2 for r, v in zip(rows, values, strict=True)))
         status = [str(r.get("fit_status", r.get("status", "ok"))) for r in rows]

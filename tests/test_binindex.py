@@ -131,3 +131,18 @@ def test_locate_function_matches_method() -> None:
     cols = {"a": np.array([0.1, 1.0, 1.9]), "b": np.array([2.0, 0.5, 5.0]), "extra": np.zeros(3)}
     np.testing.assert_array_equal(locate(scheme.flatten(), cols), [1, 2, -1])
     np.testing.assert_array_equal(scheme.locate(cols), [1, 2, -1])
+
+
+def test_product_and_infinite_edges() -> None:
+    """Products take the node-by-node path; -inf/+inf edges keep NaN and ±inf values out of range."""
+    scheme = BinningScheme.product(
+        [("a", [-np.inf, 0.0, 1.0, np.inf]), ("b", [0.0, 0.5, 1.0]), ("c", [0.0, 2.0])]
+    )
+    rng = np.random.default_rng(4)
+    cols = {v: rng.uniform(-1.0, 2.5, 2000) for v in VARS}
+    cols["a"][:6] = [-np.inf, np.inf, np.nan, -1e308, 1e308, 0.0]
+    got = scheme.locate(cols)
+    np.testing.assert_array_equal(got, scheme.locate_reference(cols))
+    assert got[:3].tolist() == [-1, -1, -1]
+    inside = (cols["b"] >= 0) & (cols["b"] < 1) & (cols["c"] >= 0) & (cols["c"] < 2)
+    assert np.all((got[3:6] >= 0) == inside[3:6])

@@ -71,6 +71,8 @@ def test_equal_population_duplicates_and_edge_cases() -> None:
     np.testing.assert_array_equal(equal_population_edges(x2, 2, 0.0, 10.0), [0.0, 2.5, 10.0])
     with pytest.raises(ValueError, match="exactly one of"):
         equal_population_edges(x, 3, 0.0, 1.0, target_count=10)
+    with pytest.raises(ValueError, match="give lo and hi"):
+        equal_population_edges(x, 3)
     # adjacent floats: the midpoint rounds to the lower value, so the upper one is the edge
     a = 1.0
     b = np.nextafter(a, 2.0)
@@ -303,7 +305,9 @@ def test_optimised_scheme_properties(prob: tuple, seed: int) -> None:
     idx = scheme.locate(pts)
     bounds = np.array([[(lo, hi) for _, lo, hi in b.bounds] for b in scheme.bins])  # (n_bins, n_vars, 2)
     x = np.stack([pts[v] for v, _ in fine], axis=1)  # (n, n_vars)
-    inside = np.all((x[:, None, :] >= bounds[None, :, :, 0]) & (x[:, None, :] < bounds[None, :, :, 1]), axis=2)
+    inside = np.all(
+        (x[:, None, :] >= bounds[None, :, :, 0]) & (x[:, None, :] < bounds[None, :, :, 1]), axis=2
+    )
     in_range = np.all(x < 10.0, axis=1)
     np.testing.assert_array_equal(inside.sum(axis=1), in_range.astype(int))
     np.testing.assert_array_equal(idx[in_range], np.argmax(inside[in_range], axis=1))
@@ -325,15 +329,31 @@ def test_deterministic_under_row_order() -> None:
     assert a.key == b.key and len(a) > 20
 
 
+def test_fine_histograms_equal_numpy_histogramdd() -> None:
+    rng = np.random.default_rng(8)
+    cols = {"x": rng.uniform(-0.5, 4.5, 3000), "y": rng.uniform(-0.2, 2.2, 3000)}
+    w = rng.uniform(0.1, 2.0, 3000)
+    hists = fill_fine(FINE_XY, [Category("a", cols, weights=w), Category("b", cols)])
+    bins = [np.array(e) for _, e in FINE_XY]
+    ref_w, _ = np.histogramdd((cols["x"], cols["y"]), bins=bins, weights=w)
+    ref_w2, _ = np.histogramdd((cols["x"], cols["y"]), bins=bins, weights=w**2)
+    ref_n, _ = np.histogramdd((cols["x"], cols["y"]), bins=bins)
+    np.testing.assert_allclose(hists.sumw[0], ref_w, rtol=1e-12)
+    np.testing.assert_allclose(hists.sumw2[0], ref_w2, rtol=1e-12)
+    np.testing.assert_array_equal(hists.sumw[1], ref_n)
+    assert hists.names == ("a", "b")
+
+
 def test_optimise_from_histograms_reuses_the_fill() -> None:
     rng = np.random.default_rng(3)
     cat = Category("a", {"x": rng.uniform(0, 4, 400), "y": rng.uniform(0, 2, 400)})
     hists = fill_fine(FINE_XY, [cat])
     assert hists.sumw.shape == (1, 4, 2) and hists.sumw.sum() == 400
     for m in (10, 50, 150):
-        assert optimise_histograms(hists, Criteria(min_count=m)).key == optimise_scheme(
-            FINE_XY, [cat], Criteria(min_count=m)
-        ).key
+        assert (
+            optimise_histograms(hists, Criteria(min_count=m)).key
+            == optimise_scheme(FINE_XY, [cat], Criteria(min_count=m)).key
+        )
 
 
 # --- efficiency-aware edges -----------------------------------------------------------------------
@@ -369,7 +389,9 @@ def test_efficiency_aware_edges_approximate_the_map_better(fine: list, cap: dict
     cols, eff, passed = toy_pass_fail(100_000, 7)
     cats = [Category("pass", cols, mask=passed), Category("fail", cols, mask=~passed)]
     count_only = optimise_scheme(fine, cats, Criteria(min_count=100, max_intervals=cap))
-    aware = optimise_scheme(fine, cats, Criteria(min_count=100, max_intervals=cap, efficiency=(("pass", "fail"),)))
+    aware = optimise_scheme(
+        fine, cats, Criteria(min_count=100, max_intervals=cap, efficiency=(("pass", "fail"),))
+    )
     assert len(aware) == len(count_only) == int(np.prod(list(cap.values())))
     assert bin_counts(aware, cats).min() >= 100
     bias_count, bias_aware = binning_bias(count_only, cols, eff), binning_bias(aware, cols, eff)

