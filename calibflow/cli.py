@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a calibration (default: the demo toy)")
     run.add_argument("config", nargs="?", help=f"calibration YAML (default {DEFAULT_CONFIG})")
-    run.add_argument("--workers", type=int, help="parallel local workers (default 1), or batch jobs in flight "
+    run.add_argument("--workers", type=int, help="parallel local workers (default: the number of cores), or batch jobs in flight "
                      f"with --batch (default {BATCH_WORKERS})")
     run.add_argument("--result-dir", help="result folder (default: result_dir of settings.json, else results)")
     _scheduler_args(run)
@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise SetupError(f"--workers {args.workers}: give at least 1")
-    workers = args.workers or (BATCH_WORKERS if args.batch else 1)
+    workers = args.workers or (BATCH_WORKERS if args.batch else os.cpu_count() or 1)
     scheduler = _scheduler(args)
     plan = _plan(args.config, args.result_dir)
     t0 = time.perf_counter()
