@@ -456,7 +456,7 @@ class CalibrationConfig(_Strict):
             raise ValueError("hit_match: works on flat ntuples (one row per candidate), not with pairing")
         hit_names = [h.as_ for h in self.hit_match]
         for i, name in enumerate(hit_names):
-            if hit_names.count(name) > 1:
+            if name in hit_names[:i]:
                 raise ValueError(f"hit_match[{i}].as: {name!r} is given twice")
         if self.roc and not self.working_points:
             raise ValueError("roc: needs working_points to scan")

@@ -146,3 +146,23 @@ def test_product_and_infinite_edges() -> None:
     assert got[:3].tolist() == [-1, -1, -1]
     inside = (cols["b"] >= 0) & (cols["b"] < 1) & (cols["c"] >= 0) & (cols["c"] < 2)
     assert np.all((got[3:6] >= 0) == inside[3:6])
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_large_nodes_take_the_multiply_and_binary_search_paths(nested: bool) -> None:
+    """Nodes beyond the edge-counting limits: uniform (multiply) and non-uniform (binary search)."""
+    rng = np.random.default_rng(9)
+    uniform = tuple(float(v) for v in np.linspace(-1.0, 1.0, 301))
+    irregular = tuple(float(v) for v in np.unique(np.round(rng.uniform(-1.0, 1.0, 400), 4)))
+    assert len(irregular) > 300
+    if nested:  # different children: the generic walk
+        root = Node("a", (-1.0, 0.0, 1.0), (Node("b", uniform), Node("b", irregular)))
+    else:  # a product: the node-by-node walk
+        root = BinningScheme.product([("a", irregular), ("b", uniform)]).root
+    scheme = BinningScheme(root)
+    cols = {v: rng.uniform(-1.1, 1.1, 20_000) for v in ("a", "b")}
+    for v in ("a", "b"):  # many values exactly on edges
+        cols[v][:5000] = rng.choice(np.array(irregular + uniform), 5000)
+    got = scheme.locate(cols)
+    np.testing.assert_array_equal(got, scheme.locate_reference(cols))
+    assert np.mean(got >= 0) > 0.8 and np.unique(got).size > min(0.5 * len(scheme), 5000)

@@ -110,6 +110,8 @@ def flatten(root: Node) -> FlatScheme:
 
 
 BLOCK = 256  # rows per block of the kernel: selection, then the tree walk level by level
+LINEAR_MAX = 128  # up to this many edges (non-uniform), count the edges below x: faster than a search
+LINEAR_MAX_UNIFORM = 24  # the same for uniform edges (else one multiplication)
 U = np.uint64  # array indices known to be >= 0 are cast to uint64: no negative-index wraparound code
 
 
@@ -117,26 +119,63 @@ U = np.uint64  # array indices known to be >= 0 are cast to uint64: no negative-
 def _interval(edges: np.ndarray, e0: int, e1: int, inv_width: float, steps: int, x: float) -> int:
     """Index j with edges[e0 + j] <= x < edges[e0 + j + 1], or -1 outside [edges[e0], edges[e1 - 1]) or NaN.
 
-    ``inv_width`` > 0: uniform edges, one multiplication; else a branchless binary search of ``steps``
-    iterations (>= log2 of the number of intervals; a fixed count keeps the loop predictable).
+    ``inv_width`` > 0: uniform edges, one multiplication; else up to ``LINEAR_MAX`` edges the count of
+    edges <= x, beyond a branchless binary search of ``steps`` (>= log2 of the number of intervals).
     """
     if not (x >= edges[U(e0)] and x < edges[U(e1 - 1)]):  # also NaN
         return -1
-    n = e1 - e0 - 1
     if inv_width > 0.0:
-        j = min(int((x - edges[U(e0)]) * inv_width), n - 1)
+        j = min(int((x - edges[U(e0)]) * inv_width), e1 - e0 - 2)
         while x < edges[U(e0 + j)]:  # correct rounding: the edges array is the truth
             j -= 1
         while x >= edges[U(e0 + j + 1)]:
             j += 1
         return j
     j = 0
-    size = n
+    if e1 - e0 <= LINEAR_MAX:
+        for k in range(e0 + 1, e1 - 1):
+            j += x >= edges[U(k)]
+        return j
+    size = e1 - e0 - 1
     for _ in range(steps):
         half = size >> 1  # 0 once the interval is found: j stays
-        j = j + half if x >= edges[U(e0 + j + half)] else j
+        j += half * (x >= edges[U(e0 + j + half)])
         size -= half
     return j
+
+
+@numba.njit(cache=True, nogil=True)
+def _intervals_of_block(
+    col: np.ndarray,
+    rows: np.ndarray,
+    m: int,
+    edges: np.ndarray,
+    e0: int,
+    e1: int,
+    inv_width: float,
+    steps: int,
+    xs: np.ndarray,
+    js: np.ndarray,
+) -> None:
+    """``js[r]`` = interval of ``col[rows[r]]`` among ``edges[e0:e1]`` (-1 outside) for the m rows of a block.
+
+    Few edges: count the edges below each value edge by edge, SIMD over the rows without branches;
+    else :func:`_interval` row by row.
+    """
+    for r in range(m):
+        xs[r] = col[U(rows[r])]
+    if e1 - e0 > (LINEAR_MAX_UNIFORM if inv_width > 0.0 else LINEAR_MAX):
+        for r in range(m):
+            js[r] = _interval(edges, e0, e1, inv_width, steps, xs[r])
+        return
+    lo, hi = edges[U(e0)], edges[U(e1 - 1)]
+    js[:m] = 0
+    for k in range(e0 + 1, e1 - 1):
+        ek = edges[U(k)]
+        for r in range(m):
+            js[r] += xs[r] >= ek
+    for r in range(m):
+        js[r] = js[r] if (xs[r] >= lo) & (xs[r] < hi) else -1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -224,6 +263,8 @@ def walk_kernel(
     rows = np.empty(BLOCK, dtype=np.int64)
     node = np.empty(BLOCK, dtype=np.int64)
     bins = np.empty(BLOCK, dtype=np.int64)
+    js = np.empty(BLOCK, dtype=np.int64)
+    xs = np.empty(BLOCK, dtype=np.float64)
     n = cols[0].size
     for start in range(0, n, BLOCK):
         stop = min(start + BLOCK, n)
@@ -231,12 +272,13 @@ def walk_kernel(
         bins[:m] = 0
         if chain:
             for nd in range(var.size - 1, -1, -1):
-                col = cols[var[nd]]
-                e0, e1, inv = edge_start[nd], edge_start[nd + 1], inv_width[nd]
+                e0 = edge_start[nd]
+                _intervals_of_block(
+                    cols[var[nd]], rows, m, edges, e0, edge_start[nd + 1], inv_width[nd], steps, xs, js
+                )
                 for r in range(m):
-                    j = _interval(edges, e0, e1, inv, steps, col[U(rows[r])])
                     b = bins[r]
-                    bins[r] = -1 if (j < 0) | (b < 0) else b + offset[U(e0 - nd + max(j, 0))]
+                    bins[r] = -1 if (js[r] < 0) | (b < 0) else b + offset[U(e0 - nd + max(js[r], 0))]
         else:
             node[:m] = var.size - 1  # the root
             first = 0  # rows before ``first`` are done
@@ -251,9 +293,8 @@ def walk_kernel(
                     nd = node[r]
                     if nd < 0 or var[U(nd)] != v:
                         continue
-                    # nodes differ from row to row: binary search only, no data-dependent branches
                     e0 = edge_start[U(nd)]
-                    j = _interval(edges, e0, edge_start[U(nd + 1)], 0.0, steps, col[U(rows[r])])
+                    j = _interval(edges, e0, edge_start[U(nd + 1)], inv_width[U(nd)], steps, col[U(rows[r])])
                     k = U(e0 - nd + max(j, 0))
                     bins[r] = -1 if j < 0 else bins[r] + offset[k]
                     node[r] = -1 if j < 0 else child[k]
