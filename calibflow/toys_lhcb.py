@@ -126,7 +126,8 @@ def generate_tracking(n: int, is_data: bool, rng: np.random.Generator, threshold
     hit_row = np.repeat(np.arange(n), n_hits)
     hit_pos = np.arange(len(hit_row)) - np.repeat(np.cumsum(n_hits) - n_hits, n_hits)
     clone = ~reco & (rng.uniform(size=n) < 0.3)
-    shared = np.where(reco[hit_row], rng.uniform(size=len(hit_row)) < q, clone[hit_row] & (hit_pos < (0.3 * n_hits)[hit_row]))
+    clone_hit = clone[hit_row] & (hit_pos < (0.3 * n_hits)[hit_row])
+    shared = np.where(reco[hit_row], rng.uniform(size=len(hit_row)) < q, clone_hit)
     with_track = reco | clone
     own = ak.unflatten(probe_hits[shared], np.bincount(hit_row[shared], minlength=n))[with_track]
     n_other = rng.integers(15, 26, int(with_track.sum()))

@@ -60,8 +60,8 @@ def write_tree(path: str | os.PathLike[str], branches: Mapping[str, Any], tree: 
 
 @dataclass(frozen=True)
 class Surface:
-    """Smooth efficiency surface ε(x, y) = top·(1 − a·exp(−(x − x0)/scale))·(1 − b·(y − y0)²), clipped to
-    [0, 1]: a rise with x (momentum or pT in GeV) and a parabola in y (η or |η|)."""
+    """Smooth efficiency surface ε(x, y) = top·(1 − a·exp(−(x − x0)/scale))·(1 − b·(y − y0)²), clipped
+    to [0, 1]: a rise with x (momentum or pT in GeV) and a parabola in y (η or |η|)."""
 
     top: float
     a: float = 0.0
@@ -180,7 +180,8 @@ def muon_trigger_objects(rng: np.random.Generator, event: np.ndarray, pt: np.nda
     return {"event": np.concatenate([event[fired], ev_other]),
             "id": np.concatenate([np.full(m, 13), rng.choice([1, 11], k)]).astype(np.int32),
             "filterBits": np.concatenate([np.full(m, bits), rng.integers(0, 64, k)]).astype(np.int32),
-            "pt": np.concatenate([pt[fired] * rng.normal(1.0, 0.02, m), 10.0 + rng.exponential(20.0, k)]).astype(np.float32),
+            "pt": np.concatenate([pt[fired] * rng.normal(1.0, 0.02, m),
+                                  10.0 + rng.exponential(20.0, k)]).astype(np.float32),
             "eta": np.concatenate([eta[fired] + rng.normal(0.0, 0.005, m), o_eta]).astype(np.float32),
             "phi": np.concatenate([phi[fired] + rng.normal(0.0, 0.005, m), o_phi]).astype(np.float32)}
 
@@ -253,8 +254,9 @@ class EmuTrigger:
 
     def legs(self, pt_mu: np.ndarray, pt_e: np.ndarray) -> tuple[np.ndarray, ...]:
         """P(Mu8), P(Mu23), P(Ele12), P(Ele23) leg probabilities."""
-        return (turn_on(pt_mu, self.plateau_mu, 8.0, self.width), turn_on(pt_mu, self.plateau_mu, 23.5, self.width),
-                turn_on(pt_e, self.plateau_e, 12.5, 1.5 * self.width), turn_on(pt_e, self.plateau_e, 24.0, 1.5 * self.width))
+        mu, e, w = self.plateau_mu, self.plateau_e, self.width
+        return (turn_on(pt_mu, mu, 8.0, w), turn_on(pt_mu, mu, 23.5, w),
+                turn_on(pt_e, e, 12.5, 1.5 * w), turn_on(pt_e, e, 24.0, 1.5 * w))
 
     def probability(self, pt_mu: np.ndarray, pt_e: np.ndarray) -> np.ndarray:
         """Exact probability that either path fires."""

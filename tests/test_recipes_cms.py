@@ -94,7 +94,8 @@ def z_pairs(a: ak.Array) -> ak.Array:
 
 def test_z_simulation_counts_are_exact(z_run: Path) -> None:
     probe = z_pairs(events(z_run, "mc"))
-    values = {"pt": ak.to_numpy(probe.pt).astype(np.float64), "abseta": np.abs(ak.to_numpy(probe.eta)).astype(np.float64)}
+    pt, eta = (ak.to_numpy(x).astype(np.float64) for x in (probe.pt, probe.eta))
+    values = {"pt": pt, "abseta": np.abs(eta)}
     assert_counts(read_csv(z_run / "efficiencies.csv"), "mc", values, ak.to_numpy(probe.tightId))
     tight = ak.to_numpy(probe.tightId)
     iso = {k: v[tight] for k, v in values.items()}
@@ -147,7 +148,8 @@ def emu_selection(a: ak.Array, is_data: bool) -> dict[str, Any]:
     met, met_phi = ak.to_numpy(a.PuppiMET_pt).astype(np.float64), ak.to_numpy(a.PuppiMET_phi).astype(np.float64)
     lead, sub = np.maximum(e["pt"], m["pt"]), np.minimum(e["pt"], m["pt"])
     sub_phi = np.where(e["pt"] < m["pt"], e["phi"], m["phi"])
-    px, py = e["pt"] * np.cos(e["phi"]) + m["pt"] * np.cos(m["phi"]), e["pt"] * np.sin(e["phi"]) + m["pt"] * np.sin(m["phi"])
+    px = e["pt"] * np.cos(e["phi"]) + m["pt"] * np.cos(m["phi"])
+    py = e["pt"] * np.sin(e["phi"]) + m["pt"] * np.sin(m["phi"])
     ptll = np.hypot(px, py)
     energy = sum(np.sqrt((x["pt"] * np.cosh(x["eta"])) ** 2 + mass**2) for x, mass in ((e, 0.000511), (m, 0.10566)))
     pz = e["pt"] * np.sinh(e["eta"]) + m["pt"] * np.sinh(m["eta"])

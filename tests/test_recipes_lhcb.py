@@ -3,8 +3,8 @@ the shared-hit kernel's python reference, the toy's truth, and the recipe end to
 exact simulation counts, products of methods).
 
 Closure criterion used by the recipe tests (``assert_closure``): over N efficiency pulls
-(measured − true)/σ, |mean| ≤ 0.2 + 2/√N and 0.8 − 2/√N ≤ standard deviation ≤ 1.2 + 2/√N — the nominal
-demo bounds widened by a statistical allowance of 2/√N (about two standard errors of a mean of N unit
+(measured − true)/σ, |mean| ≤ 0.2 + 2/√N and 0.8 − 2/√N ≤ standard deviation ≤ 1.2 + 2/√N — the
+nominal demo bounds widened by a statistical allowance of 2/√N (about two standard errors of a mean of N unit
 pulls), since a recipe's CI-size toy has a few dozen bins rather than hundreds.
 """
 
@@ -291,7 +291,8 @@ def test_recipe_simulation_counts_are_exact(tracking_run: Path, method: str, cod
 def test_recipe_products_and_blocks(tracking_run: Path) -> None:
     """Long = VeloMuon x Downstream bin by bin (efficiencies and scale factors of both blocks); block 2 has the
     lower true VELO efficiency, which the Downstream measurement sees."""
-    for table, value, key in (("efficiencies.csv", "efficiency", "sample"), ("scale_factors.csv", "scale_factor", "data")):
+    for table, value, key in (("efficiencies.csv", "efficiency", "sample"),
+                              ("scale_factors.csv", "scale_factor", "data")):
         for suffix in ("", "_vs_p", "_vs_eta"):
             prod = read_csv(tracking_run / "methods" / f"Long{suffix}" / table)
             velo = {(r[key], r["bin"]): r for r in read_csv(tracking_run / "methods" / f"VeloMuon{suffix}" / table)}
@@ -319,7 +320,8 @@ def test_shipped_recipe_is_valid() -> None:
     from calibflow.plan import Plan
 
     cfg = parse_config(recipe_dict("lhcb_tracking_jpsi"))
-    assert set(cfg.methods) == {f"{m}{s}" for m in ("VeloMuon", "Downstream", "MuonUT") for s in ("", "_vs_p", "_vs_eta")}
+    methods = ("VeloMuon", "Downstream", "MuonUT")
+    assert set(cfg.methods) == {f"{m}{s}" for m in methods for s in ("", "_vs_p", "_vs_eta")}
     assert cfg.products["Long"] == ["VeloMuon", "Downstream"]
     assert cfg.toy is not None and cfg.toy.options["match_threshold"] == 0.7
     assert Plan.create(RECIPES / "lhcb_tracking_jpsi.yaml", "/nonexistent/results").all_variants()
