@@ -29,6 +29,7 @@ from calibflow.plan import Plan
 from calibflow.scheduler import SetupError
 from tasks import batch
 from tasks.base import describe, failure_reason
+from tasks.pool import TaskPool
 
 _TMP = re.compile(r"\.tmp-(\d+)$")
 IDLE_GRACE = 10.0
@@ -173,13 +174,24 @@ class CalibWorker(SendJobWorker):
         self.batch = batch
         self.progress = progress or Progress(None)
         self._quiet_since: float | None = None
+        self._pool: TaskPool | None = None
+
+    def __exit__(self, *args: Any) -> Any:
+        if self._pool is not None:
+            self._pool.close()
+        return super().__exit__(*args)
 
     def _create_task_process(self, task: luigi.Task) -> Any:
         self.progress.started_task(task)
         self._quiet_since = None
         cls = batch.process_class(self.detect_batch_system(task)) if self.batch else None
         if cls is None:
-            return luigi.worker.Worker._create_task_process(self, task)
+            process = luigi.worker.Worker._create_task_process(self, task)
+            if self.worker_processes > 1 and not self.batch and not process.timeout_time:
+                if self._pool is None:
+                    self._pool = TaskPool(self.worker_processes, self._task_result_queue)
+                return self._pool.submit(process, self._config.task_process_context)
+            return process
         return cls(task=task, scheduler=self._scheduler, result_queue=self._task_result_queue,
                    worker_timeout=self._config.timeout)
 
