@@ -1,0 +1,38 @@
+"""Multi-worker runs execute tasks in a fork-once pool: same results as one worker, failures reported."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+from calibflow.plan import Plan
+from calibflow.tables import read_csv
+from tasks import ExportTables
+from tasks.runner import build
+
+from .conftest import small_demo_dict
+
+
+def _run(d: dict, write_config, res: Path, workers: int):
+    plan = Plan.create(write_config(d, f"{d['name']}.yaml"), res)
+    return plan, build(plan, [ExportTables(config=plan.config_path, result_dir=plan.result_dir)], workers=workers)
+
+
+def test_two_workers_equal_one_worker(write_config, tmp_path: Path) -> None:
+    d = small_demo_dict()
+    plan1, one = _run(d, write_config, tmp_path / "one", 1)
+    plan2, two = _run(d, write_config, tmp_path / "two", 2)
+    assert one.ok and two.ok, (one.failed, two.failed)
+    assert one.ran == two.ran
+    for name in ("efficiencies.csv", "scale_factors.csv"):
+        assert read_csv(Path(plan1.workdir) / name) == read_csv(Path(plan2.workdir) / name)
+    assert not multiprocessing.active_children()  # the pool is gone with the run
+
+
+def test_failure_in_a_pooled_task_is_reported(write_config, tmp_path: Path) -> None:
+    d = small_demo_dict()
+    d["pass"] = "probe_Assoc & 1.5"  # a bitwise test on a float: fails when evaluated
+    _, report = _run(d, write_config, tmp_path / "res", 2)
+    assert not report.ok
+    assert any("PrepareTuple" in task and "&" in reason for task, reason in report.failed), report.failed
+    assert not multiprocessing.active_children()
