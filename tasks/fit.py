@@ -63,33 +63,33 @@ class _PerSample(CalibTask):
             raise RuntimeError(f"sample {self.sample}: all {n} input file(s) were left out as bad files")
         return paths
 
+    writer = ""
+    """Name of the calibflow.histos function writing this task's output from the prepared tuples."""
+
+    def run(self) -> None:
+        from calibflow import histos
+
+        plan = self.plan
+        getattr(histos, self.writer)(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec,
+                                     self.output().path, plan.pass_column)
+
 
 class FillHistograms(_PerSample):
     """Per-bin pass/fail mass histograms of ``sample``, one pass over its prepared tuples."""
 
+    writer = "fill_histograms"
+
     def output(self):
         return self.target(self.plan.hist_path(self.sample))
-
-    def run(self) -> None:
-        from calibflow.histos import fill_histograms
-
-        plan = self.plan
-        fill_histograms(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec, self.output().path,
-                        plan.pass_column)
 
 
 class SplitByBin(_PerSample):
     """In-range candidates of ``sample`` stored contiguously per bin (unbinned fits, sWeights)."""
 
+    writer = "split_by_bin"
+
     def output(self):
         return self.target(self.plan.split_path(self.sample))
-
-    def run(self) -> None:
-        from calibflow.histos import split_by_bin
-
-        plan = self.plan
-        split_by_bin(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec, self.output().path,
-                     plan.pass_column)
 
 
 class FitBin(CalibTask):
