@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -63,6 +64,22 @@ def test_chunking_does_not_change_the_result(tmp_path: Path, spec) -> None:
     prepare_file(str(tmp_path / "in.root"), spec, str(tmp_path / "b.h5"), step_size="100 MB")
     a, b = read_columns(tmp_path / "a.h5"), read_columns(tmp_path / "b.h5")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_float32_branches_are_stored_as_float32_and_read_back_exactly(tmp_path: Path, spec) -> None:
+    """A float32 branch (NanoAOD style) is stored in half the bytes and read back as the float64 values
+    that converting it would give; float64 and derived columns stay float64."""
+    b = _write(tmp_path / "in.root", n=3000)
+    b["probe_ETA"] = b["probe_ETA"].astype(np.float32)
+    write_ttree(tmp_path / "in32.root", b)
+    prepare_file(str(tmp_path / "in32.root"), spec, str(tmp_path / "out.h5"))
+    with h5py.File(tmp_path / "out.h5") as h5:
+        assert h5["columns/eta"].dtype == np.float32 and h5["columns/p"].dtype == np.float64
+    cols = read_columns(tmp_path / "out.h5")
+    tag = (b["tag_PT"] > 1.0) & (b["tag_isMuon"] == 1)
+    probe = tag & (b["probe_P"] > 2) & (b["probe_ETA"] > 2) & (b["probe_ETA"] < 5)
+    assert cols["eta"].dtype == np.float64
+    assert np.array_equal(cols["eta"], b["probe_ETA"][probe].astype(np.float64))
 
 
 def test_missing_branch_names_file_and_branch(tmp_path: Path, spec) -> None:

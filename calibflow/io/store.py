@@ -80,11 +80,19 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_columns(path: str | os.PathLike[str], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Read named columns (all when ``names`` is None); a missing column raises KeyError naming the file."""
+    """Read named columns (all when ``names`` is None); a missing column raises KeyError naming the file.
+
+    float32 columns (stored as read from float32 branches) come back as float64, exactly as every
+    consumer computes with them."""
     with h5py.File(path, "r") as h5:
         group = h5[COLUMNS]
         wanted = list(group) if names is None else list(names)
         missing = [n for n in wanted if n not in group]
         if missing:
             raise KeyError(f"{path}: no column(s) {missing}; has {sorted(group)}")
-        return {n: group[n][...] for n in wanted}
+        return {n: _widened(group[n]) for n in wanted}
+
+
+def _widened(ds: h5py.Dataset) -> np.ndarray:
+    """The values of ``ds``; float32 widened to float64 (exact)."""
+    return ds.astype(np.float64)[...] if ds.dtype == np.float32 else ds[...]
