@@ -15,7 +15,8 @@ Timed, each over all files:
 (b) calibflow: the real ``PrepareTuple`` tasks (``prepare_file``: needed branches only, cuts, HDF5
     output) run by luigi local workers, with 1 and with 2 workers (fresh result folders);
 (c) the limit: uproot reading just the needed branches into numpy, no cuts, no output (decompression;
-    memory-mapped files, as prep reads local files).
+    memory-mapped files and ZLIB inflated by libdeflate, as prep reads them; also shown with Python's
+    zlib, uproot's default, which the naive reader (a) uses).
 
 Then the HDF5 codecs are compared on the columns of one prepared file (write speed, size). The last line
 is ``prep: <x> Mevt/s/core, <r>x naive, <f> of decompression limit, <s>x on 2 workers`` with x the
@@ -40,6 +41,8 @@ import hdf5plugin
 import numpy as np
 import uproot
 import yaml
+
+from calibflow.io.root import use_default_zlib, use_fast_zlib
 
 NEEDED = ["Jpsi_M", "probe_ETA", "probe_P", "probe_Assoc"]
 CUTS = {"probe": "probe_P > 2 and probe_ETA > 2 and probe_ETA < 5", "pair": "abs(Jpsi_M - 3097) < 120"}
@@ -114,9 +117,11 @@ def config(folder: Path, files: list[str]) -> Path:
 
 
 def naive(files: list[str]) -> int:
-    """Every branch of every file into pandas (jagged ones as awkward), cut with pandas; rows kept."""
+    """Every branch of every file into pandas (jagged ones as awkward), cut with pandas; rows kept.
+    uproot's defaults, as an analysis script has them (ZLIB inflated by Python's zlib)."""
     import pandas as pd
 
+    use_default_zlib()
     kept = []
     for path in files:
         with uproot.open(path) as f:
@@ -131,8 +136,13 @@ def naive(files: list[str]) -> int:
     return len(pd.concat(kept))
 
 
-def limit(files: list[str]) -> int:
-    """Just the needed branches, decompressed into numpy (same file source as prep): entries read."""
+def limit(files: list[str], fast_zlib: bool = True) -> int:
+    """Just the needed branches, decompressed into numpy (same file source and ZLIB inflater as prep
+    unless ``fast_zlib`` is False): entries read."""
+    if fast_zlib:
+        use_fast_zlib()
+    else:
+        use_default_zlib()
     n = 0
     for path in files:
         with uproot.open(path, handler=uproot.source.file.MemmapSource) as f:
@@ -234,7 +244,9 @@ def main() -> None:
     n = limit(files)
     t_limit = timed(lambda: limit(files), args.repeat)
     print(f"(c) limit, needed branches to numpy: {t_limit[0]:.2f} s, {n / t_limit[0] / 1e6:.1f} Mevt/s "
-          f"(cpu {t_limit[1]:.2f} s)")
+          f"(cpu {t_limit[1]:.2f} s; ZLIB inflated by {use_fast_zlib()}, as in prep)")
+    t_slow = timed(lambda: limit(files, fast_zlib=False), args.repeat)
+    print(f"    the same with Python's zlib (uproot's default): {t_slow[0]:.2f} s (cpu {t_slow[1]:.2f} s)")
     t_prep = {w: timed(lambda w=w: prepare(cfg, folder / f"results_{w}", w), args.repeat) for w in (1, 2)}
     for w, (wall, cpu) in t_prep.items():
         print(f"(b) calibflow PrepareTuple, {w} worker(s): {wall:.2f} s, {n / wall / 1e6:.1f} Mevt/s (cpu {cpu:.2f} s)")

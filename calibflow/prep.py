@@ -29,6 +29,7 @@ import uproot
 from calibflow.config import CalibrationConfig, ConfigError, PairingConfig
 from calibflow.expr import ExprError, Expression, compile_expression
 from calibflow.hashing import content_key, file_identity
+from calibflow.io.root import use_fast_zlib
 from calibflow.io.store import PREP_COMPRESSION, TableWriter, atomic_path, read_metadata, write_metadata
 
 if TYPE_CHECKING:
@@ -593,6 +594,7 @@ def prepare_file(
     number of entries remaining after it: events up to ``event``, candidates (pairs) after.
     Raises PrepError, one line naming the file and the problem, for a file that cannot be prepared.
     """
+    use_fast_zlib()
     pre, post = _stage_tests(spec)
     flow = dict.fromkeys(spec.stages, 0)
     with _open(path) as f:

@@ -108,3 +108,29 @@ def test_zero_entries(tmp_path: Path, spec) -> None:
     _write(tmp_path / "in.root", n=0)
     with pytest.raises(PrepError, match="zero entries"):
         prepare_file(str(tmp_path / "in.root"), spec, str(tmp_path / "out.h5"))
+
+
+def test_libdeflate_inflates_zlib_baskets_to_the_same_arrays(tmp_path: Path) -> None:
+    """With the fast inflater installed, uproot reads a ZLIB file through libdeflate (every block) and
+    gets the arrays Python's zlib gives."""
+    import uproot
+
+    from calibflow.io import root
+
+    rng = np.random.default_rng(3)
+    branches = {"x": rng.normal(size=50_000), "n": rng.integers(0, 9, 50_000).astype(np.int32)}
+    write_ttree(tmp_path / "z.root", branches, compression=uproot.ZLIB(4), basket_rows=7000)
+    calls = []
+    try:
+        root.use_default_zlib()
+        with uproot.open(tmp_path / "z.root") as f:
+            slow = f["DecayTree"].arrays(["x", "n"], library="np")
+        assert root.use_fast_zlib() == "libdeflate"
+        inflate = root._libdeflate_inflate
+        uproot.compression._decompress_ZLIB.decompress = lambda d, n=None: calls.append(n) or inflate(d, n)
+        with uproot.open(tmp_path / "z.root") as f:
+            fast = f["DecayTree"].arrays(["x", "n"], library="np")
+    finally:
+        root.use_default_zlib()
+    assert len(calls) >= 2 * 50_000 // 7000
+    assert all(np.array_equal(fast[k], slow[k]) and np.array_equal(fast[k], branches[k]) for k in branches)
