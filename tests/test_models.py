@@ -138,3 +138,31 @@ def test_get_shape_errors_name_the_known_models() -> None:
 def test_normalised_cdf_nan_for_invalid_parameters() -> None:
     assert np.all(np.isnan(M.normalised_cdf(M.get_shape("background", "argus"), np.array([3000.0]), LO, HI,
                                             2000.0, 1.0, 0.5)))
+
+
+def test_vectorised_exp_and_log_match_numpy() -> None:
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-708.0, 709.0, 20000), rng.uniform(-1.0, 1.0, 20000), [0.0, -0.0, 1e-300]])
+    out = np.empty_like(x)
+    M.vexp_array(x, out)
+    np.testing.assert_allclose(out, np.exp(x), rtol=3e-16, atol=0.0)
+    y = np.concatenate([np.exp(rng.uniform(-700.0, 700.0, 20000)), rng.uniform(0.5, 2.0, 20000), [1.0, 5e-324, 1e-310]])
+    M.vlog_array(y, out[: y.size])
+    np.testing.assert_allclose(out[: y.size], np.log(y), rtol=5e-16, atol=5e-16)
+    special_x = np.array([np.nan, np.inf, -np.inf, 800.0, -800.0])
+    M.vexp_array(special_x, out[:5])
+    np.testing.assert_array_equal(out[:5], [np.nan, np.inf, 0.0, np.inf, 0.0])
+    special_y = np.array([np.nan, np.inf, 0.0, -1.0])
+    M.vlog_array(special_y, out[:4])
+    np.testing.assert_array_equal(out[:4], [np.nan, np.inf, -np.inf, -np.inf])
+
+
+@pytest.mark.parametrize("name", ["gauss", "crystalball", "double_crystalball", "exponential", "double_gauss",
+                                  "chebyshev3", "bernstein3"])
+def test_add_density_matches_exp_of_logpdf(name: str) -> None:
+    kind, p, _ = CASES[name]
+    shape = M.get_shape(kind, name).on(LO, HI)
+    x = np.sort(np.random.default_rng(3).uniform(LO, HI, 5000))
+    out = np.full(x.size, 0.5)
+    M.add_density(shape.code, x, np.array([9.0, *p]), 1, len(p), LO, HI, 3.0, out)
+    np.testing.assert_allclose(out, 0.5 + 3.0 * np.exp(shape.logpdf(x, *p)), rtol=1e-13)
