@@ -1,8 +1,9 @@
 """Measure the efficiency of one bin by the sample's method (see :class:`calibflow.config.Sample`).
 
 ``fit`` uses the bin's pass/fail mass histograms (binned) or its candidates (``fit.binned: false``);
-``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass and
-counts their sWeights. The result is a JSON-ready dict with efficiency, err_down, err_up, n_pass,
+``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass (once
+for all pass columns, see ``splot_cache``) and sums their sWeights, with the sandwich variance by
+default (``fit.sweights_variance``). The result is a JSON-ready dict with efficiency, err_down, err_up, n_pass,
 n_fail, status and, for fits, the parameters and attempts.
 """
 
@@ -13,16 +14,25 @@ from typing import Any
 import numpy as np
 
 from calibflow.config import FitConfig
-from calibflow.fit.counting import count_efficiency, sweighted_efficiency, sweighted_efficiency_from_sums
+from calibflow.fit.counting import count_efficiency, sweighted_efficiency_from_sums
 from calibflow.fit.diagnostics import FitQuality
 from calibflow.histos import BinCandidates, BinHistograms
 
 NEEDS_CANDIDATES = ("sweights",)
+SPLOT_VERSION = 1
+"""Version of the cached sPlot fit record (:class:`calibflow.fit.sweights.SPlotFit`), part of its key."""
+SPLOT_SETTINGS = ("signal", "background", "parameters", "strategy", "max_chi2_ndof", "min_significance")
+"""The fit settings that determine a ``sweights`` mass fit (not the pass column, nor the variance)."""
 
 
 def needs_candidates(method: str, fit: FitConfig) -> bool:
     """Whether the method reads per-bin candidates (else the per-bin histograms)."""
     return method in NEEDS_CANDIDATES or (method == "fit" and not fit.binned)
+
+
+def splot_settings(fit: FitConfig) -> dict[str, Any]:
+    """The part of ``fit`` that determines the sPlot mass fit of method ``sweights`` (its cache key)."""
+    return {k: getattr(fit, k) for k in SPLOT_SETTINGS}
 
 
 def _fit_options(fit: FitConfig) -> dict[str, Any]:
@@ -53,8 +63,13 @@ def measure_bin(
     hist: BinHistograms | None = None,
     cands: BinCandidates | None = None,
     interval: str = "clopper_pearson",
+    splot_cache: str | None = None,
 ) -> dict[str, Any]:
-    """Efficiency of one bin from its histograms (``hist``) or candidates (``cands``)."""
+    """Efficiency of one bin from its histograms (``hist``) or candidates (``cands``).
+
+    ``splot_cache``: JSON path of the bin's sPlot mass fit (method ``sweights``), read if present, else
+    written, so that working points differing only in the pass column fit the mass once.
+    """
     if (hist is not None and float(hist.sumw.sum()) <= 0) or (cands is not None and cands.mass.size == 0):
         return _empty(method)
     if method == "count":
@@ -67,16 +82,17 @@ def measure_bin(
                                            float(hist.sumw.sum()), float(hist.sumw2.sum()))
         return _count(method, c, "ok" if 0.0 <= c.efficiency <= 1.0 else "efficiency_outside_0_1")
     if method == "sweights":
-        from calibflow.fit.sweights import fit_and_sweight
+        from calibflow.fit.sweights import cached_splot_fit, splot_fit, sweights_efficiency
 
         assert cands is not None
         opts = _fit_options(fit)
-        sw = fit_and_sweight(cands.mass, opts["signal"], opts["background"], cands.lo, cands.hi,
-                             parameters=opts["parameters"], strategy=fit.strategy, quality=opts["quality"])
-        w = sw.weights["signal"] * cands.weight
-        c = sweighted_efficiency(w[cands.passed], w)
-        status = sw.status if 0.0 <= c.efficiency <= 1.0 else f"{sw.status},efficiency_outside_0_1"
-        return {**_count(method, c, status), "values": dict(sw.fit.values), "yields": dict(sw.fit.yields)}
+        sp, reused = cached_splot_fit(splot_cache, lambda: splot_fit(
+            cands.mass, opts["signal"], opts["background"], cands.lo, cands.hi, parameters=opts["parameters"],
+            strategy=fit.strategy, quality=opts["quality"]))
+        c = sweights_efficiency(sp, cands.mass, cands.passed, cands.weight, variance=fit.sweights_variance)
+        status = sp.status if 0.0 <= c.efficiency <= 1.0 else f"{sp.status},efficiency_outside_0_1"
+        return {**_count(method, c, status), "variance": fit.sweights_variance, "values": dict(sp.values),
+                "yields": sp.yields, "splot_reused": reused}
     if cands is not None:
         from calibflow.fit.unbinned import fit_pass_fail_unbinned
 

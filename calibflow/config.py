@@ -278,6 +278,7 @@ class FitConfig(_Strict):
     max_chi2_ndof: float = Field(default=3.0, gt=0)
     min_significance: float = Field(default=3.0, ge=0)
     plots: Literal["none", "flagged", "all"] = "flagged"
+    sweights_variance: Literal["sandwich", "pidcalib2"] = "sandwich"  # method sweights: see docs/fits.md
 
 
 class ClosureConfig(_Strict):

@@ -347,6 +347,15 @@ class Plan:
         """Result JSON of one bin of ``sample``."""
         return os.path.join(self.workdir, "fits", sample, f"{self.fit_key(sample, bin_key)}.json")
 
+    def splot_path(self, sample: str, bin_key: str) -> str:
+        """Cached sPlot mass fit of one bin of ``sample`` (method ``sweights``). Its key has no pass column,
+        so every working point reuses the fit."""
+        from calibflow.binfit import SPLOT_VERSION, splot_settings
+
+        key = content_key(bin_key, self.prep_keys(sample), self.config.mass_spec, splot_settings(self.config.fit),
+                          SPLOT_VERSION)
+        return os.path.join(self.workdir, "splots", sample, f"{key}.json")
+
     # --- tables -------------------------------------------------------------------------------------
     def table_key(self) -> str:
         """Content key of the tables and exports."""

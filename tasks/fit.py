@@ -130,6 +130,8 @@ class FitBin(CalibTask):
             data = {"cands": read_bin_candidates(plan.split_path(self.sample), self.bin_index)}
         else:
             data = {"hist": read_bin(plan.hist_path(self.sample), self.bin_index)}
+        if sample.method == "sweights":
+            data["splot_cache"] = plan.splot_path(self.sample, plan.load_scheme().bins[self.bin_index].key)
         result = measure_bin(sample.method, cfg.fit, interval=sample.interval, **data)
         label = plan.load_scheme().bins[self.bin_index].label()
         result["bin"] = label
