@@ -6,7 +6,8 @@ normalised on [lo, hi], N_sig,pass = N_sig·ε and N_sig,fail = N_sig·(1−ε),
     C = 2 Σ_c [ ν_c − Σ_i w_i ln λ_c(m_i) ],   ν_c = N_sig,c + N_bkg,c   (errordef 1)
 
 (w_i = 1 for unweighted candidates; equal to iminuit's ``ExtendedUnbinnedNLL(log=True)`` up to a
-constant). The common shapes are evaluated by one fused numba kernel over the candidates; other shapes
+constant). For the common shapes the candidates are sorted once and λ is evaluated by vectorised numba
+loops, one per shape region (:func:`calibflow.fit.models.add_density`, branch-free exp/log); other shapes
 use their ``logpdf`` in numpy. Weighted fits report the covariance V·H₂·V (V: inverse Hessian of the
 w-weighted cost, H₂: Hessian of the w²-weighted cost; RooFit's SumW2Error), without MINOS. Starting values,
 retries and quality checks are those of the binned fit (:mod:`calibflow.fit.passfail`), applied to
@@ -153,7 +154,10 @@ def sumw2_errors(model: PassFailModel, m: Minuit, mp: np.ndarray, wp: np.ndarray
 
 def _prepare(mass: np.ndarray, weights: np.ndarray | None, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     m = np.asarray(mass, dtype=float)
-    w = np.ones_like(m) if weights is None else np.asarray(weights, dtype=float)
+    if weights is None:  # sorting alone is about 3x faster than argsort and gather
+        m = np.sort(m[(m >= lo) & (m <= hi)])
+        return m, np.ones_like(m)
+    w = np.asarray(weights, dtype=float)
     if w.shape != m.shape:
         raise ValueError(f"weights: shape {w.shape} differs from the masses' {m.shape}")
     inside = (m >= lo) & (m <= hi)
