@@ -70,13 +70,16 @@ def fill_histograms(
 
 def read_bin(path: str, index: int) -> BinHistograms:
     """Histograms of bin ``index`` from a file written by :func:`fill_histograms`."""
+    return read_bins(path, index, index + 1)[0]
+
+
+def read_bins(path: str, start: int, stop: int) -> list[BinHistograms]:
+    """Histograms of bins ``start`` to ``stop - 1``, read in one go from a file of :func:`fill_histograms`."""
     with h5py.File(path, "r") as h5:
-        return BinHistograms(
-            edges=h5["mass_edges"][...],
-            sumw=h5["sumw"][index],
-            sumw2=h5["sumw2"][index],
-            weighted=bool(h5.attrs["weighted"]),
-        )
+        edges = h5["mass_edges"][...]
+        sumw, sumw2 = h5["sumw"][start:stop], h5["sumw2"][start:stop]
+        weighted = bool(h5.attrs["weighted"])
+    return [BinHistograms(edges=edges, sumw=w, sumw2=w2, weighted=weighted) for w, w2 in zip(sumw, sumw2, strict=True)]
 
 
 def read_truth(path: str) -> np.ndarray | None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from pydantic import BaseModel
 
 from calibflow.binning import BinningScheme
 from calibflow.config import CalibrationConfig, ConfigError, load_config, resolve_files
@@ -336,16 +338,28 @@ class Plan:
 
     def fit_key(self, sample: str, bin_key: str) -> str:
         """Content key of the fit of one bin (by its content key) of ``sample``."""
+        return self.fit_keys(sample, [bin_key])[0]
+
+    def fit_keys(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
+        """Content keys of the fits of several bins of ``sample``: what they share is worked out once."""
         cfg = self.config
         s = cfg.samples[sample]
         model = cfg.fit if s.method in ("fit", "sweights") else None
         interval = s.interval if s.method == "count" else None
-        return content_key(bin_key, self.prep_keys(sample), cfg.mass_spec, self.pass_column, s.method, model,
-                           interval, FIT_VERSION)
+        # pydantic models dumped once as content_key would dump them: the keys are those of one-bin calls
+        shared = [m.model_dump(mode="json", by_alias=True) if isinstance(m, BaseModel) else m
+                  for m in (self.prep_keys(sample), cfg.mass_spec, self.pass_column, s.method, model, interval,
+                            FIT_VERSION)]
+        return [content_key(k, *shared) for k in bin_keys]
 
     def fit_path(self, sample: str, bin_key: str) -> str:
         """Result JSON of one bin of ``sample``."""
-        return os.path.join(self.workdir, "fits", sample, f"{self.fit_key(sample, bin_key)}.json")
+        return self.fit_paths(sample, [bin_key])[0]
+
+    def fit_paths(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
+        """Result JSONs of several bins (by their content keys) of ``sample``."""
+        folder = os.path.join(self.workdir, "fits", sample)
+        return [os.path.join(folder, f"{k}.json") for k in self.fit_keys(sample, bin_keys)]
 
     def splot_path(self, sample: str, bin_key: str) -> str:
         """Cached sPlot mass fit of one bin of ``sample`` (method ``sweights``). Its key has no pass column,

@@ -21,6 +21,10 @@ from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
 from tasks import batch
 
+RESULTS_MADE = "results_made"
+"""Key of the explanation a task's ``on_success`` may return: how many of its :meth:`CalibTask.results` it
+made (the others existed already); the run report counts results, not tasks."""
+
 
 class CalibTask(b2luigi.Task):
     """A task of one calibration. Parameters: absolute config path and result folder."""
@@ -42,6 +46,10 @@ class CalibTask(b2luigi.Task):
         """Parameters of a required task whose content is ``key_of(plan)``: the variant is the first one
         with that content, so variants sharing a result require the very same task."""
         return {**self.common(), "variant": self.plan.canonical(key_of)}
+
+    def results(self) -> int:
+        """How many results this task stands for in the run report (1; a FitBin task: its bins)."""
+        return 1
 
     def target(self, path: str) -> luigi.LocalTarget:
         """Local file target (written atomically by the library functions)."""

@@ -106,7 +106,7 @@ def result_path(task: luigi.Task) -> str:
     return os.path.join(task.get_task_file_dir(), RESULT_FILE)
 
 
-def write_result(task: luigi.Task, status: str, explanation: str, missing: list[str], new_deps: list[Any]) -> None:
+def write_result(task: luigi.Task, status: str, explanation: Any, missing: list[str], new_deps: list[Any]) -> None:
     """Record the outcome of running ``task`` in a job (atomically)."""
     path = result_path(task)
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -157,11 +157,11 @@ class JobResultMixin:
         self._result_queue.put((self.task.task_id, status, explanation, result.get("missing", []),
                                 result.get("new_deps", []) if status == luigi.scheduler.PENDING else []))
 
-    def _outcome(self, result: dict[str, Any], job_ok: bool) -> tuple[str, str]:
+    def _outcome(self, result: dict[str, Any], job_ok: bool) -> tuple[str, Any]:
         """(luigi status, explanation) of the ended job; failures the job could not record are recorded."""
         status = result.get("status")
         if status == luigi.scheduler.DONE and self.task.complete():
-            return status, ""
+            return status, result.get("explanation") or ""  # e.g. the results made (tasks.base.RESULTS_MADE)
         if status == luigi.scheduler.PENDING and job_ok:
             return status, ""
         if status == luigi.scheduler.FAILED:  # the task failed in the job, which recorded the reason

@@ -56,8 +56,9 @@ def rebuild(family: str, params_json: str, task_id: str) -> luigi.Task:
     return task
 
 
-def run_task(task: luigi.Task) -> tuple[str, str, list[str], list[Any]]:
-    """Run ``task`` like a luigi worker does, in this process: (status, explanation, missing, new deps)."""
+def run_task(task: luigi.Task) -> tuple[str, Any, list[str], list[Any]]:
+    """Run ``task`` like a luigi worker does, in this process: (status, explanation, missing, new deps); the
+    explanation is a failure reason, or what ``on_success`` returned (JSON-ready)."""
     results: queue.Queue[tuple[Any, ...]] = queue.Queue()
     process = luigi.worker.ContextManagedTaskProcess(
         "tasks.base.TaskLog", task, "batch-job", results, _NoReporter(), use_multiprocessing=False,

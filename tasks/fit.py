@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import b2luigi
-import luigi
 
 from calibflow.io.store import atomic_path
-from tasks.base import CalibTask
+from tasks.base import RESULTS_MADE, CalibTask
 from tasks.prep import PrepareTuple
 
 
@@ -92,11 +92,24 @@ class SplitByBin(_PerSample):
         return self.target(self.plan.split_path(self.sample))
 
 
+FIT_CHUNK = 20
+"""Bins per FitBin task of the tables. luigi's cost per task in the scheduling process (about 10 ms, and
+growing with the number of tasks in the graph) is that of a binned fit, so the tables fit chunks of bins;
+results stay one per bin (see docs/design.md, "Per-bin fits in chunks")."""
+
+
 class FitBin(CalibTask):
-    """Efficiency of bin ``bin_index`` of ``sample``; the output is keyed by the bin's content."""
+    """Efficiencies of bins ``bin_index`` to ``bin_index + bin_count - 1`` of ``sample``, one result per bin
+    keyed by the bin's content.
+
+    One bin by default (``calibflow fit-bin``); the tables use chunks of :data:`FIT_CHUNK` bins. A task
+    fits only the bins whose result is missing, so after re-binning only the changed bins are refitted,
+    and the run report counts bins (:meth:`results`, and the number fitted sent by :meth:`on_success`).
+    """
 
     sample = b2luigi.Parameter()
-    bin_index = b2luigi.IntParameter()
+    bin_index = b2luigi.IntParameter(description="first bin")
+    bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
 
     def _candidates(self) -> bool:
         from calibflow.binfit import needs_candidates
@@ -111,60 +124,91 @@ class FitBin(CalibTask):
         else:
             yield FillHistograms(sample=self.sample, **per_sample)
 
-    def output(self):
+    def bin_indices(self) -> range:
+        """The bins of this task."""
+        return range(self.bin_index, self.bin_index + self.bin_count)
+
+    def result_paths(self) -> list[str]:
+        """Result JSON of each bin (none past the last bin); a placeholder while the binning does not exist."""
         plan = self.plan
         try:
-            bin_key = plan.load_scheme().bins[self.bin_index].key
+            bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
         except FileNotFoundError:
-            return self.target(plan.fit_path(self.sample, "unknown-binning-not-yet-made"))
-        return self.target(plan.fit_path(self.sample, bin_key))
+            return [plan.fit_path(self.sample, "unknown-binning-not-yet-made")]
+        return plan.fit_paths(self.sample, [b.key for b in bins])
+
+    def output(self):
+        """The target of the bin (one bin), or the list of the bins' targets (a chunk)."""
+        targets = [self.target(p) for p in self.result_paths()]
+        return targets[0] if self.bin_count == 1 else targets
+
+    def results(self) -> int:
+        """Bins of this task (the run report counts fits, not tasks)."""
+        return len(self.result_paths())
 
     def run(self) -> None:
         from calibflow.binfit import measure_bin
-        from calibflow.histos import read_bin, read_bin_candidates
+        from calibflow.histos import read_bin_candidates, read_bins
 
         plan = self.plan
         cfg = plan.config
         sample = cfg.samples[self.sample]
-        if self._candidates():
-            data = {"cands": read_bin_candidates(plan.split_path(self.sample), self.bin_index)}
-        else:
-            data = {"hist": read_bin(plan.hist_path(self.sample), self.bin_index)}
-        if sample.method == "sweights":
-            data["splot_cache"] = plan.splot_path(self.sample, plan.load_scheme().bins[self.bin_index].key)
-        result = measure_bin(sample.method, cfg.fit, interval=sample.interval, **data)
-        label = plan.load_scheme().bins[self.bin_index].label()
-        result["bin"] = label
-        with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        plots = cfg.fit.plots
-        if sample.method == "fit" and (plots == "all" or (plots == "flagged" and result["status"] != "ok")):
-            self._plot(result, f"{self.sample}: {label}")
+        bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
+        paths = self.result_paths()
+        todo = [k for k, path in enumerate(paths) if not os.path.exists(path)]  # done by a rerun or another run
+        hists = None
+        if todo and not self._candidates():  # one read for the chunk
+            hists = read_bins(plan.hist_path(self.sample), self.bin_index, self.bin_index + len(bins))
+        self._made = 0
+        failures = []
+        for k in todo:
+            b = bins[k]
+            data: dict = ({"hist": hists[k]} if hists is not None
+                          else {"cands": read_bin_candidates(plan.split_path(self.sample), b.index)})
+            if sample.method == "sweights":
+                data["splot_cache"] = plan.splot_path(self.sample, b.key)
+            try:
+                result = measure_bin(sample.method, cfg.fit, interval=sample.interval, **data)
+            except Exception as exc:  # fit the other bins, then fail with the first reason
+                logging.getLogger("calibflow.task").exception("bin %d (%s) failed", b.index, b.label())
+                failures.append(f"bin {b.index} ({b.label()}): {type(exc).__name__}: {exc}")
+                continue
+            result["bin"] = b.label()
+            with atomic_path(paths[k]) as tmp, open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+            self._made += 1
+            plots = cfg.fit.plots
+            if sample.method == "fit" and (plots == "all" or (plots == "flagged" and result["status"] != "ok")):
+                self._plot(result, data, f"{self.sample}: {b.label()}", os.path.splitext(paths[k])[0] + ".png")
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(todo)} bin(s) failed; " + failures[0])
 
-    def _plot(self, result: dict, title: str) -> None:
+    def on_success(self) -> dict[str, int]:
+        """Send the number of bins fitted to the run report (luigi passes it on as the explanation)."""
+        super().on_success()
+        return {RESULTS_MADE: getattr(self, "_made", 0)}
+
+    def _plot(self, result: dict, data: dict, title: str, path: str) -> None:
         import numpy as np
 
         from calibflow.fitplots import plot_pass_fail_fit
-        from calibflow.histos import read_bin, read_bin_candidates
 
-        plan = self.plan
-        cfg = plan.config
-        if self._candidates():
-            c = read_bin_candidates(plan.split_path(self.sample), self.bin_index)
+        cfg = self.plan.config
+        if "cands" in data:
+            c = data["cands"]
             edges = np.linspace(c.lo, c.hi, cfg.mass_spec.bins + 1)
             hp, hf = (np.histogram(c.mass[sel], edges, weights=c.weight[sel])[0] for sel in (c.passed, ~c.passed))
         else:
-            h = read_bin(plan.hist_path(self.sample), self.bin_index)
+            h = data["hist"]
             edges, hp, hf = h.edges, h.sumw[0], h.sumw[1]
-        path = os.path.splitext(self.output().path)[0] + ".png"
         plot_pass_fail_fit(edges, hp, hf, result, cfg.fit.background, cfg.fit.fail_width_shift, path, title)
 
 
-def fit_tasks(task: CalibTask) -> list[luigi.Task]:
-    """FitBin tasks of every sample and bin of the current binning (binning must exist)."""
+def fit_tasks(task: CalibTask, chunk: int = FIT_CHUNK) -> list[FitBin]:
+    """FitBin tasks of ``chunk`` bins covering every sample and bin of the current binning (which must exist)."""
     n = len(task.plan.load_scheme())
     out = []
     for s in task.plan.config.samples:
         params = task.same_content(lambda p, s=s: (p.fit_key(s, ""), p.binning_key()))
-        out += [FitBin(sample=s, bin_index=i, **params) for i in range(n)]
+        out += [FitBin(sample=s, bin_index=i, bin_count=min(chunk, n - i), **params) for i in range(0, n, chunk)]
     return out

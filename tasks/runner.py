@@ -9,6 +9,7 @@ the report counts what this invocation ran, reused, saw run by others, and what 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from luigi.execution_summary import _summary_dict
 from calibflow.plan import Plan
 from calibflow.scheduler import SetupError
 from tasks import batch
-from tasks.base import describe, failure_reason
+from tasks.base import RESULTS_MADE, describe, failure_reason
 from tasks.pool import TaskPool
 
 _TMP = re.compile(r"\.tmp-(\d+)$")
@@ -46,7 +47,12 @@ class SchedulerAddress:
 
 @dataclass
 class RunReport:
-    """Outcome of one invocation: task counts per family and one line per failed task."""
+    """Outcome of one invocation: results made and reused per family, tasks run and reused per family, and one
+    line per failed task.
+
+    ``ran`` and ``reused`` count results: one per task, except FitBin, which counts bins (a FitBin task fits
+    a chunk of bins, and only those whose result is missing). ``tasks_ran`` and ``tasks_reused`` count tasks.
+    """
 
     ok: bool
     ran: Counter[str] = field(default_factory=Counter)
@@ -55,12 +61,15 @@ class RunReport:
     not_run: int = 0
     by_others: Counter[str] = field(default_factory=Counter)
     cleaned: list[str] = field(default_factory=list)
+    tasks_ran: Counter[str] = field(default_factory=Counter)
+    tasks_reused: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
         """One line: tasks run, reused and failed (and run by another invocation), then the families run."""
-        families = ", ".join(f"{n} {f}" for f, n in sorted(self.ran.items()))
+        families = ", ".join(f"{self.ran[f]} {f}" + (f" results in {n} tasks" if n != self.ran[f] else "")
+                             for f, n in sorted(self.tasks_ran.items()))
         others = sum(self.by_others.values())
-        return (f"{sum(self.ran.values())} task(s) run, {sum(self.reused.values())} reused, "
+        return (f"{sum(self.tasks_ran.values())} task(s) run, {sum(self.tasks_reused.values())} reused, "
                 f"{len(self.failed)} failed" + (f", {others} run by another invocation" if others else "")
                 + (f" ({families})" if families else ""))
 
@@ -175,6 +184,8 @@ class CalibWorker(SendJobWorker):
         self.progress = progress or Progress(None)
         self._quiet_since: float | None = None
         self._pool: TaskPool | None = None
+        self.results_made: dict[str, int] = {}
+        """Per task id, the results a finished task says it made (``tasks.base.RESULTS_MADE``)."""
 
     def __exit__(self, *args: Any) -> Any:
         if self._pool is not None:
@@ -202,6 +213,9 @@ class CalibWorker(SendJobWorker):
             return
         if task.task_id in self._running_tasks:
             self.progress.finished(task, kwargs["status"], len(kwargs.get("new_deps") or []))
+            made = _results_made(kwargs.get("expl"))
+            if kwargs["status"] == luigi.scheduler.DONE and made is not None:
+                self.results_made[task.task_id] = made
         elif kwargs["status"] == luigi.scheduler.PENDING:
             self.progress.scheduled(task)
 
@@ -230,6 +244,16 @@ class CalibWorker(SendJobWorker):
         if "num_tasks" in running:  # too many to list: assume some are ours
             return True
         return any((t["params"].get("config"), t["params"].get("result_dir")) in ours for t in running.values())
+
+
+def _results_made(expl: str | None) -> int | None:
+    """The number of results a task made, from the JSON explanation of its success (None if not given)."""
+    try:
+        value = json.loads(expl) if expl else None
+    except ValueError:
+        return None
+    made = value.get(RESULTS_MADE) if isinstance(value, dict) else None
+    return made if isinstance(made, int) else None
 
 
 class _Factory(luigi.interface._WorkerSchedulerFactory):
@@ -308,13 +332,30 @@ def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: 
                | s["run_by_other_worker"])
     by_others = {t for t in waiting if t not in failed and t.complete()}  # done by another invocation
     pending = waiting - by_others - failed
+    ran: Counter[str] = Counter()
+    reused: Counter[str] = Counter()
+    for t in s["completed"]:  # a task that does not say how many results it made made all of them
+        n = _results(t)
+        made = min(result.worker.results_made.get(t.task_id, n), n)
+        ran[t.task_family] += made
+        reused[t.task_family] += n - made
+    for t in s["already_done"]:
+        reused[t.task_family] += _results(t)
     return RunReport(
         ok=not failed and not pending,
-        ran=Counter(t.task_family for t in s["completed"]),
-        reused=Counter(t.task_family for t in s["already_done"]),
+        ran=+ran,
+        reused=+reused,
         failed=[(t.task_id, failure_reason(plan, t)) for t in sorted(failed, key=str)],
         not_run=len(pending),
         by_others=Counter(t.task_family for t in by_others),
         cleaned=cleaned,
+        tasks_ran=Counter(t.task_family for t in s["completed"]),
+        tasks_reused=Counter(t.task_family for t in s["already_done"]),
     )
+
+
+def _results(task: luigi.Task) -> int:
+    """Results ``task`` stands for in the report (:meth:`tasks.base.CalibTask.results`; 1 for other tasks)."""
+    results = getattr(task, "results", None)
+    return results() if callable(results) else 1
 

@@ -8,7 +8,7 @@ import os
 from calibflow.outputs import is_published
 from calibflow.variants import NOMINAL
 from tasks.base import CalibTask
-from tasks.fit import FillHistograms, FitBin, MakeBinning, fit_tasks
+from tasks.fit import FillHistograms, MakeBinning, fit_tasks
 
 DONE = "tables.done"
 
@@ -32,9 +32,9 @@ class EfficiencyTable(CalibTask):
         yield fits  # dynamic dependencies: the bins are known once the binning exists
         results = {}
         for t in fits:
-            assert isinstance(t, FitBin)
-            with open(t.output().path) as f:
-                results[(t.sample, t.bin_index)] = json.load(f)
+            for i, path in zip(t.bin_indices(), t.result_paths(), strict=True):
+                with open(path) as f:
+                    results[(t.sample, i)] = json.load(f)
         truth = {}
         if plan.config.closure and plan.resolved.working_point is None:  # the truth is of the nominal pass
             hists = [FillHistograms(sample=s, **self.same_content(lambda p, s=s: p.hist_key(s)))

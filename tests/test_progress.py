@@ -45,7 +45,7 @@ def test_progress_counts_every_task_to_the_total(tiny_run) -> None:
     done = [m for m in lines if m.group(5) == "done"]
     # the count rises by one per finished task and ends at the total, which grows with dynamic dependencies
     assert [int(m.group(1)) for m in done] == list(range(1, len(done) + 1))
-    assert int(done[-1].group(1)) == int(done[-1].group(2)) == sum(report.ran.values())
+    assert int(done[-1].group(1)) == int(done[-1].group(2)) == sum(report.tasks_ran.values())
     assert done[-1].group(3) == "ExportTables"
     assert any(m.group(3) == "EfficiencyTable" and m.group(5) == "needs" for m in lines)
 
@@ -64,7 +64,7 @@ def test_progress_reports_events_read_by_tuple_preparation(tiny_run) -> None:
 def test_one_log_per_task_with_start_and_end(tiny_run) -> None:
     plan, report, _, _, _ = tiny_run
     logs = sorted(Path(plan.workdir, "logs").glob("*/*.log"))
-    assert len(logs) == sum(report.ran.values())
+    assert len(logs) == sum(report.tasks_ran.values())
     assert {p.parent.name for p in logs} == set(report.ran)
     for log in logs:
         text = log.read_text()
@@ -80,7 +80,7 @@ def test_second_build_reuses_and_says_so(tiny_run) -> None:
     assert sum(second.ran.values()) == 0 and sum(second.reused.values()) == 1
     assert second.summary() == "0 task(s) run, 1 reused, 0 failed"
     assert text == ""  # nothing ran, nothing to report
-    assert first.summary().startswith(f"{sum(first.ran.values())} task(s) run, 0 reused, 0 failed (")
+    assert first.summary().startswith(f"{sum(first.tasks_ran.values())} task(s) run, 0 reused, 0 failed (")
 
 
 def test_failure_summary_names_the_task_and_the_reason(corrupt_input_config: Path, tmp_path: Path) -> None:

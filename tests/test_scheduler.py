@@ -99,7 +99,7 @@ def test_run_under_central_scheduler_and_status(luigid: scheduler.Server, tiny_c
     assert f"{n} task(s) of calibration small_demo" in text
     counts = _counts(text)
     assert counts["total"] == {"pending": 0, "running": 0, "done": n, "failed": 0}
-    assert counts["FitBin"]["done"] == 4 and counts["PrepareTuple"]["done"] == 2
+    assert counts["FitBin"]["done"] == 2 and counts["PrepareTuple"]["done"] == 2  # one task per sample: 2 bins
 
     graph = status.calibration_graph("localhost", luigid.port, str(tiny_config), str(res))
     assert len(graph) == n and all(t["status"] == "DONE" for t in graph.values())

@@ -1,0 +1,111 @@
+"""Per-bin fits in chunks: one result per bin, identical to one-bin tasks; only missing bins are fitted and
+the run report counts bins; a failing bin fails its chunk with the bin named, the others are kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from calibflow.plan import Plan
+from tasks import ExportTables, FitBin
+from tasks.fit import fit_tasks
+from tasks.runner import build
+
+from .conftest import small_demo_dict
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    """The small demo (3 x 2 bins, data fitted, simulation counted) built once with chunked fits."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("chunks")
+    d = small_demo_dict()
+    d["outputs"] = {"plots": False}
+    cfg = tmp / "small.yaml"
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    plan = Plan.create(cfg, tmp / "res")
+    report = build(plan, [ExportTables(config=plan.config_path, result_dir=plan.result_dir)], workers=2)
+    assert report.ok, report.failed
+    assert report.ran["FitBin"] == 12 and report.tasks_ran["FitBin"] == 2  # one chunk per sample
+    return plan
+
+
+def _chunks(plan: Plan, chunk: int) -> list[FitBin]:
+    table = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
+    return fit_tasks(table, chunk)
+
+
+def _results(tasks: list[FitBin]) -> dict[tuple[str, int], dict]:
+    out = {}
+    for t in tasks:
+        for i, path in zip(t.bin_indices(), t.result_paths(), strict=True):
+            out[(t.sample, i)] = json.loads(Path(path).read_text())
+    return out
+
+
+def test_chunks_cover_every_bin_once(built: Plan) -> None:
+    tasks = _chunks(built, 4)
+    assert [(t.sample, t.bin_index, t.bin_count) for t in tasks] == [
+        ("data", 0, 4), ("data", 4, 2), ("mc", 0, 4), ("mc", 4, 2)]
+    assert sum(t.results() for t in tasks) == 12
+    # the paths are the per-bin content-keyed paths of one-bin tasks
+    singles = [FitBin(sample=t.sample, bin_index=i, **t.common()) for t in tasks for i in t.bin_indices()]
+    assert [p for t in tasks for p in t.result_paths()] == [t.output().path for t in singles]
+
+
+def test_one_bin_tasks_give_the_chunks_results(built: Plan) -> None:
+    chunked = _results(_chunks(built, 20))
+    singles = [FitBin(sample=s, bin_index=i, config=built.config_path, result_dir=built.result_dir)
+               for s, i in chunked]
+    for t in singles:
+        Path(t.output().path).unlink()
+    report = build(built, singles, workers=2)
+    assert report.ok, report.failed
+    assert report.ran["FitBin"] == report.tasks_ran["FitBin"] == 12
+    assert _results(singles) == chunked
+
+
+def test_a_chunk_fits_only_missing_bins_and_the_report_counts_bins(built: Plan) -> None:
+    data = next(t for t in _chunks(built, 20) if t.sample == "data")
+    paths = data.result_paths()
+    before = {p: Path(p).read_text() for p in paths}
+    for p in paths[1:3]:
+        Path(p).unlink()
+    report = build(built, [data], workers=2)  # in the pool: the count comes back with the result
+    assert report.ok, report.failed
+    assert report.ran["FitBin"] == 2 and report.reused["FitBin"] == 4 and report.tasks_ran["FitBin"] == 1
+    assert "2 FitBin results in 1 tasks" in report.summary()
+    assert {p: Path(p).read_text() for p in paths} == before
+    again = build(built, [data], workers=1)
+    assert again.ran["FitBin"] == 0 and again.reused["FitBin"] == 6 and again.tasks_reused["FitBin"] == 1
+
+
+def test_a_failing_bin_fails_its_chunk_and_keeps_the_others(built: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
+    import calibflow.binfit
+
+    data = next(t for t in _chunks(built, 20) if t.sample == "data")
+    paths = data.result_paths()
+    for p in paths:
+        Path(p).unlink()
+    real = calibflow.binfit.measure_bin
+    calls = []
+
+    def measure(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("broken bin")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calibflow.binfit, "measure_bin", measure)
+    report = build(built, [data], workers=1)  # in this process, so that the patch applies
+    assert not report.ok
+    (task_id, reason), = report.failed
+    assert task_id.startswith("FitBin")
+    assert reason.startswith("RuntimeError: 1 of 6 bin(s) failed; bin 2 (p in [6, 15), eta in [2, 3.5)): ValueError:")
+    assert [Path(p).exists() for p in paths] == [True, True, False, True, True, True]
+    monkeypatch.setattr(calibflow.binfit, "measure_bin", real)
+    rerun = build(built, [data], workers=1)
+    assert rerun.ok and rerun.ran["FitBin"] == 1 and rerun.reused["FitBin"] == 5
