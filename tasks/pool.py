@@ -9,6 +9,8 @@ the result on the worker's result queue, inherited by the pool processes at fork
 
 from __future__ import annotations
 
+import gc
+import importlib
 import multiprocessing
 import multiprocessing.pool
 import time
@@ -38,12 +40,21 @@ def _run(task: luigi.Task, worker_id: str, context: str | None, options: dict[st
     process.run()
 
 
+PRELOAD = ("calibflow.binfit",)
+"""Modules that tasks import when they run, imported before the pool forks rather than once per pool
+process (``calibflow.binfit`` pulls in scipy.stats: about a second)."""
+
+
 class TaskPool:
     """A fork-once pool of ``processes`` workers sharing the luigi worker's result queue."""
 
     def __init__(self, processes: int, result_queue: Any) -> None:
         global _RESULT_QUEUE
         _RESULT_QUEUE = result_queue
+        for module in PRELOAD:
+            importlib.import_module(module)
+        gc.collect()
+        gc.freeze()  # the pool processes' garbage collectors then leave the parent's pages alone (no copies)
         self._pool = multiprocessing.get_context("fork").Pool(processes)
 
     def submit(self, process: luigi.worker.TaskProcess, context: str | None) -> PoolTaskProcess:
