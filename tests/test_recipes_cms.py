@@ -1,7 +1,8 @@
 """CMS NanoAOD recipes on their toys: muon ID/isolation with Z -> mu mu tag-and-probe (task_configs/
 cms_muon_id_z.yaml) and the e-mu trigger efficiency of the H -> WW selection (task_configs/
-cms_emu_trigger.yaml). Closure as in tests/test_recipes_lhcb.py; counted samples are checked exactly
-against an independent awkward computation on the generated files."""
+cms_emu_trigger.yaml). Closure (issue #8): the strict bands of :func:`tests.recipe_helpers.assert_closes` on
+>= 150 independent efficiency pulls per recipe; counted samples are checked exactly against an independent
+awkward computation on the generated files."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ import uproot
 from calibflow.tables import read_csv
 from calibflow.toys_nanoaod import EMU_PATHS, REFERENCE_TRIGGER, RUNS
 
+from .recipe_helpers import assert_closes, assert_closes_widened
 from .test_recipes_lhcb import (
     OFF,
     RECIPES,
-    assert_closure,
     assert_counts,
+    bin_index,
     efficiency_pulls,
     recipe_dict,
     run_recipe,
@@ -50,18 +52,39 @@ def test_golden_json_covers_part_of_the_toy_runs() -> None:
 
 
 # --- Z -> mu mu muon ID and isolation ------------------------------------------------------------------
+Z_PT = [15, 27, 33, 37, 40, 43, 46, 50, 120]
+Z_ABSETA = [0.0, 0.35, 0.7, 1.1, 1.6, 2.4]
+"""CI binning (GeV, |η|), about equally populated: 8 x 5 bins, so ID and Iso, data and simulation give 160
+efficiency pulls."""
+Z_BINS = (len(Z_PT) - 1) * (len(Z_ABSETA) - 1)
+
+
+def small_z_recipe() -> dict[str, Any]:
+    """The Z recipe at CI size: the shipped toy (120k data, 60k simulated events) in 8 x 5 bins, one systematic
+    source (the tag selection), no plots or exports besides correctionlib."""
+    d = recipe_dict("cms_muon_id_z")
+    d["binning"]["variables"][0]["edges"], d["binning"]["variables"][1]["edges"] = Z_PT, Z_ABSETA
+    d["systematics"]["sources"] = [s for s in d["systematics"]["sources"] if s["name"] == "tagsel"]
+    d["fit"]["plots"] = "none"
+    d["outputs"] = {**OFF, "correctionlib": True}
+    return d
+
+
 @pytest.fixture(scope="module")
 def z_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = recipe_dict("cms_muon_id_z")
-    d["systematics"]["sources"] = [s for s in d["systematics"]["sources"] if s["name"] == "tagsel"]
-    d["outputs"] = {**OFF, "correctionlib": True}
-    return run_recipe(d, tmp_path_factory.mktemp("z"))
+    return run_recipe(small_z_recipe(), tmp_path_factory.mktemp("z"))
 
 
 def test_z_closure(z_run: Path) -> None:
-    for folder in (z_run, z_run / "methods" / "Iso"):
-        assert_closure(efficiency_pulls(folder / "closure.csv"), folder.name)
-    assert sum(r["fit_status"] == "ok" for r in read_csv(z_run / "efficiencies.csv")) >= 0.9 * 40
+    """ID and Iso pass decisions are drawn independently, so their pulls pool: 160 pulls (data fits and simulation
+    counts) in the strict bands; the 80 data pulls alone in the bands widened by 2/√N."""
+    tables = [z_run / "methods" / m / "closure.csv" for m in ("ID", "Iso")]
+    assert [len(efficiency_pulls(t)) for t in tables] == [2 * Z_BINS] * 2
+    assert_closes(np.concatenate([efficiency_pulls(t) for t in tables]))
+    assert_closes_widened(np.concatenate([efficiency_pulls(t, ["data"]) for t in tables]))
+    assert np.array_equal(efficiency_pulls(z_run / "closure.csv"), efficiency_pulls(tables[0]))
+    fits = [r for t in ("ID", "Iso") for r in read_csv(z_run / "methods" / t / "efficiencies.csv") if r["sample"] == "data"]
+    assert sum(r["fit_status"] == "ok" for r in fits) >= 0.9 * len(fits) == 0.9 * 2 * Z_BINS
 
 
 def z_pairs(a: ak.Array) -> ak.Array:
@@ -124,11 +147,26 @@ def test_z_lumi_mask_and_scale_factors(z_run: Path) -> None:
 
 
 # --- e mu trigger ----------------------------------------------------------------------------------------
+EMU_LEAD = [25, 28, 31, 34, 37, 40, 44, 48, 53, 60, 70, 85, 110, 1000]
+EMU_SUBLEAD = [15, 17, 19, 21, 23, 25, 27, 30, 35, 40, 50, 65, 1000]
+"""CI fine edges (GeV) of the e-mu recipe; merged to at least ``EMU_MIN_COUNT`` passing and failing events of
+each sample per bin, they leave >= 75 bins, so data and simulation give >= 150 efficiency pulls."""
+EMU_MIN_COUNT = 20
+
+
+def small_emu_recipe() -> dict[str, Any]:
+    """The e-mu recipe with a larger toy (320k data, 230k simulated events) and finer edges (above)."""
+    d = recipe_dict("cms_emu_trigger")
+    d["toy"]["samples"] = {"data": {"candidates": 320000, "files": 1}, "mc": {"candidates": 230000, "files": 1}}
+    d["binning"]["variables"][0]["edges"], d["binning"]["variables"][1]["edges"] = EMU_LEAD, EMU_SUBLEAD
+    d["binning"]["optimise"].update(min_count=EMU_MIN_COUNT, max_intervals={"sublead_pt": len(EMU_SUBLEAD) - 1})
+    d["outputs"] = {**OFF, "correctionlib": True}
+    return d
+
+
 @pytest.fixture(scope="module")
 def emu_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = recipe_dict("cms_emu_trigger")
-    d["outputs"] = {**OFF, "correctionlib": True}
-    return run_recipe(d, tmp_path_factory.mktemp("emu"))
+    return run_recipe(small_emu_recipe(), tmp_path_factory.mktemp("emu"))
 
 
 def emu_selection(a: ak.Array, is_data: bool) -> dict[str, Any]:
@@ -161,7 +199,13 @@ def emu_selection(a: ak.Array, is_data: bool) -> dict[str, Any]:
     sel = ((e["charge"] * m["charge"] < 0) & (lead > 25) & (sub > 15) & (mll > 12) & (ptll > 30)
            & (mt(ptll, np.arctan2(py, px)) > 60) & (mt(sub, sub_phi) > 30) & (met > 20))
     passed = ak.to_numpy(a[EMU_PATHS[0]] | a[EMU_PATHS[1]])
-    return {"lead_pt": lead[sel], "sublead_pt": sub[sel], "passed": passed[sel]}
+    return {"lead_pt": lead[sel], "sublead_pt": sub[sel], "passed": passed[sel],
+            "truth": ak.to_numpy(a.toy_true_eff)[sel]}
+
+
+def closure_bounds(folder: Path, sample: str) -> list[dict[str, Any]]:
+    """The efficiency rows (bin bounds) of ``sample`` in ``folder``."""
+    return [r for r in read_csv(folder / "efficiencies.csv") if r["sample"] == sample]
 
 
 @pytest.mark.parametrize("sample", ["data", "mc"])
@@ -169,21 +213,32 @@ def test_emu_efficiency_is_the_or_of_the_paths(emu_run: Path, sample: str) -> No
     """Per bin (leading x subleading lepton pT, merged) and inclusive, the counts and the efficiency equal the
     independent computation of the OR of the two HLT paths among the selected events."""
     ref = emu_selection(events(emu_run, sample), sample == "data")
-    passed = ref.pop("passed")
+    passed, truth = ref.pop("passed"), ref.pop("truth")
     assert len(passed) > 1000 and 0.8 < passed.mean() < 0.99
     for folder in (emu_run, emu_run / "methods" / "inclusive"):
         assert_counts(read_csv(folder / "efficiencies.csv"), sample, ref, passed)
+        # the closure's truth is the mean OR probability of the same events
+        closure = [r for r in read_csv(folder / "closure.csv") if r["quantity"] == "efficiency" and r["sample"] == sample]
+        index = bin_index(closure_bounds(folder, sample), ref)
+        assert len(closure) >= 1
+        for r in closure:
+            assert r["true"] == pytest.approx(truth[index == r["bin"]].mean(), rel=1e-9), (sample, r["bin"])
     (incl,) = [r for r in read_csv(emu_run / "methods" / "inclusive" / "efficiencies.csv") if r["sample"] == sample]
     assert incl["n_pass"] + incl["n_fail"] == len(passed)  # the inclusive bin holds every selected event
 
 
 def test_emu_closure_and_tables(emu_run: Path) -> None:
-    assert_closure(efficiency_pulls(emu_run / "closure.csv"), "emu")
+    """Strict closure of the merged bins of data and simulation (every bin holds its minimum counts)."""
+    assert_closes(efficiency_pulls(emu_run / "closure.csv"))
     eff = read_csv(emu_run / "efficiencies.csv")
-    assert {r["method"] for r in eff} == {"count"} and len(eff) >= 2 * 8
+    assert {r["method"] for r in eff} == {"count"}
+    assert min(min(r["n_pass"], r["n_fail"]) for r in eff) >= EMU_MIN_COUNT
     flow = [r["stage"] for r in read_csv(emu_run / "cutflow_data.csv")]
     assert flow == ["read", "lumi", "event", "tag", "probe", "pair", "sample"]
     sf = read_csv(emu_run / "scale_factors.csv")
-    assert all(0.8 < r["scale_factor"] < 1.0 for r in sf)  # the toy's data plateau is lower than simulation's
+    assert 0.8 < np.mean([r["scale_factor"] for r in sf]) < 1.0  # the toy's data plateau is lower than simulation's
+    sf_pulls = np.array([r["pull"] for r in read_csv(emu_run / "closure.csv") if r["quantity"] == "scale_factor"])
+    assert len(sf_pulls) == len(sf)
+    assert_closes_widened(sf_pulls)  # half as many pulls as the efficiencies, data and simulation errors combined
     truth = read_csv(emu_run / "methods" / "inclusive" / "closure.csv")
     assert all(math.isfinite(r["pull"]) and abs(r["pull"]) < 3 for r in truth)
