@@ -256,12 +256,36 @@ def _results_made(expl: str | None) -> int | None:
     return made if isinstance(made, int) else None
 
 
+PRUNE_SECONDS = 10.0
+"""Seconds between two prunings of the local scheduler's task graph."""
+
+
+class _LocalScheduler(luigi.scheduler.Scheduler):
+    """luigi's local scheduler, pruning its task graph (dead workers, failed tasks due for a retry, done
+    tasks past their removal delay) every :data:`PRUNE_SECONDS` rather than on every request for work:
+    pruning looks at every task, a quarter of luigi's per-task cost in graphs of a thousand tasks."""
+
+    def __init__(self) -> None:
+        super().__init__(prune_on_get_work=False, record_task_history=False)
+        self._pruned_at = -PRUNE_SECONDS
+
+    def get_work(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._pruned_at >= PRUNE_SECONDS:
+            self._pruned_at = now
+            self.prune()
+        return super().get_work(*args, **kwargs)
+
+
 class _Factory(luigi.interface._WorkerSchedulerFactory):
-    """Creates :class:`CalibWorker` instances with the run's mode and progress."""
+    """Creates :class:`CalibWorker` instances with the run's mode and progress, and the local scheduler."""
 
     def __init__(self, batch: bool, progress: Progress) -> None:
         self.batch = batch
         self.progress = progress
+
+    def create_local_scheduler(self) -> _LocalScheduler:
+        return _LocalScheduler()
 
     def create_worker(self, scheduler: Any, worker_processes: int, assistant: bool = False) -> CalibWorker:
         return CalibWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant,
