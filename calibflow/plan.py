@@ -64,6 +64,11 @@ def _cached_scheme(path: str, mtime_ns: int) -> BinningScheme:
     return BinningScheme.load(path)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_bin_keys(path: str, mtime_ns: int) -> tuple[str, ...]:
+    return tuple(b.key for b in _cached_scheme(path, mtime_ns).bins)
+
+
 @functools.lru_cache(maxsize=1024)
 def _cached_prep_spec(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object = None) -> PrepSpec:
     # lumi_version (size, mtime of the sample's lumi mask JSON) makes an edited JSON give a new spec and key
@@ -74,6 +79,36 @@ def _cached_prep_spec(path: str, mtime_ns: int, variant: str, sample: str, lumi_
 @functools.lru_cache(maxsize=256)
 def _cached_variant(path: str, mtime_ns: int, variant: str) -> Variant:
     return resolve(_cached_config(path, mtime_ns), variant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_toy_key(path: str, mtime_ns: int, variant: str, sample: str, index: int) -> str:
+    cfg = _cached_variant(path, mtime_ns, variant).config
+    toy = cfg.toy
+    assert toy is not None
+    return content_key(toy.generator, toy.options, toy.seed, sample, cfg.samples[sample].role, toy.samples[sample],
+                       index, TOY_VERSION)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_prep_key(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object,
+                     identity: tuple[tuple[str, object], ...]) -> str:
+    # the spec's description is large: hashing it for every key wanted is most of the cost of a graph's keys
+    spec = _cached_prep_spec(path, mtime_ns, variant, sample, lumi_version)
+    return content_key(spec.describe(), dict(identity))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_fit_keys(path: str, mtime_ns: int, variant: str, sample: str, pass_col: str, prep_keys: tuple[str, ...],
+                     bin_keys: tuple[str, ...]) -> tuple[str, ...]:
+    cfg = _cached_variant(path, mtime_ns, variant).config
+    s = cfg.samples[sample]
+    model = cfg.fit if s.method in ("fit", "sweights") else None
+    interval = s.interval if s.method == "count" else None
+    # pydantic models dumped once, as content_key would dump them: the keys are those of one-bin calls
+    shared = [m.model_dump(mode="json", by_alias=True) if isinstance(m, BaseModel) else m
+              for m in (list(prep_keys), cfg.mass_spec, pass_col, s.method, model, interval, FIT_VERSION)]
+    return tuple(content_key(k, *shared) for k in bin_keys)
 
 
 @dataclass(frozen=True)
@@ -186,11 +221,8 @@ class Plan:
         return toy is not None and sample in toy.samples and not self.config.samples[sample].files
 
     def toy_key(self, sample: str, index: int) -> str:
-        """Content key of toy file ``index`` of ``sample``."""
-        toy = self.config.toy
-        assert toy is not None
-        return content_key(toy.generator, toy.options, toy.seed, sample, self.config.samples[sample].role,
-                           toy.samples[sample], index, TOY_VERSION)
+        """Content key of toy file ``index`` of ``sample`` (cached per process while the config is unchanged)."""
+        return _cached_toy_key(self.config_path, self._mtime(), self.variant, sample, index)
 
     def toy_seed(self, sample: str, index: int) -> int:
         """Seed of toy file ``index`` of ``sample`` (derived from the config seed)."""
@@ -211,28 +243,34 @@ class Plan:
             ]
         return resolve_files(self.config, sample, os.path.dirname(self.config_path))
 
-    def input_identity(self, sample: str, index: int) -> object:
+    def input_identity(self, sample: str, index: int) -> dict[str, object]:
         """What identifies input ``index``: the toy key, or path, size and mtime of a real file."""
         if self.is_toy(sample):
             return {"toy": self.toy_key(sample, index)}
         return file_identity(self.input_files(sample)[index])
 
     # --- preparation --------------------------------------------------------------------------------
-    def prep_spec(self, sample: str) -> PrepSpec:
-        """Columns and cuts of tuple preparation for ``sample`` (cached per process and variant)."""
+    def _lumi_version(self, sample: str) -> tuple[int, int] | None:
+        """Size and mtime of the sample's lumi mask JSON (None: no mask, or a missing file)."""
         lumi = self.config.samples[sample].lumi_mask
-        lumi_version = None
         if lumi:
             try:
                 st = os.stat(os.path.join(os.path.dirname(self.config_path), lumi))
-                lumi_version = (st.st_size, st.st_mtime_ns)
+                return st.st_size, st.st_mtime_ns
             except OSError:
                 pass  # prep_spec names the missing file
-        return _cached_prep_spec(self.config_path, self._mtime(), self.variant, sample, lumi_version)
+        return None
+
+    def prep_spec(self, sample: str) -> PrepSpec:
+        """Columns and cuts of tuple preparation for ``sample`` (cached per process and variant)."""
+        return _cached_prep_spec(self.config_path, self._mtime(), self.variant, sample, self._lumi_version(sample))
 
     def prep_key(self, sample: str, index: int) -> str:
-        """Content key of the prepared tuple of input ``index`` of ``sample``."""
-        return content_key(self.prep_spec(sample).describe(), self.input_identity(sample, index))
+        """Content key of the prepared tuple of input ``index`` of ``sample`` (cached per process while the
+        config, the lumi mask and the input's identity are unchanged)."""
+        identity = tuple(sorted(self.input_identity(sample, index).items()))
+        return _cached_prep_key(self.config_path, self._mtime(), self.variant, sample, self._lumi_version(sample),
+                                identity)
 
     def prep_path(self, sample: str, index: int, key: str | None = None) -> str:
         """Prepared HDF5 of input ``index`` of ``sample`` (``key``: its prep key, if already known)."""
@@ -322,6 +360,11 @@ class Plan:
         path = self.binning_path()
         return _cached_scheme(path, os.stat(path).st_mtime_ns)
 
+    def bin_keys(self) -> tuple[str, ...]:
+        """Content keys of the bins of :meth:`load_scheme`, in bin order (cached with the scheme)."""
+        path = self.binning_path()
+        return _cached_bin_keys(path, os.stat(path).st_mtime_ns)
+
     # --- histograms and fits ------------------------------------------------------------------------
     def hist_key(self, sample: str) -> str:
         """Content key of the per-bin mass histograms of ``sample``."""
@@ -341,16 +384,10 @@ class Plan:
         return self.fit_keys(sample, [bin_key])[0]
 
     def fit_keys(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
-        """Content keys of the fits of several bins of ``sample``: what they share is worked out once."""
-        cfg = self.config
-        s = cfg.samples[sample]
-        model = cfg.fit if s.method in ("fit", "sweights") else None
-        interval = s.interval if s.method == "count" else None
-        # pydantic models dumped once as content_key would dump them: the keys are those of one-bin calls
-        shared = [m.model_dump(mode="json", by_alias=True) if isinstance(m, BaseModel) else m
-                  for m in (self.prep_keys(sample), cfg.mass_spec, self.pass_column, s.method, model, interval,
-                            FIT_VERSION)]
-        return [content_key(k, *shared) for k in bin_keys]
+        """Content keys of the fits of several bins of ``sample`` (cached per process while the config and the
+        prepared-tuple keys are unchanged: a chunk of bins asks for its keys several times per run)."""
+        return list(_cached_fit_keys(self.config_path, self._mtime(), self.variant, sample, self.pass_column,
+                                     tuple(self.prep_keys(sample)), tuple(bin_keys)))
 
     def fit_path(self, sample: str, bin_key: str) -> str:
         """Result JSON of one bin of ``sample``."""

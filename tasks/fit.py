@@ -132,10 +132,10 @@ class FitBin(CalibTask):
         """Result JSON of each bin (none past the last bin); a placeholder while the binning does not exist."""
         plan = self.plan
         try:
-            bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
+            keys = plan.bin_keys()[self.bin_index : self.bin_index + self.bin_count]
         except FileNotFoundError:
             return [plan.fit_path(self.sample, "unknown-binning-not-yet-made")]
-        return plan.fit_paths(self.sample, [b.key for b in bins])
+        return plan.fit_paths(self.sample, keys)
 
     def output(self):
         """The target of the bin (one bin), or the list of the bins' targets (a chunk)."""
@@ -144,7 +144,7 @@ class FitBin(CalibTask):
 
     def results(self) -> int:
         """Bins of this task (the run report counts fits, not tasks); the binning must exist."""
-        return len(self.plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count])
+        return len(self.plan.bin_keys()[self.bin_index : self.bin_index + self.bin_count])
 
     def run(self) -> None:
         from calibflow.binfit import measure_bin

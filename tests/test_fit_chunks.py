@@ -109,3 +109,40 @@ def test_a_failing_bin_fails_its_chunk_and_keeps_the_others(built: Plan, monkeyp
     monkeypatch.setattr(calibflow.binfit, "measure_bin", real)
     rerun = build(built, [data], workers=1)
     assert rerun.ok and rerun.ran["FitBin"] == 1 and rerun.reused["FitBin"] == 5
+
+
+def test_cached_keys_follow_the_inputs_and_the_config(tmp_path: Path, write_config) -> None:
+    """Prep and fit keys are cached per process; a rewritten input or an edited config still gives new keys,
+    and the cached keys are those of the one-bin recipe."""
+    import os
+
+    from calibflow.hashing import content_key
+    from calibflow.plan import FIT_VERSION
+    from calibflow.toys import write_toy_file
+
+    from .conftest import tiny_demo_dict
+
+    src = tmp_path / "data.root"
+    write_toy_file(str(src), 2000, is_data=True, seed=5)
+    d = tiny_demo_dict()
+    del d["toy"]["samples"]["data"]
+    d["samples"]["data"]["files"] = [src.name]
+    cfg = write_config(d)
+    plan = Plan.create(cfg, tmp_path / "res")
+
+    def recipe(p: Plan, bin_key: str) -> str:
+        c = p.config
+        return content_key(bin_key, p.prep_keys("data"), c.mass_spec, p.pass_column, "fit", c.fit, None, FIT_VERSION)
+
+    prep, fits = plan.prep_key("data", 0), plan.fit_keys("data", ["a", "b"])
+    assert fits == [recipe(plan, "a"), recipe(plan, "b")] and fits[0] != fits[1]
+    assert content_key(plan.prep_spec("data").describe(), plan.input_identity("data", 0)) == prep
+    write_toy_file(str(src), 2500, is_data=True, seed=6)  # the input changes: size and mtime
+    assert plan.prep_key("data", 0) != prep and plan.fit_keys("data", ["a", "b"]) != fits
+    prep, fits = plan.prep_key("data", 0), plan.fit_keys("data", ["a", "b"])
+    d["fit"]["background"] = "chebyshev2"
+    write_config(d)
+    st = os.stat(cfg)
+    os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later edit, whatever the clock's resolution
+    assert plan.prep_key("data", 0) == prep
+    assert plan.fit_keys("data", ["a", "b"]) != fits and plan.fit_key("data", "a") == recipe(plan, "a")
