@@ -7,7 +7,7 @@
 * t2: median wall time of one extended unbinned signal + background fit of 100k candidates
   (crystalball + exponential, Migrad + HESSE; :func:`calibflow.fit.unbinned.fit_extended`).
 * t3: the whole table, 200 bins × {data, simulation} × 5 variations through the task graph with 2
-  workers: :func:`time_table` — returns None until it is wired to the task graph (printed ``n/a``).
+  workers (:func:`time_table`; 2000 bin fits, run as chunks of bins: see docs/design.md).
 
 The last line printed is ``fits: binned pass/fail <t1> ms, unbinned 100k <t2> s, table 200x2x5 <t3> s``.
 Goals: t1 ≤ 15 ms, t2 ≤ 0.2 s.
