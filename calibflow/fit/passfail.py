@@ -33,6 +33,7 @@ from calibflow.fit.models import EXPONENTIAL, Shape, cdf1, get_shape, normalised
 SIDEBAND_FRACTION = 0.15
 SIGNAL_WINDOW = 3.0  # half-width of the signal window excluded from sideband fits, in units of the width
 YIELDS = ("n_sig", "eff", "n_bkg_pass", "n_bkg_fail")
+MINIMUM_ERROR_POSDEF = 1  # Minuit2 MinimumError::MnPosDef
 
 Start = dict[str, tuple[float, tuple[float, float]]]
 Cost = Callable[[np.ndarray], float]
@@ -354,6 +355,79 @@ def apply_overrides(model: PassFailModel, start: Start,
     return start, fixed
 
 
+def shifted(cost: Cost, x0: np.ndarray) -> Cost:
+    """``cost`` minus its value at ``x0`` (same minimum and curvature).
+
+    Minuit sizes HESSE's finite-difference steps so that the change of the cost is ≈ 2.4e-4·(|f| + 1)
+    (``MnHesse``: aimsag = √eps2·(|amin| + up)). An extended unbinned −2 ln L of 100k candidates is
+    ≈ −1e6 at its minimum, which gives steps of ±13 σ and HESSE errors several % off (and different at
+    every HESSE call); near the minimum the shifted cost is of order its number of parameters.
+    """
+    c0 = float(cost(np.asarray(x0, dtype=float)))
+    if not (np.isfinite(c0) and abs(c0) < 1e29):
+        return cost
+
+    def cost_shifted(x: np.ndarray) -> float:
+        return cost(x) - c0
+
+    return cost_shifted
+
+
+def hesse_done_by_migrad(m: Minuit) -> bool:
+    """Whether Migrad's last state is a successful HESSE at the reported minimum.
+
+    Minuit2's ``VariableMetricBuilder`` ends with ``MnHesse`` for strategy 2, or strategy 1 when the
+    variable-metric covariance is still uncertain (Dcovar > 0.05); a successful ``MnHesse`` returns
+    ``MinimumError(V, 0.)`` (status PosDef, Dcovar exactly 0) with the parameters it started from. If Migrad
+    iterated after it, or the matrix was made positive definite, or HESSE failed, this is False and the
+    caller runs HESSE itself. The states are read through iminuit's pickle support (``__getstate__``:
+    parameters, error (matrix, Dcovar, status), gradient, edm, nfcn); any other layout gives False.
+    """
+    try:
+        states = m.fmin._src.__getstate__()[2]  # type: ignore[union-attr]
+        if len(states) < 2:
+            return False
+        prev, last = states[-2].__getstate__(), states[-1].__getstate__()
+        _, dcovar, status = last[1]
+        return (int(status) == MINIMUM_ERROR_POSDEF and float(dcovar) == 0.0
+                and np.array_equal(np.asarray(last[0][0]), np.asarray(prev[0][0])))
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return False
+
+
+def seed_covariance(m: Minuit, prefit: Minuit) -> bool:
+    """Start the next Migrad of ``m`` from the state of ``prefit``: its values *and* covariance.
+
+    Both must have the same parameters, limits and fixed set (``m`` built from ``prefit``'s values). Minuit2's
+    seed generator takes a covariance it is given instead of a diagonal guess from the first gradient, so
+    Migrad starts with the correlations and needs about one iteration near the minimum. iminuit has no
+    public setter for it: this copies the ``_last_state`` attribute, and returns False (nothing changed) if
+    that layout is not there.
+    """
+    try:
+        state = prefit._last_state
+        if not state.has_covariance or [p.name for p in state] != list(m.parameters):
+            return False
+        m._last_state = type(state)(state)  # a copy: Migrad must not alter the prefit's state
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+def minimise(m: Minuit, prefit: Minuit | None = None) -> None:
+    """Migrad, then HESSE unless Migrad's closing HESSE already gave the covariance at the minimum
+    (:func:`hesse_done_by_migrad`). With ``prefit``, Migrad starts with its covariance
+    (:func:`seed_covariance`); if that does not end in a valid minimum, the fit reruns from the start
+    values without it."""
+    seeded = prefit is not None and seed_covariance(m, prefit)
+    m.migrad()
+    if not hesse_done_by_migrad(m):
+        m.hesse()
+    if seeded and not m.valid:
+        m.reset()
+        minimise(m)
+
+
 def make_minuit(cost: Cost, model: PassFailModel, start: Start, fixed: set[str], strategy: int,
                 grad: Callable[[np.ndarray], np.ndarray] | None = None) -> Minuit:
     """Minuit on ``cost`` (a χ²-like, errordef 1) with starts clipped into their limits."""
@@ -415,12 +489,16 @@ def run_attempts(
     strategy: int,
     quality: FitQuality,
     prefit: bool = False,
+    shift: bool = False,
 ) -> tuple[list[Attempt], int]:
     """Fit until an attempt passes the checks; return all attempts and the index of the one to report.
 
     ``hp``/``hf`` are histograms on ``edges`` used for the starting values (the data themselves for
     binned fits); ``goodness(model, minuit)`` gives (χ², ndof) of a minimum. ``prefit``: start each
-    attempt from a binned fit of ``hp``/``hf`` (for unbinned costs: far fewer expensive calls).
+    attempt from a binned fit of ``hp``/``hf``, its values and covariance (for unbinned costs: far fewer
+    expensive calls; :func:`seed_covariance`). ``shift``: minimise the cost minus its value at the start
+    (:func:`shifted`; for costs far from 0 at the minimum, whose HESSE would otherwise be inaccurate).
+    HESSE runs unless Migrad's closing HESSE already gave the covariance (:func:`minimise`).
     """
     names = model0.names
     for name in parameters or {}:
@@ -439,15 +517,19 @@ def run_attempts(
         else:
             raw = starting_values(model, edges, hp, hf)
         start, fixed = apply_overrides(model, raw, parameters)
+        seed: Minuit | None = None
         if prefit:
             pre = make_minuit(binned_cost(model, edges, hp, hf, np.ones_like(hp), np.ones_like(hf)), model, start,
                               fixed, 0)
             pre.migrad()
             if pre.valid:
                 start = {n: (float(pre.values[n]), start[n][1]) for n in start}
-        m = make_minuit(make_cost(model), model, start, fixed, strat)
-        m.migrad()
-        m.hesse()
+                seed = pre
+        cost = make_cost(model)
+        if shift:
+            cost = shifted(cost, np.array([np.clip(start[n][0], *start[n][1]) for n in model.names]))
+        m = make_minuit(cost, model, start, fixed, strat)
+        minimise(m, seed)
         chi2, ndof = goodness(model, m)
         problems = fit_problems(m, model.shape_names, model.bounded, chi2, ndof, quality)
         attempts.append(Attempt(label, model, m, chi2, ndof, problems))

@@ -34,6 +34,7 @@ from calibflow.fit.passfail import (
     _scale,
     build_result,
     run_attempts,
+    shifted,
 )
 
 N_START_BINS = 100
@@ -125,10 +126,15 @@ def unbinned_cost(model: PassFailModel, mp: np.ndarray, wp: np.ndarray, mf: np.n
 
 def _external_covariance(cost: Cost, m: Minuit) -> np.ndarray:
     """HESSE covariance of ``cost`` at the values of ``m`` without parameter limits (no transformation
-    terms from the limits, which do not vanish where the gradient does not), free parameters only."""
-    h = Minuit(cost, np.array(m.values), name=m.parameters)
+    terms from the limits, which do not vanish where the gradient does not), free parameters only.
+
+    The cost is shifted to 0 at that point (:func:`calibflow.fit.passfail.shifted`: HESSE's steps scale
+    with |cost|) and ``m``'s errors are HESSE's first steps."""
+    x = np.array(m.values)
+    h = Minuit(shifted(cost, x), x, name=m.parameters)
     h.errordef = Minuit.LEAST_SQUARES
     h.fixed = m.fixed
+    h.errors = m.errors
     h.strategy = 2
     h.hesse()
     free = [i for i, p in enumerate(m.params) if not p.is_fixed]
@@ -207,7 +213,8 @@ def fit_pass_fail_unbinned(
         return chi2, int(n - m.nfit)
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: unbinned_cost(mdl, mp, wp, mf, wf),
-                                      goodness, parameters, strategy, quality or FitQuality(), prefit=True)
+                                      goodness, parameters, strategy, quality or FitQuality(), prefit=True,
+                                      shift=True)
     errors = None
     if weighted:
         a = attempts[accepted]
