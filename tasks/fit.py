@@ -93,9 +93,9 @@ class SplitByBin(_PerSample):
 
 
 FIT_CHUNK = 20
-"""Bins per FitBin task of the tables. luigi's cost per task in the scheduling process (about 10 ms, and
-growing with the number of tasks in the graph) is that of a binned fit, so the tables fit chunks of bins;
-results stay one per bin (see docs/design.md, "Per-bin fits in chunks")."""
+"""Bins per FitBin task of the tables. luigi's cost per task (several ms in the scheduling process, growing
+with the number of tasks in the graph, plus the task process's own checks and log) is that of a binned
+fit, so the tables fit chunks of bins; results stay one per bin (docs/design.md, "Per-bin fits in chunks")."""
 
 
 class FitBin(CalibTask):
