@@ -66,7 +66,7 @@ class RunReport:
 
     def summary(self) -> str:
         """One line: tasks run, reused and failed (and run by another invocation), then the families run."""
-        families = ", ".join(f"{self.ran[f]} {f}" + (f" results in {n} tasks" if n != self.ran[f] else "")
+        families = ", ".join(f"{self.ran[f]} {f}" + (f" results in {n} task(s)" if n != self.ran[f] else "")
                              for f, n in sorted(self.tasks_ran.items()))
         others = sum(self.by_others.values())
         return (f"{sum(self.tasks_ran.values())} task(s) run, {sum(self.tasks_reused.values())} reused, "

@@ -77,7 +77,7 @@ def test_a_chunk_fits_only_missing_bins_and_the_report_counts_bins(built: Plan) 
     report = build(built, [data], workers=2)  # in the pool: the count comes back with the result
     assert report.ok, report.failed
     assert report.ran["FitBin"] == 2 and report.reused["FitBin"] == 4 and report.tasks_ran["FitBin"] == 1
-    assert "2 FitBin results in 1 tasks" in report.summary()
+    assert "2 FitBin results in 1 task(s)" in report.summary()
     assert {p: Path(p).read_text() for p in paths} == before
     again = build(built, [data], workers=1)
     assert again.ran["FitBin"] == 0 and again.reused["FitBin"] == 6 and again.tasks_reused["FitBin"] == 1
