@@ -387,10 +387,17 @@ class TaskResources(_Strict):
     memory_mb: int | None = Field(default=None, gt=0)
     time_minutes: int | None = Field(default=None, gt=0)
     cpus: int | None = Field(default=None, gt=0)
+    bins_per_task: int | None = Field(default=None, gt=0)
+    """``FitBin`` only: consecutive bins fitted by one task (default 20; 1 = one task per bin). Results
+    stay one content-keyed file per bin, so any value reuses the others' results."""
 
 
 def _check_resource_keys(v: dict[str, TaskResources]) -> dict[str, TaskResources]:
     _check_names(v, ["default", *TASK_FAMILIES], "unknown task family {key}", "allowed")
+    wrong = [k for k, r in v.items() if k != "FitBin" and r.bins_per_task is not None]
+    if wrong:
+        raise ValueError(f"resources.{wrong[0]}.bins_per_task: only FitBin tasks fit bins; "
+                         "set it under resources.FitBin")
     return v
 
 

@@ -204,9 +204,11 @@ class FitBin(CalibTask):
         plot_pass_fail_fit(edges, hp, hf, result, cfg.fit.background, cfg.fit.fail_width_shift, path, title)
 
 
-def fit_tasks(task: CalibTask, chunk: int = FIT_CHUNK) -> list[FitBin]:
-    """FitBin tasks of ``chunk`` bins covering every sample and bin of the current binning (which must exist)."""
+def fit_tasks(task: CalibTask, chunk: int | None = None) -> list[FitBin]:
+    """FitBin tasks of ``chunk`` bins (default: ``resources.FitBin.bins_per_task``, else :data:`FIT_CHUNK`)
+    covering every sample and bin of the current binning (which must exist)."""
     n = len(task.plan.load_scheme())
+    chunk = chunk or task.plan.config.resources_for("FitBin").bins_per_task or FIT_CHUNK
     out = []
     for s in task.plan.config.samples:
         params = task.same_content(lambda p, s=s: (p.fit_key(s, ""), p.binning_key()))

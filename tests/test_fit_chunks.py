@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from calibflow.plan import Plan
-from tasks import ExportTables, FitBin
+from tasks import ExportTables, FitBin, MakeBinning
 from tasks.fit import fit_tasks
 from tasks.runner import build
 
@@ -146,3 +146,24 @@ def test_cached_keys_follow_the_inputs_and_the_config(tmp_path: Path, write_conf
     os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later edit, whatever the clock's resolution
     assert plan.prep_key("data", 0) == prep
     assert plan.fit_keys("data", ["a", "b"]) != fits and plan.fit_key("data", "a") == recipe(plan, "a")
+
+
+def test_bins_per_task_sets_the_chunk_and_belongs_to_fitbin(tmp_path: Path) -> None:
+    """``resources.FitBin.bins_per_task: 1`` gives one luigi task per bin (same result paths); the
+    setting under another task family is a config error naming where it belongs."""
+    import yaml
+
+    from calibflow.config import ConfigError, parse_config
+
+    d = small_demo_dict()
+    d["resources"] = {"FitBin": {"bins_per_task": 1}}
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    plan = Plan.create(cfg, tmp_path / "res")
+    assert build(plan, [MakeBinning(config=plan.config_path, result_dir=plan.result_dir)]).ok
+    tasks = fit_tasks(ExportTables(config=plan.config_path, result_dir=plan.result_dir))
+    n = len(plan.load_scheme())
+    assert [(t.sample, t.bin_index, t.bin_count) for t in tasks] == [(s, i, 1) for s in ("data", "mc") for i in range(n)]
+    d["resources"] = {"PrepareTuple": {"bins_per_task": 5}}
+    with pytest.raises((ConfigError, ValueError), match=r"resources\.PrepareTuple\.bins_per_task.*resources\.FitBin"):
+        parse_config(d)
