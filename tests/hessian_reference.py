@@ -68,15 +68,17 @@ def tolerance(name: str) -> float:
 
 
 def reference_errors(cost: Cost, x: np.ndarray, free: Sequence[int], scale: np.ndarray,
-                     step: float = 0.2) -> np.ndarray | None:
-    """√diag of :func:`fd_covariance` with ``step`` (default 0.2σ and 0.1σ), or None where the cost is not
-    parabolic enough for a reference: not positive definite, or errors changing by > 5 % with half the step."""
+                     step: float = 0.2) -> tuple[np.ndarray, np.ndarray] | None:
+    """(√diag of :func:`fd_covariance` with ``step``, i.e. 0.2σ and 0.1σ steps; |change of each error with
+    half the step|), or None where the cost is not parabolic enough for a reference: not positive
+    definite, or some error changing by > 5 % with half the step."""
     with np.errstate(invalid="ignore"):
         err = np.sqrt(np.diag(fd_covariance(cost, x, free, scale, step)))
         half = np.sqrt(np.diag(fd_covariance(cost, x, free, scale, step / 2)))
-    if not (np.all(np.isfinite(err)) and np.all(np.isfinite(half))) or np.max(np.abs(half / err - 1)) > 0.05:
+    if not (np.all(np.isfinite(err)) and np.all(np.isfinite(half))):
         return None
-    return err
+    spread = np.abs(half / err - 1)
+    return None if spread.max() > 0.05 else (err, spread)
 
 
 def profile_rise(cost: Cost, x: np.ndarray, i: int, value: float, free: Sequence[int],
@@ -113,7 +115,9 @@ def check_errors(cost: Cost, names: Sequence[str], values: Mapping[str, float], 
                  fixed: Iterable[str] = (), minos: tuple[float, float] | None = None) -> bool:
     """Assert that ``errors`` (and MINOS (down, up) of ``eff``) agree with the references at ``values``.
 
-    Errors: within :func:`tolerance` of :func:`reference_errors`. MINOS: the profile of ``cost`` rises by
+    Errors: within :func:`tolerance` plus twice the reference's own step dependence (where the cost is
+    not parabolic on the 0.1σ scale, e.g. few signal candidates under a large background, no error is
+    defined better than that) of :func:`reference_errors`. MINOS: the profile of ``cost`` rises by
     1 ± 0.01 at both ends of the interval (an endpoint within 0.5 % of σ). Returns False, checking nothing,
     when the cost is not parabolic enough for a reference (:func:`reference_errors` gives None).
     """
@@ -121,11 +125,11 @@ def check_errors(cost: Cost, names: Sequence[str], values: Mapping[str, float], 
     skip = set(fixed)
     free = [i for i, n in enumerate(names) if n not in skip]
     err = np.array([errors[names[i]] for i in free])
-    ref = reference_errors(cost, x, free, err)
-    if ref is None:
+    reference = reference_errors(cost, x, free, err)
+    if reference is None:
         return False
-    for i, e, r in zip(free, err, ref, strict=True):
-        assert abs(e / r - 1) < tolerance(names[i]), (names[i], e, r)
+    for i, e, r, spread in zip(free, err, *reference, strict=True):
+        assert abs(e / r - 1) < tolerance(names[i]) + 2 * spread, (names[i], e, r, spread)
     if minos is not None:
         cov = fd_covariance(cost, x, free, err, 0.2)
         k = names.index("eff")

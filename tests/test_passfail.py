@@ -217,5 +217,5 @@ def test_shifted_cost_keeps_minimum_and_curvature() -> None:
     cost = binned_cost(PassFailModel.create("gauss", "exponential", LO, HI), EDGES, *expected_counts(),
                        np.ones(100), np.ones(100))
     x0 = np.array([6000.0, 0.8, 2000.0, 5000.0, 3097.0, 12.0, -0.004, -0.0017])
-    c = shifted(cost, x0)
-    assert c(x0) == 0.0 and c(1.01 * x0) == pytest.approx(cost(1.01 * x0) - cost(x0), abs=1e-9)
+    c = shifted(cost, x0, level=10.0)
+    assert c(x0) == 10.0 and c(1.01 * x0) - 10.0 == pytest.approx(cost(1.01 * x0) - cost(x0), abs=1e-9)

@@ -128,7 +128,7 @@ def _external_covariance(cost: Cost, m: Minuit) -> np.ndarray:
     """HESSE covariance of ``cost`` at the values of ``m`` without parameter limits (no transformation
     terms from the limits, which do not vanish where the gradient does not), free parameters only.
 
-    The cost is shifted to 0 at that point (:func:`calibflow.fit.passfail.shifted`: HESSE's steps scale
+    The cost is shifted to 10 at that point (:func:`calibflow.fit.passfail.shifted`: HESSE's steps scale
     with |cost|) and ``m``'s errors are HESSE's first steps."""
     x = np.array(m.values)
     h = Minuit(shifted(cost, x), x, name=m.parameters)
