@@ -51,8 +51,9 @@ def combine(
         per_source: list[float] = []
         for src in sources:
 
-            def get(run: str, key: tuple = key, centre: dict = centre) -> float:
-                r = _containing(index.get(run, {}).get(key, []), centre)
+            def get(run: str, key: tuple = key, centre: dict = centre, row: Row = row) -> float:
+                group = index.get(run, {}).get(key)
+                r = None if group is None else group.find(row, centre)
                 return float(r[value]) if r is not None else math.nan
 
             if src.vary is not None:
@@ -85,10 +86,32 @@ def _group(row: Row, keys: Sequence[str]) -> tuple:
     return tuple(row[k] for k in keys if k != "bin")
 
 
-def _index(rows: Sequence[Row], keys: Sequence[str]) -> dict[tuple, list[Row]]:
-    out: dict[tuple, list[Row]] = {}
+class _Bins:
+    """The rows of one run and group, found by their bin boundaries (same binning: one dict lookup) or,
+    for another binning, by the bin containing a centre."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.by_bounds: dict[tuple, Row] = {}
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.by_bounds.setdefault(_bounds(row), row)
+
+    def find(self, nominal: Row, centre: Mapping[str, float]) -> Row | None:
+        """The row with ``nominal``'s bin boundaries, else the one whose bin contains ``centre``."""
+        same = self.by_bounds.get(_bounds(nominal))
+        return same if same is not None else _containing(self.rows, centre)
+
+
+def _bounds(row: Row) -> tuple:
+    return tuple((v, row[f"{v}_lo"], row[f"{v}_hi"]) for v in sorted(_variables(row)))
+
+
+def _index(rows: Sequence[Row], keys: Sequence[str]) -> dict[tuple, _Bins]:
+    out: dict[tuple, _Bins] = {}
     for r in rows:
-        out.setdefault(_group(r, keys), []).append(r)
+        out.setdefault(_group(r, keys), _Bins()).add(r)
     return out
 
 
