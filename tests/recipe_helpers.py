@@ -36,8 +36,8 @@ def shrink(d: dict[str, Any], candidates: dict[str, int], edges: dict[str, list[
 
 
 def run(d: dict[str, Any], folder: Path) -> Path:
-    """Run the recipe ``d`` from ``folder`` with one worker (tasks then share the imported fit kernels,
-    which is several times faster than a process per task for hundreds of small fits); its outputs."""
+    """Run the recipe ``d`` from ``folder`` with one worker (the CI toys are small: no worker pool to fork,
+    and the test process's warm fit kernels are used); its outputs."""
     path = folder / f"{d['name']}.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     assert main(["run", str(path), "--workers", "1", "--result-dir", str(folder / "res")]) == 0
