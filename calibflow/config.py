@@ -622,8 +622,32 @@ def resolve_files(config: CalibrationConfig, sample: str, base_dir: str | os.Pat
     out: list[str] = []
     for i, pattern in enumerate(config.samples[sample].files):
         full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
-        matches = sorted(glob.glob(os.path.expanduser(full)))
+        matches = _expand(os.path.expanduser(full))
         if not matches:
             raise ConfigError(f"samples.{sample}.files[{i}]: no file matches {full!r}")
-        out.extend(os.path.abspath(m) for m in matches)
+        out.extend(matches)
     return out
+
+
+_GLOBS: dict[str, tuple[int, list[str]]] = {}
+"""Expanded globs whose wildcards are all in the file name: pattern -> (folder mtime, sorted matches)."""
+
+
+def _expand(pattern: str) -> list[str]:
+    """Sorted absolute paths matching ``pattern``. A pattern with wildcards only in its file name is expanded again only
+    when its folder changed (a file added, removed or renamed there changes the folder's mtime), so asking
+    for the N inputs of a sample one by one costs N stats, not N globs; other patterns are always expanded."""
+    folder = os.path.dirname(pattern) or "."
+    if glob.has_magic(folder):
+        return sorted(os.path.abspath(m) for m in glob.glob(pattern))
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return []
+    cached = _GLOBS.get(pattern)
+    if cached is not None and cached[0] == mtime:
+        return list(cached[1])
+    matches = sorted(os.path.abspath(m) for m in glob.glob(pattern))
+    _GLOBS[pattern] = (mtime, matches)
+    return list(matches)
+

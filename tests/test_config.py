@@ -85,6 +85,41 @@ def test_missing_input_file(tmp_path: Path, write_config) -> None:
         Plan.create(cfg, tmp_path / "res")
 
 
+def test_globs_follow_added_and_removed_files(tmp_path: Path) -> None:
+    """A file-name glob is expanded again when its folder changes (files added, removed, renamed), and
+    gives the same sorted absolute paths as glob itself; a glob with a wildcard folder is always expanded."""
+    import glob
+    import os
+
+    from calibflow.config import resolve_files
+
+    d = demo_dict()
+    del d["toy"]
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    for name in ("f2.root", "f1.root", "a/f3.root"):
+        (data / name).write_bytes(b"x")
+    d["samples"]["data"]["files"] = ["data/*.root"]
+    d["samples"]["mc"]["files"] = ["data/*/*.root"]
+    cfg = parse_config(d)
+
+    def expected(pattern: str) -> list[str]:
+        return sorted(os.path.abspath(p) for p in glob.glob(str(tmp_path / pattern)))
+
+    assert resolve_files(cfg, "data", tmp_path) == expected("data/*.root") == [str(data / "f1.root"),
+                                                                              str(data / "f2.root")]
+    assert resolve_files(cfg, "data", tmp_path) == expected("data/*.root")  # from the cache
+    (data / "f0.root").write_bytes(b"x")
+    assert resolve_files(cfg, "data", tmp_path)[0] == str(data / "f0.root")
+    (data / "f2.root").rename(data / "f2.root.bak")
+    (data / "f1.root").unlink()
+    assert resolve_files(cfg, "data", tmp_path) == expected("data/*.root") == [str(data / "f0.root")]
+    (data / "b").mkdir()
+    (data / "b" / "f4.root").write_bytes(b"x")
+    assert resolve_files(cfg, "mc", tmp_path) == expected("data/*/*.root") == [str(data / "a" / "f3.root"),
+                                                                             str(data / "b" / "f4.root")]
+
+
 def test_bad_expression_names_key(tmp_path: Path, write_config) -> None:
     d = demo_dict()
     d["selection"]["probe"] = "p > 2 and eta.x < 5"
