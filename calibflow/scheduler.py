@@ -97,11 +97,18 @@ def _is_luigid(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().replace(b"\0", b" ")
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    return state != "Z" and b"luigid" in cmdline
+    return b"luigid" in cmdline and _running(pid)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (whatever it runs)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def server(state_dir: str | None = None) -> Server | None:
@@ -181,7 +188,7 @@ def _terminate(pid: int, timeout: float = 20.0) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while _is_luigid(pid):
+    while _running(pid):  # not _is_luigid: an exiting process's cmdline is already empty
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             break
