@@ -10,6 +10,7 @@ import difflib
 import glob
 import itertools
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -629,25 +630,33 @@ def resolve_files(config: CalibrationConfig, sample: str, base_dir: str | os.Pat
     return out
 
 
-_GLOBS: dict[str, tuple[int, list[str]]] = {}
+_GLOBS: dict[str, tuple[int, tuple[str, ...]]] = {}
 """Expanded globs whose wildcards are all in the file name: pattern -> (folder mtime, sorted matches)."""
+_SETTLED_NS = 2_000_000_000
+"""A folder changed less than this long ago (ns) may change again within its mtime's granularity (a
+clock tick): its glob is not cached (the racy-timestamp rule of git's index)."""
 
 
-def _expand(pattern: str) -> list[str]:
-    """Sorted absolute paths matching ``pattern``. A pattern with wildcards only in its file name is expanded again only
-    when its folder changed (a file added, removed or renamed there changes the folder's mtime), so asking
-    for the N inputs of a sample one by one costs N stats, not N globs; other patterns are always expanded."""
+def _expand(pattern: str) -> tuple[str, ...]:
+    """Sorted absolute paths matching ``pattern``. A pattern with wildcards only in its file name is expanded
+    again only when its folder changed (a file added, removed or renamed there changes the folder's mtime), so
+    asking for the N inputs of a sample one by one costs N stats, not N globs; other patterns are always
+    expanded."""
     folder = os.path.dirname(pattern) or "."
     if glob.has_magic(folder):
-        return sorted(os.path.abspath(m) for m in glob.glob(pattern))
+        return _matches(pattern)
     try:
         mtime = os.stat(folder).st_mtime_ns
     except OSError:
-        return []
+        return ()
     cached = _GLOBS.get(pattern)
     if cached is not None and cached[0] == mtime:
-        return list(cached[1])
-    matches = sorted(os.path.abspath(m) for m in glob.glob(pattern))
-    _GLOBS[pattern] = (mtime, matches)
-    return list(matches)
+        return cached[1]
+    matches = _matches(pattern)
+    if time.time_ns() - mtime > _SETTLED_NS:
+        _GLOBS[pattern] = (mtime, matches)
+    return matches
 
+
+def _matches(pattern: str) -> tuple[str, ...]:
+    return tuple(sorted(os.path.abspath(m) for m in glob.glob(pattern)))

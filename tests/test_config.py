@@ -90,8 +90,9 @@ def test_globs_follow_added_and_removed_files(tmp_path: Path) -> None:
     gives the same sorted absolute paths as glob itself; a glob with a wildcard folder is always expanded."""
     import glob
     import os
+    import time
 
-    from calibflow.config import resolve_files
+    from calibflow.config import _GLOBS, resolve_files
 
     d = demo_dict()
     del d["toy"]
@@ -102,13 +103,16 @@ def test_globs_follow_added_and_removed_files(tmp_path: Path) -> None:
     d["samples"]["data"]["files"] = ["data/*.root"]
     d["samples"]["mc"]["files"] = ["data/*/*.root"]
     cfg = parse_config(d)
+    settled = time.time() - 60  # an old folder: its glob is cached (a fresh one is expanded every time)
+    os.utime(data, (settled, settled))
 
     def expected(pattern: str) -> list[str]:
         return sorted(os.path.abspath(p) for p in glob.glob(str(tmp_path / pattern)))
 
     assert resolve_files(cfg, "data", tmp_path) == expected("data/*.root") == [str(data / "f1.root"),
                                                                               str(data / "f2.root")]
-    assert resolve_files(cfg, "data", tmp_path) == expected("data/*.root")  # from the cache
+    assert resolve_files(cfg, "data", tmp_path) == expected("data/*.root")
+    assert str(tmp_path / "data/*.root") in _GLOBS  # from the cache
     (data / "f0.root").write_bytes(b"x")
     assert resolve_files(cfg, "data", tmp_path)[0] == str(data / "f0.root")
     (data / "f2.root").rename(data / "f2.root.bak")
