@@ -45,15 +45,16 @@ def combine(
     for row in nominal:
         key = _group(row, keys)
         centre = {v: 0.5 * (row[f"{v}_lo"] + row[f"{v}_hi"]) for v in _variables(row)}
+        bounds = _bounds(row)
         v0 = float(row[value])
         new = dict(row)
         deviations: list[float] = []
         per_source: list[float] = []
         for src in sources:
 
-            def get(run: str, key: tuple = key, centre: dict = centre, row: Row = row) -> float:
+            def get(run: str, key: tuple = key, centre: dict = centre, bounds: tuple = bounds) -> float:
                 group = index.get(run, {}).get(key)
-                r = None if group is None else group.find(row, centre)
+                r = None if group is None else group.find(bounds, centre)
                 return float(r[value]) if r is not None else math.nan
 
             if src.vary is not None:
@@ -98,9 +99,10 @@ class _Bins:
         self.rows.append(row)
         self.by_bounds.setdefault(_bounds(row), row)
 
-    def find(self, nominal: Row, centre: Mapping[str, float]) -> Row | None:
-        """The row with ``nominal``'s bin boundaries, else the one whose bin contains ``centre``."""
-        same = self.by_bounds.get(_bounds(nominal))
+    def find(self, bounds: tuple, centre: Mapping[str, float]) -> Row | None:
+        """The row with the bin boundaries ``bounds`` (:func:`_bounds`), else the one whose bin contains
+        ``centre``."""
+        same = self.by_bounds.get(bounds)
         return same if same is not None else _containing(self.rows, centre)
 
 
