@@ -12,11 +12,13 @@ Timed, each over all files:
 
 (a) naive: per file, every branch read with uproot (flat ones into a pandas DataFrame, the jagged
     collection as awkward arrays), then the selection applied with pandas and the needed columns kept;
+    run by a fresh Python process, with uproot's defaults as an analysis script has them;
 (b) calibflow: the real ``PrepareTuple`` tasks (``prepare_file``: needed branches only, cuts, HDF5
     output) run by luigi local workers, with 1 and with 2 workers (fresh result folders);
-(c) the limit: uproot reading just the needed branches into numpy, no cuts, no output (decompression;
-    memory-mapped files and ZLIB inflated by libdeflate, as prep reads them; also shown with Python's
-    zlib, uproot's default, which the naive reader (a) uses).
+(c) the limit: just the needed branches decompressed into numpy, no cuts, no output: the faster of
+    uproot's ``TTree.arrays`` and prep's own basket reader (calibflow.io.baskets), with prep's settings
+    (memory-mapped files, ZLIB inflated by libdeflate); also shown with Python's
+    zlib, uproot's default, which the naive reader (a) uses.
 
 Then the HDF5 codecs are compared on the columns of one prepared file (write speed, size). The last line
 is ``prep: <x> Mevt/s/core, <r>x naive, <f> of decompression limit, <s>x on 2 workers`` with x the
@@ -30,6 +32,8 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +51,8 @@ from calibflow.io.root import use_default_zlib, use_fast_zlib
 NEEDED = ["Jpsi_M", "probe_ETA", "probe_P", "probe_Assoc"]
 CUTS = {"probe": "probe_P > 2 and probe_ETA > 2 and probe_ETA < 5", "pair": "abs(Jpsi_M - 3097) < 120"}
 BASKET_ROWS = 200_000
+STEP_SIZE = "64 MB"
+"""Chunk size of prep (``prepare_file``'s default), used by the basket-reader limit too."""
 
 
 def flat_branches(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -137,8 +143,8 @@ def naive(files: list[str]) -> int:
 
 
 def limit(files: list[str], fast_zlib: bool = True) -> int:
-    """Just the needed branches, decompressed into numpy (same file source and ZLIB inflater as prep
-    unless ``fast_zlib`` is False): entries read."""
+    """Just the needed branches, decompressed into numpy by uproot (same file source and ZLIB inflater as
+    prep unless ``fast_zlib`` is False): entries read."""
     if fast_zlib:
         use_fast_zlib()
     else:
@@ -148,6 +154,30 @@ def limit(files: list[str], fast_zlib: bool = True) -> int:
         with uproot.open(path, handler=uproot.source.file.MemmapSource) as f:
             n += len(f["DecayTree"].arrays(NEEDED, library="np")["Jpsi_M"])
     return n
+
+
+def limit_baskets(files: list[str]) -> int:
+    """Just the needed branches, decompressed into numpy by prep's own basket reader (same chunks as
+    prep); entries read."""
+    from calibflow.io.baskets import cluster_chunks, flat_layout, iterate_flat
+
+    use_fast_zlib()
+    n = 0
+    for path in files:
+        with uproot.open(path, handler=uproot.source.file.MemmapSource) as f:
+            layout = flat_layout(f["DecayTree"], NEEDED)
+            step = uproot._util.memory_size(STEP_SIZE) // sum(b.dtype.itemsize for b in layout)
+            for chunk in iterate_flat(path, layout, cluster_chunks(layout, step)):
+                n += len(chunk["Jpsi_M"])
+    return n
+
+
+def naive_in_subprocess(files: list[str]) -> tuple[float, float, int]:
+    """(wall s, cpu s, rows kept) of :func:`naive` run by a fresh Python process that never imported
+    calibflow's prep (so it has uproot's defaults, as an analysis script does)."""
+    out = subprocess.run([sys.executable, __file__, "--naive", *files], check=True, capture_output=True, text=True)
+    wall, cpu, rows = out.stdout.split()[-3:]
+    return float(wall), float(cpu), int(rows)
 
 
 def prepare(cfg: Path, result_dir: Path, workers: int) -> float:
@@ -169,17 +199,21 @@ def prepare(cfg: Path, result_dir: Path, workers: int) -> float:
 
 
 def codecs(h5_path: str, repeat: int = 3) -> list[str]:
-    """Write speed (MB/s of uncompressed columns) and size of one prepared file's columns per codec."""
-    from calibflow.io.store import COMPRESSION, PREP_COMPRESSION, read_columns
+    """Write speed (MB/s of uncompressed columns) and size of one prepared file's columns (as stored:
+    float32 ones stay float32) per codec, each written as prep writes (TableWriter, one append)."""
+    from calibflow.io.store import COLUMNS, COMPRESSION, TableWriter, prep_compression
 
-    cols = read_columns(h5_path)
+    with h5py.File(h5_path) as h5:
+        cols = {k: ds[...] for k, ds in h5[COLUMNS].items()}
     raw = sum(v.nbytes for v in cols.values())
+    blosc = hdf5plugin.Blosc
     options = {
-        "gzip-1 + shuffle (before)": COMPRESSION,
-        "blosc-lz4 + bitshuffle (now)": PREP_COMPRESSION,
-        "blosc-lz4 + shuffle": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
+        "gzip-1 + shuffle": COMPRESSION,
+        "prep: blosc-lz4 + byte/bit shuffle": prep_compression,
+        "blosc-lz4 + bitshuffle": dict(blosc(cname="lz4", clevel=5, shuffle=blosc.BITSHUFFLE)),
+        "blosc-lz4 + byte shuffle": dict(blosc(cname="lz4", clevel=5, shuffle=blosc.SHUFFLE)),
         "lz4 (no shuffle)": dict(hdf5plugin.LZ4()),
-        "blosc-zstd-1 + bitshuffle": dict(hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.BITSHUFFLE)),
+        "blosc-zstd-1 + bitshuffle": dict(blosc(cname="zstd", clevel=1, shuffle=blosc.BITSHUFFLE)),
         "none": {},
     }
     lines = []
@@ -189,11 +223,10 @@ def codecs(h5_path: str, repeat: int = 3) -> list[str]:
             best = np.inf
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                with h5py.File(path, "w") as h5:
-                    for k, v in cols.items():
-                        h5.create_dataset(k, data=v, chunks=(65536,), maxshape=(None,), **opts)
+                with h5py.File(path, "w", libver="v110") as h5, TableWriter(h5, compression=opts) as writer:
+                    writer.append(cols)
                 best = min(best, time.perf_counter() - t0)
-            lines.append(f"  {name:30s} write {raw / best / 1e6:6.0f} MB/s, size {os.path.getsize(path) / raw:.3f} "
+            lines.append(f"  {name:36s} write {raw / best / 1e6:6.0f} MB/s, size {os.path.getsize(path) / raw:.3f} "
                          "of raw")
     return lines
 
@@ -228,7 +261,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many runs")
     ap.add_argument("--fresh", action="store_true", help="rewrite the input files")
+    ap.add_argument("--naive", nargs="+", metavar="FILE", help=argparse.SUPPRESS)  # the subprocess of (a)
     args = ap.parse_args()
+    if args.naive:
+        kept = []
+        wall, cpu = timed(lambda: kept.append(naive(args.naive)), 1)
+        print(wall, cpu, kept[0])
+        return
     folder = Path(tempfile.gettempdir()) / f"calibflow_bench_prep_{args.events}_{args.files}_{args.seed}"
     if args.fresh:
         shutil.rmtree(folder, ignore_errors=True)
@@ -242,18 +281,22 @@ def main() -> None:
     import calibflow.prep  # noqa: F401  (imported once, as `calibflow run` does before forking workers)
 
     n = limit(files)
-    t_limit = timed(lambda: limit(files), args.repeat)
+    if limit_baskets(files) != n:
+        raise SystemExit("the basket reader and uproot read different numbers of entries")
+    t_uproot = timed(lambda: limit(files), args.repeat)
+    t_baskets = timed(lambda: limit_baskets(files), args.repeat)
+    t_limit = min(t_uproot[0], t_baskets[0]), min(t_uproot[1], t_baskets[1])
     print(f"(c) limit, needed branches to numpy: {t_limit[0]:.2f} s, {n / t_limit[0] / 1e6:.1f} Mevt/s "
-          f"(cpu {t_limit[1]:.2f} s; ZLIB inflated by {use_fast_zlib()}, as in prep)")
+          f"(cpu {t_limit[1]:.2f} s), the faster of uproot's TTree.arrays {t_uproot[0]:.2f} s and prep's basket "
+          f"reader {t_baskets[0]:.2f} s; ZLIB inflated by {use_fast_zlib()}, as in prep")
     t_slow = timed(lambda: limit(files, fast_zlib=False), args.repeat)
     print(f"    the same with Python's zlib (uproot's default): {t_slow[0]:.2f} s (cpu {t_slow[1]:.2f} s)")
     t_prep = {w: timed(lambda w=w: prepare(cfg, folder / f"results_{w}", w), args.repeat) for w in (1, 2)}
     for w, (wall, cpu) in t_prep.items():
         print(f"(b) calibflow PrepareTuple, {w} worker(s): {wall:.2f} s, {n / wall / 1e6:.1f} Mevt/s (cpu {cpu:.2f} s)")
-    kept = []
-    t_naive = timed(lambda: kept.append(naive(files)), 1)
+    *t_naive, kept = naive_in_subprocess(files)
     print(f"(a) naive pandas, all branches: {t_naive[0]:.2f} s, {n / t_naive[0] / 1e6:.2f} Mevt/s "
-          f"(cpu {t_naive[1]:.2f} s, {kept[0]} rows kept)")
+          f"(cpu {t_naive[1]:.2f} s, {kept} rows kept; a fresh process with uproot's defaults)")
     from calibflow.plan import Plan
 
     plan = Plan.create(cfg, folder / "results_1")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from calibflow.config import CalibrationConfig, ConfigError, PairingConfig
 from calibflow.expr import ExprError, Expression, compile_expression
 from calibflow.hashing import content_key, file_identity
 from calibflow.io.root import use_fast_zlib
-from calibflow.io.store import PREP_COMPRESSION, TableWriter, atomic_path, read_metadata, write_metadata
+from calibflow.io.store import TableWriter, atomic_path, prep_compression, read_metadata, write_metadata
 
 if TYPE_CHECKING:
     from calibflow.io.lumi import LumiMask
@@ -561,11 +561,15 @@ def _check_input(path: str, tree: Any, spec: PrepSpec) -> bool:
     return jagged
 
 
+def _is_local(path: str) -> bool:
+    """Whether ``path`` names a local file (a plain path or a ``file://`` URL)."""
+    return "://" not in path or path.startswith("file://")
+
+
 def _open(path: str) -> Any:
     """The ROOT file at ``path``; local files are memory-mapped (10% less CPU than uproot's default source)."""
-    local = "://" not in path or path.startswith("file://")
     try:
-        return uproot.open(path, **({"handler": uproot.source.file.MemmapSource} if local else {}))
+        return uproot.open(path, **({"handler": uproot.source.file.MemmapSource} if _is_local(path) else {}))
     except FileNotFoundError:
         raise PrepError(f"{path}: file not found") from None
     except Exception as exc:
@@ -585,6 +589,23 @@ def _tree(path: str, f: Any, tree: str) -> Any:
     return obj
 
 
+def _chunks(path: str, tree: Any, branches: Sequence[str], step_size: str | int, library: str
+            ) -> Iterator[dict[str, Any]]:
+    """The branches of ``tree`` in chunks of about ``step_size`` (entries, or bytes of the branches as
+    text such as ``"64 MB"``): flat numeric branches of a local file by :mod:`calibflow.io.baskets`,
+    everything else by uproot."""
+    from calibflow.io.baskets import cluster_chunks, flat_layout, iterate_flat
+
+    layout = flat_layout(tree, branches) if library == "np" and _is_local(path) else None
+    if layout is not None:
+        row_bytes = sum(b.dtype.itemsize for b in layout)
+        step = step_size if isinstance(step_size, int) else uproot._util.memory_size(step_size) // max(row_bytes, 1)
+        chunks = cluster_chunks(layout, max(int(step), 1))
+        if chunks is not None:
+            return iterate_flat(path.removeprefix("file://"), layout, chunks)
+    return tree.iterate(branches, step_size=step_size, library=library, how=dict)
+
+
 def prepare_file(
     path: str, spec: PrepSpec, out_path: str, step_size: str | int = "64 MB", metadata: Mapping[str, Any] | None = None
 ) -> dict[str, int]:
@@ -601,10 +622,10 @@ def prepare_file(
         tree = _tree(path, f, spec.tree)
         jagged = _check_input(path, tree, spec)
         library = "ak" if jagged or spec.pairing is not None or spec.hit_matches else "np"
-        with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
-            writer = TableWriter(h5, compression=PREP_COMPRESSION)
+        with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver="v110") as h5:
+            writer = TableWriter(h5, compression=prep_compression)
             try:
-                for chunk in tree.iterate(spec.branches, step_size=step_size, library=library, how=dict):
+                for chunk in _chunks(path, tree, spec.branches, step_size, library):
                     cols = _event_arrays(chunk) if library == "ak" else chunk
                     n = len(next(iter(cols.values())))
                     flow["read"] += n

@@ -32,6 +32,8 @@ class CalibTask(b2luigi.Task):
     config = b2luigi.Parameter(description="absolute path of the calibration YAML")
     result_dir = b2luigi.Parameter(description="absolute path of the result folder")
     variant = b2luigi.Parameter(default="", description="systematic variation / working point ('' = nominal)")
+    pool_preload: tuple[str, ...] = ()
+    """Modules the task imports when it runs, imported once before a run's worker pool forks."""
 
     @property
     def plan(self) -> Plan:

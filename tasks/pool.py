@@ -14,6 +14,7 @@ import importlib
 import multiprocessing
 import multiprocessing.pool
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import luigi
@@ -40,18 +41,21 @@ def _run(task: luigi.Task, worker_id: str, context: str | None, options: dict[st
     process.run()
 
 
-PRELOAD = ("calibflow.binfit",)
-"""Modules that tasks import when they run, imported before the pool forks rather than once per pool
-process (``calibflow.binfit`` pulls in scipy.stats: about a second)."""
+def preload_modules(tasks: Iterable[luigi.Task]) -> list[str]:
+    """Modules that ``tasks`` import when they run (their classes' ``pool_preload``), to import before the
+    pool forks rather than once per pool process (``calibflow.binfit`` pulls in scipy.stats: about a
+    second, which a run of tuple preparation alone need not pay)."""
+    return sorted({m for t in tasks for m in getattr(type(t), "pool_preload", ())})
 
 
 class TaskPool:
-    """A fork-once pool of ``processes`` workers sharing the luigi worker's result queue."""
+    """A fork-once pool of ``processes`` workers sharing the luigi worker's result queue; the modules
+    ``preload`` are imported first (see :func:`preload_modules`)."""
 
-    def __init__(self, processes: int, result_queue: Any) -> None:
+    def __init__(self, processes: int, result_queue: Any, preload: Iterable[str] = ()) -> None:
         global _RESULT_QUEUE
         _RESULT_QUEUE = result_queue
-        for module in PRELOAD:
+        for module in preload:
             importlib.import_module(module)
         gc.collect()
         gc.freeze()  # the pool processes' garbage collectors then leave the parent's pages alone (no copies)

@@ -30,7 +30,7 @@ from calibflow.plan import Plan
 from calibflow.scheduler import SetupError
 from tasks import batch
 from tasks.base import RESULTS_MADE, describe, failure_reason
-from tasks.pool import TaskPool
+from tasks.pool import TaskPool, preload_modules
 
 _TMP = re.compile(r"\.tmp-(\d+)$")
 IDLE_GRACE = 10.0
@@ -200,7 +200,8 @@ class CalibWorker(SendJobWorker):
             process = luigi.worker.Worker._create_task_process(self, task)
             if self.worker_processes > 1 and not self.batch and not process.timeout_time:
                 if self._pool is None:
-                    self._pool = TaskPool(self.worker_processes, self._task_result_queue)
+                    self._pool = TaskPool(self.worker_processes, self._task_result_queue,
+                                          preload_modules(self._scheduled_tasks.values()))
                 return self._pool.submit(process, self._config.task_process_context)
             return process
         return cls(task=task, scheduler=self._scheduler, result_queue=self._task_result_queue,

@@ -68,8 +68,8 @@ def test_hdf5_input(apply_setup, tmp_path: Path) -> None:
     from calibflow.io.store import TableWriter, read_columns
 
     cfg_path, _, branches = apply_setup
-    with h5py.File(tmp_path / "in.h5", "w") as h5:
-        TableWriter(h5).append({k: branches[k] for k in ("probe_P", "probe_ETA")})
+    with h5py.File(tmp_path / "in.h5", "w") as h5, TableWriter(h5) as writer:
+        writer.append({k: branches[k] for k in ("probe_P", "probe_ETA")})
     cfg, seq = load_apply_config(cfg_path)
     apply_to_file(str(tmp_path / "in.h5"), str(tmp_path / "out.h5"), cfg, seq)
     cols = read_columns(tmp_path / "out.h5")

@@ -36,3 +36,16 @@ def test_failure_in_a_pooled_task_is_reported(write_config, tmp_path: Path) -> N
     assert not report.ok
     assert any("PrepareTuple" in task and "&" in reason for task, reason in report.failed), report.failed
     assert not multiprocessing.active_children()
+
+
+def test_the_pool_preloads_only_what_the_scheduled_tasks_import(write_config, tmp_path: Path) -> None:
+    """A run of tuple preparation alone does not import the fitting code (scipy.stats, ~1 s) before forking."""
+    from tasks import FitBin, PrepareTuple
+    from tasks.pool import preload_modules
+
+    plan = Plan.create(write_config(small_demo_dict(), "pre.yaml"), tmp_path / "res")
+    common = {"config": plan.config_path, "result_dir": plan.result_dir}
+    prep = [PrepareTuple(sample="data", index=i, **common) for i in range(2)]
+    assert preload_modules(prep) == ["calibflow.prep"]
+    assert preload_modules([*prep, FitBin(sample="data", bin_index=0, **common)]) == ["calibflow.binfit", "calibflow.prep"]
+    assert preload_modules([ExportTables(**common)]) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,9 +14,19 @@ import numpy as np
 
 COLUMNS = "columns"
 COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-PREP_COMPRESSION: dict[str, Any] = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
-"""Prepared tuples: Blosc-LZ4 with bit shuffle, about 10x faster to write than gzip-1 for 5% more bytes
-(docs/prep.md). Reading needs ``import hdf5plugin`` (done here)."""
+PREP_COMPRESSION: dict[str, Any] = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+"""Prepared numeric columns: Blosc-LZ4 with byte shuffle. About 12x faster to write than gzip-1, and
+Blosc compresses 2x faster with byte than with bit shuffle, for 2% more bytes (docs/prep.md). Reading
+needs ``import hdf5plugin`` (done here)."""
+PREP_FLAG_COMPRESSION: dict[str, Any] = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+"""Prepared boolean columns (pass decisions): bit shuffle packs them 8 to a byte before LZ4."""
+Compression = Mapping[str, Any] | Callable[[np.dtype], Mapping[str, Any]]
+"""Dataset compression options (h5py keywords), or a function of the column's dtype giving them."""
+
+
+def prep_compression(dtype: np.dtype) -> Mapping[str, Any]:
+    """Compression of a prepared column of ``dtype``: bit shuffle for booleans, byte shuffle otherwise."""
+    return PREP_FLAG_COMPRESSION if np.dtype(dtype) == np.bool_ else PREP_COMPRESSION
 
 
 @contextmanager
@@ -34,39 +44,83 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
 
 
 class TableWriter:
-    """Append chunks of named 1-D columns to an open HDF5 file (resizable, compressed datasets)."""
+    """Append chunks of named 1-D columns to an open HDF5 file (resizable, compressed datasets).
 
-    def __init__(self, h5: h5py.File, chunk_rows: int = 65536, compression: Mapping[str, Any] | None = None) -> None:
+    Rows are buffered and written in whole HDF5 chunks (``chunk_rows``), so that no compressed chunk is
+    written twice; :meth:`flush` (or leaving the ``with`` block) writes the rest. ``rows`` counts every row
+    appended, buffered or written.
+    """
+
+    def __init__(self, h5: h5py.File, chunk_rows: int = 65536, compression: Compression | None = None) -> None:
         self._group = h5.require_group(COLUMNS)
         self._chunk = chunk_rows
-        self._compression = dict(COMPRESSION if compression is None else compression)
+        self._compression = COMPRESSION if compression is None else compression
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._written = 0
         self.rows = 0
 
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.flush()
+
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Append equal-length arrays; the first call fixes the column names and dtypes."""
+        """Append equal-length arrays; the first call fixes the column names and dtypes (a column first
+        seen later holds zeros in the rows before)."""
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
         n = lengths.pop() if lengths else 0
+        missing = [k for k in self._pending if k not in columns]
+        if missing:
+            raise ValueError(f"columns {missing} are missing from this chunk (every chunk needs every column)")
         for name, values in columns.items():
-            arr = np.ascontiguousarray(values)
-            if name not in self._group:  # created holding the first chunk: 20% faster than resize + write
-                data = arr if self.rows == 0 else np.concatenate([np.zeros(self.rows, arr.dtype), arr])
-                self._group.create_dataset(name, data=data, maxshape=(None,), chunks=(self._chunk,),
-                                           **self._compression)
-                continue
-            ds = self._group[name]
-            ds.resize((self.rows + n,))
-            ds[self.rows :] = arr
+            values = np.asarray(values)
+            if name not in self._pending:  # zeros for the buffered rows before
+                self._pending[name] = [np.zeros(self.rows - self._written, values.dtype)] * (self.rows > self._written)
+            self._pending[name].append(values)
         self.rows += n
+        whole = (self.rows - self._written) // self._chunk * self._chunk
+        if whole:
+            self._write(whole)
+
+    def flush(self) -> None:
+        """Write every buffered row."""
+        self._write(self.rows - self._written)
+
+    def _write(self, n: int) -> None:
+        """Write the first ``n`` buffered rows of every column (creating the columns, even with no rows);
+        keep the rest buffered."""
+        if n <= 0 and all(name in self._group for name in self._pending):
+            return
+        for name, parts in self._pending.items():
+            values = np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            if name not in self._group:  # created holding its first rows: 20% faster than resize + write
+                data = values[:n] if self._written == 0 else np.concatenate([np.zeros(self._written, values.dtype),
+                                                                             values[:n]])
+                self._group.create_dataset(name, data=data, maxshape=(None,), chunks=(self._chunk,),
+                                           **self._options(data.dtype))
+            else:
+                ds = self._group[name]
+                ds.resize((self._written + n,))
+                ds[self._written :] = values[:n]
+            self._pending[name] = [values[n:].copy()]  # the remainder alone: the big array is released
+        self._written += n
 
     def ensure(self, dtypes: Mapping[str, np.dtype]) -> None:
-        """Create empty columns that were never appended (zero selected rows)."""
+        """Write the buffered rows and create empty columns that were never appended (zero selected rows)."""
+        self.flush()
         for name, dtype in dtypes.items():
             if name not in self._group:
                 self._group.create_dataset(
-                    name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self._chunk,), **self._compression
+                    name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self._chunk,), **self._options(dtype)
                 )
+
+    def _options(self, dtype: np.dtype) -> Mapping[str, Any]:
+        """Compression options of a column of ``dtype``."""
+        return self._compression(dtype) if callable(self._compression) else self._compression
 
 
 def write_metadata(h5: h5py.File, metadata: Mapping[str, Any]) -> None:
