@@ -162,15 +162,13 @@ def limit(files: list[str], fast_zlib: bool = True) -> int:
 def limit_baskets(files: list[str]) -> int:
     """Just the needed branches, decompressed into numpy by prep's own basket reader (same chunks as
     prep); entries read."""
-    from calibflow.io.baskets import cluster_chunks, flat_layout, iterate_flat
+    from calibflow.io.baskets import read_flat
 
     use_fast_zlib()
     n = 0
     for path in files:
         with uproot.open(path, handler=uproot.source.file.MemmapSource) as f:
-            layout = flat_layout(f["DecayTree"], NEEDED)
-            step = uproot._util.memory_size(STEP_SIZE) // sum(b.dtype.itemsize for b in layout)
-            for chunk in iterate_flat(path, layout, cluster_chunks(layout, step)):
+            for chunk in read_flat(path, f["DecayTree"], NEEDED, STEP_SIZE):
                 n += len(chunk["Jpsi_M"])
     return n
 

@@ -594,16 +594,11 @@ def _chunks(path: str, tree: Any, branches: Sequence[str], step_size: str | int,
     """The branches of ``tree`` in chunks of about ``step_size`` (entries, or bytes of the branches as
     text such as ``"64 MB"``): flat numeric branches of a local file by :mod:`calibflow.io.baskets`,
     everything else by uproot."""
-    from calibflow.io.baskets import cluster_chunks, flat_layout, iterate_flat
+    from calibflow.io.baskets import read_flat
 
-    layout = flat_layout(tree, branches) if library == "np" and _is_local(path) else None
-    if layout is not None:
-        row_bytes = sum(b.dtype.itemsize for b in layout)
-        step = step_size if isinstance(step_size, int) else uproot._util.memory_size(step_size) // max(row_bytes, 1)
-        chunks = cluster_chunks(layout, max(int(step), 1))
-        if chunks is not None:
-            return iterate_flat(path.removeprefix("file://"), layout, chunks)
-    return tree.iterate(branches, step_size=step_size, library=library, how=dict)
+    flat = read_flat(path.removeprefix("file://"), tree, branches, step_size) if (
+        library == "np" and _is_local(path)) else None
+    return flat if flat is not None else tree.iterate(branches, step_size=step_size, library=library, how=dict)
 
 
 def prepare_file(

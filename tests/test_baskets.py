@@ -12,7 +12,7 @@ import uproot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from calibflow.io.baskets import FlatBranch, cluster_chunks, flat_layout, iterate_flat
+from calibflow.io.baskets import FlatBranch, cluster_chunks, flat_layout, iterate_flat, step_entries
 from calibflow.io.root import use_fast_zlib, write_ttree
 
 DTYPES = ["f8", "f4", "i8", "i4", "i2", "u1", "?", "u8"]
@@ -162,3 +162,14 @@ def test_a_truncated_file_says_so(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: seek + size // 2])
     with pytest.raises(ValueError, match=r"branch 'x' basket 0 at byte \d+ lies beyond the end of the file"):
         list(iterate_flat(str(path), layout, [(0, 50_000)]))
+
+
+def test_step_sizes_in_entries_or_bytes() -> None:
+    layout = [_layout("a", [0, 10]), FlatBranch("b", np.dtype(">i4"), *(np.zeros(1, np.int64),) * 2, np.array([0, 10]))]
+    assert step_entries(1000, layout) == 1000
+    assert step_entries("64 MB", layout) == 64_000_000 // 12
+    assert step_entries("1 MiB", layout) == 2**20 // 12
+    assert step_entries("2.4e3 B", layout) == 200
+    assert step_entries("1 B", layout) == 1
+    with pytest.raises(ValueError, match="neither a number of entries nor a size"):
+        step_entries("64 parsecs", layout)

@@ -16,6 +16,7 @@ clusters are too long for bounded memory are left to uproot: :func:`flat_layout`
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -172,3 +173,31 @@ def iterate_flat(path: str, layout: Sequence[FlatBranch], chunks: Sequence[tuple
     with BasketFile(path) as f:
         for start, stop in chunks:
             yield {b.name: f.read(b, start, stop) for b in layout}
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kMGT]i?B|B)?\s*$")
+_UNITS = {None: 1, "B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "kiB": 2**10, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def step_entries(step_size: str | int, layout: Sequence[FlatBranch]) -> int:
+    """Entries per chunk: ``step_size`` itself when an int, else the entries whose arrays of the branches
+    of ``layout`` fill that memory size (``"64 MB"``, ``"1 GiB"``, as uproot's ``step_size``)."""
+    if isinstance(step_size, int | np.integer):
+        return max(int(step_size), 1)
+    m = _SIZE.match(step_size)
+    if m is None or m.group(2) not in _UNITS:
+        raise ValueError(f"step size {step_size!r} is neither a number of entries nor a size like '64 MB'")
+    row_bytes = max(sum(b.dtype.itemsize for b in layout), 1)
+    return max(int(float(m.group(1)) * _UNITS[m.group(2)]) // row_bytes, 1)
+
+
+def read_flat(path: str, tree: Any, names: Sequence[str], step_size: str | int
+              ) -> Iterator[dict[str, np.ndarray]] | None:
+    """Chunks of branches ``names`` of the uproot TTree ``tree`` of the local file ``path`` (about
+    ``step_size`` each), or None when this reader does not handle them (then uproot reads them)."""
+    layout = flat_layout(tree, names)
+    if layout is None:
+        return None
+    chunks = cluster_chunks(layout, step_entries(step_size, layout))
+    return None if chunks is None else iterate_flat(path, layout, chunks)
