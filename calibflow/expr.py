@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import difflib
 import functools
 import math
@@ -723,6 +724,7 @@ class _Unit:
         self.where = where
         self.aliases = dict(aliases)
         self._compiled: dict[str, tuple[_Node, frozenset[str]]] = {}
+        self._trees: dict[str, ast.expr] = {}
         self._stack: list[str] = []
         for name in self.aliases:
             self._check_alias_name(name)
@@ -771,6 +773,28 @@ class _Unit:
         self._compiled[name] = result
         return result
 
+    def expanded_tree(self, text: str) -> ast.expr:
+        """Syntax tree of ``text`` (already compiled, so valid) with aliases replaced by their trees."""
+        body = _Source(text, self.where).body
+        return _AliasExpander(self).visit(ast.parse(body, mode="eval").body)
+
+    def alias_tree(self, name: str) -> ast.expr:
+        """Expanded syntax tree of alias ``name`` (a fresh copy)."""
+        if name not in self._trees:
+            text = self.aliases[name]
+            self._trees[name] = self.expanded_tree(repr(text) if isinstance(text, int | float) else text)
+        return copy.deepcopy(self._trees[name])
+
+
+class _AliasExpander(ast.NodeTransformer):
+    """Replaces alias names by the aliases' expanded trees."""
+
+    def __init__(self, unit: _Unit) -> None:
+        self.unit = unit
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return self.unit.alias_tree(node.id) if node.id in self.unit.aliases else node
+
 
 # --------------------------------------------------------------------------------------------
 # public API
@@ -784,6 +808,8 @@ class Expression:
     branches: frozenset[str]  # input column/branch names referenced, after alias expansion
     where: str = field(default="expression", compare=False)
     _fn: Callable[[_Env], Any] | None = field(default=None, repr=False, compare=False)
+    tree: ast.expr | None = field(default=None, repr=False, compare=False)
+    """The checked syntax tree with every alias replaced by its own tree (for :mod:`calibflow.kernels.fused`)."""
 
     def evaluate(self, columns: Mapping[str, Any]) -> Any:
         """Evaluate on ``columns`` (name -> numpy array, awkward array or scalar).
@@ -815,7 +841,8 @@ def compile_expression(
     unit = _Unit(aliases or {}, where)
     compiler = _Compiler(_Source(text, where), unit)
     fn = compiler.compile_text()
-    return Expression(text=text, branches=frozenset(compiler.branches), where=where, _fn=fn)
+    return Expression(text=text, branches=frozenset(compiler.branches), where=where, _fn=fn,
+                      tree=unit.expanded_tree(text))
 
 
 def referenced_branches(texts: Iterable[str], aliases: Mapping[str, str] | None = None) -> frozenset[str]:

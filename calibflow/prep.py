@@ -34,6 +34,7 @@ from calibflow.io.store import TableWriter, atomic_path, prep_compression, read_
 
 if TYPE_CHECKING:
     from calibflow.io.lumi import LumiMask
+    from calibflow.kernels.fused import FusedSelection
 
 PREP_VERSION = 1
 MASS, PASS, WEIGHT, TRUE_EFF, IS_SIGNAL = "_mass", "_pass", "_weight", "_true_eff", "_is_signal"
@@ -534,6 +535,38 @@ def _event_arrays(chunk: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ak.to_numpy(v) if isinstance(v, ak.Array) and v.ndim == 1 else v for k, v in chunk.items()}
 
 
+# --- fused cuts and outputs (flat tuples) -----------------------------------------------------------
+def _fused_enabled() -> bool:
+    """Whether flat tuples use the fused numba loop (``CALIBFLOW_FUSED=0`` keeps numpy, e.g. to compare)."""
+    return os.environ.get("CALIBFLOW_FUSED", "1") != "0"
+
+
+def _fused(spec: PrepSpec, cols: Mapping[str, np.ndarray]) -> FusedSelection | None:
+    """The fused loop of the spec's event cuts, cuts and columns over the flat numpy ``cols`` (at least
+    one row), or None where an expression needs numpy. Stored dtypes are those of the numpy path."""
+    from calibflow.kernels.fused import fused_selection
+
+    first = {k: v[:1] for k, v in cols.items()}
+    columns = {name: (e, _stored_dtype(name, _per_row(e.evaluate(first), 1, e.where).dtype))
+               for name, e in spec.columns.items()}
+    stages = [e for _, e in [*spec.event_cuts, *spec.cuts]]
+    return fused_selection(stages, columns, {k: v.dtype for k, v in cols.items()}, masked=spec.lumi is not None)
+
+
+def _fused_outputs(fused: FusedSelection, spec: PrepSpec, cols: Mapping[str, np.ndarray], n: int,
+                   flow: dict[str, int], lumi: Test | None) -> dict[str, np.ndarray]:
+    """Output columns of the kept rows of ``cols`` by the fused loop (the ``lumi`` mask test by numpy
+    first); adds to the cut flow as :func:`_cut_flow` does."""
+    start = None
+    if lumi is not None:
+        start = _per_row(lumi(cols), n, "lumi_mask").astype(bool)
+        flow["lumi"] += int(np.count_nonzero(start))
+    out, counts = fused.run(cols, n, start)
+    for (stage, _), count in zip([*spec.event_cuts, *spec.cuts], counts, strict=True):
+        flow[stage] += int(count)
+    return out
+
+
 # --- one file --------------------------------------------------------------------------------------
 def _stage_tests(spec: PrepSpec) -> tuple[list[tuple[str, str, Test]], list[tuple[str, str, Test]]]:
     """(event-level stages: lumi mask and event cut; candidate stages) as (stage, config key, test)."""
@@ -620,6 +653,8 @@ def prepare_file(
         # no chunk cache: TableWriter writes whole chunks, which then go straight to the filter (15% faster)
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver="v110", rdcc_nbytes=0) as h5:
             writer = TableWriter(h5, compression=prep_compression)
+            fusable = library == "np" and spec.pairing is None and not spec.hit_matches and _fused_enabled()
+            fused: FusedSelection | None = None
             try:
                 for chunk in _chunks(path, tree, spec.branches, step_size, library):
                     cols = _event_arrays(chunk) if library == "ak" else chunk
@@ -633,6 +668,12 @@ def prepare_file(
                     else:
                         pre_pair = pre
                     stages = [*pre_pair, *post]
+                    if fusable and n:
+                        fused = fused or _fused(spec, cols)
+                        fusable = fused is not None
+                    if fused is not None:
+                        writer.append(_fused_outputs(fused, spec, cols, n, flow, pre[0][2] if spec.lumi else None))
+                        continue
                     if spec.pairing is None and spec.hit_matches:  # fractions only for rows that can be kept
                         first = spec.first_hit_match_stage
                         keep = _cut_flow(cols, n, stages[:first], flow)
