@@ -15,8 +15,9 @@ Timed, each over all files:
     run by a fresh Python process, with uproot's defaults as an analysis script has them;
 (b) calibflow: the real ``PrepareTuple`` tasks (``prepare_file``: needed branches only, cuts, HDF5
     output) run by luigi local workers, with 1 and with 2 workers (fresh result folders), each run in a
-    freshly forked process like a new ``calibflow run`` (imports done, not timed), so that neither the
-    one-worker run (in that process) nor the two-worker pool (forked by it) reuses an earlier run's memory;
+    freshly forked process like a new ``calibflow run`` (imports and numba's start-up done, not timed:
+    printed once), so that neither the one-worker run (in that process) nor the two-worker pool (forked
+    by it) reuses an earlier run's memory; also with one worker and numpy instead of the fused loop;
 (c) the limit: just the needed branches decompressed into numpy, no cuts, no output: the faster of
     uproot's ``TTree.arrays`` and prep's own basket reader (calibflow.io.baskets), with prep's settings
     (memory-mapped files, ZLIB inflated by libdeflate); also shown with Python's
@@ -306,7 +307,13 @@ def main() -> None:
     for p in files:  # into the page cache
         Path(p).read_bytes()
     cfg = config(folder, files)
+    t0 = time.perf_counter()
     import calibflow.prep  # noqa: F401  (imported once, as `calibflow run` does before forking workers)
+    from calibflow.kernels.warm import warm_up
+
+    t_import = time.perf_counter() - t0
+    t_numba = warm_up()  # as the pool's preload does before forking (a one-worker run pays it at its first file)
+    print(f"start-up, not timed below (once per run, not per file): imports {t_import:.2f} s, numba {t_numba:.2f} s")
 
     n = limit(files)
     if limit_baskets(files) != n:
@@ -323,6 +330,10 @@ def main() -> None:
     t_prep = {w: prepare_fresh(cfg, folder / f"results_{w}", w, args.repeat) for w in (1, 2)}
     for w, (wall, cpu) in t_prep.items():
         print(f"(b) calibflow PrepareTuple, {w} worker(s): {wall:.2f} s, {n / wall / 1e6:.1f} Mevt/s (cpu {cpu:.2f} s)")
+    os.environ["CALIBFLOW_FUSED"] = "0"
+    t_numpy = prepare_fresh(cfg, folder / "results_numpy", 1, args.repeat)
+    del os.environ["CALIBFLOW_FUSED"]
+    print(f"    1 worker with numpy cuts and gathers instead of the fused loop: {t_numpy[0]:.2f} s (cpu {t_numpy[1]:.2f} s)")
     *t_naive, kept = naive_in_subprocess(files)
     print(f"(a) naive pandas, all branches: {t_naive[0]:.2f} s, {n / t_naive[0] / 1e6:.2f} Mevt/s "
           f"(cpu {t_naive[1]:.2f} s, {kept} rows kept; a fresh process with uproot's defaults)")

@@ -107,7 +107,7 @@ class FitBin(CalibTask):
     and the run report counts bins (:meth:`results`, and the number fitted sent by :meth:`on_success`).
     """
 
-    pool_preload = ("calibflow.binfit",)
+    pool_preload = ("calibflow.binfit", "calibflow.kernels.warm:warm_up")
     sample = b2luigi.Parameter()
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")

@@ -44,19 +44,28 @@ def _run(task: luigi.Task, worker_id: str, context: str | None, options: dict[st
 def preload_modules(tasks: Iterable[luigi.Task]) -> list[str]:
     """Modules that ``tasks`` import when they run (their classes' ``pool_preload``), to import before the
     pool forks rather than once per pool process (``calibflow.binfit`` pulls in scipy.stats: about a
-    second, which a run of tuple preparation alone need not pay)."""
+    second, which a run of tuple preparation alone need not pay). An entry ``module:function`` names a
+    set-up function to call as well (``calibflow.kernels.warm:warm_up``: numba's start-up)."""
     return sorted({m for t in tasks for m in getattr(type(t), "pool_preload", ())})
+
+
+def _preload(entry: str) -> None:
+    """Import the module of a :func:`preload_modules` entry; call its function if it names one."""
+    module, _, function = entry.partition(":")
+    imported = importlib.import_module(module)
+    if function:
+        getattr(imported, function)()
 
 
 class TaskPool:
     """A fork-once pool of ``processes`` workers sharing the luigi worker's result queue; the modules
-    ``preload`` are imported first (see :func:`preload_modules`)."""
+    ``preload`` are imported (and set-up functions called) first (see :func:`preload_modules`)."""
 
     def __init__(self, processes: int, result_queue: Any, preload: Iterable[str] = ()) -> None:
         global _RESULT_QUEUE
         _RESULT_QUEUE = result_queue
-        for module in preload:
-            importlib.import_module(module)
+        for entry in preload:
+            _preload(entry)
         gc.freeze()  # the pool processes' garbage collectors then leave the parent's pages alone (no copies);
         # no gc.collect() first: it costs ~60 ms in a process with calibflow's imports, for little garbage
         self._pool = multiprocessing.get_context("fork").Pool(processes)

@@ -40,7 +40,7 @@ class PrepareTuple(CalibTask):
     is left out: the task writes an exclusion marker (file and reason) instead of failing.
     """
 
-    pool_preload = ("calibflow.prep",)
+    pool_preload = ("calibflow.prep", "calibflow.kernels.warm:warm_up")
     sample = b2luigi.Parameter()
     index = b2luigi.IntParameter()
 

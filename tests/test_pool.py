@@ -46,6 +46,40 @@ def test_the_pool_preloads_only_what_the_scheduled_tasks_import(write_config, tm
     plan = Plan.create(write_config(small_demo_dict(), "pre.yaml"), tmp_path / "res")
     common = {"config": plan.config_path, "result_dir": plan.result_dir}
     prep = [PrepareTuple(sample="data", index=i, **common) for i in range(2)]
-    assert preload_modules(prep) == ["calibflow.prep"]
-    assert preload_modules([*prep, FitBin(sample="data", bin_index=0, **common)]) == ["calibflow.binfit", "calibflow.prep"]
+    warm = "calibflow.kernels.warm:warm_up"
+    assert preload_modules(prep) == [warm, "calibflow.prep"]
+    assert preload_modules([*prep, FitBin(sample="data", bin_index=0, **common)]) == [
+        "calibflow.binfit", warm, "calibflow.prep"]
     assert preload_modules([ExportTables(**common)]) == []
+
+
+_FORK_AFTER = """
+import multiprocessing, sys
+from tasks.pool import _preload
+_preload(sys.argv[1])
+
+def child(conn):
+    from calibflow.kernels.warm import warm_up
+    conn.send(warm_up())
+
+receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+p = multiprocessing.get_context("fork").Process(target=child, args=(send,))
+p.start()
+print(receive.recv())
+p.join()
+"""
+
+
+def test_numba_set_up_before_the_fork_is_inherited_by_pool_processes() -> None:
+    """The preload entry ``module:function`` is called in the parent: a process forked afterwards finds
+    numba set up, while one forked after a mere import still pays numba's start-up (fresh interpreters)."""
+    import subprocess
+    import sys
+
+    def child_seconds(entry: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _FORK_AFTER, entry], check=True, capture_output=True, text=True,
+                             cwd=Path(__file__).parents[1])
+        return float(out.stdout.split()[-1])
+
+    assert child_seconds("calibflow.kernels.warm:warm_up") < 0.05
+    assert child_seconds("calibflow.kernels.warm") > 0.1
