@@ -34,11 +34,13 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba.core.errors import NumbaError
 
 from calibflow.expr import Expression
 
@@ -145,6 +147,8 @@ def _literal(value: bool | int | float) -> str:
     """Source of a numeric literal (infinity has no literal)."""
     if isinstance(value, float) and math.isinf(value):
         return "np.inf" if value > 0 else "(-np.inf)"
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise _Unsupported(f"{value} has no 64-bit integer type")
     return repr(value)
 
 
@@ -398,4 +402,11 @@ def fused_selection(stages: Sequence[Expression], columns: Mapping[str, tuple[Ex
     except _Unsupported:
         return None
     outputs = tuple((name, np.dtype(stored)) for name, (_, stored) in columns.items())
-    return FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
+    selection = FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
+    try:  # compiles (or loads) the kernel now, on one row, so that a failure falls back to numpy
+        selection.run({b: np.ones(1, dtypes[b]) for b in branches}, 1, np.ones(1, bool) if masked else None)
+    except NumbaError as exc:
+        warnings.warn(f"calibflow: the fused loop did not compile, numpy is used instead ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0]})", RuntimeWarning, stacklevel=2)
+        return None
+    return selection
