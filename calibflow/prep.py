@@ -543,14 +543,21 @@ def _fused_enabled() -> bool:
 
 def _fused(spec: PrepSpec, cols: Mapping[str, np.ndarray]) -> FusedSelection | None:
     """The fused loop of the spec's event cuts, cuts and columns over the flat numpy ``cols`` (at least
-    one row), or None where an expression needs numpy. Stored dtypes are those of the numpy path."""
+    one row), or None where an expression needs numpy."""
+    return fused_loop([e for _, e in [*spec.event_cuts, *spec.cuts]], spec.columns, cols, masked=spec.lumi is not None)
+
+
+def fused_loop(stages: Sequence[Expression], columns: Mapping[str, Expression], cols: Mapping[str, np.ndarray],
+               masked: bool = False) -> FusedSelection | None:
+    """The fused loop of cut ``stages`` and output ``columns`` over the flat numpy ``cols`` (at least one
+    row), storing each column in the dtype of the numpy path (:func:`_outputs`); None where an expression
+    needs numpy. ``masked``: the loop takes a start mask (the lumi mask)."""
     from calibflow.kernels.fused import fused_selection
 
     first = {k: v[:1] for k, v in cols.items()}
-    columns = {name: (e, _stored_dtype(name, _per_row(e.evaluate(first), 1, e.where).dtype))
-               for name, e in spec.columns.items()}
-    stages = [e for _, e in [*spec.event_cuts, *spec.cuts]]
-    return fused_selection(stages, columns, {k: v.dtype for k, v in cols.items()}, masked=spec.lumi is not None)
+    stored = {name: (e, _stored_dtype(name, _per_row(e.evaluate(first), 1, e.where).dtype))
+              for name, e in columns.items()}
+    return fused_selection(stages, stored, {k: v.dtype for k, v in cols.items()}, masked=masked)
 
 
 def _fused_outputs(fused: FusedSelection, spec: PrepSpec, cols: Mapping[str, np.ndarray], n: int,

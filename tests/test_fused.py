@@ -16,8 +16,7 @@ from calibflow.expr import ExprError, compile_expression
 from calibflow.io.root import write_ttree
 from calibflow.io.store import read_columns, read_metadata
 from calibflow.kernels import fused
-from calibflow.kernels.fused import fused_selection
-from calibflow.prep import PASS, _cut_flow, _outputs, _per_row, _stored_dtype, prep_spec, prepare_file
+from calibflow.prep import PASS, _cut_flow, _outputs, fused_loop, prep_spec, prepare_file
 
 from .conftest import demo_dict
 
@@ -46,9 +45,7 @@ def _numpy_path(stages, columns, cols, n):
 
 
 def _fused_path(stages, columns, cols, n, masked=False, start=None):
-    stored = {name: (e, _stored_dtype(name, _per_row(e.evaluate({k: v[:1] for k, v in cols.items()}), 1, e.where).dtype))
-              for name, e in columns.items()}
-    selection = fused_selection(stages, stored, {k: v.dtype for k, v in cols.items()}, masked=masked)
+    selection = fused_loop(stages, columns, cols, masked=masked)
     return selection if selection is None else selection.run(cols, n, start)
 
 

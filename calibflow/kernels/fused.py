@@ -21,7 +21,7 @@ The generated source contains only this module's templates, column indices and `
 constants; the user's text never reaches it. Kernels are compiled once per machine: the source is
 written to ``$CALIBFLOW_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/calibflow/kernels``, else
 ``~/.cache/calibflow/kernels``) and numba caches the machine code beside it; where that folder cannot
-be written, the kernel is compiled in memory for the process.
+be written, a temporary folder of the process takes its place (compiled once per process).
 """
 
 from __future__ import annotations
