@@ -1,0 +1,90 @@
+"""The demo's content keys, pinned to values recorded from the code.
+
+Every result folder is keyed by content (``calibflow.plan``): a change that alters any of these keys makes
+every user's results recompute on their next run. Such a change must be deliberate (a ``*_VERSION`` bump in
+``calibflow/plan.py``, noted in the changelog of docs/design.md) and then update the values below. A move of
+code between modules (issue 14) must leave them all unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calibflow.plan import Plan
+from tests.conftest import DEMO
+
+PACKAGED_DEMO = Path(__file__).resolve().parents[1] / "calibflow" / "data" / "demo.yaml"
+
+RECORDED = {
+    "toy/data": ["5a0f999820fcc5a1", "dd4da596b1e3bc8c", "65a4b8d5d0bfaa04"],
+    "toy/mc": ["91f5929932b2084e", "e019cc24b7998332"],
+    "prep/data": ["577e6f0df4062598", "3eed6ae6e12da5f9", "63a94946dee31790"],
+    "prep/mc": ["05b4cd7988507860", "24c49fe3f449a50a"],
+    "hist/data": "cc26215fb7168d9b",
+    "hist/mc": "2983d10ea3e88f00",
+    "binning": "124fc3a489947821",
+    "n_bins": 156,
+    "bins": ["3a4f9685d23adac5", "e380f7244a2e1a11", "a8f0f9b70f712a24"],
+    "fit/data": ["c10a8b2bcfea0664", "85eb06c9d995e89f", "6a2c285a471f0b35"],
+    "fit/mc": ["c13ccdc7f5a7f5ac", "f77fbf2cba23bd22", "89369a42138f8282"],
+    "fit/data/sigmodel": ["6dff58ca2ab36906", "a9c44d89ab5c27cf", "7e2ad664aad740b2"],
+    "table": "7266b14790c5db11",
+    "table/sigmodel": "289af22308690e81",
+    "combined": "51d74c9c7b8977f4",
+    "export": "1f725cdb0581fded",
+}
+
+
+def demo_keys(config: Path, result_dir: Path) -> dict[str, object]:
+    """Content keys of the demo computed by the plan alone (toy inputs and a given binning: no task runs)."""
+    plan = Plan.create(config, result_dir)
+    out: dict[str, object] = {}
+    for s in ("data", "mc"):
+        out[f"toy/{s}"] = [plan.toy_key(s, i) for i in range(len(plan.input_files(s)))]
+        out[f"prep/{s}"] = plan.prep_keys(s)
+        out[f"hist/{s}"] = plan.hist_key(s)
+    out["binning"] = plan.binning_key()
+    scheme = plan.scheme()
+    assert scheme is not None, "the demo's binning is given (needs no data)"
+    bins = [b.key for b in scheme.bins]
+    out["n_bins"] = len(bins)
+    picked = [bins[0], bins[len(bins) // 2], bins[-1]]
+    out["bins"] = picked
+    for s in ("data", "mc"):
+        out[f"fit/{s}"] = plan.fit_keys(s, picked)
+    assert plan.all_variants() == ["sigmodel"]
+    varied = plan.with_variant("sigmodel")
+    out["fit/data/sigmodel"] = varied.fit_keys("data", picked)
+    out["table"] = plan.table_key()
+    out["table/sigmodel"] = varied.table_key()
+    out["combined"] = plan.combined_key()
+    out["export"] = plan.export_key()
+    return out
+
+
+@pytest.mark.parametrize("config", [DEMO, PACKAGED_DEMO], ids=["task_configs", "packaged"])
+def test_demo_content_keys_are_pinned(config: Path, tmp_path: Path) -> None:
+    keys = demo_keys(config, tmp_path)
+    changed = {k: (RECORDED[k], v) for k, v in keys.items() if RECORDED[k] != v}
+    assert not changed, f"content keys changed (recorded, now): {changed}"
+    assert keys.keys() == RECORDED.keys()
+
+
+def test_keys_do_not_depend_on_the_result_folder(tmp_path: Path) -> None:
+    assert demo_keys(DEMO, tmp_path / "a") == demo_keys(DEMO, tmp_path / "b")
+
+
+def test_a_changed_fit_model_changes_fit_and_table_keys_only(write_config, tmp_path: Path) -> None:
+    """The pins can fail: a different model gives other fit keys, the same prep and histogram keys."""
+    from tests.conftest import demo_dict
+
+    d = demo_dict()
+    d["fit"]["background"] = "chebyshev2"
+    keys = demo_keys(write_config(d), tmp_path)
+    assert keys["prep/data"] == RECORDED["prep/data"]
+    assert keys["hist/data"] == RECORDED["hist/data"]
+    assert keys["fit/mc"] == RECORDED["fit/mc"]  # simulation is counted: no model in its key
+    assert keys["fit/data"] != RECORDED["fit/data"]
+    assert keys["table"] != RECORDED["table"]
