@@ -21,7 +21,7 @@ from collections.abc import Callable
 import boost_histogram as bh
 import numpy as np
 
-from calibflow.binning import BinningScheme
+from calibflow.binning.scheme import BinningScheme
 from calibflow.kernels.binindex import Cut, fill_bins
 
 P_EDGES = [2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 100.0]  # GeV

@@ -118,7 +118,7 @@ def time_table() -> float | None:
         prep = [PrepareTuple(sample=s, index=i, **common) for s in ("data", "mc") for i in range(2)]
         if not build(plan, prep, workers=2).ok:
             raise RuntimeError("tuple preparation failed")
-        from calibflow.warmup import warm_up
+        from calibflow.ops.warmup import warm_up
 
         t0 = time.perf_counter()
         warm_up()  # as `calibflow run` does before forking its workers

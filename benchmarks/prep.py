@@ -308,7 +308,7 @@ def main() -> None:
         Path(p).read_bytes()
     cfg = config(folder, files)
     t0 = time.perf_counter()
-    import calibflow.prep  # noqa: F401  (imported once, as `calibflow run` does before forking workers)
+    import calibflow.prep.prepare  # noqa: F401  (imported once, as `calibflow run` does before forking workers)
     from calibflow.kernels.warm import warm_up
 
     t_import = time.perf_counter() - t0

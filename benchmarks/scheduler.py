@@ -18,7 +18,7 @@ import time
 
 import luigi
 
-from calibflow import scheduler
+from calibflow.ops import scheduler
 from tasks.runner import SchedulerAddress, run_tasks
 
 DONE: set[tuple[str, int]] = set()

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from calibflow.binning import BinningScheme
+from calibflow.binning.scheme import BinningScheme
 from calibflow.config import CalibrationConfig, ConfigError, load_config, resolve_files
 from calibflow.hashing import content_key, file_identity
-from calibflow.prep import PASS, PrepSpec, output_name, pass_column, prep_spec
+from calibflow.prep.spec import PASS, PrepSpec, output_name, pass_column, prep_spec
 from calibflow.variants import (
     INCLUSIVE,
     NOMINAL,
@@ -192,7 +192,7 @@ class Plan:
         """Fail early, with the key to fix, on anything that would fail later: files, expressions, models."""
         cfg = self.config
         if cfg.toy is not None:
-            from calibflow.toys import get_generator
+            from calibflow.toys.registry import get_generator
 
             try:
                 get_generator(cfg.toy.generator)
@@ -327,7 +327,7 @@ class Plan:
     # --- binning ------------------------------------------------------------------------------------
     def scheme(self) -> BinningScheme | None:
         """The binning scheme when it needs no data (else None: MakeBinning derives it)."""
-        from calibflow.binmake import static_scheme
+        from calibflow.binning.make import static_scheme
 
         binning = self.config.binning
         return None if binning.data_driven else static_scheme(binning)
@@ -401,7 +401,7 @@ class Plan:
     def splot_path(self, sample: str, bin_key: str) -> str:
         """Cached sPlot mass fit of one bin of ``sample`` (method ``sweights``). Its key has no pass column,
         so every working point reuses the fit."""
-        from calibflow.binfit import SPLOT_VERSION, splot_settings
+        from calibflow.fit.measure import SPLOT_VERSION, splot_settings
 
         key = content_key(bin_key, self.prep_keys(sample), self.config.mass_spec, splot_settings(self.config.fit),
                           SPLOT_VERSION)

@@ -24,7 +24,7 @@ from b2luigi.batch.workers import BatchSystems
 
 from calibflow.config import TaskResources
 from calibflow.io.store import atomic_path
-from calibflow.scheduler import SetupError
+from calibflow.ops.scheduler import SetupError
 
 RESULT_FILE = "result.json"
 DEFAULT_STATUS_TTL = 10.0

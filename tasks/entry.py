@@ -21,7 +21,7 @@ import luigi
 import luigi.scheduler
 import luigi.worker
 
-import tasks  # noqa: F401  (registers the task classes)
+import tasks
 from tasks.batch import write_result
 
 
@@ -45,6 +45,7 @@ class _NoReporter:
 
 def rebuild(family: str, params_json: str, task_id: str) -> luigi.Task:
     """The task of ``family`` with the given string parameters; ValueError if its id is not ``task_id``."""
+    tasks.register_all()
     try:
         cls = luigi.task_register.Register.get_task_cls(family)
         params: dict[str, Any] = json.loads(params_json)

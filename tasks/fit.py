@@ -29,7 +29,7 @@ class MakeBinning(CalibTask):
         return self.target(self.plan.binning_path())
 
     def run(self) -> None:
-        from calibflow.binmake import data_scheme, write_scheme
+        from calibflow.binning.make import data_scheme, write_scheme
 
         plan = self.plan
         scheme = plan.scheme()
@@ -64,13 +64,13 @@ class _PerSample(CalibTask):
         return paths
 
     writer = ""
-    """Name of the calibflow.histos function writing this task's output from the prepared tuples."""
+    """Name of the calibflow.fit.histograms function writing this task's output from the prepared tuples."""
 
     def run(self) -> None:
-        from calibflow import histos
+        from calibflow.fit import histograms
 
         plan = self.plan
-        getattr(histos, self.writer)(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec,
+        getattr(histograms, self.writer)(self.prep_paths(), plan.load_scheme(), plan.config.mass_spec,
                                      self.output().path, plan.pass_column)
 
 
@@ -107,13 +107,13 @@ class FitBin(CalibTask):
     and the run report counts bins (:meth:`results`, and the number fitted sent by :meth:`on_success`).
     """
 
-    pool_preload = ("calibflow.binfit", "calibflow.kernels.warm:warm_up")
+    pool_preload = ("calibflow.fit.measure", "calibflow.kernels.warm:warm_up")
     sample = b2luigi.Parameter()
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
 
     def _candidates(self) -> bool:
-        from calibflow.binfit import needs_candidates
+        from calibflow.fit.measure import needs_candidates
 
         cfg = self.plan.config
         return needs_candidates(cfg.samples[self.sample].method, cfg.fit)
@@ -148,8 +148,8 @@ class FitBin(CalibTask):
         return len(self.plan.bin_keys()[self.bin_index : self.bin_index + self.bin_count])
 
     def run(self) -> None:
-        from calibflow.binfit import measure_bin
-        from calibflow.histos import read_bin_candidates, read_bins
+        from calibflow.fit.histograms import read_bin_candidates, read_bins
+        from calibflow.fit.measure import measure_bin
 
         plan = self.plan
         cfg = plan.config
@@ -192,7 +192,7 @@ class FitBin(CalibTask):
     def _plot(self, result: dict, data: dict, title: str, path: str) -> None:
         import numpy as np
 
-        from calibflow.fitplots import plot_pass_fail_fit
+        from calibflow.fit.plots import plot_pass_fail_fit
 
         cfg = self.plan.config
         if "cands" in data:

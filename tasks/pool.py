@@ -43,7 +43,7 @@ def _run(task: luigi.Task, worker_id: str, context: str | None, options: dict[st
 
 def preload_modules(tasks: Iterable[luigi.Task]) -> list[str]:
     """Modules that ``tasks`` import when they run (their classes' ``pool_preload``), to import before the
-    pool forks rather than once per pool process (``calibflow.binfit`` pulls in scipy.stats: about a
+    pool forks rather than once per pool process (``calibflow.fit.measure`` pulls in scipy.stats: about a
     second, which a run of tuple preparation alone need not pay). An entry ``module:function`` names a
     set-up function to call as well (``calibflow.kernels.warm:warm_up``: numba's start-up)."""
     return sorted({m for t in tasks for m in getattr(type(t), "pool_preload", ())})

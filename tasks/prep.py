@@ -20,7 +20,7 @@ class GenerateToys(CalibTask):
         return self.target(self.plan.input_files(self.sample)[self.index])
 
     def run(self) -> None:
-        from calibflow.toys import write_toy_file
+        from calibflow.toys.registry import write_toy_file
 
         plan = self.plan
         write_toy_file(
@@ -40,7 +40,7 @@ class PrepareTuple(CalibTask):
     is left out: the task writes an exclusion marker (file and reason) instead of failing.
     """
 
-    pool_preload = ("calibflow.prep", "calibflow.kernels.warm:warm_up")
+    pool_preload = ("calibflow.prep.prepare", "calibflow.kernels.warm:warm_up")
     sample = b2luigi.Parameter()
     index = b2luigi.IntParameter()
 
@@ -56,7 +56,8 @@ class PrepareTuple(CalibTask):
         return self.plan.is_excluded(self.sample, self.index) or super().complete()
 
     def run(self) -> None:
-        from calibflow.prep import PrepError, prepare_file
+        from calibflow.prep.prepare import prepare_file
+        from calibflow.prep.spec import PrepError
 
         plan = self.plan
         src = plan.input_files(self.sample)[self.index]

@@ -26,8 +26,8 @@ import luigi.worker
 from b2luigi.batch.workers import BatchSystems, SendJobWorker
 from luigi.execution_summary import _summary_dict
 
+from calibflow.ops.scheduler import SetupError
 from calibflow.plan import Plan
-from calibflow.scheduler import SetupError
 from tasks import batch
 from tasks.base import RESULTS_MADE, describe, failure_reason
 from tasks.pool import TaskPool, preload_modules

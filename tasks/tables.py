@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from calibflow.outputs import is_published
+from calibflow.export.publish import is_published
 from calibflow.variants import NOMINAL
 from tasks.base import CalibTask
 from tasks.fit import FillHistograms, MakeBinning, fit_tasks
@@ -23,9 +23,9 @@ class EfficiencyTable(CalibTask):
         return self.target(os.path.join(self.plan.table_dir(), DONE))
 
     def run(self):
-        from calibflow.histos import read_truth
+        from calibflow.fit.histograms import read_truth
         from calibflow.io.store import atomic_path
-        from calibflow.outputs import write_tables
+        from calibflow.tables.write import write_tables
 
         plan = self.plan
         fits = fit_tasks(self)
@@ -61,8 +61,8 @@ class CombineTables(CalibTask):
         return self.target(os.path.join(self.plan.combined_dir(), DONE))
 
     def run(self) -> None:
-        from calibflow.assemble import combine_all
         from calibflow.io.store import atomic_path
+        from calibflow.tables.assemble import combine_all
 
         combine_all(self.plan)
         with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
@@ -80,7 +80,7 @@ class ExportTables(CalibTask):
         return is_published(plan.workdir, plan.export_key())
 
     def run(self) -> None:
-        from calibflow.assemble import export_all
+        from calibflow.export.publish import export_all
 
         export_all(self.plan)
 

@@ -45,7 +45,7 @@ def write_config(tmp_path: Path) -> Callable[[dict[str, Any], str], Path]:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run the full demo once (2 workers) and return its output folder."""
-    from calibflow.cli import main
+    from tasks.cli import main
 
     result_dir = tmp_path_factory.mktemp("demo_results")
     assert main(["run", str(DEMO), "--workers", "2", "--result-dir", str(result_dir)]) == 0
@@ -67,7 +67,7 @@ def corrupt_input_config(tmp_path: Path, write_config: Callable[[dict[str, Any],
     """A tiny config whose data sample is a real ROOT file with damaged baskets: its preparation fails midway."""
     import uproot
 
-    from calibflow.toys import write_toy_file
+    from calibflow.toys.registry import write_toy_file
 
     src = tmp_path / "data_damaged.root"
     write_toy_file(str(src), 20000, is_data=True, seed=5)

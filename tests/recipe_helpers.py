@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from calibflow.cli import main
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
+from tasks.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

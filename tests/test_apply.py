@@ -10,10 +10,10 @@ import uproot
 import yaml
 
 from calibflow.apply import Calibrator, CalibratorError, CalibratorSequence, apply_to_file, load_apply_config
-from calibflow.cli import main
 from calibflow.io.root import write_ttree
-from calibflow.tables import read_csv
-from calibflow.toys import SIMULATION, generate_candidates
+from calibflow.tables.rows import read_csv
+from calibflow.toys.jpsi import SIMULATION, generate_candidates
+from tasks.cli import main
 
 
 @pytest.fixture

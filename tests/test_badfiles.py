@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import uproot
 
-from calibflow.cli import main
 from calibflow.config import parse_config
 from calibflow.io.root import write_ttree
-from calibflow.outputs import MASTER_JSON
-from calibflow.prep import PrepError, prep_spec, prepare_file
-from calibflow.tables import read_csv
-from calibflow.toys import write_toy_file
+from calibflow.prep.prepare import prepare_file
+from calibflow.prep.spec import PrepError, prep_spec
+from calibflow.tables.rows import read_csv
+from calibflow.tables.write import MASTER_JSON
+from calibflow.toys.registry import write_toy_file
+from tasks.cli import main
 
 from .conftest import tiny_demo_dict
 

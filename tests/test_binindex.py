@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calibflow.binning import BinningScheme, Node
+from calibflow.binning.scheme import BinningScheme, Node
 from calibflow.kernels.binindex import Cut, fill_bins, fill_bins_reference, flatten, locate
 
 VARS = ("a", "b", "c")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibflow.binning import BinningScheme, Node
+from calibflow.binning.scheme import BinningScheme, Node
 
 
 def test_product_scheme_locate_matches_searchsorted() -> None:

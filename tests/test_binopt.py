@@ -10,8 +10,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from matplotlib.collections import PatchCollection
 
-from calibflow.binning import BinningScheme, Node
-from calibflow.binopt import (
+from calibflow.binning.optimise import (
     BinningError,
     Category,
     Criteria,
@@ -25,7 +24,8 @@ from calibflow.binopt import (
     optimise_scheme,
     uniform_edges,
 )
-from calibflow.binplot import plot_scheme
+from calibflow.binning.plot import plot_scheme
+from calibflow.binning.scheme import BinningScheme, Node
 from calibflow.kernels.binindex import Cut
 
 # --- 1D edges -------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, write_config, edit, 
     d = demo_dict()
     edit(d)
     cfg = write_config(d)
-    out = subprocess.run([sys.executable, "-m", "calibflow.cli", "run", str(cfg), "--result-dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(cfg), "--result-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 2
     assert expected in out.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calibflow.cli import main
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
+from tasks.cli import main
 
 from .conftest import small_demo_dict
 

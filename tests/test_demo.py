@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from calibflow.plan import Plan
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
 from tasks import ExportTables
 from tasks.runner import build
 
@@ -54,7 +54,7 @@ def test_demo_closure(demo_run: Path, quantity: str) -> None:
 
 def test_closure_truth_is_independent_of_measurement(demo_run: Path) -> None:
     """The true efficiencies come from the toy's truth branch: compare with the generator's formula."""
-    from calibflow.toys import true_efficiency
+    from calibflow.toys.jpsi import true_efficiency
 
     rows = [r for r in read_csv(demo_run / "closure.csv") if r["quantity"] == "efficiency"]
     eff = {(r["sample"], r["bin"]): r for r in read_csv(demo_run / "efficiencies.csv")}
@@ -90,7 +90,7 @@ def test_correctionlib_clamps_out_of_range(demo_run: Path) -> None:
 
 def test_demo_rerun_runs_nothing(demo_run: Path) -> None:
     """A second run with nothing changed runs no task, and the command finishes in seconds."""
-    cmd = [sys.executable, "-m", "calibflow.cli", "run", str(DEMO), "--result-dir", str(demo_run.parent)]
+    cmd = [sys.executable, "-m", "tasks.cli", "run", str(DEMO), "--result-dir", str(demo_run.parent)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
     assert "0 task(s) run, 1 reused" in out.stdout
     assert "corrections.json" in out.stdout

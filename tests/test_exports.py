@@ -10,8 +10,8 @@ import pytest
 import uproot
 import yaml
 
-from calibflow.cli import main
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
+from tasks.cli import main
 
 from .conftest import small_demo_dict
 
@@ -113,7 +113,7 @@ def test_text_tables(syst_run: Path) -> None:
 
 
 def test_flow_error_rejects_out_of_range(tmp_path: Path) -> None:
-    from calibflow.binning import BinningScheme
+    from calibflow.binning.scheme import BinningScheme
     from calibflow.export.correctionlib import build_correction, write_correction_set
 
     scheme = BinningScheme.product([("pt", [10, 20, 50])])

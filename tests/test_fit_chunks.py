@@ -84,13 +84,13 @@ def test_a_chunk_fits_only_missing_bins_and_the_report_counts_bins(built: Plan) 
 
 
 def test_a_failing_bin_fails_its_chunk_and_keeps_the_others(built: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
-    import calibflow.binfit
+    import calibflow.fit.measure
 
     data = next(t for t in _chunks(built, 20) if t.sample == "data")
     paths = data.result_paths()
     for p in paths:
         Path(p).unlink()
-    real = calibflow.binfit.measure_bin
+    real = calibflow.fit.measure.measure_bin
     calls = []
 
     def measure(*args, **kwargs):
@@ -99,14 +99,14 @@ def test_a_failing_bin_fails_its_chunk_and_keeps_the_others(built: Plan, monkeyp
             raise ValueError("broken bin")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(calibflow.binfit, "measure_bin", measure)
+    monkeypatch.setattr(calibflow.fit.measure, "measure_bin", measure)
     report = build(built, [data], workers=1)  # in this process, so that the patch applies
     assert not report.ok
     (task_id, reason), = report.failed
     assert task_id.startswith("FitBin")
     assert reason.startswith("RuntimeError: 1 of 6 bin(s) failed; bin 2 (p in [6, 15), eta in [2, 3.5)): ValueError:")
     assert [Path(p).exists() for p in paths] == [True, True, False, True, True, True]
-    monkeypatch.setattr(calibflow.binfit, "measure_bin", real)
+    monkeypatch.setattr(calibflow.fit.measure, "measure_bin", real)
     rerun = build(built, [data], workers=1)
     assert rerun.ok and rerun.ran["FitBin"] == 1 and rerun.reused["FitBin"] == 5
 
@@ -118,7 +118,7 @@ def test_cached_keys_follow_the_inputs_and_the_config(tmp_path: Path, write_conf
 
     from calibflow.hashing import content_key
     from calibflow.plan import FIT_VERSION
-    from calibflow.toys import write_toy_file
+    from calibflow.toys.registry import write_toy_file
 
     from .conftest import tiny_demo_dict
 

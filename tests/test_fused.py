@@ -16,7 +16,9 @@ from calibflow.expr import ExprError, compile_expression
 from calibflow.io.root import write_ttree
 from calibflow.io.store import read_columns, read_metadata
 from calibflow.kernels import fused
-from calibflow.prep import PASS, _cut_flow, _outputs, fused_loop, prep_spec, prepare_file
+from calibflow.prep.prepare import prepare_file
+from calibflow.prep.spec import PASS, prep_spec
+from calibflow.prep.steps import cut_flow, fused_loop, output_columns
 
 from .conftest import demo_dict
 
@@ -40,8 +42,8 @@ def _columns(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 def _numpy_path(stages, columns, cols, n):
     """The numpy path of prep: cut flow and outputs (the reference)."""
     flow = {f"s{i}": 0 for i in range(len(stages))}
-    keep = _cut_flow(cols, n, [(f"s{i}", e.where, e.evaluate) for i, e in enumerate(stages)], flow)
-    return _outputs(cols, n, keep, columns), np.array(list(flow.values()))
+    keep = cut_flow(cols, n, [(f"s{i}", e.where, e.evaluate) for i, e in enumerate(stages)], flow)
+    return output_columns(cols, n, keep, columns), np.array(list(flow.values()))
 
 
 def _fused_path(stages, columns, cols, n, masked=False, start=None):

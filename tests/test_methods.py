@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from calibflow.plan import Plan
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
 from tasks import ExportTables
 from tasks.runner import build
 

@@ -6,7 +6,7 @@ import multiprocessing
 from pathlib import Path
 
 from calibflow.plan import Plan
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
 from tasks import ExportTables
 from tasks.runner import build
 
@@ -47,9 +47,9 @@ def test_the_pool_preloads_only_what_the_scheduled_tasks_import(write_config, tm
     common = {"config": plan.config_path, "result_dir": plan.result_dir}
     prep = [PrepareTuple(sample="data", index=i, **common) for i in range(2)]
     warm = "calibflow.kernels.warm:warm_up"
-    assert preload_modules(prep) == [warm, "calibflow.prep"]
+    assert preload_modules(prep) == [warm, "calibflow.prep.prepare"]
     assert preload_modules([*prep, FitBin(sample="data", bin_index=0, **common)]) == [
-        "calibflow.binfit", warm, "calibflow.prep"]
+        "calibflow.fit.measure", warm, "calibflow.prep.prepare"]
     assert preload_modules([ExportTables(**common)]) == []
 
 

@@ -11,7 +11,8 @@ import pytest
 from calibflow.config import parse_config
 from calibflow.io.root import write_ttree
 from calibflow.io.store import read_columns, read_metadata
-from calibflow.prep import MASS, PASS, PrepError, prep_spec, prepare_file
+from calibflow.prep.prepare import prepare_file
+from calibflow.prep.spec import MASS, PASS, PrepError, prep_spec
 
 from .conftest import demo_dict
 

@@ -18,7 +18,8 @@ from calibflow.config import ConfigError, parse_config
 from calibflow.io.root import write_ttree
 from calibflow.io.store import read_columns, read_metadata
 from calibflow.plan import Plan
-from calibflow.prep import MASS, PASS, WEIGHT, pass_column, prep_spec, prepare_file
+from calibflow.prep.prepare import prepare_file
+from calibflow.prep.spec import MASS, PASS, WEIGHT, pass_column, prep_spec
 
 GOLDEN = {"1": [[1, 40]], "2": [[10, 20], [30, 100]]}
 MU_MASS = 0.10566  # GeV
@@ -274,7 +275,7 @@ def test_per_object_result_in_a_per_pair_stage_is_an_expression_error(nano, tmp_
     d = nano_config(lumi=None)
     d["selection"]["event"] = "TrigObj_pt > 3"  # jagged: not one value per event
     spec = prep_spec(parse_config(d), "data", str(folder))
-    from calibflow.prep import PrepExpressionError
+    from calibflow.prep.spec import PrepExpressionError
 
     with pytest.raises(PrepExpressionError, match=r"nano\.root: selection\.event: gives several values per row"):
         prepare_file(str(folder / "nano.root"), spec, str(tmp_path / "out.h5"))
@@ -294,8 +295,8 @@ def test_no_event_left_gives_empty_columns(nano, tmp_path: Path) -> None:
 
 def test_calibflow_run_on_nanoaod(nano, tmp_path: Path) -> None:
     """The whole graph on the NanoAOD file: PrepareTuple pairs, tables, and the published cut flow."""
-    from calibflow.cli import main
-    from calibflow.tables import read_csv
+    from calibflow.tables.rows import read_csv
+    from tasks.cli import main
 
     folder, d = nano
     cfg = nano_config()

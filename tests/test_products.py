@@ -9,8 +9,8 @@ import pytest
 
 from calibflow.config import ConfigError, parse_config
 from calibflow.plan import Plan
-from calibflow.products import product_rows
-from calibflow.tables import read_csv
+from calibflow.tables.products import product_rows
+from calibflow.tables.rows import read_csv
 from tasks import ExportTables
 from tasks.runner import build
 

@@ -84,7 +84,7 @@ def test_second_build_reuses_and_says_so(tiny_run) -> None:
 
 
 def test_failure_summary_names_the_task_and_the_reason(corrupt_input_config: Path, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "calibflow.cli", "run", str(corrupt_input_config), "--result-dir",
+    out = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(corrupt_input_config), "--result-dir",
                           str(tmp_path / "res")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout + out.stderr
     summary = re.search(r"calibflow: damaged: (\d+) task\(s\) run, 0 reused, 1 failed", out.stdout)

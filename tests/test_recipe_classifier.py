@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import uproot
 
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
 
 from .recipe_helpers import (
     assert_closes,

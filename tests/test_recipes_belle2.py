@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import uproot
 
-from calibflow.tables import read_csv
+from calibflow.tables.rows import read_csv
 
 from .recipe_helpers import (
     assert_closes,
@@ -157,7 +157,7 @@ def test_counted_simulation_equals_numpy(out: Path) -> None:
 @pytest.mark.parametrize("cut", [0.2, 0.5, 0.8])
 def test_generator_truth_is_the_pass_probability(cut: float) -> None:
     """The stored truth (for the generator's cut) predicts the pass rate of the generated scores."""
-    from calibflow.toys_belle2 import generate_dstar
+    from calibflow.toys.belle2 import generate_dstar
 
     d = generate_dstar(200_000, True, np.random.default_rng(7), kaon_id_cut=cut)
     for t in ("K", "pi"):
@@ -170,7 +170,7 @@ def test_generator_truth_is_the_pass_probability(cut: float) -> None:
 
 def test_sample_aliases_override_global_ones_and_enter_the_prep_key() -> None:
     from calibflow.config import ConfigError, parse_config
-    from calibflow.prep import prep_spec
+    from calibflow.prep.spec import prep_spec
 
     d = recipe("belle2_pid_dstar")
     d["aliases"] = {"p": "K_p", "unused": "K_pt"}

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import uproot
 
-from calibflow.tables import read_csv
-from calibflow.toys_nanoaod import EMU_PATHS, REFERENCE_TRIGGER, RUNS
+from calibflow.tables.rows import read_csv
+from calibflow.toys.nanoaod import EMU_PATHS, REFERENCE_TRIGGER, RUNS
 
 from .recipe_helpers import assert_closes, assert_closes_widened
 from .test_recipes_lhcb import (

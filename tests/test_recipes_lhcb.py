@@ -27,10 +27,12 @@ from calibflow.expr import ExprError
 from calibflow.io.store import read_columns
 from calibflow.kernels.matching import shared_fraction_match_reference
 from calibflow.kernels.pairing import offsets_from_counts
-from calibflow.prep import PASS, prep_key, prep_spec, prepare_file, shared_hit_fraction
-from calibflow.tables import read_csv
-from calibflow.toys_lhcb import generate_tracking, match_probability, min_shared
-from calibflow.toys_nanoaod import write_tree
+from calibflow.prep.prepare import prepare_file
+from calibflow.prep.spec import PASS, prep_key, prep_spec
+from calibflow.prep.steps import shared_hit_fraction
+from calibflow.tables.rows import read_csv
+from calibflow.toys.lhcb import generate_tracking, match_probability, min_shared
+from calibflow.toys.nanoaod import write_tree
 
 from .conftest import ROOT
 from .recipe_helpers import assert_closes, assert_closes_widened
@@ -51,7 +53,7 @@ def recipe_dict(name: str) -> dict[str, Any]:
 
 def run_recipe(d: Mapping[str, Any], folder: Path) -> Path:
     """Run the config ``d`` with one worker (fastest on a loaded machine) and return its output folder."""
-    from calibflow.cli import main
+    from tasks.cli import main
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
@@ -167,11 +169,11 @@ def test_prepare_flat_ntuple_with_hit_match(hit_file, tmp_path: Path, cuts: dict
     spec = prep_spec(parse_config(hit_config(cuts)), "d", str(folder))
     assert spec.branches == ["long_hitIDs", "long_nHits", "probe_hitIDs", "x"]
     assert spec.first_hit_match_stage == (1 if "pair" in cuts else len(cuts))
-    from calibflow import prep
+    from calibflow.prep import steps
 
     seen: list[int] = []
-    original = prep.shared_hit_fraction
-    monkeypatch.setattr(prep, "shared_hit_fraction", lambda p, *a, **k: seen.append(len(p)) or original(p, *a, **k))
+    original = steps.shared_hit_fraction
+    monkeypatch.setattr(steps, "shared_hit_fraction", lambda p, *a, **k: seen.append(len(p)) or original(p, *a, **k))
     flow = prepare_file(str(folder / "hits.root"), spec, str(tmp_path / "out.h5"), step_size=1000)
     keep = ref["x"] > 0.3 if cuts else np.ones(4000, bool)
     assert sum(seen) == keep.sum()  # only rows surviving the stages before the fraction is needed

@@ -82,7 +82,7 @@ KILL_POINTS: dict[str, Callable[[Path], bool]] = {
 
 
 def _run(cfg: Path, result_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "calibflow.cli", "run", str(cfg), "--workers", "2",
+    return subprocess.Popen([sys.executable, "-m", "tasks.cli", "run", str(cfg), "--workers", "2",
                              "--result-dir", str(result_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calibflow import scheduler, status
-from calibflow.cli import main
+from calibflow.ops import scheduler, status
+from tasks.cli import main
 
 from .conftest import tiny_demo_dict
 
@@ -43,7 +43,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "calibflow.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "tasks.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

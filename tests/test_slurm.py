@@ -173,7 +173,7 @@ def _setup(tmp_path: Path, cluster: SlurmCluster) -> tuple[Path, dict[str, str]]
 
 
 def _calibflow(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "calibflow.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "tasks.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
@@ -306,7 +306,7 @@ def test_batch_tables_equal_local_tables_and_no_temporaries(runs: BatchRuns) -> 
 def test_bad_batch_setup_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str], settings: dict[str, object],
                                              args: list[str], message: str) -> None:
-    from calibflow.cli import main
+    from tasks.cli import main
 
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     monkeypatch.setenv("B2LUIGI_SETTINGS_JSON", str(tmp_path / "settings.json"))

@@ -9,8 +9,9 @@ from scipy import stats
 from sweights import SWeight, cov_correct
 
 import calibflow.fit.sweights as sw
-from calibflow.binfit import measure_bin
 from calibflow.config import FitConfig
+from calibflow.fit.histograms import BinCandidates
+from calibflow.fit.measure import measure_bin
 from calibflow.fit.sweights import (
     SPlotFit,
     fit_and_sweight,
@@ -19,7 +20,6 @@ from calibflow.fit.sweights import (
     sweight,
     sweights_from_fit,
 )
-from calibflow.histos import BinCandidates
 
 LO, HI = 5000.0, 5600.0
 SIG = stats.norm(5280.0, 20.0)

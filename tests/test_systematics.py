@@ -7,7 +7,7 @@ import math
 import pytest
 
 from calibflow.config import Variation
-from calibflow.systematics import combine
+from calibflow.tables.systematics import combine
 
 B = {"p_lo": 2.0, "p_hi": 5.0}
 NOMINAL = [{"sample": "data", "bin": 0, **B, "efficiency": 0.80, "err_down": 0.01, "err_up": 0.02}]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from calibflow.tables import pull, ratio_errors, read_csv, scale_factor_rows, write_csv
+from calibflow.tables.rows import pull, ratio_errors, read_csv, scale_factor_rows, write_csv
 
 
 def test_ratio_errors_match_linear_propagation() -> None:

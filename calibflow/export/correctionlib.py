@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import correctionlib.schemav2 as cs
 
-from calibflow.binning import BinningScheme, Node
+from calibflow.binning.scheme import BinningScheme, Node
 from calibflow.io.store import atomic_path
 
 

@@ -14,7 +14,7 @@ import boost_histogram as bh
 import numpy as np
 import uproot
 
-from calibflow.binning import BinningScheme, Node
+from calibflow.binning.scheme import BinningScheme, Node
 from calibflow.io.store import atomic_path
 
 

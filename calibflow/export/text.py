@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from calibflow.tables import Row
+from calibflow.tables.rows import Row
 
 
 def _bin_cells(row: Row, variables: Sequence[str]) -> list[str]:

@@ -1,0 +1,7 @@
+"""Numba kernels, each beside the plain-numpy reference its tests compare it with.
+
+Take numpy arrays; give arrays. Open ``binindex`` first (the scheme walk every stage uses): it locates
+rows in a bin scheme and fills per-bin counts; ``histogram`` fills pass/fail mass histograms, ``pairing``
+and ``matching`` build tag-and-probe pairs and match objects, ``fused`` compiles a config's cuts and
+columns into one loop, ``warm`` sets numba up. They import nothing from the stage packages.
+"""

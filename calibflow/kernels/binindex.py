@@ -1,6 +1,6 @@
 """Numba kernels: bin index of nested-rectangular schemes and fused selection + histogram fill.
 
-A nested scheme (a tree of :class:`calibflow.binning.Node`) is flattened into arrays, :class:`FlatTree`;
+A nested scheme (a tree of :class:`TreeNode`, such as :class:`calibflow.binning.scheme.Node`) is flattened into arrays, :class:`FlatTree`;
 the kernels walk it with one binary search (or one multiplication, for uniform edges) per level and row.
 A bin's index is the sum of the per-interval ``offset`` along the row's path, so a subtree shared by
 several parents (a product binning) is stored once. Plain-numpy references: ``BinningScheme.locate_reference``
@@ -11,13 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numba
 import numpy as np
 
-if TYPE_CHECKING:
-    from calibflow.binning import Node
+
+class TreeNode(Protocol):
+    """One level of a nested scheme as :func:`flatten` reads it (the kernels import nothing from
+    :mod:`calibflow.binning`; its ``Node`` is one): ``variable`` cut at ``edges``, then ``children``
+    per interval, or None for a leaf level."""
+
+    @property
+    def variable(self) -> str: ...
+
+    @property
+    def edges(self) -> tuple[float, ...]: ...
+
+    @property
+    def children(self) -> Sequence[TreeNode] | None: ...
 
 
 class FlatTree(NamedTuple):
@@ -61,7 +73,7 @@ def _is_uniform(e: np.ndarray) -> bool:
     return bool(np.allclose(e, np.linspace(e[0], e[-1], e.size), rtol=0.0, atol=1e-9 * (e[-1] - e[0])))
 
 
-def flatten(root: Node) -> FlatScheme:
+def flatten(root: TreeNode) -> FlatScheme:
     """Flatten a node tree for the kernels (root = last node).
 
     Equal subtrees (same variable, edges and children) are stored once, so a product binning takes one
@@ -72,7 +84,7 @@ def flatten(root: Node) -> FlatScheme:
     var, edge_start, edges, inv_width, offset, child = [], [0], [], [], [], []
     n_leaves: list[int] = []
 
-    def visit(node: Node) -> int:
+    def visit(node: TreeNode) -> int:
         if node.variable not in variables:
             variables.append(node.variable)
         kids = None if node.children is None else tuple(visit(c) for c in node.children)

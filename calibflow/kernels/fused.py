@@ -1,6 +1,6 @@
 """One fused numba loop for the cuts and output columns of flat tuples (one row per candidate).
 
-The numpy path (:func:`calibflow.prep._cut_flow`, :func:`calibflow.prep._outputs`) evaluates every
+The numpy path (:func:`calibflow.prep.steps.cut_flow`, :func:`calibflow.prep.steps.output_columns`) evaluates every
 cut stage over whole chunks, one temporary array per operation, then gathers each output column with
 an index array: about 25 ns per row for four cuts and four columns. :func:`fused_selection` translates
 the same expressions (their alias-expanded syntax trees, already checked against the whitelist of

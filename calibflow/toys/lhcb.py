@@ -30,8 +30,8 @@ import awkward as ak
 import numpy as np
 from scipy import stats
 
-from calibflow.toy_common import beta_on, gamma_on, toy_options
-from calibflow.toys_nanoaod import Surface, write_tree
+from calibflow.toys.common import beta_on, gamma_on, toy_options
+from calibflow.toys.nanoaod import Surface, write_tree
 
 JPSI_MASS = 3096.9  # MeV
 MASS_WINDOW = (2600.0, 3600.0)  # MeV, generated combinatorial background

@@ -14,11 +14,11 @@ import numpy as np
 
 def warm_up() -> None:
     """Import the compute modules and call every hot kernel once on tiny inputs."""
-    import calibflow.outputs
-    import calibflow.plots
-    import calibflow.prep
-    import calibflow.toys  # noqa: F401
-    from calibflow.binning import BinningScheme
+    import calibflow.export.figures
+    import calibflow.export.publish
+    import calibflow.prep.prepare
+    import calibflow.toys.jpsi  # noqa: F401
+    from calibflow.binning.scheme import BinningScheme
     from calibflow.fit.passfail import fit_pass_fail
     from calibflow.fit.unbinned import fit_pass_fail_unbinned
     from calibflow.kernels.histogram import fill_pass_fail

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from calibflow.binning import BinningScheme
+from calibflow.binning.scheme import BinningScheme
 from calibflow.config import MassConfig
 from calibflow.io.store import COMPRESSION, atomic_path, read_columns
 from calibflow.kernels.histogram import fill_pass_fail
-from calibflow.prep import IS_SIGNAL, MASS, PASS, TRUE_EFF, WEIGHT
+from calibflow.prep.spec import IS_SIGNAL, MASS, PASS, TRUE_EFF, WEIGHT
 
 
 @dataclass

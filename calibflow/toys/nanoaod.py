@@ -1,6 +1,6 @@
 """Toy CMS NanoAOD ``Events`` trees with known truth: Z→μμ for muon ID/isolation tag-and-probe and eμ
 events for dilepton-trigger efficiencies; plus the jagged-tree writer and smooth efficiency surfaces
-shared with the LHCb tracking toy (:mod:`calibflow.toys_lhcb`).
+shared with the LHCb tracking toy (:mod:`calibflow.toys.lhcb`).
 
 NanoAOD conventions: one row per event, collections as ``<Coll>_<field>`` branches with a counter
 ``n<Coll>``, objects sorted by decreasing pT, momenta in GeV, angles in rad, ``run``/``luminosityBlock``
@@ -26,7 +26,7 @@ import numpy as np
 from scipy import special
 
 from calibflow.io.store import atomic_path
-from calibflow.toy_common import TOY_COMPRESSION, toy_options
+from calibflow.toys.common import TOY_COMPRESSION, toy_options
 
 MUON_MASS = 0.1056584  # GeV
 ELECTRON_MASS = 0.000511  # GeV
@@ -43,7 +43,7 @@ REFERENCE_TRIGGER = "HLT_PFMET120_PFMHT120_IDTight"
 TREE = "Events"
 
 
-# --- shared helpers (also used by calibflow.toys_lhcb) ------------------------------------------------
+# --- shared helpers (also used by calibflow.toys.lhcb) ------------------------------------------------
 def write_tree(path: str | os.PathLike[str], branches: Mapping[str, Any], tree: str = TREE,
                basket_rows: int = 100_000) -> None:
     """Write a TTree of flat numpy branches, jagged awkward branches (counter ``n<name>``) and awkward record

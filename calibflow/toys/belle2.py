@@ -12,7 +12,7 @@ Units as in Belle II: momenta in GeV, masses in GeV, flight distances in cm.
 
 Every track carries ``kaonID`` and ``protonID`` scores drawn from the response of its true species
 (:data:`RESPONSES`, smooth in p and cos θ, different in data and simulation; see
-:mod:`calibflow.toy_common`) and ``pionID`` = (1 − kaonID)(1 − protonID). Data contain combinatorial
+:mod:`calibflow.toys.common`) and ``pionID`` = (1 − kaonID)(1 − protonID). Data contain combinatorial
 background, flat-ish in the fitted mass, with a mix of true species; simulation is purer.
 
 Truth, read only by closure tables: ``toy_is_signal`` and, per track, ``toy_<track>_true_eff``, the
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from calibflow.io.root import write_ttrees
-from calibflow.toy_common import (
+from calibflow.toys.common import (
     TOY_COMPRESSION,
     Response,
     beta_on,
@@ -91,7 +91,7 @@ class Track:
 class DecayToy:
     """A two-body (plus tag) decay in one flat tree: the mass branch, its peak (double Gaussian with
     core width ``sigma``·(1 + ``sigma_slope``·p of the first track), GeV), the generated mass window,
-    the background slope (see :func:`calibflow.toy_common.linear_on`) and the tracks."""
+    the background slope (see :func:`calibflow.toys.common.linear_on`) and the tracks."""
 
     tree: str
     mass_branch: str

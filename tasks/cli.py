@@ -14,7 +14,7 @@ from importlib import resources
 
 from calibflow.config import ConfigError
 from calibflow.expr import ExprError
-from calibflow.scheduler import DEFAULT_HOST, DEFAULT_PORT, SetupError
+from calibflow.ops.scheduler import DEFAULT_HOST, DEFAULT_PORT, SetupError
 
 DEFAULT_CONFIG = os.path.join("task_configs", "demo.yaml")
 
@@ -82,7 +82,7 @@ def _scheduler_args(p: argparse.ArgumentParser) -> None:
 
 def _scheduler(args: argparse.Namespace, required: bool = False):
     """The central scheduler named by --scheduler-host/--port (checked to answer), else None."""
-    from calibflow.scheduler import check_port, ping
+    from calibflow.ops.scheduler import check_port, ping
     from tasks.runner import SchedulerAddress
 
     if args.scheduler_host is None and args.scheduler_port is None and not required:
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not top.complete():
         plan.check_models()
         if not args.batch and workers > 1:
-            from calibflow.warmup import warm_up
+            from calibflow.ops.warmup import warm_up
 
             warm_up()  # forked workers start with the kernels loaded
     report = build(plan, [top], workers, scheduler=scheduler, batch_mode=args.batch,
@@ -188,7 +188,7 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """Start, stop or report the user's luigid (pid file, state and logs in the state folder)."""
-    from calibflow import scheduler
+    from calibflow.ops import scheduler
 
     if args.action == "start":
         srv = scheduler.start(args.port, args.state_dir)
@@ -207,7 +207,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print pending/running/done/failed task counts per stage, from the central scheduler."""
-    from calibflow import status
+    from calibflow.ops import status
 
     address = _scheduler(args, required=True)
     if args.config:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from calibflow.scheduler import SetupError, api
+from calibflow.ops.scheduler import SetupError, api
 
 COLUMNS = ("pending", "running", "done", "failed")
 _STATES = {"PENDING": "pending", "UNKNOWN": "pending", "RUNNING": "running", "BATCH_RUNNING": "running",

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from calibflow.config import Variation
-from calibflow.tables import Row
+from calibflow.tables.rows import Row
 
 SUFFIXES = ("Up", "Down")
 

@@ -3,7 +3,7 @@ score, truth-matched (real) or fake, in a flat TTree ``tracks``.
 
 Branches: ``event``, ``trk_pt`` (GeV), ``trk_eta``, ``trk_phi`` (rad), ``trk_nHits``, ``trk_score`` in
 (0, 1), ``trk_isMatched`` (1 for a real track). The score of real tracks rises with pT and falls
-towards large |η|; fakes score low, less so at low pT (see :mod:`calibflow.toy_common`). Truth, read
+towards large |η|; fakes score low, less so at low pT (see :mod:`calibflow.toys.common`). Truth, read
 only by closure tables: ``toy_true_eff``, the exact probability that the candidate passes the nominal
 cut ``trk_score > score_cut`` (option, default 0.5), and ``toy_is_signal`` (= ``trk_isMatched``).
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from calibflow.io.root import write_ttrees
-from calibflow.toy_common import TOY_COMPRESSION, Response, beta_on, gamma_on, toy_options
+from calibflow.toys.common import TOY_COMPRESSION, Response, beta_on, gamma_on, toy_options
 
 TREE = "tracks"
 PT_RANGE = (0.5, 50.0)  # GeV

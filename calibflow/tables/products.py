@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from calibflow.tables import Row
+from calibflow.tables.rows import Row
 
 ERROR_PAIRS = (("err_down", "err_up"), ("total_down", "total_up"))
 

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.collections import PatchCollection
 from matplotlib.patches import Rectangle
 
-from calibflow.tables import Row
+from calibflow.tables.rows import Row
 
 MARKERS = "os^Dv<>"
 

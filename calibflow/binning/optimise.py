@@ -8,7 +8,7 @@ on those histograms only, outer variable first:
   whole slice (all inner cells) meets the criteria in every category — fine intervals are merged only
   where a slice cannot be satisfied on its own;
 * inside each group the next variable is grouped the same way, recursively, so every group gets its own
-  inner edges and the result maps onto :class:`~calibflow.binning.Node` / :class:`BinningScheme`.
+  inner edges and the result maps onto :class:`~calibflow.binning.scheme.Node` / :class:`BinningScheme`.
 
 Every bin of the result holds at least ``min_count`` (effective) events in every category. Among the
 groupings with the most groups, the one chosen maximises the product of the groups' smallest counts
@@ -32,7 +32,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from calibflow.binning import BinningScheme, Node
+from calibflow.binning.scheme import BinningScheme, Node
 from calibflow.kernels.binindex import Cut, fill_bins, flatten
 
 

@@ -2,8 +2,8 @@
 
 ``combine_all`` writes, under the plan's combined folder, the nominal tables with systematics (and one
 sub-folder ``wp/<name>/`` per working point and ``methods/<name>/`` per method or product of methods),
-the master tables and the ROC points; ``export_all``
-writes every export and the report, then publishes them under ``<result_dir>/<name>/``.
+the master tables and the ROC points; ``prep_reports`` the cut flows and the list of inputs left out.
+:func:`calibflow.export.publish.export_all` then writes every export and the report, and publishes them.
 """
 
 from __future__ import annotations
@@ -12,20 +12,11 @@ import os
 from typing import Any
 
 from calibflow import __version__
-from calibflow.outputs import (
-    EFFICIENCIES,
-    ROC,
-    SCALE_FACTORS,
-    combine_tables,
-    export_tables,
-    publish,
-    write_master,
-    write_report,
-)
 from calibflow.plan import Plan
-from calibflow.products import product_rows
-from calibflow.roc import roc_rows
-from calibflow.tables import read_csv, write_csv
+from calibflow.tables.products import product_rows
+from calibflow.tables.roc import roc_rows
+from calibflow.tables.rows import read_csv, write_csv
+from calibflow.tables.write import EFFICIENCIES, ROC, SCALE_FACTORS, combine_tables, write_master
 from calibflow.variants import (
     INCLUSIVE,
     METHOD_PREFIX,
@@ -38,7 +29,7 @@ from calibflow.variants import (
 )
 
 
-def _bases(plan: Plan) -> list[tuple[str, str]]:
+def base_folders(plan: Plan) -> list[tuple[str, str]]:
     """(variant, output folder) of the nominal calibration, every working point and every method."""
     out = plan.combined_dir()
     cfg = plan.nominal_config
@@ -47,7 +38,7 @@ def _bases(plan: Plan) -> list[tuple[str, str]]:
     return [(NOMINAL, out), *wps, *methods]
 
 
-def _products(plan: Plan) -> list[tuple[str, str, str]]:
+def product_folders(plan: Plan) -> list[tuple[str, str, str]]:
     """(product name, output folder, variant of its first method) of every product of methods."""
     out = plan.combined_dir()
     return [(name, os.path.join(out, "methods", name), f"{METHOD_PREFIX}{members[0]}")
@@ -75,12 +66,12 @@ def combine_all(plan: Plan) -> None:
     """Combined tables, master tables and ROC points of every base variant."""
     cfg = plan.nominal_config
     out_dir = plan.combined_dir()
-    for base, folder in _bases(plan):
+    for base, folder in base_folders(plan):
         varied = {s: plan.with_variant(join(base, s)).table_dir() for s in systematic_variants(cfg)}
         combine_tables(folder, plan.with_variant(base).table_dir(), varied, cfg.systematics.sources,
                        cfg.systematics.combine)
         write_master(folder, metadata(plan, base))
-    for name, folder, _ in _products(plan):
+    for name, folder, _ in product_folders(plan):
         members = cfg.products[name]
         for table, value, keys in ((EFFICIENCIES, "efficiency", ("sample", "bin")),
                                    (SCALE_FACTORS, "scale_factor", ("data", "mc", "bin"))):
@@ -107,7 +98,7 @@ def prep_reports(plan: Plan, out_dir: str) -> list[str]:
     """``cutflow_<sample>.csv`` per sample (the cut flows of its prepared files summed: entries left after
     each stage) and, if inputs were left out as bad, ``excluded_files.txt`` (sample, file, reason)."""
     from calibflow.io.store import atomic_path
-    from calibflow.prep import merged_cutflow
+    from calibflow.prep.prepare import merged_cutflow
 
     paths = []
     for s in plan.config.samples:
@@ -132,33 +123,3 @@ def prep_reports(plan: Plan, out_dir: str) -> list[str]:
                     reason = e["reason"].removeprefix(f"{e['file']}: ")
                     f.write(f"{s}\t{e['file']}\t{reason}\n")
     return paths
-
-
-def export_all(plan: Plan) -> list[str]:
-    """Every export, the report, and publication; returns the published paths."""
-    cfg = plan.nominal_config
-    out = plan.combined_dir()
-    files: list[str] = prep_reports(plan, out)
-    for base, folder in [*_bases(plan), *[(v, f) for _, f, v in _products(plan)]]:
-        scheme = plan.with_variant(base).load_scheme()
-        files += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith((".csv", ".json", ".h5"))]
-        files += export_tables(folder, scheme, cfg.outputs.correction_name or cfg.name, cfg.outputs,
-                               cfg.systematics.sources)
-    if cfg.roc:
-        roc = os.path.join(out, ROC)
-        if cfg.outputs.plots:
-            from calibflow.plots import plot_roc
-
-            rows = read_csv(roc)
-            for r in rows:
-                r["label"] = "inclusive" if r["bin"] == "inclusive" else f"bin {r['bin']}"
-            path = os.path.join(out, "plots", "roc.png")
-            plot_roc(rows, path, title=f"{cfg.name}: {cfg.roc.signal} vs {cfg.roc.background}")
-            files.append(path)
-    files = sorted(set(files))
-    if cfg.outputs.report:
-        summary = [cfg.description, f"systematic sources: {', '.join(s.name for s in cfg.systematics.sources) or 'none'}"]
-        n_bad = sum(len(v) for v in plan.excluded_files().values())
-        summary += [f"{n_bad} bad input file(s) left out: see {EXCLUDED_FILES}"] if n_bad else []
-        files += write_report(out, f"calibflow: {cfg.name}", files, summary)
-    return publish(out, plan.workdir, plan.export_key(), files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from calibflow.tables import Row
+from calibflow.tables.rows import Row
 
 
 def roc_rows(per_wp: Mapping[str, Sequence[Row]], signal: str, background: str, binned: bool = True) -> list[Row]:

@@ -16,7 +16,7 @@ import numpy as np
 from calibflow.config import FitConfig
 from calibflow.fit.counting import count_efficiency, sweighted_efficiency_from_sums
 from calibflow.fit.diagnostics import FitQuality
-from calibflow.histos import BinCandidates, BinHistograms
+from calibflow.fit.histograms import BinCandidates, BinHistograms
 
 NEEDS_CANDIDATES = ("sweights",)
 SPLOT_VERSION = 1

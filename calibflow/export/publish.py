@@ -1,104 +1,28 @@
-"""Assemble tables from per-bin results, combine systematics, export and publish them.
+"""Exports of the combined tables and their publication under ``<result_dir>/<name>/``.
 
-Per variant: ``efficiencies.csv``, ``scale_factors.csv`` and (toys) ``closure.csv``. Combined (nominal
-with every systematic source): the same files with ``<source>Up/Down``, ``syst`` and ``total_up/down``
-columns, the master table ``calibration.json``/``calibration.h5``, and the exports: ``corrections.json``
-(correctionlib), ``corrections.root`` (TH1D/TH2D), ``tables.md``, ``tables.tex``, ``plots/`` and a
-``report.md``/``report.html`` page linking everything.
+``export_tables`` writes the exports of one folder of combined tables: ``corrections.json`` (correctionlib),
+``corrections.root`` (TH1D/TH2D), ``tables.md``, ``tables.tex`` and ``plots/``; ``export_all`` does it for
+every folder of a plan, adds the report page, and ``publish`` copies the set with its ``manifest.json``.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import h5py
-import numpy as np
-
-from calibflow.binning import BinningScheme
+from calibflow.binning.scheme import BinningScheme
 from calibflow.config import OutputsConfig, Variation
+from calibflow.export.report import write_report
 from calibflow.io.store import atomic_path
-from calibflow.systematics import combine
-from calibflow.tables import Row, closure_rows, efficiency_rows, read_csv, scale_factor_rows, write_csv
+from calibflow.plan import Plan
+from calibflow.tables.assemble import EXCLUDED_FILES, base_folders, prep_reports, product_folders
+from calibflow.tables.rows import Row, read_csv
+from calibflow.tables.write import CORRECTIONS, EFFICIENCIES, ROC, ROOT_FILE, SCALE_FACTORS
 
-EFFICIENCIES, SCALE_FACTORS, CLOSURE, CORRECTIONS = "efficiencies.csv", "scale_factors.csv", "closure.csv", "corrections.json"
-MASTER_JSON, MASTER_H5, ROOT_FILE, ROC = "calibration.json", "calibration.h5", "corrections.root", "roc.csv"
 MANIFEST = "manifest.json"
-
-
-def write_tables(
-    out_dir: str,
-    scheme: BinningScheme,
-    results: Mapping[tuple[str, int], Mapping[str, Any]],
-    pairs: Sequence[tuple[str, str]],
-    truth: Mapping[str, np.ndarray | None],
-) -> list[str]:
-    """Write efficiencies.csv, scale_factors.csv and (with toy truth) closure.csv; return the files."""
-    eff = efficiency_rows(scheme, results)
-    sf = [row for d, m in pairs for row in scale_factor_rows(eff, d, m)]
-    written = [os.path.join(out_dir, EFFICIENCIES), os.path.join(out_dir, SCALE_FACTORS)]
-    write_csv(written[0], eff)
-    write_csv(written[1], sf)
-    true = {(s, i): float(t[i]) for s, t in truth.items() if t is not None for i in range(len(t)) if np.isfinite(t[i])}
-    if true:
-        written.append(os.path.join(out_dir, CLOSURE))
-        write_csv(written[-1], closure_rows(eff, sf, true))
-    return written
-
-
-def combine_tables(
-    out_dir: str, nominal_dir: str, varied_dirs: Mapping[str, str], sources: Sequence[Variation], method: str
-) -> list[str]:
-    """Nominal tables extended with the systematic columns of ``sources`` (runs in ``varied_dirs``)."""
-    written = []
-    for name, keys, value in ((EFFICIENCIES, ("sample", "bin"), "efficiency"), (SCALE_FACTORS, ("data", "bin"), "scale_factor")):
-        nominal = read_csv(os.path.join(nominal_dir, name))
-        varied = {run: read_csv(os.path.join(d, name)) for run, d in varied_dirs.items()}
-        path = os.path.join(out_dir, name)
-        write_csv(path, combine(nominal, varied, sources, method, value, keys))
-        written.append(path)
-    if os.path.exists(os.path.join(nominal_dir, CLOSURE)):
-        path = os.path.join(out_dir, CLOSURE)
-        os.makedirs(out_dir, exist_ok=True)
-        with atomic_path(path) as tmp:
-            shutil.copyfile(os.path.join(nominal_dir, CLOSURE), tmp)
-        written.append(path)
-    return written
-
-
-def _columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    out = {}
-    for k in keys:
-        vals = [r.get(k) for r in rows]
-        out[k] = np.array(vals, dtype="S") if any(isinstance(v, str) for v in vals) else np.array(vals, dtype=float)
-    return out
-
-
-def write_master(out_dir: str, metadata: Mapping[str, Any], extra: Mapping[str, Sequence[Row]] = {}) -> list[str]:
-    """The master table of ``out_dir``: every table plus metadata, as JSON and as HDF5 (one group each)."""
-    tables: dict[str, list[Row]] = {
-        name[:-4]: read_csv(os.path.join(out_dir, name))
-        for name in (EFFICIENCIES, SCALE_FACTORS, CLOSURE)
-        if os.path.exists(os.path.join(out_dir, name))
-    }
-    tables.update({k: list(v) for k, v in extra.items()})
-    jpath, hpath = os.path.join(out_dir, MASTER_JSON), os.path.join(out_dir, MASTER_H5)
-    with atomic_path(jpath) as tmp, open(tmp, "w") as f:
-        json.dump({"metadata": metadata, "tables": tables}, f, indent=1, default=str)
-    with atomic_path(hpath) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs["metadata"] = json.dumps(metadata, default=str)
-        for name, rows in tables.items():
-            g = h5.create_group(name)
-            for col, arr in _columns(rows).items():
-                g[col] = arr
-    return [jpath, hpath]
 
 
 def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, dict[int, float]]:
@@ -177,7 +101,7 @@ def export_tables(
 
 
 def _plots(out_dir: str, variables: Sequence[str], eff: Sequence[Row], sf: Sequence[Row], name: str) -> list[str]:
-    from calibflow.plots import plot_efficiency_vs, plot_map
+    from calibflow.export.figures import plot_efficiency_vs, plot_map
 
     written = []
     for var in variables:
@@ -192,27 +116,6 @@ def _plots(out_dir: str, variables: Sequence[str], eff: Sequence[Row], sf: Seque
                      title=f"{name}: {data}")
             written.append(path)
     return written
-
-
-def write_report(workdir: str, title: str, files: Sequence[str], summary: Sequence[str] = ()) -> list[str]:
-    """``report.md`` and ``report.html`` under ``workdir`` linking ``files`` (paths under workdir)."""
-    rel = [os.path.relpath(f, workdir) for f in files]
-    md = [f"# {title}", "", *summary, "", "## Tables and exports", ""]
-    md += [f"- [{r}]({r})" for r in rel if not r.endswith(".png")]
-    md += ["", "## Plots", ""] + [f"![{r}]({r})" for r in rel if r.endswith(".png")]
-    body = [f"<h1>{html.escape(title)}</h1>"] + [f"<p>{html.escape(s)}</p>" for s in summary]
-    body += ["<h2>Tables and exports</h2><ul>"]
-    body += [f'<li><a href="{html.escape(r)}">{html.escape(r)}</a></li>' for r in rel if not r.endswith(".png")]
-    body += ["</ul><h2>Plots</h2>"]
-    body += [f'<figure><img src="{html.escape(r)}" width="640"><figcaption>{html.escape(r)}</figcaption></figure>'
-             for r in rel if r.endswith(".png")]
-    paths = [os.path.join(workdir, "report.md"), os.path.join(workdir, "report.html")]
-    with atomic_path(paths[0]) as tmp, open(tmp, "w") as f:
-        f.write("\n".join(md) + "\n")
-    with atomic_path(paths[1]) as tmp, open(tmp, "w") as f:
-        f.write("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title></head><body>"
-                + "\n".join(body) + "</body></html>\n")
-    return paths
 
 
 def publish(out_dir: str, workdir: str, key: str, files: Sequence[str]) -> list[str]:
@@ -246,3 +149,34 @@ def is_published(workdir: str, key: str) -> bool:
     """Whether ``workdir`` holds the published outputs of ``key`` (manifest and every file)."""
     manifest = _manifest(workdir)
     return bool(manifest) and manifest.get("key") == key and all(os.path.exists(os.path.join(workdir, p)) for p in manifest["files"])
+
+
+
+def export_all(plan: Plan) -> list[str]:
+    """Every export, the report, and publication; returns the published paths."""
+    cfg = plan.nominal_config
+    out = plan.combined_dir()
+    files: list[str] = prep_reports(plan, out)
+    for base, folder in [*base_folders(plan), *[(v, f) for _, f, v in product_folders(plan)]]:
+        scheme = plan.with_variant(base).load_scheme()
+        files += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith((".csv", ".json", ".h5"))]
+        files += export_tables(folder, scheme, cfg.outputs.correction_name or cfg.name, cfg.outputs,
+                               cfg.systematics.sources)
+    if cfg.roc:
+        roc = os.path.join(out, ROC)
+        if cfg.outputs.plots:
+            from calibflow.export.figures import plot_roc
+
+            rows = read_csv(roc)
+            for r in rows:
+                r["label"] = "inclusive" if r["bin"] == "inclusive" else f"bin {r['bin']}"
+            path = os.path.join(out, "plots", "roc.png")
+            plot_roc(rows, path, title=f"{cfg.name}: {cfg.roc.signal} vs {cfg.roc.background}")
+            files.append(path)
+    files = sorted(set(files))
+    if cfg.outputs.report:
+        summary = [cfg.description, f"systematic sources: {', '.join(s.name for s in cfg.systematics.sources) or 'none'}"]
+        n_bad = sum(len(v) for v in plan.excluded_files().values())
+        summary += [f"{n_bad} bad input file(s) left out: see {EXCLUDED_FILES}"] if n_bad else []
+        files += write_report(out, f"calibflow: {cfg.name}", files, summary)
+    return publish(out, plan.workdir, plan.export_key(), files)

@@ -8,15 +8,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from calibflow.binning import BinningScheme
+from calibflow.binning.scheme import BinningScheme
 from calibflow.config import BinningConfig, BinVariable, MassConfig
 from calibflow.io.store import atomic_path, read_columns
-from calibflow.prep import MASS, WEIGHT
+from calibflow.prep.spec import MASS, WEIGHT
 
 
 def fine_edges(var: BinVariable, values: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
     """Fine edges of one variable; equal-population edges need the variable's ``values``."""
-    from calibflow.binopt import equal_population_edges, log_edges, uniform_edges
+    from calibflow.binning.optimise import equal_population_edges, log_edges, uniform_edges
 
     if var.edges is not None:
         return np.asarray(var.edges, dtype=float)
@@ -45,10 +45,10 @@ def data_scheme(
     category (n_categories, n_bins) and the category names (``<sample> <pass column> pass|fail``).
 
     Categories: for each sample and pass column, the candidates in the mass range that pass or fail.
-    Equal-population edges use all samples together. Raises binopt.BinningError (with the counts of
+    Equal-population edges use all samples together. Raises optimise.BinningError (with the counts of
     every category and the minimum asked) when the criteria cannot be met.
     """
-    from calibflow.binopt import Category, Criteria, bin_counts, optimise_scheme
+    from calibflow.binning.optimise import Category, Criteria, bin_counts, optimise_scheme
 
     names = [v.name for v in binning.variables]
     lo, hi = mass.range
@@ -89,7 +89,7 @@ def write_scheme(scheme: BinningScheme, path: str, counts: np.ndarray | None = N
     if counts is not None and len(scheme.variables) <= 2:
         import matplotlib.pyplot as plt
 
-        from calibflow.binplot import plot_scheme
+        from calibflow.binning.plot import plot_scheme
 
         fig = plot_scheme(scheme, counts.min(axis=0), title=f"min. count over {len(categories)} categories")
         png = os.path.splitext(path)[0] + ".png"

@@ -14,7 +14,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from calibflow.binning import BinningScheme
+from calibflow.binning.scheme import BinningScheme
 
 
 def _finite_bounds(scheme: BinningScheme) -> list[dict[str, tuple[float, float]]]:
