@@ -144,12 +144,25 @@ class HitMatchConfig(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+PRESENTATION = {"presentation": True}
+"""``json_schema_extra`` of fields that change only how results are shown (labels, units, styles): they are
+left out of every content key except the exports' (:func:`calibflow.hashing.content_key`)."""
+
+
 class MassConfig(_Strict):
-    """Discriminating variable of the fits: expression, fit range and number of histogram bins."""
+    """Discriminating variable of the fits: expression, fit range and number of histogram bins;
+    ``label`` (LaTeX allowed) and ``unit`` name it on figures and tables."""
 
     variable: str
     range: tuple[float, float]
     bins: int = Field(default=100, ge=1)
+    label: str = Field(default="mass", json_schema_extra=PRESENTATION)
+    unit: str = Field(default="", json_schema_extra=PRESENTATION)
+
+    @property
+    def axis_label(self) -> str:
+        """``label [unit]`` (or the label alone without a unit)."""
+        return axis_label(self.label, self.unit)
 
     @field_validator("range")
     @classmethod
@@ -163,15 +176,33 @@ COUNT_ONLY_MASS = MassConfig(variable="0", range=(-1.0, 1.0), bins=1)
 """Stand-in mass section of counting-only calibrations: every candidate in one bin."""
 
 
+KNOWN_LABELS: dict[str, str] = {
+    "p": "$p$", "pt": "$p_\\mathrm{T}$", "PT": "$p_\\mathrm{T}$", "eta": "$\\eta$", "abseta": "$|\\eta|$",
+    "abs_eta": "$|\\eta|$", "phi": "$\\phi$", "costheta": "$\\cos\\theta$", "cos_theta": "$\\cos\\theta$",
+    "ntracks": "$N_\\mathrm{tracks}$", "nTracks": "$N_\\mathrm{tracks}$", "npv": "$N_\\mathrm{PV}$",
+    "nPV": "$N_\\mathrm{PV}$",
+}
+"""Default labels of common binning-variable names (any other name is its own label). Units have no default:
+momenta are in GeV in one experiment's tuples and in MeV in another's."""
+
+
+def axis_label(label: str, unit: str) -> str:
+    """``label [unit]``, or ``label`` without a unit."""
+    return f"{label} [{unit}]" if unit else label
+
+
 class BinVariable(_Strict):
     """One binning variable: name (the column in tables), optional expression, and its fine binning.
 
     Give ``edges``, or a ``range`` with ``uniform``, ``log`` or ``equal_population`` (number of bins;
     equal-population edges come from the data). The fine bins are the final ones unless
-    ``binning.optimise`` merges them.
+    ``binning.optimise`` merges them. ``label`` (LaTeX allowed, e.g. ``$p_\\mathrm{T}$``) and ``unit``
+    name it on figures, tables and ROOT axes; the label defaults from :data:`KNOWN_LABELS` or the name, the unit to none.
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    label: str | None = Field(default=None, json_schema_extra=PRESENTATION)
+    unit: str | None = Field(default=None, json_schema_extra=PRESENTATION)
     expression: str | None = None
     edges: list[float] | None = None
     range: tuple[float, float] | None = None
@@ -210,6 +241,21 @@ class BinVariable(_Strict):
     def expr(self) -> str:
         """Expression computing this variable (defaults to its name)."""
         return self.expression or self.name
+
+    @property
+    def display(self) -> str:
+        """The label shown for this variable: ``label``, else the known label of its name, else the name."""
+        return self.label if self.label is not None else KNOWN_LABELS.get(self.name, self.name)
+
+    @property
+    def display_unit(self) -> str:
+        """The unit shown for this variable (empty: none)."""
+        return self.unit or ""
+
+    @property
+    def axis_label(self) -> str:
+        """``label [unit]`` for axes and column headers."""
+        return axis_label(self.display, self.display_unit)
 
     @property
     def limits(self) -> tuple[float, float]:
@@ -277,6 +323,7 @@ class FitConfig(_Strict):
     binned: bool = True
     fail_width_shift: bool = False
     max_chi2_ndof: float = Field(default=3.0, gt=0)
+    min_candidates: int = Field(default=50, ge=0)  # fewer in pass or fail: status low_statistics
     min_significance: float = Field(default=3.0, ge=0)
     plots: Literal["none", "flagged", "all"] = "flagged"
     sweights_variance: Literal["sandwich", "pidcalib2"] = "sandwich"  # method sweights: see docs/fits.md
@@ -289,8 +336,20 @@ class ClosureConfig(_Strict):
     signal: str
 
 
+class PlotStyle(_Strict):
+    """Experiment label of the figures (mplhep): ``experiment`` (``LHCb``, ``CMS``, ``ATLAS``, ``ALICE``,
+    ``Belle II`` or any text), ``label`` (``Preliminary``, ``Simulation``, ...), integrated luminosity
+    ``lumi`` (fb^-1) and centre-of-mass ``energy`` (text, e.g. ``13.6 TeV``); none of it by default."""
+
+    experiment: str | None = None
+    label: str | None = None
+    lumi: float | None = Field(default=None, gt=0)
+    energy: str | None = None
+
+
 class OutputsConfig(_Strict):
-    """What to export besides the CSV tables and the master table."""
+    """What to export besides the CSV tables and the master table; ``plot_style`` labels the figures and
+    ``plot_formats`` lists the figure files written (``png``, ``pdf``)."""
 
     correctionlib: bool = True
     root: bool = True
@@ -300,6 +359,8 @@ class OutputsConfig(_Strict):
     report: bool = True
     correction_name: str | None = None
     flow: Literal["clamp", "error"] = "clamp"
+    plot_style: PlotStyle = PlotStyle()
+    plot_formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"], min_length=1)
 
 
 VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samples", "working_points",

@@ -8,13 +8,48 @@ import os
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 KEY_LENGTH = 16
 
 
+def _is_presentation(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("presentation"))
+
+
+def _strip_presentation(model: BaseModel, data: Any) -> Any:
+    """``data`` (the JSON dump of ``model``) without the fields marked ``presentation`` (labels, units,
+    styles), at any depth: they change how results look, never what they are."""
+    for name, field in type(model).model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            continue
+        if _is_presentation(field):
+            del data[key]
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _strip_presentation(value, data[key])
+        elif isinstance(value, (list, tuple)):
+            for v, d in zip(value, data[key], strict=True):
+                if isinstance(v, BaseModel):
+                    _strip_presentation(v, d)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, BaseModel):
+                    _strip_presentation(v, data[key][k])
+    return data
+
+
+def key_dump(model: BaseModel) -> Any:
+    """The JSON dump of ``model`` as content keys see it: by alias, presentation fields left out."""
+    return _strip_presentation(model, model.model_dump(mode="json", by_alias=True))
+
+
 def _canonical(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
-        return _canonical(obj.model_dump(mode="json", by_alias=True))
+        return _canonical(key_dump(obj))
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):

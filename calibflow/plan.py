@@ -19,6 +19,7 @@ Layout under ``<result_dir>/<name>/``::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 
 from calibflow.binning.scheme import BinningScheme
 from calibflow.config import CalibrationConfig, ConfigError, load_config, resolve_files
-from calibflow.hashing import content_key, file_identity
+from calibflow.hashing import content_key, file_identity, key_dump
 from calibflow.prep.spec import PASS, PrepSpec, output_name, pass_column, prep_spec
 from calibflow.variants import (
     INCLUSIVE,
@@ -51,12 +52,18 @@ TABLE_VERSION = 1
 TOY_VERSION = 2
 BINNING_VERSION = 1
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the exact config (path and SHA-256) in the key; master tables written at export
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_config(path: str, mtime_ns: int) -> CalibrationConfig:
     return load_config(path)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sha256(path: str, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,7 +113,7 @@ def _cached_fit_keys(path: str, mtime_ns: int, variant: str, sample: str, pass_c
     model = cfg.fit if s.method in ("fit", "sweights") else None
     interval = s.interval if s.method == "count" else None
     # pydantic models dumped once, as content_key would dump them: the keys are those of one-bin calls
-    shared = [m.model_dump(mode="json", by_alias=True) if isinstance(m, BaseModel) else m
+    shared = [key_dump(m) if isinstance(m, BaseModel) else m
               for m in (list(prep_keys), cfg.mass_spec, pass_col, s.method, model, interval, FIT_VERSION)]
     return tuple(content_key(k, *shared) for k in bin_keys)
 
@@ -429,9 +436,33 @@ class Plan:
         """Folder of the combined tables and their exports."""
         return os.path.join(self.workdir, "combined", self.combined_key())
 
+    def config_sha256(self) -> str:
+        """SHA-256 (hex) of the config file's bytes: the exact config the published files come from."""
+        return _cached_sha256(self.config_path, self._mtime())
+
     def export_key(self) -> str:
-        """Content key of the published outputs."""
-        return content_key(self.combined_key(), self.nominal_config.outputs, EXPORT_VERSION)
+        """Content key of the published outputs: the combined tables, the outputs section and the exact
+        config (path and bytes), so that a changed description, label or comment re-exports (and
+        nothing else reruns)."""
+        config = {"path": self.config_path, "sha256": self.config_sha256()}
+        return content_key(self.combined_key(), self.nominal_config.outputs, config, EXPORT_VERSION)
+
+    def published_config(self) -> str | None:
+        """Path of the config whose outputs are published under :attr:`workdir` (None: nothing published,
+        or published before the manifest recorded its config)."""
+        try:
+            with open(os.path.join(self.workdir, "manifest.json")) as f:
+                return json.load(f).get("config")
+        except (OSError, ValueError):
+            return None
+
+    def check_name_free(self) -> None:
+        """ConfigError when :attr:`workdir` holds the published results of another config with the same
+        ``name`` (``calibflow run --overwrite`` replaces them)."""
+        other = self.published_config()
+        if other is not None and other != self.config_path:
+            raise ConfigError(f"{self.config_path}: name {self.config.name!r} is taken: {self.workdir} holds the "
+                              f"results of {other}; give this config another name, or rerun with --overwrite")
 
     def scale_factor_pairs(self) -> list[tuple[str, str]]:
         """(data, simulation) sample pairs compared in the scale-factor table."""

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", action="store_true",
                      help="submit every task as a job of settings.json's batch_system (slurm, htcondor, lsf)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the published results of another config with the same name")
     run.add_argument("--skip-bad-files", action="store_true",
                      help="leave out input files that cannot be read (listed in excluded_files.txt and in the "
                      "master table) instead of failing; a run without it retries them")
@@ -126,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = args.workers or (BATCH_WORKERS if args.batch else os.cpu_count() or 1)
     scheduler = _scheduler(args)
     plan = _plan(args.config, args.result_dir)
+    if not args.overwrite:
+        plan.check_name_free()
     t0 = time.perf_counter()
     plan.set_skip_bad_files(args.skip_bad_files)  # without the flag, files left out before are retried
     top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)

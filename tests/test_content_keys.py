@@ -2,8 +2,11 @@
 
 Every result folder is keyed by content (``calibflow.plan``): a change that alters any of these keys makes
 every user's results recompute on their next run. Such a change must be deliberate (a ``*_VERSION`` bump in
-``calibflow/plan.py``, noted in the changelog of docs/design.md) and then update the values below. A move of
-code between modules (issue 14) must leave them all unchanged.
+``calibflow/plan.py``, or a new result-changing option, noted in docs/design.md) and then update the values
+below. A move of code between modules (issue 14) must leave them all unchanged. Changes of record:
+issue 15 added ``fit.min_candidates`` (fit keys of fitted samples and everything after them changed; prepared
+tuples, binning, histograms and counted simulation did not). The export key holds the config file's path and
+bytes, so it is not pinned by value but by what changes it.
 """
 
 from __future__ import annotations
@@ -27,13 +30,12 @@ RECORDED = {
     "binning": "124fc3a489947821",
     "n_bins": 156,
     "bins": ["3a4f9685d23adac5", "e380f7244a2e1a11", "a8f0f9b70f712a24"],
-    "fit/data": ["c10a8b2bcfea0664", "85eb06c9d995e89f", "6a2c285a471f0b35"],
+    "fit/data": ["7cd675f89b7be6a1", "5144c151078e3215", "8b8b94afe81e4197"],
     "fit/mc": ["c13ccdc7f5a7f5ac", "f77fbf2cba23bd22", "89369a42138f8282"],
-    "fit/data/sigmodel": ["6dff58ca2ab36906", "a9c44d89ab5c27cf", "7e2ad664aad740b2"],
-    "table": "7266b14790c5db11",
-    "table/sigmodel": "289af22308690e81",
-    "combined": "51d74c9c7b8977f4",
-    "export": "1f725cdb0581fded",
+    "fit/data/sigmodel": ["79d2a06cb0d6ff44", "4868f7db3f46f6aa", "410476e090e9ea37"],
+    "table": "8f365b238073322c",
+    "table/sigmodel": "e18a634e6f954104",
+    "combined": "c534edff6e8cb692",
 }
 
 
@@ -60,7 +62,6 @@ def demo_keys(config: Path, result_dir: Path) -> dict[str, object]:
     out["table"] = plan.table_key()
     out["table/sigmodel"] = varied.table_key()
     out["combined"] = plan.combined_key()
-    out["export"] = plan.export_key()
     return out
 
 
@@ -88,3 +89,30 @@ def test_a_changed_fit_model_changes_fit_and_table_keys_only(write_config, tmp_p
     assert keys["fit/mc"] == RECORDED["fit/mc"]  # simulation is counted: no model in its key
     assert keys["fit/data"] != RECORDED["fit/data"]
     assert keys["table"] != RECORDED["table"]
+
+
+def test_presentation_changes_only_the_export_key(write_config, tmp_path: Path) -> None:
+    """Description, labels, units and plot style re-export; they never refit (issue 15)."""
+    from tests.conftest import demo_dict
+
+    base = write_config(demo_dict(), "a.yaml")
+    d = demo_dict()
+    d["description"] = "another text"
+    d["mass"]["label"], d["mass"]["unit"] = "$m(\\mu\\mu)$", "MeV"
+    d["binning"]["variables"][0].update(label="$p$", unit="GeV")
+    d["outputs"]["plot_style"] = {"experiment": "LHCb", "label": "Simulation"}
+    relabelled = write_config(d, "b.yaml")
+    a, b = Plan.create(base, tmp_path / "r"), Plan.create(relabelled, tmp_path / "r")
+    keys_a, keys_b = demo_keys(base, tmp_path / "r"), demo_keys(relabelled, tmp_path / "r")
+    assert keys_a == keys_b == RECORDED
+    assert a.export_key() != b.export_key()
+
+
+def test_export_key_follows_the_config_file_not_the_result_folder(write_config, tmp_path: Path) -> None:
+    from tests.conftest import demo_dict
+
+    path = write_config(demo_dict(), "a.yaml")
+    key = Plan.create(path, tmp_path / "r1").export_key()
+    assert Plan.create(path, tmp_path / "r2").export_key() == key
+    path.write_text(path.read_text() + "# a comment\n")
+    assert Plan.create(path, tmp_path / "r1").export_key() != key

@@ -18,7 +18,13 @@ from calibflow.config import OutputsConfig, Variation
 from calibflow.export.report import write_report
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
-from calibflow.tables.assemble import EXCLUDED_FILES, base_folders, prep_reports, product_folders
+from calibflow.tables.assemble import (
+    EXCLUDED_FILES,
+    base_folders,
+    prep_reports,
+    product_folders,
+    write_masters,
+)
 from calibflow.tables.rows import Row, read_csv
 from calibflow.tables.write import CORRECTIONS, EFFICIENCIES, ROC, ROOT_FILE, SCALE_FACTORS
 
@@ -118,8 +124,9 @@ def _plots(out_dir: str, variables: Sequence[str], eff: Sequence[Row], sf: Seque
     return written
 
 
-def publish(out_dir: str, workdir: str, key: str, files: Sequence[str]) -> list[str]:
-    """Copy ``files`` (under ``out_dir``) to ``workdir`` and record ``key`` in manifest.json last."""
+def publish(out_dir: str, workdir: str, key: str, files: Sequence[str], config: str | None = None) -> list[str]:
+    """Copy ``files`` (under ``out_dir``) to ``workdir`` and record ``key`` (and the ``config`` path they
+    come from) in manifest.json last."""
     old = _manifest(workdir).get("files", [])
     published = []
     for src in files:
@@ -129,7 +136,8 @@ def publish(out_dir: str, workdir: str, key: str, files: Sequence[str]) -> list[
             shutil.copyfile(src, tmp)
         published.append(dst)
     with atomic_path(os.path.join(workdir, MANIFEST)) as tmp, open(tmp, "w") as f:
-        json.dump({"key": key, "files": [os.path.relpath(p, workdir) for p in published]}, f, indent=1)
+        json.dump({"key": key, "config": config, "files": [os.path.relpath(p, workdir) for p in published]}, f,
+                  indent=1)
     for rel in set(old) - {os.path.relpath(p, workdir) for p in published}:
         stale = os.path.join(workdir, rel)
         if os.path.isfile(stale):
@@ -156,7 +164,7 @@ def export_all(plan: Plan) -> list[str]:
     """Every export, the report, and publication; returns the published paths."""
     cfg = plan.nominal_config
     out = plan.combined_dir()
-    files: list[str] = prep_reports(plan, out)
+    files: list[str] = prep_reports(plan, out) + write_masters(plan)
     for base, folder in [*base_folders(plan), *[(v, f) for _, f, v in product_folders(plan)]]:
         scheme = plan.with_variant(base).load_scheme()
         files += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith((".csv", ".json", ".h5"))]
@@ -179,4 +187,4 @@ def export_all(plan: Plan) -> list[str]:
         n_bad = sum(len(v) for v in plan.excluded_files().values())
         summary += [f"{n_bad} bad input file(s) left out: see {EXCLUDED_FILES}"] if n_bad else []
         files += write_report(out, f"calibflow: {cfg.name}", files, summary)
-    return publish(out, plan.workdir, plan.export_key(), files)
+    return publish(out, plan.workdir, plan.export_key(), sorted(set(files)), config=plan.config_path)

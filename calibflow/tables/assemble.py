@@ -2,7 +2,7 @@
 
 ``combine_all`` writes, under the plan's combined folder, the nominal tables with systematics (and one
 sub-folder ``wp/<name>/`` per working point and ``methods/<name>/`` per method or product of methods),
-the master tables and the ROC points; ``prep_reports`` the cut flows and the list of inputs left out.
+and the ROC points; ``prep_reports`` the cut flows and the list of inputs left out.
 :func:`calibflow.export.publish.export_all` then writes every export and the report, and publishes them.
 """
 
@@ -52,6 +52,7 @@ def metadata(plan: Plan, variant: str) -> dict[str, Any]:
     return {
         "calibflow_version": __version__,
         "config_path": plan.config_path,
+        "config_sha256": plan.config_sha256(),
         "config": cfg.model_dump(mode="json", by_alias=True),
         "variant": variant,
         "systematic_runs": systematic_variants(cfg),
@@ -63,14 +64,14 @@ def metadata(plan: Plan, variant: str) -> dict[str, Any]:
 
 
 def combine_all(plan: Plan) -> None:
-    """Combined tables, master tables and ROC points of every base variant."""
+    """Combined tables and ROC points of every base variant (the master tables, which record the exact
+    config, are written at export: :func:`write_masters`)."""
     cfg = plan.nominal_config
     out_dir = plan.combined_dir()
     for base, folder in base_folders(plan):
         varied = {s: plan.with_variant(join(base, s)).table_dir() for s in systematic_variants(cfg)}
         combine_tables(folder, plan.with_variant(base).table_dir(), varied, cfg.systematics.sources,
                        cfg.systematics.combine)
-        write_master(folder, metadata(plan, base))
     for name, folder, _ in product_folders(plan):
         members = cfg.products[name]
         for table, value, keys in ((EFFICIENCIES, "efficiency", ("sample", "bin")),
@@ -123,3 +124,23 @@ def prep_reports(plan: Plan, out_dir: str) -> list[str]:
                     reason = e["reason"].removeprefix(f"{e['file']}: ")
                     f.write(f"{s}\t{e['file']}\t{reason}\n")
     return paths
+
+
+CONFIG_COPY = "config.yaml"
+"""Published copy of the exact config file the outputs come from."""
+
+
+def write_masters(plan: Plan) -> list[str]:
+    """The master table (JSON and HDF5, with :func:`metadata`) of every base folder, and ``config.yaml``, the
+    config file's exact bytes, in the combined folder; returns the files."""
+    import shutil
+
+    from calibflow.io.store import atomic_path
+
+    files = []
+    for base, folder in base_folders(plan):
+        files += write_master(folder, metadata(plan, base))
+    copy = os.path.join(plan.combined_dir(), CONFIG_COPY)
+    with atomic_path(copy) as tmp:
+        shutil.copyfile(plan.config_path, tmp)
+    return [*files, copy]
