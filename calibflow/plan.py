@@ -414,6 +414,11 @@ class Plan:
                           SPLOT_VERSION)
         return os.path.join(self.workdir, "splots", sample, f"{key}.json")
 
+    def gallery_dir(self, sample: str) -> str:
+        """Published fit gallery of ``sample`` in this variant: ``<workdir>/gallery/<variant>/<sample>/``
+        (variant ``nominal`` for the nominal run), with ``index.html``."""
+        return os.path.join(self.workdir, "gallery", self.variant or "nominal", sample)
+
     # --- tables -------------------------------------------------------------------------------------
     def table_key(self) -> str:
         """Content key of the tables and exports."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from calibflow.binning.scheme import BinningScheme
-from calibflow.config import OutputsConfig, Variation
+from calibflow.config import CalibrationConfig, OutputsConfig, Variation, axis_label
 from calibflow.export.report import write_report
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
@@ -29,6 +29,23 @@ from calibflow.tables.rows import Row, read_csv
 from calibflow.tables.write import CORRECTIONS, EFFICIENCIES, ROC, ROOT_FILE, SCALE_FACTORS
 
 MANIFEST = "manifest.json"
+
+
+class VariableLabel(NamedTuple):
+    """How a binning variable is shown: ``label`` (LaTeX allowed) and ``unit`` (empty: none)."""
+
+    label: str
+    unit: str
+
+    @property
+    def axis(self) -> str:
+        """``label [unit]``."""
+        return axis_label(self.label, self.unit)
+
+
+def variable_labels(cfg: CalibrationConfig) -> dict[str, VariableLabel]:
+    """Label and unit of every binning variable of ``cfg``."""
+    return {v.name: VariableLabel(v.display, v.display_unit) for v in cfg.binning.variables}
 
 
 def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, dict[int, float]]:
@@ -51,9 +68,12 @@ def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, 
 
 
 def export_tables(
-    out_dir: str, scheme: BinningScheme, name: str, outputs: OutputsConfig, sources: Sequence[Variation]
+    out_dir: str, scheme: BinningScheme, name: str, outputs: OutputsConfig, sources: Sequence[Variation],
+    labels: Mapping[str, VariableLabel] | None = None,
 ) -> list[str]:
-    """Exports of the combined tables in ``out_dir``: correctionlib, ROOT, Markdown, LaTeX, plots."""
+    """Exports of the combined tables in ``out_dir``: correctionlib, ROOT, Markdown, LaTeX, plots.
+    ``labels``: per binning variable its label and unit (default: the name, no unit)."""
+    labels = {v: labels[v] if labels and v in labels else VariableLabel(v, "") for v in scheme.variables}
     from calibflow.export.correctionlib import build_correction, write_correction_set
     from calibflow.export.root import histograms, write_root
     from calibflow.export.text import table_lines, write_text_tables
@@ -169,7 +189,7 @@ def export_all(plan: Plan) -> list[str]:
         scheme = plan.with_variant(base).load_scheme()
         files += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith((".csv", ".json", ".h5"))]
         files += export_tables(folder, scheme, cfg.outputs.correction_name or cfg.name, cfg.outputs,
-                               cfg.systematics.sources)
+                               cfg.systematics.sources, variable_labels(plan.with_variant(base).config))
     if cfg.roc:
         roc = os.path.join(out, ROC)
         if cfg.outputs.plots:
