@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -219,3 +220,27 @@ def test_a_kernel_that_does_not_compile_falls_back_to_numpy_with_a_warning(
                                                       broken(*a)[1]))
     with pytest.warns(RuntimeWarning, match="fused loop did not compile"):
         assert _fused_path([compile_expression("f8 > 0")], {"v": compile_expression("f4")}, cols, 100) is None
+
+
+def test_string_comparisons_stay_with_numpy_and_never_reach_the_source() -> None:
+    """A string comparison keeps the whole selection on numpy; a string literal is refused before its repr
+    could enter the generated source, whatever it is compared with."""
+    cols = {**_columns(np.random.default_rng(9), 100), "Type": np.array(["GG", "x"] * 50, dtype=object)}
+    for text in ['Type == "GG"', 'Type in ("GG", "x")', 'Type not in ["GG"]', 'f8 > 0 and Type != "x"']:
+        assert fused_loop([compile_expression(text)], {"v": compile_expression("f8")}, cols) is None
+        assert fused_loop([compile_expression("f8 > 0")], {PASS: compile_expression(text)}, cols) is None
+    translator = fused._Translator({"f8": "x0"}, {"f8": np.dtype("f8")})
+    for tree in [ast.Constant("GG"), ast.Constant(b"GG"), compile_expression('f8 == "GG"').tree]:
+        with pytest.raises(fused._Unsupported):
+            translator.value(tree)
+
+
+def test_string_columns_read_as_awkward_do_not_stop_the_loop_of_numeric_expressions() -> None:
+    import awkward as ak
+
+    cols = {**_columns(np.random.default_rng(10), 100), "Type": ak.Array(["GG", "x"] * 50)}
+    selection = fused_loop([compile_expression("f8 > 0")], {"v": compile_expression("f4")}, cols)
+    assert selection is not None and "Type" not in selection.branches
+    out, flow = selection.run(cols, 100)
+    assert flow.tolist() == [int((cols["f8"] > 0).sum())]
+    assert np.array_equal(out["v"], cols["f4"][cols["f8"] > 0], equal_nan=True)

@@ -8,9 +8,11 @@ output array. That skips uproot's per-basket objects, copies and concatenation: 
 ``TTree.arrays`` for the same columns (docs/prep.md), and the same values (tests/test_baskets.py).
 
 Chunks are unions of whole clusters (entry ranges at which every needed branch starts a new basket), so
-no basket is inflated twice. Branches this reader does not handle (jagged or object branches, custom
-interpretations, baskets embedded in the TTree metadata of a file whose writer crashed) and trees whose
-clusters are too long for bounded memory are left to uproot: :func:`flat_layout` returns None for them.
+no basket is inflated twice. String branches (``char*``, ``TString``, ``std::string``: uproot's
+``AsStrings``) are read by uproot for the same entry ranges, as awkward string arrays, beside the numeric
+ones. Branches this reader does not handle (jagged or object branches, custom interpretations, baskets
+embedded in the TTree metadata of a file whose writer crashed) and trees whose clusters are too long for
+bounded memory are left to uproot: :func:`flat_layout` returns None for them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,12 +169,21 @@ def _checked_lz4(data: memoryview, where: str) -> memoryview:
     return body
 
 
-def iterate_flat(path: str, layout: Sequence[FlatBranch], chunks: Sequence[tuple[int, int]]
-                 ) -> Iterator[dict[str, np.ndarray]]:
-    """The branches of ``layout`` in the file at ``path``, one dict (name -> native array) per chunk."""
+def iterate_flat(path: str, layout: Sequence[FlatBranch], chunks: Sequence[tuple[int, int]],
+                 others: Callable[[int, int], dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    """The branches of ``layout`` in the file at ``path``, one dict (name -> native array) per chunk, with
+    ``others(start, stop)`` (more branches of the same entries) added."""
     with BasketFile(path) as f:
         for start, stop in chunks:
-            yield {b.name: f.read(b, start, stop) for b in layout}
+            out: dict[str, Any] = {b.name: f.read(b, start, stop) for b in layout}
+            if others is not None:
+                out.update(others(start, stop))
+            yield out
+
+
+def string_branches(tree: Any, names: Sequence[str]) -> list[str]:
+    """The branches among ``names`` of the uproot TTree ``tree`` holding one string per entry."""
+    return [n for n in names if isinstance(getattr(tree[n], "interpretation", None), uproot.AsStrings)]
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kMGT]i?B|B)?\s*$")
@@ -193,11 +204,21 @@ def step_entries(step_size: str | int, layout: Sequence[FlatBranch]) -> int:
 
 
 def read_flat(path: str, tree: Any, names: Sequence[str], step_size: str | int
-              ) -> Iterator[dict[str, np.ndarray]] | None:
+              ) -> Iterator[dict[str, Any]] | None:
     """Chunks of branches ``names`` of the uproot TTree ``tree`` of the local file ``path`` (about
-    ``step_size`` each), or None when this reader does not handle them (then uproot reads them)."""
-    layout = flat_layout(tree, names)
+    ``step_size`` each), or None when this reader does not handle them (then uproot reads them). Numeric
+    branches are numpy arrays; string branches are read by uproot as awkward string arrays (for chunks made
+    of the numeric branches' clusters; without a numeric branch uproot reads everything)."""
+    strings = string_branches(tree, names)
+    numeric = [n for n in names if n not in strings]
+    layout = flat_layout(tree, numeric) if numeric else None
     if layout is None:
         return None
     chunks = cluster_chunks(layout, step_entries(step_size, layout))
-    return None if chunks is None else iterate_flat(path, layout, chunks)
+    if chunks is None:
+        return None
+
+    def read_strings(start: int, stop: int) -> dict[str, Any]:
+        return tree.arrays(strings, entry_start=start, entry_stop=stop, library="ak", how=dict)
+
+    return iterate_flat(path, layout, chunks, read_strings if strings else None)

@@ -13,15 +13,16 @@ scalars are honoured), and only operations whose scalar form rounds exactly like
 translated: arithmetic, comparisons, logic, bit operations, ``abs``, ``sqrt``, ``min``/``max``/``clip``
 with several arguments, ``where``, ``isfinite`` and ``x**2``. For anything else (exp, log and the
 trigonometric functions, whose numpy and libm implementations may differ in the last bit, jagged
-reductions, the kinematic helpers, integer division by a column) :func:`fused_selection` returns
-None and the caller keeps numpy. The plain-numpy reference is the numpy path itself (tests compare
-both on random expressions and columns).
+reductions, the kinematic helpers, integer division by a column, string comparisons)
+:func:`fused_selection` returns None and the caller keeps numpy. The plain-numpy reference is the numpy
+path itself (tests compare both on random expressions and columns).
 
 The generated source contains only this module's templates, column indices and ``repr`` of numeric
-constants; the user's text never reaches it. Kernels are compiled once per machine: the source is
-written to ``$CALIBFLOW_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/calibflow/kernels``, else
-``~/.cache/calibflow/kernels``) and numba caches the machine code beside it; where that folder cannot
-be written, a temporary folder of the process takes its place (compiled once per process).
+constants (a string literal is refused before its ``repr`` could be taken); the user's text never
+reaches it. Kernels are compiled once per machine: the source is written to ``$CALIBFLOW_KERNEL_CACHE``
+(default ``$XDG_CACHE_HOME/calibflow/kernels``, else ``~/.cache/calibflow/kernels``) and numba caches
+the machine code beside it; where that folder cannot be written, a temporary folder of the process takes
+its place (compiled once per process).
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ class _Translator:
         return method(node)
 
     def _Constant(self, node: ast.Constant) -> _Value:
+        if not isinstance(node.value, bool | int | float):  # string literals: never into the source
+            raise _Unsupported(f"{type(node.value).__name__} constants")
         return _Value(_literal(node.value), node.value)
 
     def _Name(self, node: ast.Name) -> _Value:
@@ -247,6 +250,8 @@ class _Translator:
         operands = [self.value(o) for o in [node.left, *node.comparators]]
         parts, result = [], None
         for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
+            if type(op) not in _COMPARISONS:  # 'in' / 'not in' (string comparisons)
+                raise _Unsupported(type(op).__name__)
             fn, symbol = _COMPARISONS[type(op)]
             step = _numpy(fn, left, right)
             try:

@@ -100,12 +100,17 @@ def _chunks(path: str, tree: Any, branches: Sequence[str], step_size: str | int,
             ) -> Iterator[dict[str, Any]]:
     """The branches of ``tree`` in chunks of about ``step_size`` (entries, or bytes of the branches as
     text such as ``"64 MB"``): flat numeric branches of a local file by :mod:`calibflow.io.baskets`,
-    everything else by uproot."""
-    from calibflow.io.baskets import read_flat
+    everything else by uproot. Flat numeric branches come as numpy arrays, jagged and string branches as
+    awkward arrays (uproot's numpy strings are Python objects, ~5x slower to read)."""
+    from calibflow.io.baskets import read_flat, string_branches
 
     flat = read_flat(path.removeprefix("file://"), tree, branches, step_size) if (
         library == "np" and _is_local(path)) else None
-    return flat if flat is not None else tree.iterate(branches, step_size=step_size, library=library, how=dict)
+    if flat is not None:
+        return flat
+    if library == "np" and not string_branches(tree, branches):
+        return tree.iterate(branches, step_size=step_size, library="np", how=dict)
+    return (event_arrays(c) for c in tree.iterate(branches, step_size=step_size, library="ak", how=dict))
 
 
 def prepare_file(
@@ -130,8 +135,7 @@ def prepare_file(
             fusable = library == "np" and spec.pairing is None and not spec.hit_matches and fused_enabled()
             fused: FusedSelection | None = None
             try:
-                for chunk in _chunks(path, tree, spec.branches, step_size, library):
-                    cols = event_arrays(chunk) if library == "ak" else chunk
+                for cols in _chunks(path, tree, spec.branches, step_size, library):
                     n = len(next(iter(cols.values())))
                     flow["read"] += n
                     if spec.pairing is not None:

@@ -21,13 +21,19 @@ if TYPE_CHECKING:
 
 
 def _per_row(values: Any, n: int, where: str) -> np.ndarray:
-    """``values`` as a numpy array of ``n`` rows (scalars broadcast); ExprError for a jagged result."""
+    """``values`` as a numpy array of ``n`` rows (scalars broadcast); ExprError for a jagged result and
+    for strings (or other objects), which are neither numbers nor decisions."""
     if isinstance(values, ak.Array):
         if values.ndim > 1:
             raise ExprError("gives several values per row (a per-object collection); reduce it with "
                             "any/all/count/sum/min/max", where)
         values = ak.to_numpy(values)
-    return np.broadcast_to(np.asarray(values), (n,))
+    values = np.asarray(values)
+    if values.dtype.kind in "OSUT":
+        what = "objects" if values.dtype.kind == "O" else "strings"
+        raise ExprError(f"gives {what}, not numbers: a string branch can only be compared with string literals "
+                        "in a cut (Type == 'GG', Type in ('GG', 'GE')), not used as a value", where)
+    return np.broadcast_to(values, (n,))
 
 
 def _per_object(values: Any, counts: np.ndarray, where: str, what: str) -> np.ndarray:
@@ -196,8 +202,15 @@ def add_hit_matches(cols: dict[str, Any], matches: Sequence[HitMatchSpec], rows:
 
 
 def event_arrays(chunk: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat awkward branches as numpy (fast expression evaluation); jagged ones stay awkward."""
-    return {k: ak.to_numpy(v) if isinstance(v, ak.Array) and v.ndim == 1 else v for k, v in chunk.items()}
+    """Flat awkward branches as numpy (fast expression evaluation); jagged ones and strings stay awkward
+    (numpy would pad every string to the longest one)."""
+    return {k: ak.to_numpy(v) if isinstance(v, ak.Array) and v.ndim == 1 and not _is_text(v) else v
+            for k, v in chunk.items()}
+
+
+def _is_text(values: ak.Array) -> bool:
+    """Whether an awkward array holds strings or bytestrings."""
+    return values.layout.purelist_parameter("__array__") in ("string", "bytestring")
 
 
 # --- fused cuts and outputs (flat tuples) -----------------------------------------------------------
@@ -215,14 +228,16 @@ def spec_fused_loop(spec: PrepSpec, cols: Mapping[str, np.ndarray]) -> FusedSele
 def fused_loop(stages: Sequence[Expression], columns: Mapping[str, Expression], cols: Mapping[str, np.ndarray],
                masked: bool = False) -> FusedSelection | None:
     """The fused loop of cut ``stages`` and output ``columns`` over the flat numpy ``cols`` (at least one
-    row), storing each column in the dtype of the numpy path (:func:`output_columns`); None where an expression
-    needs numpy. ``masked``: the loop takes a start mask (the lumi mask)."""
+    row; string branches may be awkward arrays, which the loop never reads), storing each column in the dtype
+    of the numpy path (:func:`output_columns`); None where an expression needs numpy. ``masked``: the loop
+    takes a start mask (the lumi mask)."""
     from calibflow.kernels.fused import fused_selection
 
     first = {k: v[:1] for k, v in cols.items()}
     stored = {name: (e, _stored_dtype(name, _per_row(e.evaluate(first), 1, e.where).dtype))
               for name, e in columns.items()}
-    return fused_selection(stages, stored, {k: v.dtype for k, v in cols.items()}, masked=masked)
+    dtypes = {k: v.dtype for k, v in cols.items() if isinstance(v, np.ndarray)}  # strings may be awkward
+    return fused_selection(stages, stored, dtypes, masked=masked)
 
 
 def fused_outputs(fused: FusedSelection, spec: PrepSpec, cols: Mapping[str, np.ndarray], n: int,
