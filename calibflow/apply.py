@@ -164,6 +164,8 @@ def load_apply_config(path: str | os.PathLike[str]) -> tuple[ApplyConfig, Calibr
             data = yaml.safe_load(f)
     except OSError:
         raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from None
     try:
         cfg = ApplyConfig.model_validate(data)
     except ValidationError as exc:

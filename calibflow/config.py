@@ -11,7 +11,7 @@ import glob
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class ConfigError(ValueError):
     """A calibration config is wrong; ``str()`` names the file, the key path and what to fix."""
+
+
+def located(exc: Exception, path: str | os.PathLike[str]) -> ConfigError:
+    """``exc`` (a ConfigError, or an ExprError naming its key) as a ConfigError whose message starts with the
+    config's ``path`` exactly once."""
+    text, prefix = str(exc), f"{os.fspath(path)}:"
+    return ConfigError(text if text.startswith(prefix) else f"{prefix} {text}")
+
+
+def suggestion(name: str, choices: Iterable[str], listing: str | None = "allowed") -> str:
+    """`` (did you mean 'x'?)`` with the choice closest to ``name`` (one differing only in case first), else
+    `` (<listing>: a, b, c)``, or nothing when ``listing`` is None."""
+    choices = list(dict.fromkeys(choices))
+    close = [c for c in choices if c.lower() == name.lower() and c != name] or difflib.get_close_matches(
+        name, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" ({listing}: {', '.join(choices) or 'none'})" if listing is not None else ""
 
 
 class _Strict(BaseModel):
@@ -325,7 +343,8 @@ class FitConfig(_Strict):
     max_chi2_ndof: float = Field(default=3.0, gt=0)
     min_candidates: int = Field(default=50, ge=0)  # fewer in pass or fail: status low_statistics
     min_significance: float = Field(default=3.0, ge=0)
-    plots: Literal["none", "flagged", "all"] = "flagged"
+    plots: Literal["none", "flagged", "all"] = Field(default="all", json_schema_extra=PRESENTATION)
+    # fit figures of every bin, flagged bins only, or none: which figures are drawn never changes a fit
     sweights_variance: Literal["sandwich", "pidcalib2"] = "sandwich"  # method sweights: see docs/fits.md
 
 
@@ -372,9 +391,7 @@ def _check_names(keys: Any, allowed: Sequence[str], problem: str, listing: str) 
     """ValueError ``<problem> (did you mean ...?)`` for the first key not in ``allowed``."""
     for key in keys:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"{listing}: {', '.join(allowed)}"
-            raise ValueError(f"{problem.format(key=repr(key))} ({hint})")
+            raise ValueError(f"{problem.format(key=repr(key))}{suggestion(key, allowed, listing)}")
 
 
 def _check_overrides(v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -639,9 +656,7 @@ def _describe(err: dict[str, Any]) -> str:
         msg = msg[len("Value error, ") :]
     if err["type"] == "extra_forbidden":
         allowed = _fields_of(CalibrationConfig, loc)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
-        return f"{format_loc(loc)}: unknown key{hint}"
+        return f"{format_loc(loc)}: unknown key{suggestion(str(loc[-1]), sorted(allowed))}"
     if err["type"] == "missing":
         return f"{format_loc(loc)}: required key is missing"
     if ":" in msg and not loc:

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from calibflow.binning.scheme import BinningScheme
-from calibflow.config import CalibrationConfig, ConfigError, load_config, resolve_files
+from calibflow.config import (
+    CalibrationConfig,
+    ConfigError,
+    load_config,
+    located,
+    resolve_files,
+    suggestion,
+)
+from calibflow.expr import ExprError
 from calibflow.hashing import content_key, file_identity, key_dump
 from calibflow.prep.spec import PASS, PrepSpec, output_name, pass_column, prep_spec
 from calibflow.variants import (
@@ -37,6 +45,7 @@ from calibflow.variants import (
     Variant,
     join,
     method_variants,
+    origin,
     resolve,
     systematic_variants,
     working_point_variants,
@@ -53,6 +62,7 @@ TOY_VERSION = 2
 BINNING_VERSION = 1
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
 EXPORT_VERSION = 2  # 2: the exact config (path and SHA-256) in the key; master tables written at export
+FIGURE_VERSION = 1  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes
 
 
 @functools.lru_cache(maxsize=16)
@@ -130,9 +140,17 @@ class Plan:
     def create(config_path: str | os.PathLike[str], result_dir: str | os.PathLike[str]) -> Plan:
         """Nominal plan with absolute paths; loads and checks the config and every variant."""
         plan = Plan(os.path.abspath(config_path), os.path.abspath(result_dir))
-        plan.check()
+        try:
+            plan.check()
+        except (ConfigError, ExprError) as exc:
+            raise located(exc, plan.config_path) from None
         for v in plan.all_variants():
-            plan.with_variant(v).check()
+            variant = plan.with_variant(v)
+            _ = variant.resolved  # a variation that makes no valid config names its source itself
+            try:
+                variant.check()
+            except (ConfigError, ExprError) as exc:
+                raise plan._in_variant(exc, v) from None
         return plan
 
     def with_variant(self, variant: str) -> Plan:
@@ -156,7 +174,7 @@ class Plan:
         try:
             return _cached_variant(self.config_path, self._mtime(), self.variant)
         except ConfigError as exc:
-            raise ConfigError(f"{self.config_path}: {exc}") from None
+            raise located(exc, self.config_path) from None
 
     @property
     def config(self) -> CalibrationConfig:
@@ -204,22 +222,79 @@ class Plan:
             try:
                 get_generator(cfg.toy.generator)
             except ValueError as exc:
-                raise ConfigError(f"{self.config_path}: {exc}") from None
+                raise located(exc, self.config_path) from None
         for s in cfg.samples:
             self.input_files(s)
             self.prep_spec(s)
         self.scheme()
 
     def check_models(self) -> None:
-        """Check that the fit model names exist (imports the model library, which is slow to load)."""
+        """Check the fit section of every variant: the model names exist and every ``fit.parameters`` name is
+        a parameter of the model, as the methods using it name them (imports the model library, slow to
+        load). ConfigError with a did-you-mean from the model's parameters."""
         from calibflow.fit.models import get_shape
+        from calibflow.fit.passfail import parameter_names
 
-        cfg = self.config
-        try:
-            get_shape("signal", cfg.fit.signal)
-            get_shape("background", cfg.fit.background)
-        except ValueError as exc:
-            raise ConfigError(f"{self.config_path}: {exc}") from None
+        seen: set[str] = set()
+        for v in [NOMINAL, *sorted(self.all_variants(), key=lambda v: v.count("/"))]:
+            cfg = self.with_variant(v).config
+            fit, methods = cfg.fit, sorted({s.method for s in cfg.samples.values()} & {"fit", "sweights"})
+            key = content_key(fit.signal, fit.background, fit.fail_width_shift, sorted(fit.parameters),
+                              methods)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                signal = get_shape("signal", fit.signal)
+                background = get_shape("background", fit.background)
+                model = f"{signal.name} + {background.name}"
+                for method in methods or ["fit"]:  # sweights fits have no fail width shift
+                    names = parameter_names(signal, background, fit.fail_width_shift and method == "fit")
+                    unknown = [n for n in fit.parameters if n not in names]
+                    if unknown:
+                        raise ConfigError(_unknown_parameter(unknown[0], names, model, fit.fail_width_shift))
+            except (ValueError, ConfigError) as exc:
+                raise self._in_variant(exc, v) from None
+
+    def _in_variant(self, exc: Exception, variant: str) -> ConfigError:
+        """``exc``, found in ``variant``, as a ConfigError naming the config and the keys of the variant."""
+        text, where = str(exc).removeprefix(f"{self.config_path}: "), origin(self.nominal_config, variant)
+        return located(ConfigError(f"{where}: {text}" if where else text), self.config_path)
+
+    def check_inputs(self) -> None:
+        """Check the config against its inputs before any task runs (``calibflow run``, ``fit-bin``): the
+        fit section of every variant (:meth:`check_models`), then per sample and distinct tuple preparation
+        the tree and every branch it reads, in the sample's first readable input file (confirmed in its
+        last) or in a small file of its toy generator (:func:`calibflow.prep.inputs.check_sample`).
+        ConfigError, one line with the config path, key, name and a did-you-mean, for the first problem."""
+        from calibflow.prep.inputs import check_sample
+        from calibflow.toys.registry import reference_file
+
+        self.check_models()
+        seen: set[str] = set()
+        for v in [NOMINAL, *sorted(self.all_variants(), key=lambda v: v.count("/"))]:  # simplest first
+            plan = self.with_variant(v)
+            cfg = plan.config
+            for s, sample in cfg.samples.items():
+                spec = plan.prep_spec(s)
+                key = content_key(s, spec.describe())
+                if key in seen:
+                    continue
+                seen.add(key)
+                toy = cfg.toy if plan.is_toy(s) else None
+                files = plan.input_files(s)
+                if toy is not None and not os.path.exists(files[0]):
+                    files = [reference_file(toy.generator, toy.options, sample.role == "data")]
+                try:
+                    check_sample(spec, s, files, self.shown, sample.aliases,
+                                 toy.generator if toy else None)
+                except ConfigError as exc:
+                    raise self._in_variant(exc, v) from None
+
+    def shown(self, path: str) -> str:
+        """``path`` as messages show it: relative to the config's folder when inside it."""
+        rel = os.path.relpath(path, os.path.dirname(self.config_path))
+        return path if rel.startswith(os.pardir) else rel
 
     # --- inputs -------------------------------------------------------------------------------------
     def is_toy(self, sample: str) -> bool:
@@ -405,6 +480,26 @@ class Plan:
         folder = os.path.join(self.workdir, "fits", sample)
         return [os.path.join(folder, f"{k}.json") for k in self.fit_keys(sample, bin_keys)]
 
+    def figure_key(self) -> str:
+        """Key of what a per-bin fit figure shows besides its fit: the labels and units of the mass and of the
+        binning variables, the plot style and :data:`FIGURE_VERSION`. Presentation only: it is never part of
+        a fit key, so relabelling redraws figures (at export) and refits nothing."""
+        cfg = self.config
+        mass = cfg.mass_spec
+        variables = [[v.name, v.display, v.display_unit] for v in cfg.binning.variables]
+        return content_key(mass.label, mass.unit, variables, cfg.outputs.plot_style.model_dump(), FIGURE_VERSION)
+
+    def figure_paths(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
+        """Fit figures (PNG) of several bins of ``sample``, beside their results: ``<fit key>.<figure key>.png``;
+        a figure that could not be drawn leaves its reason instead (:meth:`plot_error_path`)."""
+        fig = self.figure_key()
+        return [f"{p[: -len('.json')]}.{fig}.png" for p in self.fit_paths(sample, bin_keys)]
+
+    @staticmethod
+    def plot_error_path(figure_path: str) -> str:
+        """The one-line reason the figure ``figure_path`` could not be drawn: ``<stem>.plot-error.txt``."""
+        return f"{figure_path[: -len('.png')]}.plot-error.txt"
+
     def splot_path(self, sample: str, bin_key: str) -> str:
         """Cached sPlot mass fit of one bin of ``sample`` (method ``sweights``). Its key has no pass column,
         so every working point reuses the fit."""
@@ -472,3 +567,14 @@ class Plan:
     def scale_factor_pairs(self) -> list[tuple[str, str]]:
         """(data, simulation) sample pairs compared in the scale-factor table."""
         return self.config.scale_factor_pairs
+
+
+def _unknown_parameter(name: str, names: Sequence[str], model: str, width_shift: bool) -> str:
+    """The message for ``fit.parameters.<name>``, not among the parameters ``names`` of ``model``."""
+    if name == "dsigma_fail":
+        why = "method sweights has no fail width shift" if width_shift else "needs fit.fail_width_shift: true"
+        return f"fit.parameters.{name}: not a parameter of {model} ({why})"
+    if f"{name}_pass" in names:
+        return (f"fit.parameters.{name}: not a parameter of {model} (background parameters are per "
+                f"category: {name}_pass, {name}_fail)")
+    return f"fit.parameters.{name}: not a parameter of {model}{suggestion(name, names, 'parameters')}"

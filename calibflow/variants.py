@@ -81,17 +81,34 @@ def resolve(base: CalibrationConfig, variant: str) -> Variant:
             name = part[len(METHOD_PREFIX) :]
             if name not in base.methods:
                 raise ConfigError(f"unknown method {name!r}; methods: {', '.join(base.methods) or 'none'}")
-            cfg = _overridden(cfg, {**base.methods[name], "methods": None, "products": None}, f"methods.{name}")
+            override = {**base.methods[name], "methods": None, "products": None}
+            cfg = _overridden(cfg, override, _part_origin(base, part))
         elif part == INCLUSIVE:
             inclusive = True
             one_bin = [{"name": v.name, "expression": v.expression, "edges": list(v.limits)}
                        for v in cfg.binning.variables]
             cfg = _overridden(cfg, {"binning": {"variables": one_bin, "optimise": None}}, f"{INCLUSIVE} binning")
         else:
-            i, _, override = _source(base, part)
+            _, _, override = _source(base, part)
             syst = part
-            cfg = _overridden(cfg, override, f"systematics.sources[{i}] ({part})")
+            cfg = _overridden(cfg, override, _part_origin(base, part))
     return Variant(cfg, wp, syst, inclusive)
+
+
+def _part_origin(base: CalibrationConfig, part: str) -> str:
+    """The config key overriding the nominal config in variant part ``part`` (empty for working points and
+    the inclusive binning, which add no keys of their own)."""
+    if part.startswith(METHOD_PREFIX):
+        return f"methods.{part[len(METHOD_PREFIX):]}"
+    if part.startswith(WP_PREFIX) or part == INCLUSIVE:
+        return ""
+    return f"systematics.sources[{_source(base, part)[0]}] ({part})"
+
+
+def origin(base: CalibrationConfig, variant: str) -> str:
+    """Where the config of ``variant`` comes from besides the nominal keys, for messages:
+    ``systematics.sources[0] (sigmodel)``, ``methods.loose``, both joined by `` + ``; empty: nominal."""
+    return " + ".join(filter(None, (_part_origin(base, p) for p in filter(None, variant.split("/")))))
 
 
 def join(*parts: str | None) -> str:

@@ -1,5 +1,6 @@
-"""The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone, and the operations
-commands ``scheduler start|stop|status`` (a user's luigid) and ``status`` (task states per stage)."""
+"""The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone, ``inspect`` a ROOT
+file, ``apply`` corrections, and the operations commands ``scheduler start|stop|status`` (a user's luigid)
+and ``status`` (task states per stage)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from importlib import resources
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from calibflow.config import ConfigError
+from calibflow import __version__
+from calibflow.config import ConfigError, located, suggestion
 from calibflow.expr import ExprError
 from calibflow.ops.scheduler import DEFAULT_HOST, DEFAULT_PORT, SetupError
+
+if TYPE_CHECKING:
+    from calibflow.plan import Plan
 
 DEFAULT_CONFIG = os.path.join("task_configs", "demo.yaml")
 
@@ -33,42 +40,103 @@ def default_result_dir() -> str:
     return str(b2luigi.get_setting("result_dir", default="results"))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="calibflow", description="Efficiency and data/MC correction tables.")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a calibration (default: the demo toy)")
-    run.add_argument("config", nargs="?", help=f"calibration YAML (default {DEFAULT_CONFIG})")
-    run.add_argument("--workers", type=int, help="parallel local workers (default: the number of cores), or batch jobs in flight "
-                     f"with --batch (default {BATCH_WORKERS})")
-    run.add_argument("--result-dir", help="result folder (default: result_dir of settings.json, else results)")
+EXIT_CODES = """exit codes:
+  0  success
+  1  a task failed (one line per failure, with its reason; tracebacks in the task logs)
+  2  a bad config, command line or input file: one line naming the key or file to fix"""
+
+EXAMPLES = """examples:
+  the demo, a toy J/psi calibration (about a minute on 2 cores):
+    calibflow run
+  the trees, entries and branches of an input file, to write a config:
+    calibflow inspect data/run1.root --filter 'probe_*'
+  a calibration on 4 cores, leaving out input files that cannot be read:
+    calibflow run task_configs/my.yaml --workers 4 --skip-bad-files
+  refit bin 12 of two samples after changing the fit model:
+    calibflow fit-bin task_configs/my.yaml --bin 12 --sample data mc
+  a central scheduler with a web UI, then a run that reports to it:
+    calibflow scheduler start
+    calibflow run task_configs/my.yaml --scheduler-port 8082"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviated options (``--worker`` is not ``--workers``), with a did-you-mean for an
+    unknown command, choice or option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage and ``message`` with a did-you-mean, exit 2."""
+        bad = re.search(r"invalid choice: '([^']*)'", message)
+        if bad:
+            choices = [c for a in self._actions if a.choices for c in a.choices]
+            message += suggestion(bad.group(1), choices, None)
+        super().error(message)
+
+    def unrecognized(self, extra: Sequence[str]) -> NoReturn:
+        """Error for arguments no option of this parser takes, with the option closest to the first one."""
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = [suggestion(e.split("=")[0], options, None) for e in extra if e.startswith("-")]
+        self.error(f"unrecognized arguments: {' '.join(extra)}{next(filter(None, hints), '')}")
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="calibflow", epilog=f"{EXAMPLES}\n\n{EXIT_CODES}",
+                description="Efficiency and data/MC correction tables from calibration samples.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run a calibration (default: the demo toy)", epilog=EXIT_CODES,
+                         description="Run every task of a calibration not done yet, then list the outputs.")
+    run.add_argument("config", nargs="?", metavar="CONFIG",
+                     help=f"calibration YAML (default {DEFAULT_CONFIG})")
+    run.add_argument("--workers", type=int, metavar="N", help="parallel local workers (default: the number "
+                     f"of cores), or batch jobs in flight with --batch (default {BATCH_WORKERS})")
+    run.add_argument("--result-dir", metavar="DIR",
+                     help="result folder (default: result_dir of settings.json, else results)")
     _scheduler_args(run)
     run.add_argument("--batch", action="store_true",
                      help="submit every task as a job of settings.json's batch_system (slurm, htcondor, lsf)")
-    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress (else a live bar on a terminal, one line per task otherwise)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the published results of another config with the same name")
     run.add_argument("--skip-bad-files", action="store_true",
                      help="leave out input files that cannot be read (listed in excluded_files.txt and in the "
                      "master table) instead of failing; a run without it retries them")
-    fb = sub.add_parser("fit-bin", help="refit one bin alone (the binning must exist: run first)")
-    fb.add_argument("config", help="calibration YAML")
-    fb.add_argument("--bin", type=int, required=True, dest="bin_index", help="bin index (see efficiencies.csv)")
-    fb.add_argument("--sample", action="append", help="sample(s) to refit (default: all)")
-    fb.add_argument("--result-dir", help="result folder")
+    fb = sub.add_parser("fit-bin", help="refit one bin alone (the binning must exist: run first)",
+                        epilog=EXIT_CODES)
+    fb.add_argument("config", metavar="CONFIG", help="calibration YAML")
+    fb.add_argument("--bin", type=int, required=True, dest="bin_index", metavar="ID",
+                    help="bin index (see efficiencies.csv)")
+    fb.add_argument("--sample", nargs="+", action="extend", metavar="NAME",
+                    help="sample(s) to refit (default: all)")
+    fb.add_argument("--result-dir", metavar="DIR", help="result folder")
+    ins = sub.add_parser("inspect", epilog=EXIT_CODES,
+                         help="trees, entries, branches with types and compression of a ROOT file")
+    ins.add_argument("file", metavar="FILE", help="local ROOT file")
+    ins.add_argument("--tree", metavar="T", help="only this tree (default: every tree)")
+    ins.add_argument("--filter", metavar="GLOB", help="only branches matching this glob, e.g. 'probe_*'")
+    ap = sub.add_parser("apply", help="add correction weight columns (nominal and variations) to tuples",
+                        epilog=EXIT_CODES)
+    ap.add_argument("apply_config", metavar="APPLY_CONFIG",
+                    help="apply YAML: tree and ordered calibrator steps")
+    ap.add_argument("inputs", nargs="+", metavar="TUPLE", help="ROOT or HDF5 tuples")
+    ap.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the output copies")
+    ap.add_argument("--data", action="store_true", help="inputs are data: skip simulation-only steps")
     sch = sub.add_parser("scheduler", help="start, stop or check a central luigi scheduler (luigid) on localhost")
     sch.add_argument("action", choices=["start", "stop", "status"])
-    sch.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to start on (default {DEFAULT_PORT})")
-    sch.add_argument("--state-dir", help="pid file, state and logs (default $CALIBFLOW_STATE_DIR, else "
-                     "~/.calibflow/luigid)")
+    sch.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
+                     help=f"port to start on (default {DEFAULT_PORT})")
+    sch.add_argument("--state-dir", metavar="DIR", help="pid file, state and logs (default "
+                     "$CALIBFLOW_STATE_DIR, else ~/.calibflow/luigid)")
     st = sub.add_parser("status", help="task states per stage, from a central scheduler")
-    st.add_argument("config", nargs="?", help="only the tasks of this calibration (default: every task)")
-    st.add_argument("--result-dir", help="result folder of that calibration")
+    st.add_argument("config", nargs="?", metavar="CONFIG",
+                    help="only the tasks of this calibration (default: every task)")
+    st.add_argument("--result-dir", metavar="DIR", help="result folder of that calibration")
     _scheduler_args(st)
-    ap = sub.add_parser("apply", help="add correction weight columns (nominal and variations) to tuples")
-    ap.add_argument("apply_config", help="apply YAML: tree and ordered calibrator steps")
-    ap.add_argument("inputs", nargs="+", help="ROOT or HDF5 tuples")
-    ap.add_argument("--output-dir", required=True, help="folder for the output copies")
-    ap.add_argument("--data", action="store_true", help="inputs are data: skip simulation-only steps")
     return p
 
 
@@ -76,10 +144,10 @@ BATCH_WORKERS = 100
 
 
 def _scheduler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler-host", help=f"central luigi scheduler host (default {DEFAULT_HOST} "
-                   "when --scheduler-port is given)")
-    p.add_argument("--scheduler-port", type=int, help=f"central scheduler port (default {DEFAULT_PORT} "
-                   "when --scheduler-host is given)")
+    p.add_argument("--scheduler-host", metavar="H", help=f"central luigi scheduler host (default "
+                   f"{DEFAULT_HOST} when --scheduler-port is given)")
+    p.add_argument("--scheduler-port", type=int, metavar="P", help=f"central scheduler port (default "
+                   f"{DEFAULT_PORT} when --scheduler-host is given)")
 
 
 def _scheduler(args: argparse.Namespace, required: bool = False):
@@ -101,12 +169,15 @@ def _plan(config: str | None, result_dir: str | None):
 
 
 def _report(name: str, report, seconds: float) -> None:
+    """The closing line of a run, then each failure (task label and reason) and where the logs are."""
     print(f"calibflow: {name}: {report.summary()}, {seconds:.1f} s")
-    for task_id, reason in report.failed:
-        print(f"  FAILED {task_id}: {reason}", file=sys.stderr)
+    for label, reason in report.failed:
+        print(f"  FAILED {label}: {reason}", file=sys.stderr)
     if report.not_run:
         print(f"  {report.not_run} task(s) not run because of the failures above", file=sys.stderr)
-    bad = [reason.removeprefix(BAD_FILE) for _, reason in report.failed if reason.startswith(BAD_FILE)]
+    if report.failed:
+        print(f"  tracebacks in the task logs: {_shown(report.log_dir)}/<family>/", file=sys.stderr)
+    bad = bad_files(report.failed)
     if bad:
         print(f"calibflow: {len(bad)} bad input file(s) (fix or remove them, or rerun with --skip-bad-files "
               "to leave them out):", file=sys.stderr)
@@ -114,8 +185,63 @@ def _report(name: str, report, seconds: float) -> None:
             print(f"  {line}", file=sys.stderr)
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the current folder when inside it, else as given."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
+def _fit_summary(plan: Plan) -> None:
+    """Per variant and sample, the bins by result status (ok, flagged by reason, low statistics, failed)
+    and the fit gallery: what exists, so also after a failed run."""
+    from calibflow.tables.fitstatus import fit_status_counts
+
+    counts = fit_status_counts(plan)
+    if not counts:
+        return
+    print("bins per variant and sample (failed: no result):")
+    width = max(len(f"{c.variant} {c.sample}") for c in counts)
+    for c in counts:
+        gallery = f"; gallery: {_shown(c.gallery)}" if c.gallery else ""
+        print(f"  {f'{c.variant} {c.sample}:':<{width + 1}} {c.line()}{gallery}")
+
+
+LISTED_PER_FOLDER = 30
+"""A published folder with more files is one line of the closing list (a fit gallery: a figure per bin)."""
+
+
+def _listing(files: Sequence[str]) -> list[str]:
+    """The published files (paths relative to the result folder), in order; a folder of more than
+    :data:`LISTED_PER_FOLDER` files as one line, by its ``index.html`` when it has one."""
+    folders: dict[str, list[str]] = {}
+    for rel in files:
+        folders.setdefault(os.path.dirname(rel), []).append(rel)
+    out: list[str] = []
+    for rel in files:
+        folder = os.path.dirname(rel)
+        group = folders[folder]
+        if not folder or len(group) <= LISTED_PER_FOLDER:
+            out.append(rel)
+        elif rel == group[0]:
+            index = os.path.join(folder, "index.html")
+            out.append(f"{index} and {len(group) - 1} more file(s)" if index in group
+                       else f"{folder}/ ({len(group)} files)")
+    return out
+
+
 BAD_FILE = "PrepError: "
 """Start of the failure reason of a tuple preparation that failed on a bad input file."""
+
+
+def bad_files(failed: Sequence[tuple[str, str]]) -> list[str]:
+    """The bad input files among failed tasks (label, reason), one line each (``<file>: <problem>``), each
+    file once: the preparations of several variants may fail on the same file."""
+    lines: dict[str, str] = {}
+    for _, reason in failed:
+        if reason.startswith(BAD_FILE):
+            line = reason.removeprefix(BAD_FILE)
+            lines.setdefault(line.split(": ", 1)[0], line)
+    return list(lines.values())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -134,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan.set_skip_bad_files(args.skip_bad_files)  # without the flag, files left out before are retried
     top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
     if not top.complete():
-        plan.check_models()
+        plan.check_inputs()  # the config against its inputs: one line and exit 2 before any task runs
         if not args.batch and workers > 1:
             from calibflow.ops.warmup import warm_up
 
@@ -142,13 +268,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = build(plan, [top], workers, scheduler=scheduler, batch_mode=args.batch,
                    progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)
+    _fit_summary(plan)
     if not report.ok:
         return 1
     with open(os.path.join(plan.workdir, "manifest.json")) as f:
         manifest = json.load(f)
     print(f"outputs in {plan.workdir}:")
-    for rel in manifest["files"]:
-        print(f"  {rel}")
+    for line in _listing(manifest["files"]):
+        print(f"  {line}")
     excluded = [e for entries in plan.excluded_files().values() for e in entries]
     if excluded:
         print(f"calibflow: {len(excluded)} bad input file(s) left out (--skip-bad-files), as excluded_files.txt says:")
@@ -167,11 +294,13 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
         raise ConfigError(f"{plan.config_path}: no binning yet in {plan.workdir}; run 'calibflow run' first")
     n = len(plan.load_scheme())
     if not 0 <= args.bin_index < n:
-        raise ConfigError(f"--bin {args.bin_index}: the binning has bins 0..{n - 1}")
-    samples = args.sample or list(plan.config.samples)
+        raise ConfigError(f"{plan.config_path}: --bin {args.bin_index}: the binning has bins 0..{n - 1}")
+    samples = list(dict.fromkeys(args.sample or plan.config.samples))
     unknown = [s for s in samples if s not in plan.config.samples]
     if unknown:
-        raise ConfigError(f"--sample {unknown[0]}: not a sample; samples are {', '.join(plan.config.samples)}")
+        raise ConfigError(f"{plan.config_path}: --sample {unknown[0]}: not a sample"
+                          f"{suggestion(unknown[0], plan.config.samples, 'samples')}")
+    plan.check_inputs()
     tasks = [FitBin(sample=s, bin_index=args.bin_index, config=plan.config_path, result_dir=plan.result_dir)
              for s in samples]
     for t in tasks:
@@ -232,29 +361,77 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Apply a calibrator sequence to every input; one line per output file."""
     from calibflow.apply import apply_to_file, load_apply_config
 
-    cfg, seq = load_apply_config(args.apply_config)
-    os.makedirs(args.output_dir, exist_ok=True)
-    for src in args.inputs:
-        if not os.path.exists(src):
-            raise ConfigError(f"{src}: input file not found")
-        stem, ext = os.path.splitext(os.path.basename(src))
-        dst = os.path.join(args.output_dir, f"{stem}_calibrated{ext}")
-        cols = apply_to_file(src, dst, cfg, seq, is_mc=not args.data)
-        print(f"{dst}: added {len(cols)} column(s): {', '.join(cols)}")
+    try:
+        cfg, seq = load_apply_config(args.apply_config)
+        os.makedirs(args.output_dir, exist_ok=True)
+        for src in args.inputs:
+            if not os.path.exists(src):
+                raise ConfigError(f"{src}: input file not found")
+            stem, ext = os.path.splitext(os.path.basename(src))
+            dst = os.path.join(args.output_dir, f"{stem}_calibrated{ext}")
+            cols = apply_to_file(src, dst, cfg, seq, is_mc=not args.data)
+            print(f"{dst}: added {len(cols)} column(s): {', '.join(cols)}")
+    except (ConfigError, ExprError) as exc:
+        raise located(exc, args.apply_config) from None
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for a bad config, expression or setup, 1 for failed tasks)."""
-    args = _parser().parse_args(argv)
-    logging.getLogger("luigi-interface").setLevel(logging.WARNING)
-    commands = {"run": cmd_run, "fit-bin": cmd_fit_bin, "scheduler": cmd_scheduler, "status": cmd_status,
-                "apply": cmd_apply}
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the trees of a ROOT file, their entries and their branches with types and compression."""
+    from calibflow.io.inspect import InputFileError, format_inspection, inspect_file
+
     try:
-        return commands[args.command](args)
+        trees = inspect_file(args.file, args.tree, args.filter)
+    except InputFileError as exc:
+        return _error(exc)
+    print(format_inspection(args.file, trees, args.filter))
+    return 0
+
+
+def _error(exc: Exception) -> int:
+    """Print ``exc`` as the one error line (a leading absolute path inside the current folder shortened to
+    the relative one) and return exit code 2."""
+    text = str(exc)
+    path = re.match(r"(/[^:]*):", text)
+    if path:
+        text = _shown(path.group(1)) + text[path.end(1):]
+    print(f"calibflow: error: {text}", file=sys.stderr)
+    return 2
+
+
+COMMANDS = {"run": cmd_run, "fit-bin": cmd_fit_bin, "inspect": cmd_inspect, "apply": cmd_apply,
+            "scheduler": cmd_scheduler, "status": cmd_status}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """The parsed command line; None when there is no command (then the help is printed)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        if extra:
+            parser.unrecognized(extra)
+        parser.print_help()
+        return None
+    if extra:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].unrecognized(extra)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code: 0 success, 1 failed tasks, 2 a bad config, command line, input
+    file or setup (one line; argparse's own errors too)."""
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # --help, --version, or a command-line error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args is None:
+        return 0
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
     except (ConfigError, ExprError, SetupError) as exc:
-        print(f"calibflow: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import b2luigi
 
@@ -92,6 +93,10 @@ class SplitByBin(_PerSample):
         return self.target(self.plan.split_path(self.sample))
 
 
+FIGURES_DRAWN = "fit figures drawn:"
+"""Start of the log line of a FitBin task that drew figures: ``fit figures drawn: <n>, <k> failed, in <t> s
+(cpu <c> s)`` (read by ``benchmarks/plots.py``)."""
+
 FIT_CHUNK = 20
 """Bins per FitBin task of the tables. luigi's cost per task (several ms in the scheduling process, growing
 with the number of tasks in the graph, plus the task process's own checks and log) is that of a binned
@@ -107,7 +112,7 @@ class FitBin(CalibTask):
     and the run report counts bins (:meth:`results`, and the number fitted sent by :meth:`on_success`).
     """
 
-    pool_preload = ("calibflow.fit.measure", "calibflow.kernels.warm:warm_up")
+    pool_preload = ("calibflow.fit.measure", "calibflow.fit.plots", "calibflow.kernels.warm:warm_up")
     sample = b2luigi.Parameter()
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
@@ -150,18 +155,21 @@ class FitBin(CalibTask):
     def run(self) -> None:
         from calibflow.fit.histograms import read_bin_candidates, read_bins
         from calibflow.fit.measure import measure_bin
+        from calibflow.fit.plots import plot_bin
 
         plan = self.plan
         cfg = plan.config
         sample = cfg.samples[self.sample]
         bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
         paths = self.result_paths()
+        figures = self._figures(sample.method, [b.key for b in bins])
         todo = [k for k, path in enumerate(paths) if not os.path.exists(path)]  # done by a rerun or another run
         hists = None
         if todo and not self._candidates():  # one read for the chunk
             hists = read_bins(plan.hist_path(self.sample), self.bin_index, self.bin_index + len(bins))
         self._made = 0
         failures = []
+        drawn, plot_errors, plot_time, plot_cpu = 0, 0, 0.0, 0.0
         for k in todo:
             b = bins[k]
             data: dict = ({"hist": hists[k]} if hists is not None
@@ -178,9 +186,19 @@ class FitBin(CalibTask):
             with atomic_path(paths[k]) as tmp, open(tmp, "w") as f:
                 json.dump(result, f, indent=1)
             self._made += 1
-            plots = cfg.fit.plots
-            if sample.method == "fit" and (plots == "all" or (plots == "flagged" and result["status"] != "ok")):
-                self._plot(result, data, f"{self.sample}: {b.label()}", os.path.splitext(paths[k])[0] + ".png")
+            if figures and (cfg.fit.plots == "all" or result["status"] != "ok"):
+                t0, c0 = time.perf_counter(), time.process_time()
+                shown = data["hist"] if "hist" in data else data["cands"]
+                error = plot_bin(cfg, self.sample, b, shown, result, figures[k], plan.plot_error_path(figures[k]))
+                plot_time, plot_cpu = plot_time + time.perf_counter() - t0, plot_cpu + time.process_time() - c0
+                drawn += 1
+                if error is not None:  # reported, never fatal: the gallery shows it
+                    plot_errors += 1
+                    logging.getLogger("calibflow.task").warning("bin %d (%s): figure failed: %s", b.index,
+                                                                b.label(), error)
+        if drawn:
+            logging.getLogger("calibflow.task").info("%s %d, %d failed, in %.3f s (cpu %.3f s)", FIGURES_DRAWN, drawn,
+                                                     plot_errors, plot_time, plot_cpu)
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(todo)} bin(s) failed; " + failures[0])
 
@@ -189,20 +207,12 @@ class FitBin(CalibTask):
         super().on_success()
         return {RESULTS_MADE: getattr(self, "_made", 0)}
 
-    def _plot(self, result: dict, data: dict, title: str, path: str) -> None:
-        import numpy as np
-
-        from calibflow.fit.plots import plot_pass_fail_fit
-
+    def _figures(self, method: str, bin_keys: list[str]) -> list[str]:
+        """Figure paths of the bins (none when the method is not a pass/fail fit or ``fit.plots`` is none)."""
         cfg = self.plan.config
-        if "cands" in data:
-            c = data["cands"]
-            edges = np.linspace(c.lo, c.hi, cfg.mass_spec.bins + 1)
-            hp, hf = (np.histogram(c.mass[sel], edges, weights=c.weight[sel])[0] for sel in (c.passed, ~c.passed))
-        else:
-            h = data["hist"]
-            edges, hp, hf = h.edges, h.sumw[0], h.sumw[1]
-        plot_pass_fail_fit(edges, hp, hf, result, cfg.fit.background, cfg.fit.fail_width_shift, path, title)
+        if method != "fit" or cfg.fit.plots == "none":
+            return []
+        return self.plan.figure_paths(self.sample, bin_keys)
 
 
 def fit_tasks(task: CalibTask, chunk: int | None = None) -> list[FitBin]:

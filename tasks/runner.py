@@ -1,15 +1,17 @@
 """Run a task graph with luigi and summarise what ran, what was reused and what failed (and why).
 
 One worker class serves every mode: a local or a central scheduler (``luigid``), tasks run locally or
-submitted as batch jobs (b2luigi: Slurm, HTCondor, LSF). It prints progress lines while the graph runs,
-waits for tasks of the same calibration that another invocation is running (central scheduler), and
-the report counts what this invocation ran, reused, saw run by others, and what failed with the reason.
+submitted as batch jobs (b2luigi: Slurm, HTCondor, LSF). It reports the run's progress
+(:mod:`tasks.progress`: a live bar on a terminal, plain lines otherwise), waits for tasks of the same
+calibration that another invocation is running (central scheduler), and the report counts what this
+invocation ran, reused, saw run by others, and what failed (by the tasks' readable labels) with the reason.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import time
@@ -31,6 +33,7 @@ from calibflow.plan import Plan
 from tasks import batch
 from tasks.base import RESULTS_MADE, describe, failure_reason
 from tasks.pool import TaskPool, preload_modules
+from tasks.progress import Progress, make_progress
 
 _TMP = re.compile(r"\.tmp-(\d+)$")
 IDLE_GRACE = 10.0
@@ -52,6 +55,8 @@ class RunReport:
 
     ``ran`` and ``reused`` count results: one per task, except FitBin, which counts bins (a FitBin task fits
     a chunk of bins, and only those whose result is missing). ``tasks_ran`` and ``tasks_reused`` count tasks.
+    ``failed`` holds (task label, e.g. ``PrepareTuple(sample=data, index=0)``, one-line reason); the tasks'
+    logs, with the tracebacks, are under ``log_dir``.
     """
 
     ok: bool
@@ -63,6 +68,7 @@ class RunReport:
     cleaned: list[str] = field(default_factory=list)
     tasks_ran: Counter[str] = field(default_factory=Counter)
     tasks_reused: Counter[str] = field(default_factory=Counter)
+    log_dir: str = ""
 
     def summary(self) -> str:
         """One line: tasks run, reused and failed (and run by another invocation), then the families run."""
@@ -112,65 +118,28 @@ def clean_stale_temporaries(root: str) -> list[str]:
     return removed
 
 
-# --- progress ---------------------------------------------------------------------------------------
-def events_read(task: luigi.Task) -> int | None:
-    """Candidates read by a tuple-preparation task (from its output's cut flow), else None."""
-    if task.task_family != "PrepareTuple":
-        return None
-    path = getattr(task.output(), "path", "")
-    if not os.path.exists(path):
-        return None
-    from calibflow.io.store import read_metadata
-
-    return int(read_metadata(path).get("cutflow", {}).get("read", 0))
-
-
-class Progress:
-    """Progress lines: tasks done out of those to run, and events read by tuple preparation."""
-
-    def __init__(self, stream: TextIO | None) -> None:
-        self.stream = stream
-        self.to_run: set[str] = set()
-        self.done: set[str] = set()
-        self.started: dict[str, float] = {}
-        self.prep_total: set[str] = set()
-        self.prep_done = 0
-        self.events = 0
-
-    def scheduled(self, task: luigi.Task) -> None:
-        """``task`` is to be run."""
-        self.to_run.add(task.task_id)
-        if task.task_family == "PrepareTuple":
-            self.prep_total.add(task.task_id)
-
-    def started_task(self, task: luigi.Task) -> None:
-        """``task`` starts (locally or as a job)."""
-        self.started[task.task_id] = time.perf_counter()
-
-    def finished(self, task: luigi.Task, status: str, new_deps: int) -> None:
-        """``task`` ended with luigi ``status`` (PENDING with ``new_deps`` > 0: it yielded new tasks)."""
-        seconds = time.perf_counter() - self.started.pop(task.task_id, time.perf_counter())
-        if status == luigi.scheduler.PENDING:
-            self._print(f"{describe(task)} needs {new_deps} more task(s)")
-            return
-        self.done.add(task.task_id)
-        note = "FAILED" if status == luigi.scheduler.FAILED else "done"
-        line = f"{describe(task)} {note} in {seconds:.1f} s"
-        n = events_read(task) if status == luigi.scheduler.DONE else None
-        if n is not None:
-            self.prep_done += 1
-            self.events += n
-            line += (f": {n} events read (prep {self.prep_done}/{len(self.prep_total)} files, "
-                     f"{self.events} events)")
-        self._print(line)
-
-    def _print(self, text: str) -> None:
-        if self.stream is not None:
-            width = len(str(len(self.to_run)))
-            print(f"[{len(self.done):>{width}}/{len(self.to_run)}] {text}", file=self.stream, flush=True)
-
-
 # --- worker -----------------------------------------------------------------------------------------
+TASK_FAILED = "[pid %s] Worker %s failed"
+"""Start of luigi's message for a failed task (``luigi.worker.TaskProcess.run``)."""
+
+
+class _NoTaskTracebacks(logging.Filter):
+    """Leaves out luigi's console record of a failed task (its traceback, naming the task by its full
+    parameters): the task's own log keeps it, and the progress and the closing lines give the task's label
+    and one-line reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TASK_FAILED)
+
+
+def _quiet_task_failures() -> None:
+    """Add :class:`_NoTaskTracebacks` to the console handlers of luigi's logger (set up by ``luigi.build``)."""
+    for handler in logging.getLogger("luigi-interface").handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, _NoTaskTracebacks) for f in handler.filters):
+            handler.addFilter(_NoTaskTracebacks())
+
+
 class CalibWorker(SendJobWorker):
     """b2luigi's batch worker with progress reporting, batch-job results and patience for other workers.
 
@@ -180,8 +149,9 @@ class CalibWorker(SendJobWorker):
 
     def __init__(self, *args: Any, batch: bool = False, progress: Progress | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _quiet_task_failures()
         self.batch = batch
-        self.progress = progress or Progress(None)
+        self.progress = progress or Progress()
         self._quiet_since: float | None = None
         self._pool: TaskPool | None = None
         self.results_made: dict[str, int] = {}
@@ -212,13 +182,13 @@ class CalibWorker(SendJobWorker):
         task = self._scheduled_tasks.get(kwargs["task_id"])
         if task is None:
             return
-        if task.task_id in self._running_tasks:
-            self.progress.finished(task, kwargs["status"], len(kwargs.get("new_deps") or []))
+        if "new_deps" in kwargs:  # the outcome of a run (else the graph holds the task: see Worker._add)
+            self.progress.finished(task, kwargs["status"], kwargs["new_deps"] or [])
             made = _results_made(kwargs.get("expl"))
             if kwargs["status"] == luigi.scheduler.DONE and made is not None:
                 self.results_made[task.task_id] = made
-        elif kwargs["status"] == luigi.scheduler.PENDING:
-            self.progress.scheduled(task)
+        else:
+            self.progress.scheduled(task, kwargs["status"])
 
     def _keep_alive(self, get_work_response: Any) -> bool:
         """With a central scheduler, wait while another worker runs tasks of our calibrations.
@@ -321,8 +291,9 @@ def check_batch_system(task: luigi.Task) -> str:
 
 
 def run_tasks(tasks: Sequence[luigi.Task], workers: int = 1, scheduler: SchedulerAddress | None = None,
-              batch_mode: bool = False, progress: TextIO | None = None) -> luigi.LuigiRunResult:
-    """Run ``tasks`` (local scheduler unless ``scheduler``); return luigi's detailed result."""
+              batch_mode: bool = False, progress: Progress | None = None) -> luigi.LuigiRunResult:
+    """Run ``tasks`` (local scheduler unless ``scheduler``) showing ``progress``; return luigi's detailed
+    result."""
     _configure_luigi()
     if batch_mode:
         batch.configure_submission()
@@ -333,8 +304,10 @@ def run_tasks(tasks: Sequence[luigi.Task], workers: int = 1, scheduler: Schedule
         gc.freeze()
     where: dict[str, Any] = ({"scheduler_host": scheduler.host, "scheduler_port": scheduler.port}
                              if scheduler else {"local_scheduler": True})
-    return luigi.build(list(tasks), workers=workers, detailed_summary=True, log_level="WARNING",
-                       worker_scheduler_factory=_Factory(batch_mode, Progress(progress)), **where)
+    progress = progress or Progress()
+    with progress:
+        return luigi.build(list(tasks), workers=workers, detailed_summary=True, log_level="WARNING",
+                           worker_scheduler_factory=_Factory(batch_mode, progress), **where)
 
 
 def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: SchedulerAddress | None = None,
@@ -342,14 +315,14 @@ def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: 
     """Run ``tasks`` of ``plan``, removing stale temporaries of killed runs and jobs; return the report.
 
     ``workers`` is the number of local processes, or of batch jobs in flight with ``batch_mode``.
-    Progress lines go to ``progress`` (None: silent).
+    Progress goes to ``progress`` (None: silent): a live bar if it is a terminal, else plain lines.
     """
     if batch_mode:
         check_batch_system(tasks[0])
     cleaned = clean_stale_temporaries(plan.workdir) if os.path.isdir(plan.workdir) else []
     if cleaned and progress is not None:
         print(f"removed {len(cleaned)} stale temporary file(s) left by an interrupted run", file=progress)
-    result = run_tasks(tasks, workers, scheduler, batch_mode, progress)
+    result = run_tasks(tasks, workers, scheduler, batch_mode, make_progress(progress, plan.config.name))
     cleaned += clean_stale_temporaries(plan.workdir) if os.path.isdir(plan.workdir) else []  # of killed jobs
     s = _summary_dict(result.worker)
     failed = s["failed"] | s["scheduling_error"]
@@ -370,13 +343,19 @@ def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: 
         ok=not failed and not pending,
         ran=+ran,
         reused=+reused,
-        failed=[(t.task_id, failure_reason(plan, t)) for t in sorted(failed, key=str)],
+        failed=sorted(((describe(t), failure_reason(plan, t)) for t in failed), key=lambda f: _natural(f[0])),
         not_run=len(pending),
         by_others=Counter(t.task_family for t in by_others),
         cleaned=cleaned,
         tasks_ran=Counter(t.task_family for t in s["completed"]),
         tasks_reused=Counter(t.task_family for t in s["already_done"]),
+        log_dir=os.path.join(plan.workdir, "logs"),
     )
+
+
+def _natural(text: str) -> list[str | int]:
+    """Sort key ordering the numbers in ``text`` by value (``bin_index=20`` before ``bin_index=100``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def _results(task: luigi.Task) -> int:

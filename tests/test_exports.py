@@ -35,7 +35,7 @@ def syst_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_all_exports_and_report_exist(syst_run: Path) -> None:
     for name in ("efficiencies.csv", "scale_factors.csv", "closure.csv", "corrections.json", "corrections.root",
-                 "calibration.json", "calibration.h5", "tables.md", "tables.tex", "report.md", "report.html",
+                 "corrections_root.txt", "calibration.json", "calibration.h5", "tables.md", "tables.tex", "report.md", "report.html",
                  "plots/efficiency_vs_p.png", "plots/scale_factor_map_data.png"):
         assert (syst_run / name).stat().st_size > 0, name
     report = (syst_run / "report.html").read_text()
@@ -76,7 +76,13 @@ def test_root_export_equals_table(syst_run: Path) -> None:
     eff = read_csv(syst_run / "efficiencies.csv")
     with uproot.open(syst_run / "corrections.root") as f:
         h = f["sf_data"]
-        assert h.classname == "TH2D"
+        assert h.classname == "TH2D" and h.title == "data/mc scale factor"
+        assert [h.axis(i).member("fTitle") for i in (0, 1)] == ["p [GeV]", "#eta"]
+        for r in sf:  # statistical, systematic and per-source histograms
+            idx = divmod(r["bin"], 2)
+            assert f["sf_data_stat"].errors()[idx] == pytest.approx(max(r["err_up"], r["err_down"]), rel=1e-12)
+            assert f["sf_data_syst"].errors()[idx] == pytest.approx(r["syst"], rel=1e-12)
+            assert f["sf_data_massrangeDown"].values()[idx] == pytest.approx(r["massrangeDown"], rel=1e-12)
         assert h.axis(0).edges().tolist() == [2, 6, 15, 200] and h.axis(1).edges().tolist() == [2.0, 3.5, 5.0]
         values, errors = h.values(), h.errors()
         for r in sf:
@@ -106,10 +112,15 @@ def test_master_table_has_metadata_and_tables(syst_run: Path) -> None:
 def test_text_tables(syst_run: Path) -> None:
     md = (syst_run / "tables.md").read_text()
     tex = (syst_run / "tables.tex").read_text()
+    from calibflow.export.grid import decimals
+
     sf = read_csv(syst_run / "scale_factors.csv")
-    assert f"{sf[0]['scale_factor']:.4f}" in md and f"${sf[0]['scale_factor']:.4f}^" in tex
-    assert sum(line.startswith("| [") for line in md.splitlines()) == 12 + 6  # 2 samples x 6 bins, 6 SFs
-    assert r"\begin{tabular}" in tex
+    value = f"{sf[0]['scale_factor']:.{decimals(sf)}f}"
+    assert f"| [2, 6) | {value} " in md and f"$[2, 6)$ & ${value}" in tex
+    assert sum(line.startswith("| [") for line in md.splitlines()) == 3 * 3  # 3 tables (2 samples, 1 SF) x 3 p bins
+    assert r"| $p$ [GeV] \ $\eta$ | [2, 3.5) | [3.5, 5) |" in md
+    assert "± syst (stat: statistical" in md and "syst: total systematic of sigmodel, massrange" in md
+    assert tex.count(r"\begin{tabular}") == 3 and r"\multicolumn{2}{c}{$\eta$}" in tex
 
 
 def test_flow_error_rejects_out_of_range(tmp_path: Path) -> None:

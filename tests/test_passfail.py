@@ -61,6 +61,23 @@ def test_fused_kernel_equals_generic_cost() -> None:
         assert fused == pytest.approx(slow, rel=1e-10), (sig, bkg)
 
 
+@pytest.mark.parametrize("slope", [0.004, -0.004, 0.03])
+def test_fused_exponential_is_normalised_for_rising_and_falling_slopes(slope: float) -> None:
+    """The fused kernel's exponential fractions sum to 1 for either sign of the slope (a rising background
+    once summed to e^(-k(W-Δ)) and inflated its yield: seen in the fit gallery, issue 15)."""
+    rng = np.random.default_rng(4)
+    nu_p, nu_f = expected_counts()
+    hp, hf = rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float)
+    ones = np.ones_like(hp)
+    model = PassFailModel.create("crystalball", "exponential", LO, HI)
+    generic = dataclasses.replace(model, background=dataclasses.replace(model.background, code=-1))
+    start, _ = apply_overrides(model, starting_values(model, EDGES, hp, hf), None)
+    x = np.array([start[n][0] for n in model.names])
+    x[model.names.index("slope_pass")] = x[model.names.index("slope_fail")] = slope
+    fused, slow = binned_cost(model, EDGES, hp, hf, ones, ones)(x), binned_cost(generic, EDGES, hp, hf, ones, ones)(x)
+    assert fused == pytest.approx(slow, rel=1e-10)
+
+
 def test_fit_recovers_asimov_truth_and_reports_attempts() -> None:
     nu_p, nu_f = expected_counts()
     r = fit_pass_fail(EDGES, nu_p, nu_f)

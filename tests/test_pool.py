@@ -49,7 +49,7 @@ def test_the_pool_preloads_only_what_the_scheduled_tasks_import(write_config, tm
     warm = "calibflow.kernels.warm:warm_up"
     assert preload_modules(prep) == [warm, "calibflow.prep.prepare"]
     assert preload_modules([*prep, FitBin(sample="data", bin_index=0, **common)]) == [
-        "calibflow.fit.measure", warm, "calibflow.prep.prepare"]
+        "calibflow.fit.measure", "calibflow.fit.plots", warm, "calibflow.prep.prepare"]
     assert preload_modules([ExportTables(**common)]) == []
 
 

@@ -1,4 +1,5 @@
-"""Progress lines, one log per task, and the closing summary (tasks run, reused, failed with reasons)."""
+"""Progress (plain lines, or a live bar on a terminal), one log per task, and the closing summary (tasks run,
+reused, failed with reasons, by the tasks' labels)."""
 
 from __future__ import annotations
 
@@ -15,24 +16,27 @@ from calibflow.plan import Plan
 from tasks import ExportTables
 from tasks.runner import RunReport, build
 
-from .conftest import tiny_demo_dict
+from .conftest import demo_dict, tiny_demo_dict
 
-LINE = re.compile(r"^\[\s*(\d+)/(\d+)\] (\w+)\((.*)\) (done|FAILED|needs)")
+LINE = re.compile(r"^\[\s*(\d+)/(\d+)(\+?)\] (\w+)\((.*)\) (done in ([-\d.]+) s|FAILED|needs (\d+) more)")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Plan, RunReport, str, RunReport, str]:
-    """A tiny calibration built twice in one result folder, with the progress output of each build."""
+    """A tiny calibration with a fit-model systematic (two EfficiencyTable tasks yielding their fits while
+    other tasks run) built twice with 2 workers in one result folder, with the progress output of each build."""
     import yaml
 
     tmp = tmp_path_factory.mktemp("progress")
+    d = tiny_demo_dict()
+    d["systematics"] = demo_dict()["systematics"]
     cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_demo_dict(), sort_keys=False))
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
     plan = Plan.create(cfg, tmp / "res")
     outputs = []
     for _ in range(2):
         stream = io.StringIO()
-        report = build(plan, [ExportTables(config=plan.config_path, result_dir=plan.result_dir)], 1, progress=stream)
+        report = build(plan, [ExportTables(config=plan.config_path, result_dir=plan.result_dir)], 2, progress=stream)
         outputs += [report, stream.getvalue()]
     return (plan, *outputs)  # type: ignore[return-value]
 
@@ -42,18 +46,31 @@ def test_progress_counts_every_task_to_the_total(tiny_run) -> None:
     assert report.ok, report.failed
     lines = [LINE.match(ln) for ln in text.splitlines()]
     assert all(lines), text
-    done = [m for m in lines if m.group(5) == "done"]
-    # the count rises by one per finished task and ends at the total, which grows with dynamic dependencies
+    done = [m for m in lines if m.group(6).startswith("done")]
+    # one counter for the whole run: it rises by one per finished task and ends at the total
     assert [int(m.group(1)) for m in done] == list(range(1, len(done) + 1))
     assert int(done[-1].group(1)) == int(done[-1].group(2)) == sum(report.tasks_ran.values())
-    assert done[-1].group(3) == "ExportTables"
-    assert any(m.group(3) == "EfficiencyTable" and m.group(5) == "needs" for m in lines)
+    assert done[-1].group(4) == "ExportTables"
+    assert not any(m.group(7).startswith("-") for m in done)
+    # the total grows when the EfficiencyTable tasks yield their fits, and says so ("+") until both are done
+    totals = [int(m.group(2)) for m in lines]
+    assert totals == sorted(totals) and totals[0] < totals[-1]
+    tables = [k for k, m in enumerate(lines) if m.group(4) == "EfficiencyTable" and m.group(6).startswith("done")]
+    assert len(tables) == 2
+    assert [m.group(3) for m in lines] == ["+"] * tables[-1] + [""] * (len(lines) - tables[-1])
+    # one line per yield (not one per task running meanwhile), naming the yielding task and what it waits for
+    needs = [m for m in lines if m.group(6).startswith("needs")]
+    assert sorted((m.group(4), m.group(5)) for m in needs) == [("EfficiencyTable", ""),
+                                                                ("EfficiencyTable", "variant=sigmodel")]
+    assert all(int(m.group(8)) > 0 for m in needs)
+    assert sum(1 for m in done if m.group(4) == "FitBin") == 3  # data, data refitted, mc shared by both
+    assert len({ln.split("] ", 1)[1] for ln in text.splitlines()}) == len(lines)  # no line said twice
 
 
 def test_progress_reports_events_read_by_tuple_preparation(tiny_run) -> None:
     plan, _, text, _, _ = tiny_run
     prep = re.findall(r"PrepareTuple\(sample=(\w+), index=(\d+)\) done in [\d.]+ s: (\d+) events read "
-                      r"\(prep (\d)/2 files, (\d+) events\)", text)
+                      r"\(prep (\d)/2\+? files, (\d+) events\)", text)
     assert len(prep) == 2
     read = {s: int(read_metadata(plan.prep_path(s, int(i)))["cutflow"]["read"]) for s, i, *_ in prep}
     assert read == {"data": 20000, "mc": 15000}  # every toy candidate is read
@@ -83,18 +100,88 @@ def test_second_build_reuses_and_says_so(tiny_run) -> None:
     assert first.summary().startswith(f"{sum(first.tasks_ran.values())} task(s) run, 0 reused, 0 failed (")
 
 
+LUIGI_ID = re.compile(r"\b[A-Z]\w*_[0-9a-f]{10}\b")
+"""A luigi task id (``PrepareTuple_data_0__tmp_..._1a2b3c4d5e``)."""
+
+
 def test_failure_summary_names_the_task_and_the_reason(corrupt_input_config: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(corrupt_input_config), "--result-dir",
                           str(tmp_path / "res")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout + out.stderr
     summary = re.search(r"calibflow: damaged: (\d+) task\(s\) run, 0 reused, 1 failed", out.stdout)
     assert summary, out.stdout
-    failed = re.findall(r"^  FAILED (PrepareTuple\S+): (.*)$", out.stderr, re.M)
+    # the task by its label, never by its luigi id; the reason; where the tracebacks are
+    failed = re.findall(r"^  FAILED (.*?): (.*)$", out.stderr, re.M)
     assert len(failed) == 1, out.stderr
-    task_id, reason = failed[0]
+    label, reason = failed[0]
+    assert label == "PrepareTuple(sample=data, index=0)"
     assert reason.startswith("PrepError: ") and "data_damaged.root: reading failed" in reason
     assert re.search(r"^  \d+ task\(s\) not run because of the failures above$", out.stderr, re.M)
-    assert re.search(r"\[\s*\d+/\d+\] PrepareTuple\(sample=data, index=0\) FAILED in", out.stdout)
-    # the task's own log holds the traceback
-    log = (tmp_path / "res" / "damaged" / "logs" / "PrepareTuple" / f"{task_id}.log").read_text()
-    assert "Traceback" in log and "PrepError" in log and " end " in log
+    assert re.search(r"^  tracebacks in the task logs: .*/res/damaged/logs/<family>/$", out.stderr, re.M)
+    progress = re.search(r"^\[\s*\d+/\d+\+?\] PrepareTuple\(sample=data, index=0\) FAILED in [\d.]+ s: (.*)$", out.stdout,
+                         re.M)
+    assert progress and progress.group(1) == reason, out.stdout
+    assert not LUIGI_ID.search(out.stdout + out.stderr), out.stdout + out.stderr
+    assert "Traceback" not in out.stderr  # luigi's copy of it: the task's own log holds the traceback
+    (text,) = [t for p in (tmp_path / "res" / "damaged" / "logs" / "PrepareTuple").glob("*.log")
+               if f"start {label}" in (t := p.read_text())]
+    assert "Traceback" in text and "PrepError" in text and " end " in text
+    # the bins are summarised with what exists: the simulation was counted, the data never fitted
+    assert re.search(r"^  nominal data: +0 ok, 0 flagged, 0 low statistics, 2 failed$", out.stdout, re.M), out.stdout
+    assert re.search(r"^  nominal mc: +2 ok, 0 flagged, 0 low statistics, 0 failed$", out.stdout, re.M), out.stdout
+
+
+def _run_in_terminal(args: list[str], columns: int = 100, timeout: float = 600) -> tuple[int, str]:
+    """Run ``args`` with stdout and stderr on a pseudo-terminal of ``columns``; its exit code and output."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm-256color"}
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_live_bar_on_a_terminal(tmp_path: Path, write_config) -> None:
+    """On a terminal: a live bar (counter with a growing total, ETA, running tasks), no progress lines."""
+    cfg = write_config(tiny_demo_dict())
+    code, raw = _run_in_terminal([sys.executable, "-m", "tasks.cli", "run", str(cfg), "--result-dir",
+                                  str(tmp_path / "res"), "--workers", "1"])
+    text = ANSI.sub("", raw).replace("\r", "\n")
+    assert code == 0, text
+    assert "\x1b[" in raw  # redrawn in place
+    frames = re.findall(r"(\d+)/(\d+)(\+?) tasks", text)
+    assert frames, text
+    assert any(plus for *_, plus in frames)  # the total may still grow while EfficiencyTable has not yielded
+    done, total, plus = frames[-1]
+    assert done == total and not plus  # the final bar: every task done
+    ran = re.search(r"calibflow: small_demo: (\d+) task\(s\) run", text)
+    assert ran and int(ran.group(1)) == int(total), text
+    assert re.search(r"ETA (≥)?\d+:\d\d:\d\d", text), text
+    assert re.search(r"running: \w+\(", text), text
+    assert re.search(r"prep \d/2\+? files, \d+ events", text), text
+    assert not re.search(r"^\[\s*\d+/\d+\+?\] ", text, re.M), text  # never both: no plain lines
+    assert "bins per variant and sample" in text and "outputs in " in text

@@ -58,7 +58,10 @@ def _working_points(out: Path) -> list[str]:
 def test_every_bin_measured(out: Path) -> None:
     eff = efficiencies(out)
     assert len(eff) == 4 * N_BINS
-    assert all(r["fit_status"] == "ok" for r in eff.values()), {k: r["fit_status"] for k, r in eff.items()}
+    # fits without problems; CI-size toys leave some bins with fewer than fit.min_candidates (flagged as such)
+    clean = ("ok", "low_statistics")
+    assert all(r["fit_status"] in clean for r in eff.values()), {
+        k: r["fit_status"] for k, r in eff.items() if r["fit_status"] not in clean}
     methods = {s: r["method"] for (s, _), r in eff.items()}
     assert {s: m for s, m in methods.items() if s.endswith("_data")} == dict.fromkeys(
         [f"{sp}_data" for sp in SPECIES[_name(out)]], "sweights")

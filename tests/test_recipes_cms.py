@@ -84,7 +84,8 @@ def test_z_closure(z_run: Path) -> None:
     assert_closes_widened(np.concatenate([efficiency_pulls(t, ["data"]) for t in tables]))
     assert np.array_equal(efficiency_pulls(z_run / "closure.csv"), efficiency_pulls(tables[0]))
     fits = [r for t in ("ID", "Iso") for r in read_csv(z_run / "methods" / t / "efficiencies.csv") if r["sample"] == "data"]
-    assert sum(r["fit_status"] == "ok" for r in fits) >= 0.9 * len(fits) == 0.9 * 2 * Z_BINS
+    # fits without problems (a bin with fewer than fit.min_candidates is flagged low_statistics, nothing else)
+    assert sum(r["fit_status"] in ("ok", "low_statistics") for r in fits) >= 0.9 * len(fits) == 0.9 * 2 * Z_BINS
 
 
 def z_pairs(a: ak.Array) -> ak.Array:

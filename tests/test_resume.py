@@ -59,7 +59,7 @@ def test_failed_task_leaves_no_output(corrupt_input_config: Path, tmp_path: Path
     plan = Plan.create(corrupt_input_config, tmp_path / "res")
     report = build(plan, [ExportTables(config=plan.config_path, result_dir=plan.result_dir)], 1)
     assert not report.ok
-    assert [tid.split("_")[0] for tid, _ in report.failed] == ["PrepareTuple"]
+    assert [label for label, _ in report.failed] == ["PrepareTuple(sample=data, index=0)"]
     assert not os.path.exists(plan.prep_path("data", 0))
     assert os.path.exists(plan.prep_path("mc", 0))  # the healthy sample went on
     assert not list(Path(plan.workdir).rglob("*.tmp-*"))

@@ -246,7 +246,7 @@ def _ran(run: Run) -> int:
 def test_a_dead_batch_job_is_reported(runs: BatchRuns) -> None:
     assert runs.victim, "no running PrepareTuple job was seen"
     assert runs.killed.returncode == 1, runs.killed.stdout + runs.killed.stderr
-    assert re.search(rf"FAILED PrepareTuple\S*: batch job {runs.victim} ended before the task finished",
+    assert re.search(rf"FAILED PrepareTuple\([^)]*\): batch job {runs.victim} ended before the task finished",
                      runs.killed.stderr), runs.killed.stderr
     states = {j["JobId"]: j["JobState"] for j in runs.killed.jobs}
     assert states.pop(runs.victim) == "CANCELLED"

@@ -1,8 +1,9 @@
 """Exports of the combined tables and their publication under ``<result_dir>/<name>/``.
 
 ``export_tables`` writes the exports of one folder of combined tables: ``corrections.json`` (correctionlib),
-``corrections.root`` (TH1D/TH2D), ``tables.md``, ``tables.tex`` and ``plots/``; ``export_all`` does it for
-every folder of a plan, adds the report page, and ``publish`` copies the set with its ``manifest.json``.
+``corrections.root`` (TH1D/TH2D/TH3D, with ``corrections_root.txt``), ``tables.md``, ``tables.tex``
+(grids) and ``plots/``; ``export_all`` does it for every folder of a plan, adds the report page, and
+``publish`` copies the set with its ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from calibflow.binning.scheme import BinningScheme
-from calibflow.config import CalibrationConfig, OutputsConfig, Variation, axis_label
+from calibflow.config import OutputsConfig, Variation
+from calibflow.export.galleries import write_galleries
+from calibflow.export.labels import VariableLabel, variable_labels
 from calibflow.export.report import write_report
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
 from calibflow.tables.assemble import (
-    EXCLUDED_FILES,
     base_folders,
     prep_reports,
     product_folders,
@@ -29,23 +31,6 @@ from calibflow.tables.rows import Row, read_csv
 from calibflow.tables.write import CORRECTIONS, EFFICIENCIES, ROC, ROOT_FILE, SCALE_FACTORS
 
 MANIFEST = "manifest.json"
-
-
-class VariableLabel(NamedTuple):
-    """How a binning variable is shown: ``label`` (LaTeX allowed) and ``unit`` (empty: none)."""
-
-    label: str
-    unit: str
-
-    @property
-    def axis(self) -> str:
-        """``label [unit]``."""
-        return axis_label(self.label, self.unit)
-
-
-def variable_labels(cfg: CalibrationConfig) -> dict[str, VariableLabel]:
-    """Label and unit of every binning variable of ``cfg``."""
-    return {v.name: VariableLabel(v.display, v.display_unit) for v in cfg.binning.variables}
 
 
 def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, dict[int, float]]:
@@ -75,8 +60,9 @@ def export_tables(
     ``labels``: per binning variable its label and unit (default: the name, no unit)."""
     labels = {v: labels[v] if labels and v in labels else VariableLabel(v, "") for v in scheme.variables}
     from calibflow.export.correctionlib import build_correction, write_correction_set
-    from calibflow.export.root import histograms, write_root
-    from calibflow.export.text import table_lines, write_text_tables
+    from calibflow.export.grid import tables_of
+    from calibflow.export.root import export_root
+    from calibflow.export.text import write_text_tables
 
     written = []
     eff = read_csv(os.path.join(out_dir, EFFICIENCIES))
@@ -94,53 +80,64 @@ def export_tables(
         path = os.path.join(out_dir, CORRECTIONS)
         write_correction_set(path, corrections, description=f"calibflow scale factors of {name}")
         written.append(path)
-    if outputs.root and len(scheme.variables) <= 2:
-        hists = {}
-        for sample in sorted({r["sample"] for r in eff}):
-            rows = [r for r in eff if r["sample"] == sample]
-            hists.update(histograms(scheme, f"eff_{sample}", {r["bin"]: r["efficiency"] for r in rows},
-                                    {r["bin"]: max(r["total_down"], r["total_up"]) for r in rows}))
-        for data in datas:
-            rows = [r for r in sf if r["data"] == data]
-            hists.update(histograms(scheme, f"sf_{data}", {r["bin"]: r["scale_factor"] for r in rows},
-                                    {r["bin"]: max(r["total_down"], r["total_up"]) for r in rows}))
-        path = os.path.join(out_dir, ROOT_FILE)
-        write_root(path, hists)
-        written.append(path)
+    tables = tables_of(eff, sf)
+    axes = {v: lab.axis for v, lab in labels.items()}
+    source_names = [s.name for s in sources]
+    if outputs.root:
+        written += export_root(out_dir, ROOT_FILE, name, scheme, tables, axes, source_names)
     variables = list(scheme.variables)
-    if outputs.markdown or outputs.latex:
-        eff_cols = [("efficiency", "efficiency", "total_down", "total_up")]
-        sf_cols = [("scale factor", "scale_factor", "total_down", "total_up"), ("stat.", "scale_factor", "err_down", "err_up")]
-        for latex, ext, wanted in ((False, "md", outputs.markdown), (True, "tex", outputs.latex)):
-            if not wanted:
-                continue
-            sections = [(f"efficiency, {s}", table_lines([r for r in eff if r["sample"] == s], variables, eff_cols, latex))
-                        for s in sorted({r["sample"] for r in eff})]
-            sections += [(f"scale factor, {d}", table_lines([r for r in sf if r["data"] == d], variables, sf_cols, latex))
-                         for d in datas]
+    for latex, ext, wanted in ((False, "md", outputs.markdown), (True, "tex", outputs.latex)):
+        if wanted:
             path = os.path.join(out_dir, f"tables.{ext}")
-            write_text_tables(path, sections, latex)
+            write_text_tables(path, name, scheme, tables, axes, source_names, latex)
             written.append(path)
     if outputs.plots:
-        written += _plots(out_dir, variables, eff, sf, name)
+        written += _plots(out_dir, variables, eff, sf, name, labels, outputs)
     return written
 
 
-def _plots(out_dir: str, variables: Sequence[str], eff: Sequence[Row], sf: Sequence[Row], name: str) -> list[str]:
-    from calibflow.export.figures import plot_efficiency_vs, plot_map
+def _plots(
+    out_dir: str, variables: Sequence[str], eff: Sequence[Row], sf: Sequence[Row], name: str,
+    labels: Mapping[str, VariableLabel], outputs: OutputsConfig,
+) -> list[str]:
+    """``plots/efficiency_vs_<var>`` (a grid of slices of the other variables; ``_<samples>`` when more
+    than four samples are split into groups) and, for 2-D schemes, ``plots/efficiency_map_<sample>`` and
+    ``plots/scale_factor_map_<data>``, in every format of ``outputs.plot_formats``."""
+    from calibflow.export.figures import (
+        SF_LABEL,
+        efficiency_range,
+        plot_efficiency_grid,
+        plot_map,
+        sample_groups,
+        sample_label,
+    )
 
+    kw = {"labels": labels, "style": outputs.plot_style, "formats": outputs.plot_formats}
+    plots = os.path.join(out_dir, "plots")
+    groups = sample_groups(sorted({r["sample"] for r in eff}), sorted({(r["data"], r["mc"]) for r in sf}))
     written = []
-    for var in variables:
-        others = [v for v in variables if v != var]
-        path = os.path.join(out_dir, "plots", f"efficiency_vs_{var}.png")
-        plot_efficiency_vs(eff, var, others, path, title=name, ratios=sf)
-        written.append(path)
-    if len(variables) == 2 and sf:
-        for data in sorted({r["data"] for r in sf}):
-            path = os.path.join(out_dir, "plots", f"scale_factor_map_{data}.png")
-            plot_map([r for r in sf if r["data"] == data], variables[0], variables[1], "scale_factor", path,
-                     title=f"{name}: {data}")
-            written.append(path)
+    for group in groups:
+        suffix = "" if len(groups) == 1 else "_" + "_".join(group)
+        g_eff = [r for r in eff if r["sample"] in group]
+        g_sf = [r for r in sf if r["data"] in group and r["mc"] in group]
+        for var in variables:
+            path = os.path.join(plots, f"efficiency_vs_{var}{suffix}")
+            written += plot_efficiency_grid(g_eff, g_sf, var, [v for v in variables if v != var], path,
+                                            title=name, **kw)
+    if len(variables) == 2:
+        xvar, yvar = variables
+        vrange = efficiency_range(eff)
+        pairs = sorted({(r["data"], r["mc"]) for r in sf})
+        for sample in sorted({r["sample"] for r in eff}):
+            path = os.path.join(plots, f"efficiency_map_{sample}")
+            written += plot_map([r for r in eff if r["sample"] == sample], xvar, yvar, "efficiency", path,
+                                title=f"{name}: {sample}", vrange=vrange, **kw,
+                                colorbar_label=f"efficiency: {sample_label(sample, sample in {m for _, m in pairs})}")
+        for data, mc in pairs:
+            path = os.path.join(plots, f"scale_factor_map_{data}")
+            written += plot_map([r for r in sf if r["data"] == data and r["mc"] == mc], xvar, yvar, "scale_factor",
+                                path, title=f"{name}: {data}/{mc}", **kw,
+                                colorbar_label=SF_LABEL + (f" ({data}/{mc})" if len(pairs) > 1 else ""))
     return written
 
 
@@ -198,13 +195,11 @@ def export_all(plan: Plan) -> list[str]:
             rows = read_csv(roc)
             for r in rows:
                 r["label"] = "inclusive" if r["bin"] == "inclusive" else f"bin {r['bin']}"
-            path = os.path.join(out, "plots", "roc.png")
-            plot_roc(rows, path, title=f"{cfg.name}: {cfg.roc.signal} vs {cfg.roc.background}")
-            files.append(path)
+            files += plot_roc(rows, os.path.join(out, "plots", "roc"),
+                              title=f"{cfg.name}: {cfg.roc.signal} vs {cfg.roc.background}",
+                              style=cfg.outputs.plot_style, formats=cfg.outputs.plot_formats)
     files = sorted(set(files))
+    galleries = write_galleries(plan, out)  # fit figures: the report sees their index pages only
     if cfg.outputs.report:
-        summary = [cfg.description, f"systematic sources: {', '.join(s.name for s in cfg.systematics.sources) or 'none'}"]
-        n_bad = sum(len(v) for v in plan.excluded_files().values())
-        summary += [f"{n_bad} bad input file(s) left out: see {EXCLUDED_FILES}"] if n_bad else []
-        files += write_report(out, f"calibflow: {cfg.name}", files, summary)
-    return publish(out, plan.workdir, plan.export_key(), sorted(set(files)), config=plan.config_path)
+        files += write_report(plan, out, files + [g for g in galleries if g.endswith(".html")])
+    return publish(out, plan.workdir, plan.export_key(), sorted(set(files + galleries)), config=plan.config_path)

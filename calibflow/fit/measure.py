@@ -4,7 +4,12 @@
 ``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass (once
 for all pass columns, see ``splot_cache``) and sums their sWeights, with the sandwich variance by
 default (``fit.sweights_variance``). The result is a JSON-ready dict with efficiency, err_down, err_up, n_pass,
-n_fail, status and, for fits, the parameters and attempts.
+n_fail (signal yields), status, the bin's candidates per category (:func:`candidate_counts`) and, for fits,
+the parameters and attempts.
+
+A fitted bin (methods ``fit`` and ``sweights``) with fewer than ``fit.min_candidates`` candidates in pass or
+fail is still fitted, but its status starts with ``low_statistics`` (followed by the fit's own problems, if
+any): its result is kept in the tables, flagged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ SPLOT_VERSION = 1
 """Version of the cached sPlot fit record (:class:`calibflow.fit.sweights.SPlotFit`), part of its key."""
 SPLOT_SETTINGS = ("signal", "background", "parameters", "strategy", "max_chi2_ndof", "min_significance")
 """The fit settings that determine a ``sweights`` mass fit (not the pass column, nor the variance)."""
+FITTED = ("fit", "sweights")
+"""Methods that fit the mass; their bins with fewer than ``fit.min_candidates`` are ``low_statistics``."""
+LOW_STATISTICS = "low_statistics"
 
 
 def needs_candidates(method: str, fit: FitConfig) -> bool:
@@ -44,6 +52,32 @@ def _fit_options(fit: FitConfig) -> dict[str, Any]:
         "fail_width_shift": fit.fail_width_shift,
         "quality": FitQuality(max_chi2_ndof=fit.max_chi2_ndof, min_significance=fit.min_significance),
     }
+
+
+def _effective(sumw: float, sumw2: float, weighted: bool) -> float:
+    """Candidates of a category: the count (unweighted), else Kish's effective number (Σw)²/Σw²."""
+    if not weighted:
+        return float(sumw)
+    return float(sumw * sumw / sumw2) if sumw2 > 0 else 0.0
+
+
+def candidate_counts(hist: BinHistograms | None = None, cands: BinCandidates | None = None) -> tuple[float, float]:
+    """(pass, fail) candidates of a bin in the mass range: counts for unweighted samples, the effective
+    numbers (Σw)²/Σw² for weighted ones (what the statistical power of a weighted fit corresponds to)."""
+    if hist is not None:
+        sw, sw2 = hist.sumw.sum(axis=1), hist.sumw2.sum(axis=1)
+        return _effective(sw[0], sw2[0], hist.weighted), _effective(sw[1], sw2[1], hist.weighted)
+    assert cands is not None
+    out = []
+    for sel in (cands.passed, ~cands.passed):
+        w = cands.weight[sel]
+        out.append(_effective(float(w.sum()), float((w * w).sum()), True) if cands.weighted else float(sel.sum()))
+    return out[0], out[1]
+
+
+def with_low_statistics(status: str) -> str:
+    """``status`` with ``low_statistics`` first (``ok`` alone becomes ``low_statistics``)."""
+    return ",".join([LOW_STATISTICS, *(t for t in status.split(",") if t not in ("ok", LOW_STATISTICS))])
 
 
 def _empty(method: str) -> dict[str, Any]:
@@ -68,8 +102,20 @@ def measure_bin(
     """Efficiency of one bin from its histograms (``hist``) or candidates (``cands``).
 
     ``splot_cache``: JSON path of the bin's sPlot mass fit (method ``sweights``), read if present, else
-    written, so that working points differing only in the pass column fit the mass once.
+    written, so that working points differing only in the pass column fit the mass once. The result has
+    ``candidates_pass``/``candidates_fail`` (:func:`candidate_counts`); a fitted bin with fewer than
+    ``fit.min_candidates`` in either is ``low_statistics``.
     """
+    n_pass, n_fail = candidate_counts(hist, cands)
+    out = _measure(method, fit, hist, cands, interval, splot_cache)
+    if method in FITTED and out["status"] != "empty_bin" and min(n_pass, n_fail) < fit.min_candidates:
+        out["status"] = with_low_statistics(out["status"])
+    return {**out, "candidates_pass": n_pass, "candidates_fail": n_fail}
+
+
+def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: BinCandidates | None, interval: str,
+             splot_cache: str | None) -> dict[str, Any]:
+    """The result of :func:`measure_bin` before the low-statistics check."""
     if (hist is not None and float(hist.sumw.sum()) <= 0) or (cands is not None and cands.mass.size == 0):
         return _empty(method)
     if method == "count":

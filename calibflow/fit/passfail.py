@@ -70,6 +70,14 @@ class FitResult:
         return asdict(self)
 
 
+def parameter_names(signal: Shape, background: Shape, fail_width_shift: bool = False) -> list[str]:
+    """Names of a pass/fail model's parameters (``fit.parameters`` keys), in the order of its parameter
+    vector: the yields and ε (:data:`YIELDS`), the signal's (shared by both categories), the background's
+    per category (``slope_pass``, ``slope_fail``), then ``dsigma_fail`` with a fail width shift."""
+    bkg = [f"{p}_{c}" for c in ("pass", "fail") for p in background.params]
+    return [*YIELDS, *signal.params, *bkg, *(["dsigma_fail"] if fail_width_shift else [])]
+
+
 @dataclass(frozen=True)
 class PassFailModel:
     """Parameter layout and expectation of a simultaneous pass/fail model on [lo, hi].
@@ -95,8 +103,7 @@ class PassFailModel:
     @property
     def names(self) -> list[str]:
         """Parameter names, in the order of the parameter vector."""
-        bkg = [f"{p}_{c}" for c in ("pass", "fail") for p in self.background.params]
-        return [*YIELDS, *self.signal.params, *bkg, *(["dsigma_fail"] if self.fail_width_shift else [])]
+        return parameter_names(self.signal, self.background, self.fail_width_shift)
 
     @property
     def shape_names(self) -> list[str]:
@@ -132,15 +139,21 @@ class PassFailModel:
         sig_fail = sig + self.width_mask * x[-1] if self.fail_width_shift else sig
         return sig, sig_fail, np.asarray(x[4 + ns : 4 + ns + nb_]), np.asarray(x[4 + ns + nb_ : 4 + ns + 2 * nb_])
 
-    def expected(self, edges: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Expected counts per mass bin (pass, fail) for the parameter vector ``x``."""
+    def components(self, edges: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Expected signal and background counts per mass bin for the parameter vector ``x``:
+        (signal pass, background pass, signal fail, background fail)."""
         n_sig, eff, nbp, nbf = x[:4]
         ps, psf, pbp, pbf = self.split(x)
         sp = np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *ps))
         sf = sp if psf is ps else np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *psf))
         bp = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *pbp))
         bf = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *pbf))
-        return n_sig * eff * sp + nbp * bp, n_sig * (1.0 - eff) * sf + nbf * bf
+        return n_sig * eff * sp, nbp * bp, n_sig * (1.0 - eff) * sf, nbf * bf
+
+    def expected(self, edges: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Expected counts per mass bin (pass, fail) for the parameter vector ``x``."""
+        sig_p, bkg_p, sig_f, bkg_f = self.components(edges, x)
+        return sig_p + bkg_p, sig_f + bkg_f
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,10 +182,14 @@ def _bin_fractions(code: int, edges: np.ndarray, p: np.ndarray, off: int, npar: 
         if abs(k) * width < 1e-12:
             out[:] = delta / width
             return
+        if k > 0:  # from the top bin down, f_top = expm1(-kΔ)/expm1(-kW), so that the recurrence never overflows
+            f, r = math.expm1(-k * delta) / math.expm1(-k * width), math.exp(-k * delta)
+            for j in range(n - 1, -1, -1):
+                out[j] = f
+                f *= r
+            return
         r = math.exp(k * delta)
         f = math.expm1(k * delta) / math.expm1(k * width)
-        if k > 0:  # start from the top bin so that the recurrence never overflows
-            f *= math.exp(-k * (width - delta))
         for j in range(n):
             out[j] = f
             f *= r

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from calibflow.config import CalibrationConfig, ConfigError, PairingConfig
+from calibflow.config import CalibrationConfig, ConfigError, PairingConfig, suggestion
 from calibflow.expr import Expression, compile_expression
 from calibflow.hashing import content_key, file_identity
 
@@ -263,7 +263,8 @@ def _pairing_spec(p: PairingConfig, later: Sequence[Expression], compile_: Calla
             elif name in PAIR_COLUMNS:
                 derived.add(name)
             elif name.startswith("pair_"):
-                raise ConfigError(f"{e.where}: unknown pair column {name!r} (pair columns: {', '.join(PAIR_COLUMNS)})")
+                hint = suggestion(name, PAIR_COLUMNS, "pair columns")
+                raise ConfigError(f"{e.where}: unknown pair column {name!r}{hint}")
             elif name.startswith(prefix):
                 fld = name[len(prefix):]
                 raise ConfigError(f"{e.where}: {name!r} is a per-object branch of {p.collection}; per pair use "

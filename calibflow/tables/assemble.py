@@ -95,25 +95,34 @@ EXCLUDED_FILES = "excluded_files.txt"
 """Published list of the inputs left out as bad files (``calibflow run --skip-bad-files``)."""
 
 
-def prep_reports(plan: Plan, out_dir: str) -> list[str]:
-    """``cutflow_<sample>.csv`` per sample (the cut flows of its prepared files summed: entries left after
-    each stage) and, if inputs were left out as bad, ``excluded_files.txt`` (sample, file, reason)."""
-    from calibflow.io.store import atomic_path
+def cutflow_rows(plan: Plan, sample: str) -> list[dict[str, Any]]:
+    """The cut flow of ``sample`` in ``plan``'s variant (its prepared files' cut flows summed): one row per
+    stage with ``stage``, ``unit`` (events, pairs or candidates), ``entries`` left after it and the stage's
+    ``efficiency`` (empty where the unit changes)."""
     from calibflow.prep.prepare import merged_cutflow
+
+    preps = [plan.prep_path(sample, i) for i in range(len(plan.input_files(sample))) if not plan.is_excluded(sample, i)]
+    flow = merged_cutflow(preps)
+    unit = "events" if "pairs" in flow else "candidates"
+    rows: list[dict[str, Any]] = []
+    prev = 0
+    for stage, n in flow.items():
+        unit = "pairs" if stage == "pairs" else unit
+        rows.append({"stage": stage, "unit": unit, "entries": n,
+                     "efficiency": n / prev if prev and stage not in ("read", "pairs") else ""})
+        prev = n
+    return rows
+
+
+def prep_reports(plan: Plan, out_dir: str) -> list[str]:
+    """``cutflow_<sample>.csv`` per sample (:func:`cutflow_rows`) and, if inputs were left out as bad,
+    ``excluded_files.txt`` (sample, file, reason)."""
+    from calibflow.io.store import atomic_path
 
     paths = []
     for s in plan.config.samples:
-        preps = [plan.prep_path(s, i) for i in range(len(plan.input_files(s))) if not plan.is_excluded(s, i)]
-        flow = merged_cutflow(preps)
-        unit = "events" if "pairs" in flow else "candidates"
-        rows, prev = [], 0
-        for stage, n in flow.items():
-            unit = "pairs" if stage == "pairs" else unit
-            rows.append({"stage": stage, "unit": unit, "entries": n,
-                         "efficiency": n / prev if prev and stage not in ("read", "pairs") else ""})
-            prev = n
         paths.append(os.path.join(out_dir, f"cutflow_{s}.csv"))
-        write_csv(paths[-1], rows)
+        write_csv(paths[-1], cutflow_rows(plan, s))
     excluded = plan.excluded_files()
     if excluded:
         paths.append(os.path.join(out_dir, EXCLUDED_FILES))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -33,3 +37,26 @@ def write_toy_file(path: str, n: int, is_data: bool, seed: int, generator: str =
                    **options: Any) -> None:
     """Write one toy input file with the named generator."""
     get_generator(generator)(path, n, is_data, seed, **options)
+
+
+REFERENCE_CANDIDATES = 20
+"""Candidates (or events) of :func:`reference_file`: enough for every branch, a few ms to write."""
+_REFERENCE_DIR: tempfile.TemporaryDirectory[str] | None = None
+
+
+@functools.lru_cache(maxsize=32)
+def _reference(generator: str, options: str, is_data: bool) -> str:
+    global _REFERENCE_DIR
+    if _REFERENCE_DIR is None:
+        _REFERENCE_DIR = tempfile.TemporaryDirectory(prefix="calibflow-toy-reference-")  # removed at exit
+    name = f"{generator}-{'data' if is_data else 'mc'}-{len(os.listdir(_REFERENCE_DIR.name))}.root"
+    path = os.path.join(_REFERENCE_DIR.name, name)
+    write_toy_file(path, REFERENCE_CANDIDATES, is_data, seed=1, generator=generator, **json.loads(options))
+    return path
+
+
+def reference_file(generator: str, options: dict[str, Any], is_data: bool) -> str:
+    """A small file written by toy generator ``generator`` with ``options`` for data or simulation, in a
+    temporary folder of this process: its trees and branches are those of every file the generator writes
+    so (the config is checked against them before the toys are generated)."""
+    return _reference(generator, json.dumps(options, sort_keys=True), is_data)

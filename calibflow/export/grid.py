@@ -1,0 +1,113 @@
+"""The tables of one folder laid out on a grid, shared by the Markdown/LaTeX and ROOT exports.
+
+A table (:class:`Table`) is one sample's efficiencies or one data sample's scale factors, one row per bin.
+Its grid has per binning variable the union of that variable's edges anywhere in the scheme: for a product
+scheme every cell is one bin; for a nested scheme (after ``binning.optimise``) a bin covers several cells,
+which all show its value, and a cell outside every bin (possible only if an inner binning does not span the
+variable's full range) has none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibflow.binning.scheme import BinningScheme, Node
+from calibflow.tables.rows import Row
+
+
+@dataclass(frozen=True)
+class Table:
+    """One exported table: ``name`` (``eff_<sample>`` or ``sf_<data>``), ``title`` (``data efficiency``,
+    ``data/mc scale factor``), the ``quantity`` it holds, its ``value`` column and its rows (one per bin)."""
+
+    name: str
+    title: str
+    quantity: str
+    value: str
+    rows: Sequence[Row]
+
+    def by_bin(self) -> dict[int, Row]:
+        """Rows by bin index."""
+        return {int(r["bin"]): r for r in self.rows}
+
+
+def tables_of(eff: Sequence[Row], sf: Sequence[Row]) -> list[Table]:
+    """Efficiency tables per sample, then scale-factor tables per data sample, each sorted by name."""
+    out = [Table(f"eff_{s}", f"{s} efficiency", "efficiency", "efficiency", [r for r in eff if r["sample"] == s])
+           for s in sorted({r["sample"] for r in eff})]
+    for data in sorted({r["data"] for r in sf}):
+        rows = [r for r in sf if r["data"] == data]
+        mc = ", ".join(sorted({str(r["mc"]) for r in rows}))
+        out.append(Table(f"sf_{data}", f"{data}/{mc} scale factor", "scale factor", "scale_factor", rows))
+    return out
+
+
+def stat(row: Row) -> tuple[float, float]:
+    """Statistical (down, up) errors of a row: ``err_down``, ``err_up`` (for a scale factor: data and
+    simulation combined)."""
+    return float(row["err_down"]), float(row["err_up"])
+
+
+def syst(row: Row) -> float:
+    """Total systematic uncertainty of a row (``syst``; 0 without systematic sources)."""
+    return float(row.get("syst", 0.0))
+
+
+def total(row: Row) -> tuple[float, float]:
+    """Total (down, up) errors: ``total_down``, ``total_up`` (the statistical ones without a ``syst``)."""
+    down, up = stat(row)
+    return float(row.get("total_down", down)), float(row.get("total_up", up))
+
+
+def sources_in(rows: Sequence[Row], sources: Sequence[str]) -> list[str]:
+    """The systematic ``sources`` whose ``<source>Up``/``<source>Down`` columns are in ``rows``."""
+    return [s for s in sources if rows and f"{s}Up" in rows[0] and f"{s}Down" in rows[0]]
+
+
+def union_edges(scheme: BinningScheme) -> list[np.ndarray]:
+    """Per variable (outer first) the sorted union of its edges over every node of ``scheme``."""
+    levels: list[list[float]] = [[] for _ in scheme.variables]
+
+    def walk(node: Node, depth: int) -> None:
+        levels[depth].extend(node.edges)
+        for child in node.children or ():
+            walk(child, depth + 1)
+
+    walk(scheme.root, 0)
+    return [np.unique(np.asarray(e, dtype=float)) for e in levels]
+
+
+def cell_bins(scheme: BinningScheme, edges: Sequence[np.ndarray]) -> np.ndarray:
+    """Index of the bin holding each cell of the grid ``edges`` (shape: bins per variable), -1 for none."""
+    centres = np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges], indexing="ij")
+    columns = {v: c.ravel() for v, c in zip(scheme.variables, centres, strict=True)}
+    return scheme.locate_reference(columns).reshape(centres[0].shape)
+
+
+def is_product(cells: np.ndarray) -> bool:
+    """Whether every cell of a grid is a bin of its own (a product scheme)."""
+    return bool(np.all(cells >= 0)) and np.unique(cells).size == cells.size
+
+
+def interval(lo: float, hi: float) -> str:
+    """``[lo, hi)`` with compact numbers."""
+    return f"[{lo:g}, {hi:g})"
+
+
+def decimals(rows: Sequence[Row]) -> int:
+    """Decimal places of a table: enough for the median positive statistical error to two significant digits
+    and the median positive systematic one to one (1 to 6; 4 without errors). One number per table lines a
+    grid up, and a median keeps one tiny error from lengthening every number."""
+
+    def places(errors: list[float], significant: int) -> int:
+        positive = [e for e in errors if math.isfinite(e) and e > 0]
+        return significant - 1 - math.floor(math.log10(float(np.median(positive)))) if positive else 1
+
+    stats = [e for r in rows for e in stat(r)]
+    if not any(math.isfinite(e) and e > 0 for e in stats):
+        return 4
+    return min(6, max(1, places(stats, 2), places([syst(r) for r in rows], 1)))
