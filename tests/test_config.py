@@ -163,3 +163,26 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, write_config, edit, 
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "demo_jpsi").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in DEMO.parent.glob("*.yaml")))
+def test_every_recipe_names_its_axes(recipe: str) -> None:
+    """The demo and every recipe give each binning variable (in every method) a label or a known name, a unit
+    where it has one, and the mass its label and unit (issue 15): no figure or table shows a bare column name."""
+    import yaml
+
+    from calibflow.config import KNOWN_LABELS
+
+    cfg = load_config(DEMO.parent / recipe)
+    raw = yaml.safe_load((DEMO.parent / recipe).read_text())
+    variables = [*cfg.binning.variables]
+    for override in cfg.methods.values():
+        variables += [parse_config({**raw, **override}).binning.variables[i]
+                      for i in range(len(override.get("binning", {}).get("variables", [])))]
+    for v in variables:
+        assert v.label is not None or v.name in KNOWN_LABELS, f"{recipe}: {v.name} has no label"
+        momentum_like = v.name.lower().endswith(("pt", "p"))
+        assert v.display_unit or not momentum_like, f"{recipe}: {v.name} has no unit"
+    if cfg.mass is not None:
+        assert cfg.mass.label != "mass" and cfg.mass.unit, f"{recipe}: the mass has no label or unit"
+    assert cfg.outputs.plot_style.label or cfg.outputs.plot_style.experiment
