@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibflow.config import ConfigError, format_loc
+from calibflow.config import ConfigError, format_loc, load_yaml
 from calibflow.expr import Expression, compile_expression
 
 Columns = dict[str, np.ndarray]
@@ -159,13 +158,7 @@ def load_apply_config(path: str | os.PathLike[str]) -> tuple[ApplyConfig, Calibr
     import correctionlib
     from pydantic import ValidationError
 
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(path)  # duplicate keys, alias bombs, non-UTF-8 text: ConfigError
     try:
         cfg = ApplyConfig.model_validate(data)
     except ValidationError as exc:

@@ -7,16 +7,27 @@ Every error names the key path the user must fix, e.g.
 from __future__ import annotations
 
 import difflib
+import functools
 import glob
 import itertools
+import math
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -41,17 +52,84 @@ def suggestion(name: str, choices: Iterable[str], listing: str | None = "allowed
     return f" ({listing}: {', '.join(choices) or 'none'})" if listing is not None else ""
 
 
-class _Strict(BaseModel):
-    """Base model: unknown keys are errors, values are not coerced silently."""
+@functools.lru_cache(maxsize=256)
+def _numeric(annotation: Any) -> bool:
+    """Whether a field of type ``annotation`` holds numbers (int or float, alone or in a union, list, tuple or
+    mapping) and never a boolean."""
+    parts: list[Any] = [annotation]
+    seen: set[Any] = set()
+    while parts:
+        part = parts.pop()
+        seen.add(part)
+        parts += [a for a in getattr(part, "__args__", ()) if a not in seen]
+    return bool(seen & {int, float}) and bool not in seen and Any not in seen
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` is a boolean or a list, tuple or mapping holding one."""
+    if isinstance(value, bool):
+        return True
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+    return any(_holds_bool(v) for v in items)
+
+
+class _Strict(BaseModel):
+    """Base model: unknown keys are errors, values are not coerced silently (``true`` is not the number 1),
+    numbers are finite (no NaN, no ±inf: ``.nan``, ``.inf`` and ``1e400`` are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _numeric(field.annotation) and _holds_bool(value):
+            raise ValueError("true and false are not numbers")
+        return value
+
+
+MAX_NAME = 64
+"""Characters of a name (of the calibration, a sample, a binning variable, a systematic source, a working
+point, a method, a product), at most: names become folder and file names."""
+SAMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Sample names (folder and file names: no ``/``, no leading dot)."""
+MAX_TOY_FILES = 10_000
+"""Toy input files per sample, at most (one task each)."""
+MAX_TOY_CANDIDATES_PER_FILE = 5_000_000
+"""Toy candidates per file, at most: a file is generated in memory (the J/psi toy: ~220 MB per million)."""
+MAX_BINS = 100_000
+"""Fine bins of a binning (the product of the variables' numbers of bins), at most: a scheme holds ~0.4 kB
+per bin and every bin is a result file."""
+MAX_HISTOGRAM_CELLS = 10_000_000
+"""Fine bins times mass bins, at most: the per-bin pass/fail histograms of a sample take 32 bytes a cell
+(sums of weights and of squared weights, pass and fail), 320 MB at the limit."""
+
+
+def _finite(value: Any, where: str) -> None:
+    """ValueError naming ``where`` when ``value`` holds a NaN or an infinite number at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _finite(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}")
 
 
 class ToySample(_Strict):
     """How many toy candidates to generate for one sample, split into ``files`` ROOT files."""
 
     candidates: int = Field(gt=0)
-    files: int = Field(default=1, gt=0)
+    files: int = Field(default=1, gt=0, le=MAX_TOY_FILES)
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> ToySample:
+        if self.candidates < self.files:
+            raise ValueError(f"{self.candidates} candidates cannot fill {self.files} files (one at least "
+                             "each)")
+        if self.candidates > self.files * MAX_TOY_CANDIDATES_PER_FILE:
+            raise ValueError(f"{self.candidates:,} candidates in {self.files} file(s) are more than "
+                             f"{MAX_TOY_CANDIDATES_PER_FILE:,} per file (generated in memory); give more "
+                             "files")
+        return self
 
 
 class ToyConfig(_Strict):
@@ -59,8 +137,15 @@ class ToyConfig(_Strict):
 
     generator: str = "jpsi_tag_and_probe"
     options: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 1
+    seed: int = Field(default=1, ge=0)
     samples: dict[str, ToySample]
+
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            _finite(value, str(key))
+        return v
 
 
 class Sample(_Strict):
@@ -68,7 +153,8 @@ class Sample(_Strict):
 
     ``method``: ``fit`` (simultaneous pass/fail mass fit), ``count`` (cut-and-count with a binomial
     ``interval``), ``sweighted`` (counts of the per-candidate ``weight``, e.g. an sWeight column, with the
-    PIDCalib2 variance) or ``sweights`` (per-bin sPlot from an unbinned mass fit, then as ``sweighted``).
+    PIDCalib2 variance), ``sweights`` (per-bin sPlot from an unbinned mass fit, then as ``sweighted``) or
+    ``yield`` (a signal yield from a mass fit of all the bin's candidates: no pass/fail, no efficiency).
     """
 
     role: Literal["data", "mc"]
@@ -76,7 +162,7 @@ class Sample(_Strict):
     tree: str = "DecayTree"
     weight: str | None = None
     cut: str | None = None
-    method: Literal["fit", "count", "sweighted", "sweights"] = "fit"
+    method: Literal["fit", "count", "sweighted", "sweights", "yield"] = "fit"
     interval: Literal["clopper_pearson", "wilson", "jeffreys"] = "clopper_pearson"
     lumi_mask: str | None = None
     """CMS certification ("golden") JSON, relative to the config file; keeps certified ``run`` and
@@ -162,6 +248,14 @@ class HitMatchConfig(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _check_interval(lo: float, hi: float, problem: str) -> None:
+    """ValueError ``problem`` unless lo < hi, or when the width overflows (``[-1e308, 1e308]``)."""
+    if not lo < hi:
+        raise ValueError(problem)
+    if not math.isfinite(hi - lo):
+        raise ValueError(f"[{lo:g}, {hi:g}] is wider than the largest finite number")
+
+
 PRESENTATION = {"presentation": True}
 """``json_schema_extra`` of fields that change only how results are shown (labels, units, styles): they are
 left out of every content key except the exports' (:func:`calibflow.hashing.content_key`)."""
@@ -173,7 +267,7 @@ class MassConfig(_Strict):
 
     variable: str
     range: tuple[float, float]
-    bins: int = Field(default=100, ge=1)
+    bins: int = Field(default=100, ge=1, le=MAX_HISTOGRAM_CELLS)
     label: str = Field(default="mass", json_schema_extra=PRESENTATION)
     unit: str = Field(default="", json_schema_extra=PRESENTATION)
 
@@ -185,13 +279,17 @@ class MassConfig(_Strict):
     @field_validator("range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not v[0] < v[1]:
-            raise ValueError("must be [low, high] with low < high")
+        _check_interval(*v, "must be [low, high] with low < high")
         return v
 
 
 COUNT_ONLY_MASS = MassConfig(variable="0", range=(-1.0, 1.0), bins=1)
-"""Stand-in mass section of counting-only calibrations: every candidate in one bin."""
+"""Stand-in mass section of calibrations without a mass fit (methods count, sweighted): every candidate in one
+bin."""
+MASS_METHODS = ("fit", "sweights", "yield")
+"""Methods that fit the mass (they need the ``mass`` section)."""
+EVERY_CANDIDATE_PASSES = "True"
+"""Stand-in ``pass`` of yield-only calibrations (every candidate in the pass category)."""
 
 
 KNOWN_LABELS: dict[str, str] = {
@@ -218,15 +316,15 @@ class BinVariable(_Strict):
     name it on figures, tables and ROOT axes; the label defaults from :data:`KNOWN_LABELS` or the name, the unit to none.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=MAX_NAME)
     label: str | None = Field(default=None, json_schema_extra=PRESENTATION)
     unit: str | None = Field(default=None, json_schema_extra=PRESENTATION)
     expression: str | None = None
     edges: list[float] | None = None
     range: tuple[float, float] | None = None
-    uniform: int | None = Field(default=None, ge=1)
-    log: int | None = Field(default=None, ge=1)
-    equal_population: int | None = Field(default=None, ge=1)
+    uniform: int | None = Field(default=None, ge=1, le=MAX_BINS)
+    log: int | None = Field(default=None, ge=1, le=MAX_BINS)
+    equal_population: int | None = Field(default=None, ge=1, le=MAX_BINS)
 
     @field_validator("edges")
     @classmethod
@@ -237,6 +335,7 @@ class BinVariable(_Strict):
             raise ValueError("needs at least two edges")
         if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError("must be strictly increasing")
+        _check_interval(v[0], v[-1], "must be strictly increasing")
         return v
 
     @model_validator(mode="after")
@@ -249,8 +348,7 @@ class BinVariable(_Strict):
         if len(rules) != 1 or self.range is None:
             raise ValueError(f"{self.name}: give edges, or a range and one of uniform, log, equal_population")
         lo, hi = self.range
-        if not lo < hi:
-            raise ValueError(f"{self.name}: range must be [low, high] with low < high")
+        _check_interval(lo, hi, f"{self.name}: range must be [low, high] with low < high")
         if self.log is not None and lo <= 0:
             raise ValueError(f"{self.name}: log binning needs a positive range")
         return self
@@ -288,6 +386,13 @@ class BinVariable(_Strict):
         """Whether the edges come from the data (equal population)."""
         return self.equal_population is not None
 
+    @property
+    def fine_bins(self) -> int:
+        """Number of fine bins (equal population: at most)."""
+        if self.edges is not None:
+            return len(self.edges) - 1
+        return next(n for n in (self.uniform, self.log, self.equal_population) if n is not None)
+
 
 class OptimiseConfig(_Strict):
     """Merge neighbouring fine bins (nested-rectangular) until every bin has ``min_count`` candidates in
@@ -316,10 +421,24 @@ class BinningConfig(_Strict):
             raise ValueError(f"duplicate variable names {sorted(dup)}")
         return v
 
+    @field_validator("variables")
+    @classmethod
+    def _fits_in_memory(cls, v: list[BinVariable]) -> list[BinVariable]:
+        bins = math.prod(b.fine_bins for b in v)
+        if bins > MAX_BINS:
+            sizes = " x ".join(str(b.fine_bins) for b in v)
+            raise ValueError(f"{sizes} = {bins:,} fine bins; at most {MAX_BINS:,} are allowed")
+        return v
+
     @property
     def data_driven(self) -> bool:
         """Whether making the binning reads the prepared data."""
         return self.optimise is not None or any(v.data_driven for v in self.variables)
+
+    @property
+    def fine_bins(self) -> int:
+        """Number of fine bins: the product of the variables' (the bins of the tables, unless merged)."""
+        return math.prod(v.fine_bins for v in self.variables)
 
 
 class ParamSpec(_Strict):
@@ -328,6 +447,15 @@ class ParamSpec(_Strict):
     value: float | None = None
     limits: tuple[float, float] | None = None
     fixed: bool = False
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> ParamSpec:
+        if self.limits is not None:
+            lo, hi = self.limits
+            _check_interval(lo, hi, "limits must be [low, high] with low < high")
+            if self.value is not None and not lo <= self.value <= hi:
+                raise ValueError(f"value {self.value:g} is outside the limits [{lo:g}, {hi:g}]")
+        return self
 
 
 class FitConfig(_Strict):
@@ -384,7 +512,7 @@ class OutputsConfig(_Strict):
 
 VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samples", "working_points",
                  "pairing")
-"""Top-level config keys a systematic variation may override."""
+"""Top-level config keys a systematic variation or a method may override (listed in docs/tables.md)."""
 
 
 def _check_names(keys: Any, allowed: Sequence[str], problem: str, listing: str) -> None:
@@ -405,7 +533,7 @@ class Variation(_Strict):
     A one-sided variation is symmetrised: ``<name>Up``/``<name>Down`` = nominal ± |varied − nominal|.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=MAX_NAME)
     vary: dict[str, Any] | None = None
     up: dict[str, Any] | None = None
     down: dict[str, Any] | None = None
@@ -483,7 +611,8 @@ def _check_resource_keys(v: dict[str, TaskResources]) -> dict[str, TaskResources
 class CalibrationConfig(_Strict):
     """One calibration: samples, selection, pass criterion, mass fit, binning and outputs."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_NAME)
+    """The result folder's name under the result dir."""
     description: str = ""
     toy: ToyConfig | None = None
     samples: dict[str, Sample] = Field(min_length=1)
@@ -491,7 +620,8 @@ class CalibrationConfig(_Strict):
     selection: Selection = Selection()
     pairing: PairingConfig | None = None
     hit_match: list[HitMatchConfig] = Field(default_factory=list)
-    pass_: str = Field(alias="pass")
+    pass_: str | None = Field(default=None, alias="pass")
+    """The probe passes; may be left out when every sample's method is ``yield``."""
     mass: MassConfig | None = None
     binning: BinningConfig
     fit: FitConfig = FitConfig()
@@ -509,6 +639,34 @@ class CalibrationConfig(_Strict):
 
     _resource_keys = field_validator("resources")(_check_resource_keys)
 
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not v.strip("."):
+            raise ValueError(f"{v!r} is not a folder name (the result folder is <result dir>/<name>)")
+        return v
+
+    @model_validator(mode="after")
+    def _names_fit_in_paths(self) -> CalibrationConfig:
+        for name in self.samples:
+            if not SAMPLE_NAME.fullmatch(name):
+                raise ValueError(f"samples.{name}: a sample name holds letters, digits, '_', '.' and '-' "
+                                 "(not first)")
+        for key in ("samples", "working_points", "methods", "products"):
+            for name in getattr(self, key):
+                if len(name) > MAX_NAME:
+                    raise ValueError(f"{key}.{name[:20]}...: a name has at most {MAX_NAME} characters")
+        return self
+
+    @model_validator(mode="after")
+    def _histograms_fit_in_memory(self) -> CalibrationConfig:
+        cells = self.binning.fine_bins * self.mass_spec.bins
+        if cells > MAX_HISTOGRAM_CELLS:
+            bins, mass = self.binning.fine_bins, self.mass_spec.bins
+            raise ValueError(f"mass.bins: {bins:,} fine bins x {mass:,} mass bins = {cells:,} histogram "
+                             f"cells per sample; at most {MAX_HISTOGRAM_CELLS:,} are allowed")
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> CalibrationConfig:
         toy_samples = set(self.toy.samples) if self.toy else set()
@@ -519,9 +677,16 @@ class CalibrationConfig(_Strict):
             for name in toy_samples - set(self.samples):
                 raise ValueError(f"toy.samples.{name}: no sample of that name in 'samples'")
         if self.mass is None:
-            fitted = [n for n, smp in self.samples.items() if smp.method != "count"]
+            fitted = [n for n, smp in self.samples.items() if smp.method in MASS_METHODS]
             if fitted:
-                raise ValueError(f"mass: required for fitted samples ({', '.join(fitted)}); or set their method: count")
+                raise ValueError(f"mass: required for fitted samples ({', '.join(fitted)}); or set their method: "
+                                 "count or sweighted")
+        pass_fraction = [n for n, smp in self.samples.items() if smp.method != "yield"]
+        if self.pass_ is None and pass_fraction:
+            raise ValueError(f"pass: required key is missing (samples {', '.join(pass_fraction)} measure a pass "
+                             "fraction; only method yield needs none)")
+        if self.pass_ is None and self.working_points:
+            raise ValueError("working_points: every sample's method is yield, which measures no pass fraction")
         for key, sample in (("roc.signal", self.roc and self.roc.signal), ("roc.background", self.roc and self.roc.background)):
             if sample and sample not in self.samples:
                 raise ValueError(f"{key}: unknown sample {sample!r}; samples are {sorted(self.samples)}")
@@ -557,12 +722,21 @@ class CalibrationConfig(_Strict):
                 raise ValueError(f"{key}: {data!r} is not a data sample; data samples are {self.data_samples}")
             if ref not in self.samples:
                 raise ValueError(f"{key}: unknown sample {ref!r}; samples are {sorted(self.samples)}")
+            for which in (data, ref):
+                if which in self.samples and self.samples[which].method == "yield":
+                    raise ValueError(f"{key}: sample {which!r} has method yield, which measures no efficiency "
+                                     "to compare")
         return self
 
     @property
     def mass_spec(self) -> MassConfig:
-        """The mass section, or a single constant bin for counting-only calibrations."""
+        """The mass section, or a single constant bin for calibrations without a mass fit."""
         return self.mass if self.mass is not None else COUNT_ONLY_MASS
+
+    @property
+    def pass_expression(self) -> str:
+        """The ``pass`` expression (yield-only calibrations: every candidate passes)."""
+        return self.pass_ if self.pass_ is not None else EVERY_CANDIDATE_PASSES
 
     @property
     def data_samples(self) -> list[str]:
@@ -571,23 +745,25 @@ class CalibrationConfig(_Strict):
 
     @property
     def reference_sample(self) -> str | None:
-        """The simulation sample data are compared with (``reference``, or the only mc sample); None when
-        ``reference`` maps data samples to their own simulation (see :attr:`scale_factor_pairs`)."""
+        """The simulation sample data are compared with (``reference``, or the only mc sample measuring an
+        efficiency); None when ``reference`` maps data samples to their own simulation (see
+        :attr:`scale_factor_pairs`)."""
         if isinstance(self.reference, dict):
             return None
         if self.reference is not None:
             return self.reference
-        mc = [n for n, s in self.samples.items() if s.role == "mc"]
+        mc = [n for n, s in self.samples.items() if s.role == "mc" and s.method != "yield"]
         return mc[0] if len(mc) == 1 else None
 
     @property
     def scale_factor_pairs(self) -> list[tuple[str, str]]:
         """(data, simulation) sample pairs of the scale-factor table: ``reference`` as a mapping
-        data sample -> simulation sample, else every data sample with :attr:`reference_sample`."""
+        data sample -> simulation sample, else every data sample measuring an efficiency (not ``yield``)
+        with :attr:`reference_sample`."""
         if isinstance(self.reference, dict):
             return list(self.reference.items())
         ref = self.reference_sample
-        return [(d, ref) for d in self.data_samples] if ref else []
+        return [(d, ref) for d in self.data_samples if self.samples[d].method != "yield"] if ref else []
 
     def sample_aliases(self, sample: str) -> dict[str, str]:
         """Aliases seen by the expressions of ``sample``: the global ones, then the sample's own."""
@@ -676,19 +852,154 @@ def parse_config(data: Any, source: str = "<config>") -> CalibrationConfig:
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
-def load_config(path: str | os.PathLike[str]) -> CalibrationConfig:
-    """Read a YAML recipe (safe loader) and validate it; raise ConfigError on any problem."""
+MAX_ALIAS_NODES = 100_000
+"""YAML aliases (``*name``) may add at most this many nodes to a document, counting each alias as a copy of
+the node it names (an "alias bomb" of nested aliases expands exponentially)."""
+MAX_NESTING = 50
+"""Nesting depth of mappings and lists in a YAML document, at most (aliases expanded)."""
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without implicit timestamps (``2024-01-31`` stays text), whose values that cannot
+    be constructed (``!!int abc``) are YAML errors with a position."""
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, Any]]]] = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """The node's value; ValueError, TypeError and OverflowError become a ConstructorError at the node."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.tag.rsplit(':', 1)[-1]} {node.value!r}: {exc}"
+                if isinstance(node, yaml.ScalarNode) else f"cannot read this value: {exc}", node.start_mark
+            ) from None
+
+
+class _NodeCheck:
+    """The checks of a composed YAML document before it is constructed: no key twice in one mapping (merge
+    keys ``<<`` aside: their keys may be overridden), no alias inside the node it names, at most
+    :data:`MAX_NESTING` levels and :data:`MAX_ALIAS_NODES` nodes added by aliases."""
+
+    def __init__(self, loader: _Loader) -> None:
+        self.loader = loader
+        self.sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth) with aliases expanded
+        self.open: set[int] = set()  # nodes being walked (an alias to one of them is recursive)
+
+    def run(self, root: yaml.Node) -> None:
+        """ConfigError (without the file name) for the first problem of the document ``root``."""
+        nodes, _ = self.walk(root, (), 1)
+        if nodes - len(self.sizes) > MAX_ALIAS_NODES:
+            raise ConfigError(f"aliases (*name) expand the document from {len(self.sizes):,} to {nodes:,} "
+                              f"nodes; at most {MAX_ALIAS_NODES:,} more are allowed")
+
+    def walk(self, node: yaml.Node, loc: tuple[Any, ...], level: int) -> tuple[int, int]:
+        """(nodes, depth) of ``node`` at key path ``loc``, ``level`` levels down, aliases expanded."""
+        if id(node) in self.open:
+            raise ConfigError(f"{format_loc(loc) or 'top level'}: line {node.start_mark.line + 1}: an alias "
+                              "refers to a node that contains it")
+        if id(node) not in self.sizes:
+            self.open.add(id(node))
+            children = list(self.children(node, loc))
+            if children and level >= MAX_NESTING:
+                raise ConfigError(f"line {node.start_mark.line + 1}: nested more than {MAX_NESTING} levels "
+                                  "deep")
+            sizes = [self.walk(child, where, level + 1) for child, where in children]
+            self.sizes[id(node)] = (1 + sum(n for n, _ in sizes), 1 + max((d for _, d in sizes), default=0))
+            self.open.discard(id(node))
+        nodes, depth = self.sizes[id(node)]
+        if level + depth - 1 > MAX_NESTING:
+            raise ConfigError(f"line {node.start_mark.line + 1}: nested more than {MAX_NESTING} levels deep "
+                              "(aliases expanded)")
+        return nodes, depth
+
+    def children(self, node: yaml.Node, loc: tuple[Any, ...]) -> list[tuple[yaml.Node, tuple[Any, ...]]]:
+        """The nodes inside ``node`` with their key paths; ConfigError for a key given twice."""
+        if isinstance(node, yaml.SequenceNode):
+            return [(child, (*loc, i)) for i, child in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            return []
+        out: list[tuple[yaml.Node, tuple[Any, ...]]] = []
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = self.key(key_node)
+            if key is not None and key in lines:
+                raise ConfigError(f"{format_loc((*loc, key))}: given twice in one mapping (lines "
+                                  f"{lines[key]} and {key_node.start_mark.line + 1}); YAML would keep the last, "
+                                  "remove one")
+            if key is not None:
+                lines[key] = key_node.start_mark.line + 1
+            out += [(key_node, loc), (value_node, loc if key is None else (*loc, key))]
+        return out
+
+    def key(self, node: yaml.Node) -> Any:
+        """The value of a plain mapping key (None: a merge key ``<<`` or a key that is not a scalar)."""
+        if node.tag == _MERGE or not isinstance(node, yaml.ScalarNode):
+            return None
+        key = self.loader.construct_object(node)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """The YAML document at ``path`` (UTF-8; PyYAML's safe loader); ConfigError, one line naming the file and
+    the line, for an unreadable file, text that is not UTF-8, a syntax error, a key given twice in one
+    mapping, an alias inside the node it names, more than :data:`MAX_NESTING` levels or an alias expansion
+    of more than :data:`MAX_ALIAS_NODES` nodes."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = raw.count(b"\n", 0, exc.start) + 1, exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ConfigError(f"{p}: line {line}, column {column}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          "save the config as UTF-8") from None
+    try:
+        return _load_text(text)
+    except ConfigError as exc:
+        raise located(exc, p) from None
+    except yaml.reader.ReaderError as exc:
+        line, column = text.count("\n", 0, exc.position) + 1, exc.position - text.rfind("\n", 0, exc.position)
+        raise ConfigError(f"{p}: line {line}, column {column}: YAML syntax error: {exc.reason} (character "
+                          f"{exc.character!r})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}:{where}: YAML syntax error: {problem}") from None
-    return parse_config(data, source=str(p))
+        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise ConfigError(f"{p}:{where}: {kind}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested more than {MAX_NESTING} levels deep") from None
+
+
+def _load_text(text: str) -> Any:
+    """The YAML document ``text``, checked by :class:`_NodeCheck` before it is constructed."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _NodeCheck(loader).run(root)
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | os.PathLike[str]) -> CalibrationConfig:
+    """Read a YAML recipe (:func:`load_yaml`) and validate it; raise ConfigError on any problem."""
+    return parse_config(load_yaml(path), source=str(Path(path)))
 
 
 def resolve_files(config: CalibrationConfig, sample: str, base_dir: str | os.PathLike[str]) -> list[str]:

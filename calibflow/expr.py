@@ -40,6 +40,26 @@ suggestion).
 
 Evaluation runs under ``np.errstate(divide/invalid/over="ignore")``: ``log(0)`` gives ``-inf``
 and ``0/0`` gives ``nan`` silently, as is customary for per-event cuts.
+
+Integers never wrap silently:
+
+* integer constants -- literals, and ``+ - * // % ** << >> & | ^ ~`` of them (aliases of such constants
+  included) -- are computed exactly when the expression is compiled; a result outside the range of int64 and
+  uint64 (``-2**63`` to ``2**64 - 1``) becomes the nearest float64 (``2**64`` is ``1.8446744073709552e19``,
+  beyond float64's range ``±inf``);
+* ``+ - * // % **``, ``<<``, unary ``-`` and ``abs`` of integer or boolean operands compute in 64 bits (narrower
+  integers and booleans as int64: ``nA + nB`` of 8-bit counters does not wrap at 256, and ``(a > 1) + (b > 1)``
+  counts), and a row whose exact result does not fit the 64-bit type (int64, or uint64 for unsigned 64-bit
+  operands) is an :class:`ExprError` ("integer overflow"; compute in floating point instead: ``1.0 * x``).
+  Integer division by zero gives 0, as in numpy.
+
+Limits, checked when an expression is compiled (an :class:`ExprError`, i.e. a config error): at most
+:data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels of nesting, both counted with every alias written
+out (in parentheses; an alias adds one level), where a chain of binary operators evaluated left to right
+(``a + b - c``, ``(a + b) * c``) is one level, as are ``and``/``or`` and comparison chains; and at most
+:data:`MAX_CHAIN` operands in one chain of binary operators in one text (Python's own parser stops at a few
+thousand). Every walk over an expression handles such chains iteratively, so no limit depends on the
+interpreter's recursion limit beyond these.
 """
 
 from __future__ import annotations
@@ -50,6 +70,7 @@ import copy
 import difflib
 import functools
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -59,6 +80,9 @@ import numpy as np
 
 __all__ = [
     "FUNCTIONS",
+    "MAX_CHAIN",
+    "MAX_DEPTH",
+    "MAX_LENGTH",
     "ExprError",
     "Expression",
     "MissingBranchError",
@@ -67,6 +91,13 @@ __all__ = [
     "text_match",
 ]
 
+
+#: Longest expression, in characters, with every alias written out in parentheses.
+MAX_LENGTH = 100_000
+#: Deepest nesting of operations, calls and aliases (aliases written out; a chain ``a + b - c`` is one level).
+MAX_DEPTH = 64
+#: Most operands of one chain of binary operators (``a + b + ...``) in one text.
+MAX_CHAIN = 1000
 
 # --------------------------------------------------------------------------------------------
 # errors
@@ -94,7 +125,7 @@ class ExprError(ValueError):
         if self.column is not None:
             out += f" at column {self.column}"
         if self.text is not None:
-            out += f": {self.text!r}"
+            out += f": {_excerpt(self.text, self.column)}"
         return out
 
     def __str__(self) -> str:
@@ -109,6 +140,17 @@ class ExprError(ValueError):
         if self.text is None or self.column is None:
             return str(self)
         return f"{self.text}\n{' ' * (self.column - 1)}^"
+
+
+_EXCERPT = 160
+
+
+def _excerpt(text: str, column: int | None) -> str:
+    """``repr`` of ``text``, or for a long one of the part around ``column`` (so that an error stays short)."""
+    if len(text) <= _EXCERPT + 40:
+        return repr(text)
+    start = max(0, min((column or 1) - 1 - _EXCERPT // 2, len(text) - _EXCERPT))
+    return f"{text[start:start + _EXCERPT]!r} (characters {start + 1}-{start + _EXCERPT} of {len(text):,})"
 
 
 class MissingBranchError(ExprError, KeyError):
@@ -149,6 +191,106 @@ def _as_f64(x: Any) -> Any:
     if isinstance(x, ak.Array):
         return ak.values_astype(x, np.float64)
     return np.asarray(x, dtype=np.float64)
+
+
+# --- integer arithmetic: in 64 bits, never wrapping silently
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+WIDENED_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
+    {np.add, np.subtract, np.multiply, np.floor_divide, np.remainder, np.power, np.left_shift, np.negative, np.abs})
+"""The numpy functions that compute integer and boolean operands in 64 bits (:func:`widened`) and check the
+result (:func:`arithmetic`)."""
+
+
+def _leaf_dtype(x: Any) -> np.dtype | None:
+    """dtype of the numbers ``x`` holds (Python number, numpy value or array, awkward array of numbers; a Python
+    int as int64); None for anything else (strings, records)."""
+    if isinstance(x, bool | int | float):
+        return np.dtype(bool if isinstance(x, bool) else np.int64 if isinstance(x, int) else np.float64)
+    if isinstance(x, np.ndarray | np.generic):
+        return x.dtype
+    if isinstance(x, ak.Array) and x.layout.purelist_parameter("__array__") is None:
+        t = ak.type(x).content
+        while hasattr(t, "content"):  # list / regular / option types
+            t = t.content
+        try:
+            return np.dtype(getattr(t, "primitive", None) or "O")
+        except TypeError:
+            return None
+    return None
+
+
+def widened(*values: Any) -> tuple[Any, ...]:
+    """``values`` as integer arithmetic takes them: when all are integers or booleans, each one narrower than 64
+    bits as int64 (a Python bool as a Python int, which numpy treats like a literal); otherwise unchanged."""
+    dtypes = [_leaf_dtype(v) for v in values]
+    if not all(d is not None and d.kind in "biu" for d in dtypes):
+        return values
+    out = []
+    for v, d in zip(values, dtypes, strict=True):
+        if isinstance(v, bool):
+            v = int(v)
+        elif not isinstance(v, int) and (d.itemsize < 8 or d.kind == "b"):
+            v = ak.values_astype(v, np.int64) if isinstance(v, ak.Array) else np.asarray(v).astype(np.int64)[()]
+        out.append(v)
+    return tuple(out)
+
+
+def _float(x: Any) -> Any:
+    """Integers ``x`` (Python, numpy or awkward) as float64 (a numpy scalar, not a 0-d array: awkward refuses
+    those as operands)."""
+    return ak.values_astype(x, np.float64) if isinstance(x, ak.Array) else np.asarray(x, np.float64)[()]
+
+
+def _anywhere(mask: Any) -> bool:
+    """Whether any element of the boolean ``mask`` (numpy, awkward or Python) is true."""
+    return bool(ak.any(mask, axis=None)) if isinstance(mask, ak.Array) else bool(np.any(mask))
+
+
+def _overflows(ufunc: Callable[..., Any], values: Sequence[Any], r: Any, signed: bool) -> Any:
+    """Per row, whether the exact result of ``ufunc(*values)`` (64-bit integers) differs from its wrapped
+    result ``r`` (int64 if ``signed``, else uint64)."""
+    a = values[0]
+    if ufunc is np.negative:
+        return a == _INT64_MIN if signed else a != 0
+    if ufunc is np.abs:
+        return a == _INT64_MIN if signed else False
+    b = values[1]
+    if ufunc is np.add:
+        return ((a ^ r) & (b ^ r)) < 0 if signed else r < a
+    if ufunc is np.subtract:
+        return ((a ^ b) & (a ^ r)) < 0 if signed else a < b
+    if ufunc is np.floor_divide:
+        return np.logical_and(a == _INT64_MIN, b == -1) if signed else False
+    if ufunc is np.multiply or ufunc is np.power:  # the float result decides, except near the limit: there the
+        f = ufunc(_float(a), _float(b))  # (wrapped) sign does; the float is within 2**-40 (relative) of the exact result
+        limit = 2.0**63 if signed else 2.0**64
+        near, beyond = np.abs(f) >= limit * (1 - 2**-20), np.abs(f) > limit * (1 + 2**-20)
+        wrapped = np.not_equal(r < 0, f < 0) if signed else r < 2**63
+        return np.logical_or(beyond, np.logical_and(near, wrapped))
+    if ufunc is np.left_shift:  # exact iff shifting back gives the operand (also for counts < 0 or >= 64)
+        return np.right_shift(r, b) != a
+    return False  # remainder: never overflows
+
+
+def arithmetic(ufunc: Callable[..., Any], *values: Any, name: str = "") -> Any:
+    """``ufunc(*values)``; for the functions of :data:`WIDENED_FUNCTIONS` with integer and boolean operands in 64 bits
+    (:func:`widened`), raising :class:`_EvalProblem` ("integer overflow in <name>") when a row's exact result
+    does not fit the 64-bit type of the result."""
+    if ufunc not in WIDENED_FUNCTIONS:
+        return ufunc(*values)
+    values = widened(*values)
+    result = ufunc(*values)
+    dtype = _leaf_dtype(result)
+    if dtype is not None and dtype.kind in "iu" and _anywhere(_overflows(ufunc, values, result, dtype.kind == "i")):
+        raise _EvalProblem(f"integer overflow in {name or ufunc.__name__}: the exact result of a row does not fit "
+                           f"in {dtype} (compute in floating point instead, e.g. 1.0 * x)")
+    return result
+
+
+def _fn_abs(x: Any) -> Any:
+    """Absolute value (integers in 64 bits, checked)."""
+    return arithmetic(np.abs, x, name="abs()")
 
 
 def _reduction(name: str, x: Any, fn: Callable[[ak.Array], Any]) -> Any:
@@ -344,7 +486,7 @@ def _unary(ufunc: Callable[..., Any]) -> FunctionSpec:
 
 #: Whitelisted functions callable from expressions.
 FUNCTIONS: Mapping[str, FunctionSpec] = {
-    "abs": _unary(np.abs),
+    "abs": FunctionSpec(_fn_abs, 1, 1),
     "sqrt": _unary(np.sqrt),
     "log": _unary(np.log),
     "log10": _unary(np.log10),
@@ -472,11 +614,44 @@ class _Source:
         self.shift = len(self.display) - len(body)  # leading whitespace (would be an indent)
         self.body = body
         self.raw = body.encode("utf-8")
+        self.ascii = len(self.raw) == len(body)
 
     def column(self, byte_offset: int) -> int:
         """1-based character column in ``display`` of a byte offset into ``body``."""
-        chars = len(self.raw[: max(byte_offset, 0)].decode("utf-8", errors="ignore"))
+        offset = max(byte_offset, 0)
+        chars = offset if self.ascii else len(self.raw[:offset].decode("utf-8", errors="ignore"))
         return self.shift + chars + 1
+
+    def parse(self) -> ast.expr:
+        """The syntax tree of the one expression of the text; ExprError for an empty, too long or unparsable
+        text and for statements."""
+        if not self.body.strip():
+            raise self.error("empty expression", None)
+        if len(self.display) > MAX_LENGTH:
+            raise ExprError(f"expression is {len(self.display):,} characters long (the limit is {MAX_LENGTH:,})",
+                            self.where)
+        try:
+            module = ast.parse(self.body, mode="exec")
+        except SyntaxError as exc:
+            col = None if exc.offset is None else self.shift + max(exc.offset, 1)
+            raise ExprError(f"syntax error: {exc.msg}", self.where, col, self.display) from None
+        except RecursionError:
+            raise ExprError(f"expression is too deeply nested or has too long a chain of operators to be parsed "
+                            f"(the limits are {MAX_DEPTH} levels and chains of {MAX_CHAIN:,} operands)",
+                            self.where) from None
+        except (ValueError, MemoryError) as exc:
+            raise self.error(f"cannot parse expression: {_one_line(exc)}", None) from None
+        if not module.body:
+            raise self.error("empty expression", None)
+        if len(module.body) > 1:
+            pos = self.find(";", _end(module.body[0]), _start(module.body[1]))
+            if pos is None:
+                pos = _start(module.body[1])
+            raise self.error("only a single expression is allowed (found several statements)", pos)
+        stmt = module.body[0]
+        if not isinstance(stmt, ast.Expr):
+            raise _statement_error(self, stmt)
+        return stmt.value
 
     def ctx(self, byte_offset: int | None) -> _Ctx:
         """Error context (where, column, text) of a byte offset, for evaluation-time errors."""
@@ -492,6 +667,22 @@ class _Source:
             return None
         pos = self.raw.find(token.encode(), start, len(self.raw) if end is None else end)
         return None if pos < 0 else pos
+
+
+def _statement_error(src: _Source, stmt: ast.stmt) -> ExprError:
+    """The error for a statement where an expression is expected."""
+    if isinstance(stmt, ast.Assign):
+        pos = src.find("=", _end(stmt.targets[-1]))
+        return src.error("assignment is not allowed (use '==' to compare)", pos)
+    if isinstance(stmt, ast.AugAssign):
+        symbol = _BINOPS.get(type(stmt.op), (None, "@"))[1]
+        return src.error("assignment is not allowed", src.find(symbol + "=", _end(stmt.target)))
+    if isinstance(stmt, ast.AnnAssign):
+        return src.error("assignment is not allowed", src.find(":", _end(stmt.target)))
+    if isinstance(stmt, ast.Import | ast.ImportFrom):
+        return src.error("imports are not allowed", _start(stmt))
+    keyword = type(stmt).__name__.lower()
+    return src.error(f"statements are not allowed ('{keyword}')", _start(stmt))
 
 
 def _start(node: ast.AST) -> int | None:
@@ -512,46 +703,12 @@ class _Compiler:
 
     # -- entry ---------------------------------------------------------------------------------
 
-    def compile_text(self) -> _Node:
-        src = self.src
-        if not src.body.strip():
-            raise src.error("empty expression", None)
+    def compile_tree(self, tree: ast.expr) -> _Node:
+        """The closure of ``tree`` (this compiler's text, parsed and folded by :meth:`_Unit.prepare`)."""
         try:
-            module = ast.parse(src.body, mode="exec")
-        except SyntaxError as exc:
-            col = None if exc.offset is None else src.shift + max(exc.offset, 1)
-            raise ExprError(f"syntax error: {exc.msg}", src.where, col, src.display) from None
-        except (ValueError, RecursionError, MemoryError) as exc:
-            raise src.error(f"cannot parse expression: {_one_line(exc)}", None) from None
-        if not module.body:
-            raise src.error("empty expression", None)
-        if len(module.body) > 1:
-            pos = src.find(";", _end(module.body[0]), _start(module.body[1]))
-            if pos is None:
-                pos = _start(module.body[1])
-            raise src.error("only a single expression is allowed (found several statements)", pos)
-        stmt = module.body[0]
-        if not isinstance(stmt, ast.Expr):
-            raise self._statement_error(stmt)
-        try:
-            return self.visit(stmt.value)
-        except RecursionError:
-            raise src.error("expression is too deeply nested", None) from None
-
-    def _statement_error(self, stmt: ast.stmt) -> ExprError:
-        src = self.src
-        if isinstance(stmt, ast.Assign):
-            pos = src.find("=", _end(stmt.targets[-1]))
-            return src.error("assignment is not allowed (use '==' to compare)", pos)
-        if isinstance(stmt, ast.AugAssign):
-            symbol = _BINOPS.get(type(stmt.op), (None, "@"))[1]
-            return src.error("assignment is not allowed", src.find(symbol + "=", _end(stmt.target)))
-        if isinstance(stmt, ast.AnnAssign):
-            return src.error("assignment is not allowed", src.find(":", _end(stmt.target)))
-        if isinstance(stmt, ast.Import | ast.ImportFrom):
-            return src.error("imports are not allowed", _start(stmt))
-        keyword = type(stmt).__name__.lower()
-        return src.error(f"statements are not allowed ('{keyword}')", _start(stmt))
+            return self.visit(tree)
+        except RecursionError:  # pragma: no cover - the limits keep walks far from the recursion limit
+            raise self.src.error("expression is too deeply nested", None) from None
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -598,20 +755,35 @@ class _Compiler:
     # -- operators -----------------------------------------------------------------------------
 
     def visit_BinOp(self, node: ast.BinOp) -> _Node:
-        entry = _BINOPS.get(type(node.op))
-        if entry is None:
-            pos = self.src.find("@", _end(node.left))
-            return self._reject("matrix multiplication '@' is not allowed", pos)
-        ufunc, symbol = entry
-        left, right = self.visit(node.left), self.visit(node.right)
-        ctx = self.src.ctx(self.src.find(symbol, _end(node.left), _start(node.right)))
+        """A chain of binary operators along the left (``a + b - c``: Python's tree is as deep as the chain is
+        long) as one closure that applies them in turn: no recursion per operator."""
+        chain = []
+        while isinstance(node, ast.BinOp):
+            chain.append(node)
+            node = node.left
+        first = self.visit(node)
+        steps = []
+        for op_node in reversed(chain):
+            entry = _BINOPS.get(type(op_node.op))
+            if entry is None:
+                pos = self.src.find("@", _end(op_node.left))
+                return self._reject("matrix multiplication '@' is not allowed", pos)
+            ufunc, symbol = entry
+            right = self.visit(op_node.right)
+            steps.append((ufunc, symbol, right, self.src.ctx(self.src.find(symbol, _end(op_node.left),
+                                                                          _start(op_node.right)))))
 
         def binop(env: _Env) -> Any:
-            a, b = left(env), right(env)
-            try:
-                return ufunc(a, b)
-            except _ARRAY_ERRORS as exc:
-                raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
+            value = first(env)
+            for ufunc, symbol, right, ctx in steps:
+                b = right(env)
+                try:
+                    value = arithmetic(ufunc, value, b, name=f"'{symbol}'")
+                except _EvalProblem as exc:
+                    raise _eval_error(ctx, str(exc), None) from None
+                except _ARRAY_ERRORS as exc:
+                    raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
+            return value
 
         return binop
 
@@ -629,7 +801,9 @@ class _Compiler:
         def unary(env: _Env) -> Any:
             a = operand(env)
             try:
-                return ufunc(a)
+                return arithmetic(ufunc, a, name=f"'{symbol}'")
+            except _EvalProblem as exc:
+                raise _eval_error(ctx, str(exc), None) from None
             except _ARRAY_ERRORS as exc:
                 raise _eval_error(ctx, f"cannot evaluate '{symbol}'", exc) from exc
 
@@ -869,15 +1043,153 @@ def _unknown_function_message(name: str) -> str:
     return f"unknown function {name!r}"
 
 
+# --- walks without recursion: alias expansion, integer constants, limits
+
+def _operands(node: ast.AST) -> list[ast.expr]:
+    """The sub-expressions of ``node`` (not the name of a called function)."""
+    func = node.func if isinstance(node, ast.Call) else None
+    return [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr) and c is not func]
+
+
+def _post_order(tree: ast.expr) -> list[ast.expr]:
+    """The nodes of ``tree``, each after its operands (an explicit stack: chains of any length)."""
+    out: list[ast.expr] = []
+    stack: list[tuple[ast.expr, bool]] = [(tree, False)]
+    while stack:
+        node, ready = stack.pop()
+        kids = _operands(node)
+        if ready or not kids:
+            out.append(node)
+        else:
+            stack.append((node, True))
+            stack.extend((k, False) for k in reversed(kids))
+    return out
+
+
+def _transform(tree: ast.expr, change: Callable[[ast.expr], ast.expr | None]) -> ast.expr:
+    """``tree`` rebuilt bottom-up: a node whose operands changed is copied with the new ones, then ``change(node)``
+    may replace it (None: keep it). Unchanged parts are shared, not copied."""
+    new: dict[int, ast.expr] = {}
+    for node in _post_order(tree):
+        out = node
+        if any(new[id(k)] is not k for k in _operands(node)):
+            out = copy.copy(node)
+            for name, value in ast.iter_fields(node):
+                if isinstance(value, ast.expr):
+                    setattr(out, name, new.get(id(value), value))
+                elif isinstance(value, list):
+                    setattr(out, name, [new.get(id(v), v) if isinstance(v, ast.expr) else v for v in value])
+        new[id(node)] = change(out) or out
+    return new[id(tree)]
+
+
+_EXACT: Mapping[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod, ast.Pow: operator.pow, ast.LShift: operator.lshift, ast.RShift: operator.rshift,
+    ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+}
+_LOGICAL_ON_BOOLS = (ast.RShift, ast.BitAnd, ast.BitOr, ast.BitXor, ast.Invert)
+"""Operators that numpy applies to booleans as logic (not widened): booleans are not folded as integers there."""
+_HUGE_BITS = 4096  # an exact integer beyond this is infinite as a float anyway
+
+
+def _constant_value(value: int | float) -> int | float:
+    """An integer constant in the range of int64 and uint64 as it is, beyond it the nearest float64 (or ±inf)."""
+    if isinstance(value, float) or -(2**63) <= value < 2**64:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _exact(op: type[ast.operator], a: int, b: int) -> int | float | None:
+    """``a op b`` computed exactly (:func:`_constant_value`); None where numpy is left to decide (a division by
+    zero, negative exponents and shift counts)."""
+    if (op in (ast.FloorDiv, ast.Mod) and b == 0) or (op in (ast.Pow, ast.LShift, ast.RShift) and b < 0):
+        return None
+    if op is ast.Pow and abs(a) > 1 and b * a.bit_length() > _HUGE_BITS:
+        return -math.inf if a < 0 and b % 2 else math.inf
+    if op is ast.LShift and a != 0 and b > _HUGE_BITS:
+        return math.inf if a > 0 else -math.inf
+    return _constant_value(_EXACT[op](a, b))
+
+
+def _integer_operand(node: ast.expr, logical: bool) -> int | None:
+    """The value of an integer literal (a boolean as 0 or 1 unless the operator is ``logical`` on booleans)."""
+    if not isinstance(node, ast.Constant) or not isinstance(node.value, int):
+        return None
+    if isinstance(node.value, bool):
+        return None if logical else int(node.value)
+    return node.value
+
+
+def _folded(node: ast.expr, constants: Mapping[str, int]) -> ast.expr | None:
+    """``node`` as a constant where it is an integer constant or an integer operation of constants (an alias of
+    one included), computed exactly; None to keep it."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        value: int | float | None = constants[node.id]
+    elif isinstance(node, ast.Constant) and type(node.value) is int:
+        value = _constant_value(node.value)
+        if isinstance(value, int):
+            return None
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.Invert):
+        x = _integer_operand(node.operand, isinstance(node.op, _LOGICAL_ON_BOOLS))
+        value = None if x is None else _constant_value(-x if isinstance(node.op, ast.USub) else ~x)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _EXACT:
+        logical = isinstance(node.op, _LOGICAL_ON_BOOLS)
+        a, b = _integer_operand(node.left, logical), _integer_operand(node.right, logical)
+        value = None if a is None or b is None else _exact(type(node.op), a, b)
+    else:
+        return None
+    return None if value is None else ast.copy_location(ast.Constant(value), node)
+
+
+class _Shape(NamedTuple):
+    """Size of an expression with its aliases written out: characters (aliases in parentheses) and levels."""
+
+    length: int
+    depth: int
+
+
+def _measure(tree: ast.expr, length: int, aliases: Mapping[str, _Shape]) -> tuple[_Shape, int]:
+    """(shape of a text of ``length`` characters with syntax tree ``tree``, given the shapes of the aliases it
+    uses; the most operands of one chain of binary operators in it). A leaf is one level, an operation one more
+    than its deepest operand, except that a binary operation continues the level of one on its left."""
+    depth: dict[int, int] = {}
+    spine: dict[int, int] = {}
+    longest = 0
+    for node in _post_order(tree):
+        if isinstance(node, ast.Name) and node.id in aliases:
+            length += aliases[node.id].length + 2 - len(node.id)
+            depth[id(node)] = aliases[node.id].depth + 1
+        elif isinstance(node, ast.BinOp):
+            chained = isinstance(node.left, ast.BinOp)
+            spine[id(node)] = spine[id(node.left)] + 1 if chained else 1
+            longest = max(longest, spine[id(node)] + 1)
+            depth[id(node)] = max(depth[id(node.left)] + (not chained), depth[id(node.right)] + 1)
+        else:
+            depth[id(node)] = 1 + max((depth[id(k)] for k in _operands(node)), default=0)
+    return _Shape(length, depth[id(tree)]), longest
+
+
+def _amount(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"more than 10^{len(str(n)) - 1}"
+
+
 class _Unit:
-    """One compile_expression call: alias table, compiled-alias cache and cycle detection."""
+    """One compile_expression call: alias table, the aliases' folded trees and shapes, compiled-alias cache and
+    cycle detection."""
 
     def __init__(self, aliases: Mapping[str, Any], where: str) -> None:
         self.where = where
         self.aliases = dict(aliases)
         self._compiled: dict[str, tuple[_Node, frozenset[str]]] = {}
-        self._trees: dict[str, ast.expr] = {}
         self._stack: list[str] = []
+        self._folded: dict[str, ast.expr] = {}
+        self._shapes: dict[str, _Shape] = {}
+        self._order: list[str] = []  # prepared aliases, each after the aliases it uses
+        self._expanded: dict[str, ast.expr] = {}
         for name in self.aliases:
             self._check_alias_name(name)
 
@@ -892,6 +1204,57 @@ class _Unit:
         if name in _CONSTANTS or name in ("True", "False", "None"):
             raise ExprError(f"alias name {name!r} shadows a constant", where)
 
+    def _alias_source(self, name: str) -> _Source:
+        text = self.aliases[name]
+        where = f"{self.where} -> alias {name!r}"
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            text = repr(text)
+        if not isinstance(text, str):
+            raise ExprError(f"alias expression must be a string, got {type(text).__name__}", where)
+        return _Source(text, where)
+
+    def _alias_names(self, tree: ast.expr) -> list[str]:
+        return list(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in self.aliases))
+
+    def prepare(self, src: _Source) -> ast.expr:
+        """The folded tree of ``src``, after parsing every alias it uses, each after the aliases it uses in turn
+        (an explicit stack: alias chains of any length), and checking the limits of each
+        (:meth:`_checked`)."""
+        tree = src.parse()
+        parsed: dict[str, tuple[_Source, ast.expr]] = {}
+        seen = set(self._shapes)
+        stack = [(name, False) for name in reversed(self._alias_names(tree))]
+        while stack:
+            name, ready = stack.pop()
+            if ready:
+                alias_src, alias_tree = parsed.pop(name)
+                self._folded[name], self._shapes[name] = self._checked(alias_src, alias_tree)
+                self._order.append(name)
+            elif name not in seen:  # seen and not ready: a cycle, which the compiler reports
+                seen.add(name)
+                alias_src = self._alias_source(name)
+                parsed[name] = alias_src, alias_src.parse()
+                stack.append((name, True))
+                stack.extend((n, False) for n in reversed(self._alias_names(parsed[name][1])) if n not in seen)
+        return self._checked(src, tree)[0]
+
+    def _checked(self, src: _Source, tree: ast.expr) -> tuple[ast.expr, _Shape]:
+        """(folded tree, shape) of the text of ``src`` parsed as ``tree``; ExprError if it exceeds a limit."""
+        shape, chain = _measure(tree, len(src.display), self._shapes)
+        written_out = " with its aliases written out" if shape.length != len(src.display) else ""
+        if chain > MAX_CHAIN:
+            raise ExprError(f"a chain of {chain:,} operands of binary operators (the limit is {MAX_CHAIN:,}; split "
+                            "it into aliases)", src.where)
+        if shape.length > MAX_LENGTH:
+            raise ExprError(f"expression is {_amount(shape.length)} characters long{written_out} (the limit is "
+                            f"{MAX_LENGTH:,})", src.where)
+        if shape.depth > MAX_DEPTH:
+            raise ExprError(f"expression is nested {shape.depth} levels deep{written_out} (the limit is {MAX_DEPTH}; "
+                            "a chain such as a + b - c is one level)", src.where)
+        constants = {name: t.value for name, t in self._folded.items()
+                     if isinstance(t, ast.Constant) and type(t.value) is int}
+        return _transform(tree, lambda node: _folded(node, constants)), shape
+
     def alias(self, name: str, ref_src: _Source, ref_pos: int | None) -> tuple[_Node, frozenset[str]]:
         """Compiled closure and branches of alias ``name`` referenced at ``ref_pos`` in ``ref_src``."""
         if name in self._compiled:
@@ -899,16 +1262,10 @@ class _Unit:
         if name in self._stack:
             cycle = " -> ".join([*self._stack[self._stack.index(name) :], name])
             raise ref_src.error(f"alias cycle: {cycle}", ref_pos)
-        text = self.aliases[name]
-        where = f"{self.where} -> alias {name!r}"
-        if isinstance(text, int | float) and not isinstance(text, bool):
-            text = repr(text)
-        if not isinstance(text, str):
-            raise ExprError(f"alias expression must be a string, got {type(text).__name__}", where)
         self._stack.append(name)
         try:
-            compiler = _Compiler(_Source(text, where), self)
-            inner = compiler.compile_text()
+            compiler = _Compiler(self._alias_source(name), self)
+            inner = compiler.compile_tree(self._folded[name])
         finally:
             self._stack.pop()
         key = ("alias", name)
@@ -925,27 +1282,19 @@ class _Unit:
         self._compiled[name] = result
         return result
 
-    def expanded_tree(self, text: str) -> ast.expr:
-        """Syntax tree of ``text`` (already compiled, so valid) with aliases replaced by their trees."""
-        body = _Source(text, self.where).body
-        return _AliasExpander(self).visit(ast.parse(body, mode="eval").body)
+    def expand(self, tree: ast.expr) -> ast.expr:
+        """``tree`` (folded) with every alias replaced by its expanded tree: shared, not copied (read only)."""
+        for name in self._order:
+            if name not in self._expanded:
+                self._expanded[name] = _transform(self._folded[name], self._expansion)
+        return _transform(tree, self._expansion)
+
+    def _expansion(self, node: ast.expr) -> ast.expr | None:
+        return self._expanded.get(node.id) if isinstance(node, ast.Name) else None
 
     def alias_tree(self, name: str) -> ast.expr:
-        """Expanded syntax tree of alias ``name`` (a fresh copy)."""
-        if name not in self._trees:
-            text = self.aliases[name]
-            self._trees[name] = self.expanded_tree(repr(text) if isinstance(text, int | float) else text)
-        return copy.deepcopy(self._trees[name])
-
-
-class _AliasExpander(ast.NodeTransformer):
-    """Replaces alias names by the aliases' expanded trees."""
-
-    def __init__(self, unit: _Unit) -> None:
-        self.unit = unit
-
-    def visit_Name(self, node: ast.Name) -> ast.expr:
-        return self.unit.alias_tree(node.id) if node.id in self.unit.aliases else node
+        """Expanded syntax tree of alias ``name`` (shared: read only)."""
+        return self.expand(ast.Name(name, ast.Load()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -961,7 +1310,8 @@ class Expression:
     where: str = field(default="expression", compare=False)
     _fn: Callable[[_Env], Any] | None = field(default=None, repr=False, compare=False)
     tree: ast.expr | None = field(default=None, repr=False, compare=False)
-    """The checked syntax tree with every alias replaced by its own tree (for :mod:`calibflow.kernels.fused`)."""
+    """The checked syntax tree, integer constants folded, with every alias replaced by its own tree (for
+    :mod:`calibflow.kernels.fused`): an alias used twice is one shared subtree, so the tree is read only."""
 
     def evaluate(self, columns: Mapping[str, Any]) -> Any:
         """Evaluate on ``columns`` (name -> numpy array, awkward array or scalar).
@@ -991,10 +1341,11 @@ def compile_expression(
     Raises :class:`ExprError` for anything outside the whitelisted language.
     """
     unit = _Unit(aliases or {}, where)
-    compiler = _Compiler(_Source(text, where), unit)
-    fn = compiler.compile_text()
-    return Expression(text=text, branches=frozenset(compiler.branches), where=where, _fn=fn,
-                      tree=unit.expanded_tree(text))
+    src = _Source(text, where)
+    tree = unit.prepare(src)
+    compiler = _Compiler(src, unit)
+    fn = compiler.compile_tree(tree)
+    return Expression(text=text, branches=frozenset(compiler.branches), where=where, _fn=fn, tree=unit.expand(tree))
 
 
 def referenced_branches(texts: Iterable[str], aliases: Mapping[str, str] | None = None) -> frozenset[str]:

@@ -18,6 +18,7 @@ Layout under ``<result_dir>/<name>/``::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 
 from calibflow.binning.scheme import BinningScheme
 from calibflow.config import (
+    MASS_METHODS,
     CalibrationConfig,
     ConfigError,
     load_config,
@@ -55,11 +57,15 @@ EXCLUDED = ":excluded"
 """Suffix of the prep key of an input left out as a bad file."""
 EXCLUDED_MARKER = ".excluded.json"
 SKIP_MODE = "SKIP_BAD_FILES"
-FIT_VERSION = 1
+LIMITS_MODE = "LIMITS.json"
+"""Under ``prep/``: the quick-try limits of the latest ``calibflow run`` (absent: a full run)."""
+FIT_VERSION = 2  # 2: yields with errors in every result, fixed parameters with error 0 (issue 16)
 HIST_VERSION = 1
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: yield columns (n_sig, n_sig_err, n_pass_err, n_fail_err), method yield (issue 16)
 TOY_VERSION = 2
 BINNING_VERSION = 1
+NEGATIVE_COUNTS = "negative_counts"
+"""In the histogram key of weighted samples: their files hold the candidates with a negative weight per bin."""
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
 EXPORT_VERSION = 2  # 2: the exact config (path and SHA-256) in the key; master tables written at export
 FIGURE_VERSION = 1  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes
@@ -87,10 +93,12 @@ def _cached_bin_keys(path: str, mtime_ns: int) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_prep_spec(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object = None) -> PrepSpec:
+def _cached_prep_spec(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object = None,
+                      entry_limit: int | None = None) -> PrepSpec:
     # lumi_version (size, mtime of the sample's lumi mask JSON) makes an edited JSON give a new spec and key
     cfg = _cached_variant(path, mtime_ns, variant).config
-    return prep_spec(cfg, sample, os.path.dirname(path))
+    spec = prep_spec(cfg, sample, os.path.dirname(path))
+    return spec if entry_limit is None else dataclasses.replace(spec, entry_limit=entry_limit)
 
 
 @functools.lru_cache(maxsize=256)
@@ -109,10 +117,51 @@ def _cached_toy_key(path: str, mtime_ns: int, variant: str, sample: str, index: 
 
 @functools.lru_cache(maxsize=4096)
 def _cached_prep_key(path: str, mtime_ns: int, variant: str, sample: str, lumi_version: object,
-                     identity: tuple[tuple[str, object], ...]) -> str:
+                     identity: tuple[tuple[str, object], ...], entry_limit: int | None = None) -> str:
     # the spec's description is large: hashing it for every key wanted is most of the cost of a graph's keys
-    spec = _cached_prep_spec(path, mtime_ns, variant, sample, lumi_version)
+    spec = _cached_prep_spec(path, mtime_ns, variant, sample, lumi_version, entry_limit)
     return content_key(spec.describe(), dict(identity))
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """The limits of a quick try (``calibflow run --limit N --max-files M``): at most ``entries`` entries read
+    per input file and the first ``files`` input files of each sample (None: no limit)."""
+
+    entries: int | None = None
+    files: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.entries is not None or self.files is not None
+
+    def describe(self) -> dict[str, int]:
+        """The limits set, for keys and metadata: ``entries_per_file``, ``files_per_sample``."""
+        pairs = (("entries_per_file", self.entries), ("files_per_sample", self.files))
+        return {k: v for k, v in pairs if v is not None}
+
+    def text(self) -> str:
+        """The options as given: ``--limit 1000 --max-files 2``."""
+        pairs = (("--limit", self.entries), ("--max-files", self.files))
+        return " ".join(f"{k} {v}" for k, v in pairs if v is not None)
+
+    def note(self) -> str:
+        """What the limits mean for the outputs, one line (report banner, ``LIMITED.txt``, closing line)."""
+        parts = [f"at most {self.entries} entries read per input file"] if self.entries is not None else []
+        parts += [f"the first {self.files} input file(s) of each sample"] if self.files is not None else []
+        return (f"a quick try ({self.text()}: {' and '.join(parts)}), not the full calibration; "
+                "rerun without these options for the real tables")
+
+    @staticmethod
+    def parse(data: dict[str, int]) -> RunLimits:
+        """The limits of :meth:`describe`'s dict."""
+        return RunLimits(data.get("entries_per_file"), data.get("files_per_sample"))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_limits(path: str, version: tuple[int, int, int]) -> RunLimits:
+    # version: inode, size and mtime; Plan.set_limits clears the cache (two writes may share an mtime tick)
+    with open(path) as f:
+        return RunLimits.parse(json.load(f))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -120,8 +169,9 @@ def _cached_fit_keys(path: str, mtime_ns: int, variant: str, sample: str, pass_c
                      bin_keys: tuple[str, ...]) -> tuple[str, ...]:
     cfg = _cached_variant(path, mtime_ns, variant).config
     s = cfg.samples[sample]
-    model = cfg.fit if s.method in ("fit", "sweights") else None
+    model = cfg.fit if s.method in MASS_METHODS else None
     interval = s.interval if s.method == "count" else None
+    pass_col = None if s.method == "yield" else pass_col  # a yield has no pass/fail: working points reuse it
     # pydantic models dumped once, as content_key would dump them: the keys are those of one-bin calls
     shared = [key_dump(m) if isinstance(m, BaseModel) else m
               for m in (list(prep_keys), cfg.mass_spec, pass_col, s.method, model, interval, FIT_VERSION)]
@@ -238,7 +288,7 @@ class Plan:
         seen: set[str] = set()
         for v in [NOMINAL, *sorted(self.all_variants(), key=lambda v: v.count("/"))]:
             cfg = self.with_variant(v).config
-            fit, methods = cfg.fit, sorted({s.method for s in cfg.samples.values()} & {"fit", "sweights"})
+            fit, methods = cfg.fit, sorted({s.method for s in cfg.samples.values()} & set(MASS_METHODS))
             key = content_key(fit.signal, fit.background, fit.fail_width_shift, sorted(fit.parameters),
                               methods)
             if key in seen:
@@ -248,7 +298,7 @@ class Plan:
                 signal = get_shape("signal", fit.signal)
                 background = get_shape("background", fit.background)
                 model = f"{signal.name} + {background.name}"
-                for method in methods or ["fit"]:  # sweights fits have no fail width shift
+                for method in methods or ["fit"]:  # sweights and yield fits have no fail width shift
                     names = parameter_names(signal, background, fit.fail_width_shift and method == "fit")
                     unknown = [n for n in fit.parameters if n not in names]
                     if unknown:
@@ -283,9 +333,9 @@ class Plan:
                 seen.add(key)
                 toy = cfg.toy if plan.is_toy(s) else None
                 files = plan.input_files(s)
-                if toy is not None and not os.path.exists(files[0]):
-                    files = [reference_file(toy.generator, toy.options, sample.role == "data")]
                 try:
+                    if toy is not None and not os.path.exists(files[0]):
+                        files = [reference_file(toy.generator, toy.options, sample.role == "data")]
                     check_sample(spec, s, files, self.shown, sample.aliases,
                                  toy.generator if toy else None)
                 except ConfigError as exc:
@@ -317,13 +367,14 @@ class Plan:
         return base + (1 if index < extra else 0)
 
     def input_files(self, sample: str) -> list[str]:
-        """Absolute paths of the sample's input files (toy paths, or the expanded globs)."""
+        """Absolute paths of the sample's input files (toy paths, or the expanded globs), the first
+        ``--max-files`` of them in a quick try (:attr:`limits`)."""
+        limit = self.limits.files
         if self.is_toy(sample):
             n = self.config.toy.samples[sample].files  # type: ignore[union-attr]
-            return [
-                os.path.join(self.workdir, "inputs", f"{sample}_{i}-{self.toy_key(sample, i)}.root") for i in range(n)
-            ]
-        return resolve_files(self.config, sample, os.path.dirname(self.config_path))
+            return [os.path.join(self.workdir, "inputs", f"{sample}_{i}-{self.toy_key(sample, i)}.root")
+                    for i in range(n if limit is None else min(n, limit))]
+        return resolve_files(self.config, sample, os.path.dirname(self.config_path))[:limit]
 
     def input_identity(self, sample: str, index: int) -> dict[str, object]:
         """What identifies input ``index``: the toy key, or path, size and mtime of a real file."""
@@ -344,15 +395,17 @@ class Plan:
         return None
 
     def prep_spec(self, sample: str) -> PrepSpec:
-        """Columns and cuts of tuple preparation for ``sample`` (cached per process and variant)."""
-        return _cached_prep_spec(self.config_path, self._mtime(), self.variant, sample, self._lumi_version(sample))
+        """Columns and cuts of tuple preparation for ``sample`` (cached per process and variant), with the
+        entry limit of a quick try (:attr:`limits`)."""
+        return _cached_prep_spec(self.config_path, self._mtime(), self.variant, sample,
+                                 self._lumi_version(sample), self.limits.entries)
 
     def prep_key(self, sample: str, index: int) -> str:
         """Content key of the prepared tuple of input ``index`` of ``sample`` (cached per process while the
-        config, the lumi mask and the input's identity are unchanged)."""
+        config, the lumi mask, the input's identity and the entry limit are unchanged)."""
         identity = tuple(sorted(self.input_identity(sample, index).items()))
         return _cached_prep_key(self.config_path, self._mtime(), self.variant, sample, self._lumi_version(sample),
-                                identity)
+                                identity, self.limits.entries)
 
     def prep_path(self, sample: str, index: int, key: str | None = None) -> str:
         """Prepared HDF5 of input ``index`` of ``sample`` (``key``: its prep key, if already known)."""
@@ -388,6 +441,38 @@ class Plan:
         elif not skip and self.skips_bad_files:
             os.remove(self.skip_mode_path)
 
+    # --- quick tries (calibflow run --limit N --max-files M) ---------------------------------------------
+    @property
+    def limits_path(self) -> str:
+        """Present while the calibration runs as a quick try (set or removed by each ``calibflow run``)."""
+        return os.path.join(self.workdir, "prep", LIMITS_MODE)
+
+    @property
+    def limits(self) -> RunLimits:
+        """The quick-try limits of the latest ``calibflow run`` (empty: a full run). The entry limit enters
+        the prep keys (so every key after them), the file limit shortens the input lists, and both enter the
+        export key: a limited run never passes for a full one."""
+        try:
+            st = os.stat(self.limits_path)
+        except FileNotFoundError:
+            return RunLimits()
+        return _cached_limits(self.limits_path, (st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def set_limits(self, limits: RunLimits) -> None:
+        """Run as a quick try with ``limits`` from now on, or in full (empty ``limits``): results of both
+        stay, under their own keys, so switching back and forth recomputes nothing."""
+        if limits == self.limits:
+            return
+        _cached_limits.cache_clear()
+        if not limits:
+            os.remove(self.limits_path)
+            return
+        os.makedirs(os.path.dirname(self.limits_path), exist_ok=True)
+        tmp = f"{self.limits_path}.tmp-{os.getpid()}"  # no calibflow.io.store here: it imports h5py
+        with open(tmp, "w") as f:
+            json.dump(limits.describe(), f)
+        os.replace(tmp, self.limits_path)
+
     def excluded_path(self, sample: str, index: int, key: str | None = None) -> str:
         """Marker written instead of the prepared tuple of a bad input: JSON with the file and the reason."""
         return self.prep_path(sample, index, key)[: -len(".h5")] + EXCLUDED_MARKER
@@ -420,6 +505,10 @@ class Plan:
         variations and working points share the binning unless they change the binning section."""
         return self.with_variant(NOMINAL)
 
+    def yield_samples(self) -> list[str]:
+        """Samples of method ``yield``: one category each (all candidates) for a data-driven binning."""
+        return sorted(s for s, smp in self.config.samples.items() if smp.method == "yield")
+
     def binning_pass_columns(self) -> list[str]:
         """Pass decisions whose pass and fail categories every bin must populate."""
         return [PASS, *(pass_column(w) for w in self.nominal_config.working_points)]
@@ -431,7 +520,10 @@ class Plan:
             return content_key(binning)
         src = self.binning_source
         data = {s: src.prep_keys(s) for s in src.config.samples}
-        return content_key(binning, data, self.binning_pass_columns(), src.config.mass_spec.range, BINNING_VERSION)
+        yields = src.yield_samples()
+        whole = [{"yield_samples": yields}] if yields else []  # their one category: other keys unchanged
+        return content_key(binning, data, self.binning_pass_columns(), src.config.mass_spec.range, BINNING_VERSION,
+                           *whole)
 
     def binning_path(self) -> str:
         """Binning JSON."""
@@ -450,8 +542,9 @@ class Plan:
     # --- histograms and fits ------------------------------------------------------------------------
     def hist_key(self, sample: str) -> str:
         """Content key of the per-bin mass histograms of ``sample``."""
+        weighted = [NEGATIVE_COUNTS] if self.config.samples[sample].weight else []  # unweighted keys unchanged
         return content_key(self.binning_key(), self.config.mass_spec, self.prep_keys(sample), self.pass_column,
-                           HIST_VERSION)
+                           HIST_VERSION, *weighted)
 
     def hist_path(self, sample: str) -> str:
         """Per-bin histogram HDF5 of ``sample``."""
@@ -545,7 +638,8 @@ class Plan:
         config (path and bytes), so that a changed description, label or comment re-exports (and
         nothing else reruns)."""
         config = {"path": self.config_path, "sha256": self.config_sha256()}
-        return content_key(self.combined_key(), self.nominal_config.outputs, config, EXPORT_VERSION)
+        limits = [self.limits.describe()] if self.limits else []  # quick tries only: full keys unchanged
+        return content_key(self.combined_key(), self.nominal_config.outputs, config, EXPORT_VERSION, *limits)
 
     def published_config(self) -> str | None:
         """Path of the config whose outputs are published under :attr:`workdir` (None: nothing published,
@@ -572,7 +666,8 @@ class Plan:
 def _unknown_parameter(name: str, names: Sequence[str], model: str, width_shift: bool) -> str:
     """The message for ``fit.parameters.<name>``, not among the parameters ``names`` of ``model``."""
     if name == "dsigma_fail":
-        why = "method sweights has no fail width shift" if width_shift else "needs fit.fail_width_shift: true"
+        why = "methods sweights and yield have no fail width shift" if width_shift else \
+            "needs fit.fail_width_shift: true"
         return f"fit.parameters.{name}: not a parameter of {model} ({why})"
     if f"{name}_pass" in names:
         return (f"fit.parameters.{name}: not a parameter of {model} (background parameters are per "

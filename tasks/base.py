@@ -17,6 +17,7 @@ from typing import Any
 import b2luigi
 import luigi
 
+from calibflow.hashing import content_key
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
 from tasks import batch
@@ -24,6 +25,8 @@ from tasks import batch
 RESULTS_MADE = "results_made"
 """Key of the explanation a task's ``on_success`` may return: how many of its :meth:`CalibTask.results` it
 made (the others existed already); the run report counts results, not tasks."""
+FOR_OUTPUTS = "for outputs "
+"""Start of the second line of a failure record: the :meth:`CalibTask.outputs_key` the task failed to make."""
 
 
 class CalibTask(b2luigi.Task):
@@ -63,10 +66,19 @@ class CalibTask(b2luigi.Task):
         return super().on_failure(exception)
 
     def record_failure(self, reason: str) -> None:
-        """Keep the first line of ``reason`` for the run summary (removed when the task succeeds)."""
+        """Keep the first line of ``reason`` for the run summary (removed when the task succeeds), and the key
+        of the outputs it was to make: ``calibflow status`` counts the failure only while they are wanted."""
         lines = reason.strip().splitlines() or ["failed"]
+        try:
+            outputs = f"{FOR_OUTPUTS}{self.outputs_key()}\n"
+        except Exception:  # e.g. the binning a chunk of fits needs is gone: the reason is what matters
+            outputs = ""
         with atomic_path(failure_path(self.plan, self.task_id)) as tmp, open(tmp, "w") as f:
-            f.write(lines[0] + "\n")
+            f.write(lines[0] + "\n" + outputs)
+
+    def outputs_key(self) -> str:
+        """Content key of what this task makes: its output paths, which hold the content keys."""
+        return content_key(sorted(t.path for t in luigi.task.flatten(self.output())))
 
     # --- logs and batch submission (b2luigi looks these up on the task) -----------------------------
     @property
@@ -126,13 +138,22 @@ def failure_path(plan: Plan, task_id: str) -> str:
     return os.path.join(plan.workdir, "logs", "failed", f"{task_id}.txt")
 
 
-def failure_reason(plan: Plan, task: luigi.Task) -> str:
-    """The recorded failure reason of ``task`` (or a pointer to the log when none was recorded)."""
+def recorded_failure(plan: Plan, task: luigi.Task) -> tuple[str, str | None] | None:
+    """The recorded failure of ``task``: (one-line reason, key of the outputs it was to make, None when not
+    recorded); None when no failure is recorded (or the task succeeded since)."""
     try:
         with open(failure_path(plan, task.task_id)) as f:
-            return f.read().strip()
+            lines = f.read().splitlines()
     except OSError:
-        return "failed (see the log above)"
+        return None
+    outputs = next((ln.removeprefix(FOR_OUTPUTS) for ln in lines[1:] if ln.startswith(FOR_OUTPUTS)), None)
+    return (lines[0].strip() if lines else "failed"), outputs
+
+
+def failure_reason(plan: Plan, task: luigi.Task) -> str:
+    """The recorded failure reason of ``task`` (or a pointer to the log when none was recorded)."""
+    recorded = recorded_failure(plan, task)
+    return recorded[0] if recorded else "failed (see the log above)"
 
 
 class TaskLog:

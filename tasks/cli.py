@@ -22,6 +22,7 @@ from calibflow.ops.scheduler import DEFAULT_HOST, DEFAULT_PORT, SetupError
 
 if TYPE_CHECKING:
     from calibflow.plan import Plan
+    from tasks.runner import SchedulerAddress
 
 DEFAULT_CONFIG = os.path.join("task_configs", "demo.yaml")
 
@@ -52,6 +53,10 @@ EXAMPLES = """examples:
     calibflow inspect data/run1.root --filter 'probe_*'
   a calibration on 4 cores, leaving out input files that cannot be read:
     calibflow run task_configs/my.yaml --workers 4 --skip-bad-files
+  a quick try of a new config on 2 files per sample, 10000 entries each (outputs marked LIMITED):
+    calibflow run task_configs/my.yaml --limit 10000 --max-files 2
+  what the result folder holds, per stage, and why anything failed (no scheduler needed):
+    calibflow status task_configs/my.yaml
   refit bin 12 of two samples after changing the fit model:
     calibflow fit-bin task_configs/my.yaml --bin 12 --sample data mc
   a central scheduler with a web UI, then a run that reports to it:
@@ -106,6 +111,10 @@ def _parser() -> _Parser:
     run.add_argument("--skip-bad-files", action="store_true",
                      help="leave out input files that cannot be read (listed in excluded_files.txt and in the "
                      "master table) instead of failing; a run without it retries them")
+    run.add_argument("--limit", type=_positive, metavar="N",
+                     help="quick try: read at most N entries of each input file (outputs marked LIMITED)")
+    run.add_argument("--max-files", type=_positive, metavar="N",
+                     help="quick try: only the first N input files of each sample (outputs marked LIMITED)")
     fb = sub.add_parser("fit-bin", help="refit one bin alone (the binning must exist: run first)",
                         epilog=EXIT_CODES)
     fb.add_argument("config", metavar="CONFIG", help="calibration YAML")
@@ -132,15 +141,33 @@ def _parser() -> _Parser:
                      help=f"port to start on (default {DEFAULT_PORT})")
     sch.add_argument("--state-dir", metavar="DIR", help="pid file, state and logs (default "
                      "$CALIBFLOW_STATE_DIR, else ~/.calibflow/luigid)")
-    st = sub.add_parser("status", help="task states per stage, from a central scheduler")
+    st = sub.add_parser("status", epilog=STATUS_EPILOG, help="task states per stage: from a central "
+                        "scheduler, else from the result folder (outputs of the current keys, failures and why)")
     st.add_argument("config", nargs="?", metavar="CONFIG",
-                    help="only the tasks of this calibration (default: every task)")
+                    help="only the tasks of this calibration (default: every task of the scheduler)")
     st.add_argument("--result-dir", metavar="DIR", help="result folder of that calibration")
     _scheduler_args(st)
     return p
 
 
 BATCH_WORKERS = 100
+STATUS_EPILOG = f"""\
+With --scheduler-host/--scheduler-port, or a scheduler answering at {DEFAULT_HOST}:{DEFAULT_PORT} that knows
+the calibration: the scheduler's pending/running/done/failed tasks. Otherwise, with CONFIG: what the result
+folder holds for the current keys (outputs that exist, failed with the recorded reason, missing).
+
+{EXIT_CODES}"""
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _scheduler_args(p: argparse.ArgumentParser) -> None:
@@ -150,12 +177,12 @@ def _scheduler_args(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_PORT} when --scheduler-host is given)")
 
 
-def _scheduler(args: argparse.Namespace, required: bool = False):
+def _scheduler(args: argparse.Namespace) -> SchedulerAddress | None:
     """The central scheduler named by --scheduler-host/--port (checked to answer), else None."""
     from calibflow.ops.scheduler import check_port, ping
     from tasks.runner import SchedulerAddress
 
-    if args.scheduler_host is None and args.scheduler_port is None and not required:
+    if args.scheduler_host is None and args.scheduler_port is None:
         return None
     address = SchedulerAddress(args.scheduler_host or DEFAULT_HOST, check_port(args.scheduler_port or DEFAULT_PORT))
     ping(address.host, address.port)
@@ -246,6 +273,8 @@ def bad_files(failed: Sequence[tuple[str, str]]) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole task graph and print where the outputs are."""
+    from calibflow.export.publish import clear_stale
+    from calibflow.plan import RunLimits
     from tasks import ExportTables
     from tasks.runner import build
 
@@ -258,6 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan.check_name_free()
     t0 = time.perf_counter()
     plan.set_skip_bad_files(args.skip_bad_files)  # without the flag, files left out before are retried
+    plan.set_limits(RunLimits(args.limit, args.max_files))  # without them, a full run
     top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
     if not top.complete():
         plan.check_inputs()  # the config against its inputs: one line and exit 2 before any task runs
@@ -270,7 +300,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _report(plan.config.name, report, time.perf_counter() - t0)
     _fit_summary(plan)
     if not report.ok:
+        _mark_stale(plan, report.failed)
         return 1
+    clear_stale(plan.workdir)  # a run that re-exported nothing (its key was published) succeeded too
     with open(os.path.join(plan.workdir, "manifest.json")) as f:
         manifest = json.load(f)
     print(f"outputs in {plan.workdir}:")
@@ -281,11 +313,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"calibflow: {len(excluded)} bad input file(s) left out (--skip-bad-files), as excluded_files.txt says:")
         for e in excluded:
             print(f"  {e['reason']}")
+    if plan.limits:
+        print(f"calibflow: LIMITED: {plan.limits.note()} (LIMITED.txt, manifest.json, the report)")
     return 0
+
+
+def _mark_stale(plan: Plan, failed: Sequence[tuple[str, str]]) -> None:
+    """After a failed run: mark the published files stale and say so (nothing is said when none exist)."""
+    from calibflow.export.publish import STALE, mark_stale
+
+    record = mark_stale(plan, failed)
+    if record is not None:
+        print(f"calibflow: {_shown(plan.workdir)} keeps the tables of the last successful run, marked stale "
+              f"({STALE}, manifest.json, the report) until a run succeeds", file=sys.stderr)
 
 
 def cmd_fit_bin(args: argparse.Namespace) -> int:
     """Refit one bin of the given samples, replacing its cached result."""
+    from calibflow.io.jsonio import load_numbers
     from tasks import FitBin
     from tasks.runner import build
 
@@ -312,8 +357,7 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
     if not report.ok:
         return 1
     for t in tasks:
-        with open(t.output().path) as f:
-            r = json.load(f)
+        r = load_numbers(t.output().path)
         print(f"{t.sample} bin {args.bin_index} ({r['bin']}): efficiency {r['efficiency']:.5f} "
               f"-{r['err_down']:.5f} +{r['err_up']:.5f} [{r['status']}]")
     return 0
@@ -339,13 +383,22 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print pending/running/done/failed task counts per stage, from the central scheduler."""
+    """Print task counts per stage: pending/running/done/failed from a central scheduler (given, or answering
+    at the default address and knowing the calibration), else the outputs of the result folder."""
     from calibflow.ops import status
 
-    address = _scheduler(args, required=True)
-    if args.config:
-        plan = _plan(args.config, args.result_dir)
-        tasks = status.calibration_graph(address.host, address.port, plan.config_path, plan.result_dir)
+    address = _scheduler(args)
+    given = address is not None
+    plan = _plan(args.config, args.result_dir) if args.config else None
+    address = address or _default_scheduler()
+    if plan is None and address is None:
+        raise SetupError(f"no luigi scheduler answers at {DEFAULT_HOST}:{DEFAULT_PORT}: name a config to "
+                         "read its result folder, or give --scheduler-host/--scheduler-port")
+    if plan is not None:
+        tasks = {} if address is None else status.calibration_graph(
+            address.host, address.port, plan.config_path, plan.result_dir)
+        if not tasks and not given:  # no scheduler knows the calibration: its result folder
+            return _folder_status(plan)
         what = f"calibration {plan.config.name}"
     else:
         tasks = status.all_tasks(address.host, address.port)
@@ -354,7 +407,71 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"scheduler http://{address.host}:{address.port}: {counts.total} task(s) of {what}")
     if counts.total:
         print(counts.table())
+    if plan is not None:
+        _published(plan)
     return 0
+
+
+def _default_scheduler() -> SchedulerAddress | None:
+    """The scheduler at the default address if one answers there (within a second), else None."""
+    from calibflow.ops.scheduler import ping
+    from tasks.runner import SchedulerAddress
+
+    try:
+        ping(DEFAULT_HOST, DEFAULT_PORT, timeout=1.0)
+    except SetupError:
+        return None
+    return SchedulerAddress(DEFAULT_HOST, DEFAULT_PORT)
+
+
+MAX_FAILURES_SHOWN = 20
+
+
+def _folder_status(plan: Plan) -> int:
+    """``calibflow status CONFIG`` without a scheduler: per stage the outputs of the current keys that exist,
+    failed (with the reasons) or are missing, then what is published."""
+    from tasks.state import folder_status
+
+    state = folder_status(plan)
+    limited = f" of a quick try ({plan.limits.text()})" if plan.limits else ""
+    print(f"result folder {_shown(plan.workdir)} (no scheduler): outputs of the current keys{limited}, "
+          "per stage")
+    print(state.counts.table())
+    for family in state.unknown:
+        print(f"{family}: not known until the binning exists")
+    if state.failed:
+        logs = _shown(os.path.join(plan.workdir, "logs"))
+        print(f"failed ({len(state.failed)}; tracebacks in {logs}/<family>/):")
+        for label, reason in state.failed[:MAX_FAILURES_SHOWN]:
+            print(f"  {label}: {reason}")
+        if len(state.failed) > MAX_FAILURES_SHOWN:
+            print(f"  and {len(state.failed) - MAX_FAILURES_SHOWN} more")
+    excluded = sum(len(v) for v in plan.excluded_files().values())
+    if excluded:
+        print(f"{excluded} input file(s) left out as bad (--skip-bad-files): counted as existing "
+              "PrepareTuple outputs")
+    _published(plan)
+    return 0
+
+
+def _published(plan: Plan) -> None:
+    """One line on what ``plan``'s folder publishes (and whether it is the current key), then its marks."""
+    from calibflow.export.publish import stale_state, stale_text
+    from calibflow.plan import RunLimits
+
+    try:
+        with open(os.path.join(plan.workdir, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        print("published: nothing yet")
+        return
+    current = "the current key" if manifest.get("key") == plan.export_key() else "not the current key"
+    print(f"published: key {manifest.get('key')} of {manifest.get('config')} ({current})")
+    if manifest.get("limits"):
+        print(f"LIMITED: {RunLimits.parse(manifest['limits']).note()}")
+    stale = stale_state(plan.workdir)
+    if stale:
+        print(f"STALE: {stale_text(manifest, stale)}")
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
 import b2luigi
 
+from calibflow.io import jsonio
 from calibflow.io.store import atomic_path
 from tasks.base import RESULTS_MADE, CalibTask
 from tasks.prep import PrepareTuple
@@ -40,7 +40,7 @@ class MakeBinning(CalibTask):
         src = plan.binning_source
         paths = {s: [src.prep_path(s, i) for i in range(len(src.input_files(s)))] for s in src.config.samples}
         scheme, counts, names = data_scheme(plan.config.binning, paths, plan.binning_pass_columns(),
-                                            src.config.mass_spec)
+                                            src.config.mass_spec, src.yield_samples())
         write_scheme(scheme, self.output().path, counts, names)
 
 
@@ -184,7 +184,7 @@ class FitBin(CalibTask):
                 continue
             result["bin"] = b.label()
             with atomic_path(paths[k]) as tmp, open(tmp, "w") as f:
-                json.dump(result, f, indent=1)
+                jsonio.dump(result, f, indent=1)
             self._made += 1
             if figures and (cfg.fit.plots == "all" or result["status"] != "ok"):
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -222,6 +222,12 @@ def fit_tasks(task: CalibTask, chunk: int | None = None) -> list[FitBin]:
     chunk = chunk or task.plan.config.resources_for("FitBin").bins_per_task or FIT_CHUNK
     out = []
     for s in task.plan.config.samples:
-        params = task.same_content(lambda p, s=s: (p.fit_key(s, ""), p.binning_key()))
+        params = fit_params(task, s)
         out += [FitBin(sample=s, bin_index=i, bin_count=min(chunk, n - i), **params) for i in range(0, n, chunk)]
     return out
+
+
+def fit_params(task: CalibTask, sample: str) -> dict[str, str]:
+    """Parameters of the FitBin tasks of ``sample`` for the tables of ``task``: the first variant with the
+    same fits (so variants sharing them share the tasks)."""
+    return task.same_content(lambda p: (p.fit_key(sample, ""), p.binning_key()))

@@ -20,16 +20,25 @@ import luigi.scheduler
 from tasks.base import describe, failure_reason
 
 
-def events_read(task: luigi.Task) -> int | None:
-    """Candidates read by a tuple-preparation task (from its output's cut flow), else None."""
+def entries_read(task: luigi.Task) -> tuple[int, str] | None:
+    """Entries read by a tuple-preparation task and what they are (from its output's cut flow): ``events``
+    where candidates are paired from them (NanoAOD), ``candidates`` for a flat tuple (one per row); else
+    None (another task, or an input left out as bad)."""
     if task.task_family != "PrepareTuple":
         return None
     path = getattr(task.output(), "path", "")
     if not os.path.exists(path):
         return None
     from calibflow.io.store import read_metadata
+    from calibflow.prep.spec import read_unit
 
-    return int(read_metadata(path).get("cutflow", {}).get("read", 0))
+    flow = read_metadata(path).get("cutflow", {})
+    return int(flow.get("read", 0)), read_unit(flow)
+
+
+def prep_input(task: luigi.Task) -> str:
+    """The input file a tuple-preparation task reads (variants with different selections prepare it each)."""
+    return task.plan.input_files(task.sample)[task.index]
 
 
 def yields_tasks(task: luigi.Task) -> bool:
@@ -44,7 +53,8 @@ class Progress:
     One counter for the whole run: tasks finished (done or failed) out of the tasks to run. The total grows
     when a task yields new tasks (dynamic dependencies) and is marked as such (``12/41+``) while a task that
     may yield (:func:`yields_tasks`) has not finished. Also kept: the running tasks with their start times,
-    and the candidates read by tuple preparation. Used as a context manager around the run.
+    and tuple preparation: its input files (one file may be prepared for several variants) and the entries
+    read. Used as a context manager around the run.
     """
 
     def __init__(self) -> None:
@@ -54,9 +64,12 @@ class Progress:
         self.may_yield: set[str] = set()
         self.running: dict[str, tuple[str, float]] = {}
         """Per running task id: its label and start (``time.perf_counter()``, s)."""
-        self.prep_total: set[str] = set()
-        self.prep_done = 0
-        self.events = 0
+        self.prep_total: dict[str, str] = {}
+        """Per tuple-preparation task to run (id): its input file."""
+        self.prep_done: set[str] = set()
+        """Tuple-preparation tasks done (ids)."""
+        self.read: dict[str, int] = {}
+        """Entries read by tuple preparation, per unit (``candidates``, ``events``)."""
 
     def __enter__(self) -> Progress:
         return self
@@ -75,9 +88,18 @@ class Progress:
         return f"{len(self.finished_ids)}/{len(self.to_run)}" + ("+" if self.growing else "")
 
     def prep_note(self) -> str:
-        """``prep 2/5 files, 400000 events``: tuple preparation so far."""
-        return (f"prep {self.prep_done}/{len(self.prep_total)}{'+' if self.growing else ''} files, "
-                f"{self.events} events")
+        """``prep 2/5 files, 400000 candidates``: tuple preparation so far, counted in input files (a file is
+        done when every preparation of it is: ``prep 1/2 files (3/4 preparations)`` where variants with
+        another selection prepare a file again), and the entries read by every preparation."""
+        plus = "+" if self.growing else ""
+        tasks: dict[str, set[str]] = {}
+        for task_id, path in self.prep_total.items():
+            tasks.setdefault(path, set()).add(task_id)
+        done = sum(ids <= self.prep_done for ids in tasks.values())
+        note = f"prep {done}/{len(tasks)}{plus} files"
+        if len(self.prep_total) != len(tasks):
+            note += f" ({len(self.prep_done)}/{len(self.prep_total)}{plus} preparations)"
+        return ", ".join([note, *(f"{n} {unit}" for unit, n in self.read.items())])
 
     def scheduled(self, task: luigi.Task, status: str) -> None:
         """The graph holds ``task`` with luigi ``status``: PENDING (to run) or DONE (complete already)."""
@@ -89,7 +111,7 @@ class Progress:
         if yields_tasks(task):
             self.may_yield.add(task.task_id)
         if task.task_family == "PrepareTuple":
-            self.prep_total.add(task.task_id)
+            self.prep_total[task.task_id] = prep_input(task)
         self._update()
 
     def started_task(self, task: luigi.Task) -> None:
@@ -113,11 +135,13 @@ class Progress:
         line = f"{label} {'FAILED' if failed else 'done'} in {seconds:.1f} s"
         if failed and hasattr(task, "plan"):
             line += f": {failure_reason(task.plan, task)}"
-        n = events_read(task) if status == luigi.scheduler.DONE else None
-        if n is not None:
-            self.prep_done += 1
-            self.events += n
-            line += f": {n} events read ({self.prep_note()})"
+        if task.task_id in self.prep_total and status == luigi.scheduler.DONE:
+            self.prep_done.add(task.task_id)
+            read = entries_read(task)
+            if read is not None:
+                self.read[read[1]] = self.read.get(read[1], 0) + read[0]
+                line += f": {read[0]} {read[1]} read"
+            line += f" ({self.prep_note()})"
         self._event(line, failed)
         self._update()
 

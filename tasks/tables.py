@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from calibflow.export.publish import is_published
+from calibflow.io.jsonio import load_numbers
 from calibflow.variants import NOMINAL
 from tasks.base import CalibTask
 from tasks.fit import FillHistograms, MakeBinning, fit_tasks
@@ -22,6 +22,15 @@ class EfficiencyTable(CalibTask):
     def output(self):
         return self.target(os.path.join(self.plan.table_dir(), DONE))
 
+    def closure_histograms(self) -> list[FillHistograms]:
+        """The histograms whose truth the closure table needs (none without ``closure``, or for a working
+        point: the truth is of the nominal pass); required once the fits are done."""
+        plan = self.plan
+        if not plan.config.closure or plan.resolved.working_point is not None:
+            return []
+        return [FillHistograms(sample=s, **self.same_content(lambda p, s=s: p.hist_key(s)))
+                for s in plan.config.samples]
+
     def run(self):
         from calibflow.fit.histograms import read_truth
         from calibflow.io.store import atomic_path
@@ -33,12 +42,10 @@ class EfficiencyTable(CalibTask):
         results = {}
         for t in fits:
             for i, path in zip(t.bin_indices(), t.result_paths(), strict=True):
-                with open(path) as f:
-                    results[(t.sample, i)] = json.load(f)
+                results[(t.sample, i)] = load_numbers(path)
         truth = {}
-        if plan.config.closure and plan.resolved.working_point is None:  # the truth is of the nominal pass
-            hists = [FillHistograms(sample=s, **self.same_content(lambda p, s=s: p.hist_key(s)))
-                     for s in plan.config.samples]
+        hists = self.closure_histograms()
+        if hists:
             yield hists
             truth = {h.sample: read_truth(h.output().path) for h in hists}
         write_tables(plan.table_dir(), plan.load_scheme(), results, plan.scale_factor_pairs(), truth)
@@ -78,6 +85,10 @@ class ExportTables(CalibTask):
     def complete(self) -> bool:
         plan = self.plan
         return is_published(plan.workdir, plan.export_key())
+
+    def outputs_key(self) -> str:
+        """The published outputs are those of the export key."""
+        return self.plan.export_key()
 
     def run(self) -> None:
         from calibflow.export.publish import export_all

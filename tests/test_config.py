@@ -186,3 +186,26 @@ def test_every_recipe_names_its_axes(recipe: str) -> None:
     if cfg.mass is not None:
         assert cfg.mass.label != "mass" and cfg.mass.unit, f"{recipe}: the mass has no label or unit"
     assert cfg.outputs.plot_style.label or cfg.outputs.plot_style.experiment
+
+
+def test_methods_and_the_sections_they_need() -> None:
+    """``sweighted`` and ``count`` fit nothing (no ``mass`` needed); ``yield`` needs no ``pass`` but measures no
+    efficiency, so it is never a scale factor's sample; every other method needs ``pass`` (issue 16)."""
+    d = demo_dict()
+    del d["mass"]
+    assert "mass: required for fitted samples (data); or set their method: count or sweighted" in _error(d)
+    d["samples"]["data"].update(method="sweighted", weight="sw")
+    assert parse_config(d).mass is None
+    d = demo_dict()
+    del d["pass"]
+    assert "pass: required key is missing (samples data, mc measure a pass fraction" in _error(d)
+    d["samples"]["mc"]["method"] = d["samples"]["data"]["method"] = "yield"
+    cfg = parse_config(d)
+    assert cfg.pass_ is None and cfg.pass_expression == "True" and cfg.scale_factor_pairs == []
+    d["working_points"] = {"tight": "probe_score > 0.9"}
+    assert "working_points: every sample's method is yield" in _error(d)
+    d = demo_dict()
+    d["samples"]["mc"]["method"] = "yield"
+    assert parse_config(d).scale_factor_pairs == []  # the only simulation measures a yield
+    d["reference"] = "mc"
+    assert "reference: sample 'mc' has method yield, which measures no efficiency" in _error(d)

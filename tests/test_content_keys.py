@@ -6,7 +6,12 @@ every user's results recompute on their next run. Such a change must be delibera
 below. A move of code between modules (issue 14) must leave them all unchanged. Changes of record:
 issue 15 added ``fit.min_candidates`` (fit keys of fitted samples and everything after them changed; prepared
 tuples, binning, histograms and counted simulation did not), then made ``fit.plots`` presentation (which
-figures are drawn never changes a fit: it left the fit keys, with the same reach). The export key holds the config file's path and
+figures are drawn never changes a fit: it left the fit keys, with the same reach). Issue 16 (items 4, 5) put the
+signal yields with their errors in every per-bin result and gave fixed parameters error 0 (``FIT_VERSION`` 2, and
+``SPLOT_VERSION`` 2 for the cached sPlot fits), and the yield columns in the tables (``TABLE_VERSION`` 2): every fit
+key, fitted or counted, and the tables and combined tables changed; toy inputs, prepared tuples, binning and the
+histograms of unweighted samples did not (weighted samples' histograms, which now count negative weights, have a new
+key; the demo has none). The export key holds the config file's path and
 bytes, so it is not pinned by value but by what changes it.
 """
 
@@ -31,12 +36,12 @@ RECORDED = {
     "binning": "124fc3a489947821",
     "n_bins": 156,
     "bins": ["3a4f9685d23adac5", "e380f7244a2e1a11", "a8f0f9b70f712a24"],
-    "fit/data": ["9fa68014bdb66e8b", "ca31a946ea33bc4a", "27b9fee18b6332ee"],
-    "fit/mc": ["c13ccdc7f5a7f5ac", "f77fbf2cba23bd22", "89369a42138f8282"],
-    "fit/data/sigmodel": ["d0a092a55f5be0ee", "5d664500a2e1df62", "2bf217ded6da8429"],
-    "table": "f1252bbc5e23a1d2",
-    "table/sigmodel": "924cd254a8e56341",
-    "combined": "1cbfeb4aa97f7df2",
+    "fit/data": ["fc19b12ca133a747", "edfed19dffa65e07", "006da3cc4841b020"],
+    "fit/mc": ["ac21e74afacb1c75", "c09c2bc70ad15dfc", "a5e8302883fdde7f"],
+    "fit/data/sigmodel": ["71d32a9de42f7e6a", "e882ffc43462e8a9", "7ac53bad9966b86c"],
+    "table": "85022dcf23cd1b46",
+    "table/sigmodel": "0e30fe0d21faefa0",
+    "combined": "ee38bb78c0064be4",
 }
 
 

@@ -1,4 +1,5 @@
-"""Binomial intervals against scipy's binomtest/beta quantiles; sWeighted efficiencies."""
+"""Binomial intervals against scipy's binomtest/beta quantiles; sWeighted efficiencies; counted bins with
+signed weights against PIDCalib2's formulas."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from calibflow.config import FitConfig
 from calibflow.fit.counting import (
     ONE_SIGMA,
     binomial_interval,
@@ -17,6 +19,8 @@ from calibflow.fit.counting import (
     sweighted_efficiency,
     wilson,
 )
+from calibflow.fit.histograms import BinHistograms
+from calibflow.fit.measure import measure_bin
 
 CASES = [(0, 10), (10, 10), (1, 10), (37, 50), (0, 1), (1, 1), (999, 1000), (4567, 10000)]
 
@@ -87,3 +91,98 @@ def test_sweighted_efficiency_above_one_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sweighted_efficiency(np.ones(3), np.ones(4))
+
+
+# --- measured bins with signed weights (issue 16, items 7 and 8) --------------------------------------------
+def _hist(pass_w: list[float], fail_w: list[float], weighted: bool = True) -> BinHistograms:
+    """One bin's histograms of the given candidate weights (one mass bin), with its negative-weight counts."""
+    pw, fw = np.asarray(pass_w, dtype=float), np.asarray(fail_w, dtype=float)
+    sumw = np.array([[pw.sum()], [fw.sum()]])
+    sumw2 = np.array([[np.sum(pw**2)], [np.sum(fw**2)]])
+    return BinHistograms(np.array([0.0, 1.0]), sumw, sumw2, weighted,
+                         np.array([np.sum(pw < 0), np.sum(fw < 0)], dtype=float))
+
+
+def _pidcalib2(pw: list[float], fw: list[float]) -> tuple[float, float]:
+    """PIDCalib2's ε and error: passing/total, √|((1−2ε)Σw²_pass + ε²Σw²_total)/(Σw_total)²|
+    (``pidcalib2.utils.binomial_uncertainty``)."""
+    p, t = np.asarray(pw), np.concatenate([pw, fw])
+    eff = p.sum() / t.sum()
+    return eff, float(np.sqrt(abs(((1 - 2 * eff) * np.sum(p**2) + eff**2 * np.sum(t**2)) / t.sum() ** 2)))
+
+
+def test_sweighted_keeps_nonpositive_weight_sums_flagged() -> None:
+    """Σw ≤ 0 with candidates present: Σw_pass/Σw kept as PIDCalib2 keeps it, flagged, the weight sums as the
+    yields; only a bin without candidates is ``empty_bin``, and Σw = 0 exactly has no ratio."""
+    pw, fw = [0.9, -0.4, 0.8], [-0.9, -0.7, -0.6, 0.2]  # Σw_pass = 1.3, Σw = -0.7
+    r = measure_bin("sweighted", FitConfig(), hist=_hist(pw, fw))
+    eff, err = _pidcalib2(pw, fw)
+    assert r["status"] == "nonpositive_weight_sum,efficiency_outside_0_1"
+    assert r["efficiency"] == pytest.approx(eff, rel=1e-12) and r["err_up"] == r["err_down"] == pytest.approx(err)
+    assert r["n_pass"] == pytest.approx(1.3) and r["n_fail"] == pytest.approx(-2.0)
+    assert r["n_sig"] == pytest.approx(-0.7) and r["n_sig_err"] == pytest.approx(np.sqrt(np.sum(np.square(pw + fw))))
+    # both sums negative: ε in [0, 1], still flagged for its sum
+    both = measure_bin("sweighted", FitConfig(), hist=_hist([-0.5, 0.1], [-0.3]))
+    assert both["status"] == "nonpositive_weight_sum" and both["efficiency"] == pytest.approx(0.4 / 0.7)
+    zero = measure_bin("sweighted", FitConfig(), hist=_hist([0.5], [-0.5]))
+    assert zero["status"] == "nonpositive_weight_sum" and np.isnan(zero["efficiency"]) and zero["n_pass"] == 0.5
+    empty = measure_bin("sweighted", FitConfig(), hist=_hist([], []))
+    assert empty["status"] == "empty_bin" and empty["n_pass"] == 0.0 and np.isnan(empty["efficiency"])
+
+
+def test_count_refuses_binomial_intervals_with_negative_weights() -> None:
+    """``count`` meeting a negative weight: ε = Σw_pass/Σw with PIDCalib2's error (as ``sweighted``), flagged
+    ``negative_weights`` (the issue's case: ε = 1.088 with a Clopper-Pearson err_up of 0)."""
+    pw, fw = [1.0] * 10 + [0.88], [0.5, -1.5]  # Σw_pass = 10.88, Σw = 9.88: ε = 1.101
+    counted = measure_bin("count", FitConfig(), hist=_hist(pw, fw))
+    sweighted = measure_bin("sweighted", FitConfig(), hist=_hist(pw, fw))
+    eff, err = _pidcalib2(pw, fw)
+    assert counted["status"] == "negative_weights,efficiency_outside_0_1"
+    assert counted["efficiency"] == pytest.approx(eff) and counted["err_up"] == pytest.approx(err) and err > 0
+    for key in ("efficiency", "err_down", "err_up", "n_pass", "n_fail", "n_sig", "n_sig_err"):
+        assert counted[key] == sweighted[key], key
+    # a negative weight inside [0, 1] is flagged too: the interval of effective counts would be meaningless
+    inside = measure_bin("count", FitConfig(), hist=_hist([1.0, 1.0, -0.2], [1.0, 1.0]))
+    assert inside["status"] == "negative_weights" and inside["efficiency"] == pytest.approx(1.8 / 3.8)
+    # positive weights keep the Clopper-Pearson interval of the effective counts, and the counts as yields
+    plain = measure_bin("count", FitConfig(), hist=_hist([2.0, 1.0], [1.0, 1.0, 1.0]))
+    ref = count_efficiency(3.0, 6.0, 8.0)
+    assert plain["status"] == "ok" and (plain["efficiency"], plain["err_up"]) == (ref.efficiency, ref.err_up)
+    assert (plain["n_pass"], plain["n_pass_err"], plain["n_fail"]) == (3.0, np.sqrt(5.0), 3.0)
+
+
+def test_negative_weights_are_counted_per_bin_and_category(tmp_path) -> None:
+    """Weighted histograms store the candidates with a negative weight in the mass range, per bin and
+    category; unweighted files hold none and read back as zeros."""
+    import h5py
+
+    from calibflow.binning.scheme import BinningScheme
+    from calibflow.config import MassConfig
+    from calibflow.fit.histograms import fill_histograms, read_bins
+    from calibflow.prep.spec import MASS, PASS, WEIGHT
+
+    x = np.array([0.5, 0.5, 0.5, 1.5, 1.5, 1.5, 1.5])
+    mass = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 99.0, 10.0])  # the sixth is outside the mass range
+    passed = np.array([True, True, False, True, False, False, False])
+    weight = np.array([-1.0, 0.5, -0.2, 1.0, -0.3, -5.0, -0.1])
+    scheme = BinningScheme.product([("x", np.array([0.0, 1.0, 2.0]))])
+    paths = {}
+    for name, cols in (("w", {WEIGHT: weight}), ("u", {})):
+        paths[name] = str(tmp_path / f"{name}.h5")
+        with h5py.File(paths[name], "w") as h5:
+            for k, v in {"x": x, MASS: mass, PASS: passed, **cols}.items():
+                h5[f"columns/{k}"] = v
+    mass_cfg = MassConfig(variable="m", range=(0.0, 20.0), bins=4)
+    fill_histograms([paths["w"]], scheme, mass_cfg, str(tmp_path / "hw.h5"))
+    fill_histograms([paths["u"]], scheme, mass_cfg, str(tmp_path / "hu.h5"))
+    bins = read_bins(str(tmp_path / "hw.h5"), 0, 2)
+    assert bins[0].negative.tolist() == [1.0, 1.0] and bins[1].negative.tolist() == [0.0, 2.0]
+    assert all(b.negative.tolist() == [0.0, 0.0] for b in read_bins(str(tmp_path / "hu.h5"), 0, 2))
+    assert measure_bin("count", FitConfig(), hist=bins[1])["status"].startswith("negative_weights")
+
+
+def test_summary_line_says_what_to_do_about_negative_weights() -> None:
+    from calibflow.tables.fitstatus import count_statuses
+
+    line = count_statuses("nominal", "mc", ["ok", "negative_weights", "negative_weights,efficiency_outside_0_1"]).line()
+    assert line.startswith("1 ok, 2 flagged (2 negative_weights: set method: sweighted, 1 efficiency_outside_0_1)")

@@ -1,7 +1,8 @@
 """Documentation generated from the code stays equal to it: the table of every fit model's parameters in
-docs/fits.md and the list of expression functions in the README.
+docs/fits.md, the list of expression functions in the README and the keys a variant may override in
+docs/tables.md.
 
-``python tests/test_docs.py`` rewrites both blocks (between their ``<!-- ... -->`` markers) from the code.
+``python tests/test_docs.py`` rewrites every block (between their ``<!-- ... -->`` markers) from the code.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 FITS = ROOT / "docs" / "fits.md"
+TABLES = ROOT / "docs" / "tables.md"
 BLOCKS = {
     "functions": (README, "<!-- functions: generated from calibflow.expr.FUNCTIONS by tests/test_docs.py -->",
                   "<!-- end functions -->"),
     "parameters": (FITS, "<!-- parameters: generated from calibflow.fit.models and calibflow.fit.passfail by "
                    "tests/test_docs.py -->", "<!-- end parameters -->"),
+    "variable_keys": (TABLES, "<!-- variable keys: generated from calibflow.config.VARIABLE_KEYS by tests/test_docs.py -->",
+                      "<!-- end variable keys -->"),
 }
 
 
@@ -61,7 +67,14 @@ def parameter_table() -> str:
     return "\n".join(lines)
 
 
-GENERATORS = {"functions": function_list, "parameters": parameter_table}
+def variable_key_list() -> str:
+    """docs/tables.md's list of the top-level keys a systematic source or a method may override."""
+    from calibflow.config import VARIABLE_KEYS
+
+    return ", ".join(f"`{k}`" for k in VARIABLE_KEYS) + "."
+
+
+GENERATORS = {"functions": function_list, "parameters": parameter_table, "variable_keys": variable_key_list}
 
 
 def block(name: str, text: str | None = None) -> str:
@@ -114,6 +127,27 @@ def test_readme_function_list_equals_the_code() -> None:
     assert listed == list(FUNCTIONS), f"README lists {listed}"
     expected = function_list()
     assert block("functions") == expected, f"README is stale; run python tests/test_docs.py:\n{expected}"
+
+
+def test_override_key_list_equals_the_code() -> None:
+    """docs/tables.md lists exactly the keys a method (and a systematic source) may override, and the config
+    accepts a method overriding each of them (``pairing`` too) but no other key."""
+    from calibflow.config import VARIABLE_KEYS, ConfigError, parse_config
+
+    from .conftest import small_demo_dict
+
+    listed = re.findall(r"`(\w+)`", block("variable_keys"))
+    assert listed == list(VARIABLE_KEYS) and "pairing" in listed, f"docs/tables.md lists {listed}"
+    assert block("variable_keys") == variable_key_list(), "docs/tables.md is stale; run python tests/test_docs.py"
+    nominal = small_demo_dict()
+    for key in listed:
+        d = small_demo_dict()
+        d["methods"] = {"alt": {key: nominal.get(key)}}
+        assert parse_config(d).methods["alt"] == {key: nominal.get(key)}
+    d = small_demo_dict()
+    d["methods"] = {"alt": {"outputs": {"plots": False}}}
+    with pytest.raises(ConfigError, match=r"methods\.alt: 'outputs' cannot be varied"):
+        parse_config(d)
 
 
 if __name__ == "__main__":

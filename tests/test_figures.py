@@ -104,6 +104,19 @@ def test_one_panel_per_slice_with_data_and_simulation_distinct() -> None:
     plt.close(fig)
 
 
+def test_without_scale_factors_no_ratio_panel_and_efficiency_axis() -> None:
+    """A data-only calibration: one axes per panel, labelled efficiency (not data/sim.)."""
+    eff, _ = tables(product(p=P_EDGES, eta=ETA_EDGES))
+    eff = [r for r in eff if r["sample"] == "data"]
+    fig = page(eff, [], "p", ["eta"])
+    axes = [a for a in fig.axes if a.axison]
+    assert len(axes) == len(ETA_EDGES) - 1
+    assert axes[0].get_ylabel() == "efficiency" and axes[0].get_xlabel() == "$p$ [GeV]"
+    assert "data/sim." not in texts(fig)
+    assert [c.get_label() for c in series(axes[0])] == ["data"]
+    plt.close(fig)
+
+
 def test_ratio_panel_shows_the_scale_factors_with_errors() -> None:
     eff, sf = tables(product(p=P_EDGES, eta=ETA_EDGES))
     sf[0]["scale_factor"] = 0.2  # far below the others: drawn at the lower edge

@@ -15,6 +15,7 @@ from calibflow.fit.passfail import (
     apply_overrides,
     binned_cost,
     fit_pass_fail,
+    fit_yield,
     hesse_done_by_migrad,
     make_minuit,
     seed_covariance,
@@ -145,7 +146,8 @@ def test_no_retry_when_disabled() -> None:
 def test_parameter_overrides_and_errors() -> None:
     nu_p, nu_f = expected_counts()
     r = fit_pass_fail(EDGES, nu_p, nu_f, parameters={"mu": {"value": 3097.0, "fixed": True}}, minos=False)
-    assert r.values["mu"] == 3097.0 and r.errors["mu"] > 0
+    # a fixed parameter has error 0, not Minuit's step size (issue 16); the free ones keep theirs
+    assert r.values["mu"] == 3097.0 and r.errors["mu"] == 0.0 and r.errors["sigma"] > 0
     with pytest.raises(ValueError, match=r"fit.parameters.bogus: not a parameter.*n_sig"):
         fit_pass_fail(EDGES, nu_p, nu_f, parameters={"bogus": {"value": 1.0}})
 
@@ -236,3 +238,67 @@ def test_shifted_cost_keeps_minimum_and_curvature() -> None:
     x0 = np.array([6000.0, 0.8, 2000.0, 5000.0, 3097.0, 12.0, -0.004, -0.0017])
     c = shifted(cost, x0, level=10.0)
     assert c(x0) == 10.0 and c(1.01 * x0) - 10.0 == pytest.approx(cost(1.01 * x0) - cost(x0), abs=1e-9)
+
+
+def test_fixed_efficiency_with_minos_has_zero_error() -> None:
+    """ε fixed with MINOS on: MINOS runs on free parameters only (it used to raise ``KeyError: 'eff'``), and ε's
+    error is 0 (it used to be its step size, 0.01)."""
+    nu_p, nu_f = expected_counts()
+    r = fit_pass_fail(EDGES, nu_p, nu_f, parameters={"eff": {"value": 0.8, "fixed": True}}, minos=True)
+    assert r.status == "ok" and r.efficiency == 0.8
+    assert r.err_down == r.err_up == r.errors["eff"] == 0.0
+    assert r.n_sig == pytest.approx(TRUTH["n_sig"], rel=1e-3) and r.n_sig_err > 0
+    # with ε fixed, N_pass = 0.8 N exactly: its error is 0.8 σ(N)
+    assert r.n_pass_err == pytest.approx(0.8 * r.n_sig_err, rel=1e-9)
+    assert r.n_fail_err == pytest.approx(0.2 * r.n_sig_err, rel=1e-9)
+
+
+def test_pass_and_fail_yields_cover_in_toys() -> None:
+    """N_pass = N·ε and N_fail = N·(1−ε) with errors from the (N, ε) covariance: over 80 toys of known truth
+    their pulls have mean ≈ 0, width ≈ 1, and the errors equal the toys' spread."""
+    rng = np.random.default_rng(16)
+    nu_p, nu_f = expected_counts(n_sig=3000.0, n_bkg_pass=1500.0, n_bkg_fail=3000.0)
+    truth = {"n_pass": 3000.0 * 0.8, "n_fail": 3000.0 * 0.2}
+    values: dict[str, list[float]] = {k: [] for k in truth}
+    errors: dict[str, list[float]] = {k: [] for k in truth}
+    for _ in range(80):
+        r = fit_pass_fail(EDGES, rng.poisson(nu_p).astype(float), rng.poisson(nu_f).astype(float), minos=False)
+        for k in truth:
+            values[k].append(getattr(r, k))
+            errors[k].append(getattr(r, f"{k}_err"))
+    for k, t in truth.items():
+        v, e = np.array(values[k]), np.array(errors[k])
+        pulls = (v - t) / e
+        assert abs(pulls.mean()) < 0.35, (k, pulls.mean())
+        assert 0.8 < pulls.std(ddof=1) < 1.2, (k, pulls.std(ddof=1))
+        assert np.median(e) == pytest.approx(v.std(ddof=1), rel=0.2), k
+
+
+def test_fit_yield_recovers_truth() -> None:
+    """One mass spectrum (a yield): the Asimov histogram gives N_sig exactly with χ² ≈ 0 on this histogram's
+    bins alone; ε is fixed (error 0), the fail category is empty; toys' pulls of N_sig cover."""
+    nu, _ = expected_counts()  # the pass category: 4800 signal over 2000 background, one exponential
+    r = fit_yield(EDGES, nu)
+    assert r.status == "ok"
+    assert r.n_sig == pytest.approx(TRUTH["n_sig"] * TRUTH["eff"], rel=1e-3)
+    assert r.values["n_bkg_pass"] == pytest.approx(TRUTH["n_bkg_pass"], rel=1e-3) and r.values["n_bkg_fail"] == 0
+    assert r.chi2 == pytest.approx(0.0, abs=1e-3) and r.ndof == 100 - 7  # n_sig, n_bkg, mu, sigma, α, n, slope
+    assert r.errors["eff"] == 0.0 and r.errors["slope_fail"] == 0.0 and r.err_up == 0.0
+    rng = np.random.default_rng(4)
+    gauss = 1500.0 * _fractions(stats.norm(3097.0, 12.0)) + 3000.0 * _fractions(stats.expon(loc=LO, scale=250.0))
+    pulls = []
+    for _ in range(60):
+        t = fit_yield(EDGES, rng.poisson(gauss).astype(float), signal="gauss")
+        pulls.append((t.n_sig - 1500.0) / t.n_sig_err)
+    pulls = np.array(pulls)
+    assert abs(pulls.mean()) < 0.4 and 0.75 < pulls.std(ddof=1) < 1.25, (pulls.mean(), pulls.std(ddof=1))
+
+
+def test_fit_yield_keeps_efficiency_fixed_whatever_the_user_sets() -> None:
+    """The parameters of a shared fit section (e.g. ε for the pass/fail samples) cannot free ε or the fail
+    background of a yield fit; their limits and starts of other parameters still apply."""
+    nu, _ = expected_counts()
+    r = fit_yield(EDGES, nu, parameters={"eff": {"value": 0.5}, "n_bkg_fail": {"limits": (0.0, 10.0)},
+                                         "mu": {"value": 3097.0, "fixed": True}})
+    assert r.values["eff"] == 1.0 and r.values["n_bkg_fail"] == 0.0 and r.values["mu"] == 3097.0
+    assert r.n_sig == pytest.approx(TRUTH["n_sig"] * TRUTH["eff"], rel=1e-3)

@@ -7,7 +7,9 @@ import io
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -67,11 +69,13 @@ def test_progress_counts_every_task_to_the_total(tiny_run) -> None:
     assert len({ln.split("] ", 1)[1] for ln in text.splitlines()}) == len(lines)  # no line said twice
 
 
-def test_progress_reports_events_read_by_tuple_preparation(tiny_run) -> None:
+def test_progress_reports_candidates_read_by_tuple_preparation(tiny_run) -> None:
+    """Flat tuples hold candidates, not events: the lines count candidates (and files, each prepared once)."""
     plan, _, text, _, _ = tiny_run
-    prep = re.findall(r"PrepareTuple\(sample=(\w+), index=(\d+)\) done in [\d.]+ s: (\d+) events read "
-                      r"\(prep (\d)/2\+? files, (\d+) events\)", text)
+    prep = re.findall(r"PrepareTuple\(sample=(\w+), index=(\d+)\) done in [\d.]+ s: (\d+) candidates read "
+                      r"\(prep (\d)/2\+? files, (\d+) candidates\)", text)
     assert len(prep) == 2
+    assert "events" not in text and "preparations" not in text
     read = {s: int(read_metadata(plan.prep_path(s, int(i)))["cutflow"]["read"]) for s, i, *_ in prep}
     assert read == {"data": 20000, "mc": 15000}  # every toy candidate is read
     assert [int(n) for *_, n in prep] == [read[prep[0][0]], 35000]
@@ -98,6 +102,70 @@ def test_second_build_reuses_and_says_so(tiny_run) -> None:
     assert second.summary() == "0 task(s) run, 1 reused, 0 failed"
     assert text == ""  # nothing ran, nothing to report
     assert first.summary().startswith(f"{sum(first.tasks_ran.values())} task(s) run, 0 reused, 0 failed (")
+
+
+@dataclass
+class FakePrep:
+    """Enough of a ``PrepareTuple`` task for the progress: family, id, label, input file and output."""
+
+    task_id: str
+    sample: str
+    index: int
+    src: str
+    out: str
+    task_family: str = "PrepareTuple"
+
+    def run(self) -> None:
+        """Not a generator: the task yields no tasks."""
+
+    def to_str_params(self) -> dict[str, str]:
+        return {"sample": self.sample, "index": str(self.index), "variant": self.task_id}
+
+    def output(self) -> SimpleNamespace:
+        return SimpleNamespace(path=self.out)
+
+    @property
+    def plan(self) -> SimpleNamespace:
+        return SimpleNamespace(input_files=lambda sample: [self.src] * (self.index + 1))
+
+
+def _prepared(path: Path, flow: dict[str, int]) -> str:
+    import h5py
+
+    from calibflow.io.store import write_metadata
+
+    with h5py.File(path, "w") as h5:
+        write_metadata(h5, {"cutflow": flow})
+    return str(path)
+
+
+def test_prep_progress_counts_input_files_and_names_what_was_read(tmp_path: Path) -> None:
+    """A file prepared for two variants (another selection) is one input file of the counter, done when both
+    preparations are; flat tuples count candidates, paired NanoAOD events."""
+    import luigi.scheduler
+
+    from tasks.progress import LineProgress
+
+    flat = _prepared(tmp_path / "flat.h5", {"read": 100, "tag": 40})
+    nano = _prepared(tmp_path / "nano.h5", {"read": 7, "event": 5, "pairs": 9, "tag": 3})
+    tasks = [FakePrep("nominal", "data", 0, "data_0.root", flat), FakePrep("tagsel", "data", 0, "data_0.root", flat),
+             FakePrep("mc", "mc", 0, "mc_0.root", nano)]
+    stream = io.StringIO()
+    with LineProgress(stream) as progress:
+        for task in tasks:
+            progress.scheduled(task, luigi.scheduler.PENDING)
+        assert progress.prep_note() == "prep 0/2 files (0/3 preparations)"
+        for task in tasks:
+            progress.finished(task, luigi.scheduler.DONE)
+    lines = [ln.split(" done in ")[1].split(": ", 1)[1] for ln in stream.getvalue().splitlines()]
+    assert lines == ["100 candidates read (prep 0/2 files (1/3 preparations), 100 candidates)",
+                     "100 candidates read (prep 1/2 files (2/3 preparations), 200 candidates)",
+                     "7 events read (prep 2/2 files (3/3 preparations), 200 candidates, 7 events)"]
+    single = LineProgress(io.StringIO())
+    for task in tasks[::2]:
+        single.scheduled(task, luigi.scheduler.PENDING)
+    single.finished(tasks[0], luigi.scheduler.DONE)
+    assert single.prep_note() == "prep 1/2 files, 100 candidates"  # one preparation per file: no second count
 
 
 LUIGI_ID = re.compile(r"\b[A-Z]\w*_[0-9a-f]{10}\b")
@@ -182,6 +250,6 @@ def test_live_bar_on_a_terminal(tmp_path: Path, write_config) -> None:
     assert ran and int(ran.group(1)) == int(total), text
     assert re.search(r"ETA (≥)?\d+:\d\d:\d\d", text), text
     assert re.search(r"running: \w+\(", text), text
-    assert re.search(r"prep \d/2\+? files, \d+ events", text), text
+    assert re.search(r"prep \d/2\+? files, \d+ candidates", text), text
     assert not re.search(r"^\[\s*\d+/\d+\+?\] ", text, re.M), text  # never both: no plain lines
     assert "bins per variant and sample" in text and "outputs in " in text

@@ -182,3 +182,23 @@ def test_second_working_point_reuses_the_splot_fit(tmp_path, monkeypatch: pytest
     for key in ("efficiency", "err_down", "err_up", "n_pass", "n_fail"):
         assert second[key] == pytest.approx(fresh[key], rel=1e-12), key
     assert second["efficiency"] != pytest.approx(first["efficiency"], rel=0.05)
+
+
+def test_sweights_yields_against_the_sweights_package() -> None:
+    """Method ``sweights`` reports the fitted signal yield with its error, and the passing and failing signal
+    yields Σw_s with the sPlot errors √Σw_s², both equal to the ``sweights`` package's weights of the fit."""
+    rng = np.random.default_rng(8)
+    m, t = _sample(rng, 2500, 5000)
+    passed = t < 1.1
+    fit_cfg = FitConfig(signal="gauss", background="exponential")
+    r = measure_bin("sweights", fit_cfg, cands=BinCandidates(m, passed, np.ones_like(m), False, LO, HI))
+    sp = splot_fit(m, "gauss", "exponential", LO, HI)
+    pdfs = sp.pdfs()
+    ref = SWeight(m, pdfs=[pdfs["signal"], pdfs["background"]], yields=[sp.yields["signal"], sp.yields["background"]],
+                  discvarranges=((LO, HI),), method="summation", compnames=("signal", "background"), checks=False)
+    w = ref.get_weight(0, m)
+    assert r["n_sig"] == pytest.approx(sp.values["n_sig"], rel=1e-9) and r["n_sig_err"] == sp.errors["n_sig"] > 0
+    assert r["n_pass"] == pytest.approx(w[passed].sum(), rel=1e-5)
+    assert r["n_fail"] == pytest.approx(w[~passed].sum(), rel=1e-5)
+    assert r["n_pass_err"] == pytest.approx(np.sqrt(np.sum(w[passed] ** 2)), rel=1e-5)
+    assert r["n_fail_err"] == pytest.approx(np.sqrt(np.sum(w[~passed] ** 2)), rel=1e-5)

@@ -184,3 +184,33 @@ def test_unbinned_pulls_of_efficiency() -> None:
     pulls = np.array(pulls)
     assert abs(pulls.mean()) < 0.35
     assert 0.75 < pulls.std(ddof=1) < 1.25
+
+
+def test_yield_method_binned_and_unbinned_agree() -> None:
+    """``method: yield`` fits every candidate of the bin, passing or not: the unbinned fit of the candidates and
+    the binned fit of their histogram give the same signal yield (well within its error), which is near the
+    true signal count; no efficiency; a bin is low_statistics by its total candidates."""
+    from calibflow.config import FitConfig
+    from calibflow.fit.histograms import BinCandidates, BinHistograms
+    from calibflow.fit.measure import measure_bin
+
+    rng = np.random.default_rng(21)
+    sig = _truncated(stats.norm(3097.0, 12.0), 2000, rng)
+    bkg = _truncated(stats.expon(loc=LO, scale=300.0), 4000, rng)
+    m = np.concatenate([sig, bkg])
+    passed = rng.random(m.size) < 0.3
+    edges = np.linspace(LO, HI, 101)
+    counts = np.stack([np.histogram(m[passed], edges)[0], np.histogram(m[~passed], edges)[0]]).astype(float)
+    fit = FitConfig(signal="gauss", background="exponential", min_candidates=5000)
+    binned = measure_bin("yield", fit, hist=BinHistograms(edges, counts, counts.copy(), False))
+    unbinned = measure_bin("yield", fit.model_copy(update={"binned": False}),
+                           cands=BinCandidates(m, passed, np.ones_like(m), False, LO, HI))
+    for r in (binned, unbinned):
+        assert r["method"] == "yield" and r["status"] == "ok"  # 6000 candidates in total: not low statistics
+        assert np.isnan(r["efficiency"]) and np.isnan(r["n_pass"]) and r["errors"]["eff"] == 0.0
+        assert abs(r["n_sig"] - 2000) < 3 * r["n_sig_err"]
+    assert unbinned["n_sig"] == pytest.approx(binned["n_sig"], abs=0.2 * binned["n_sig_err"])
+    assert unbinned["n_sig_err"] == pytest.approx(binned["n_sig_err"], rel=0.05)
+    few = measure_bin("yield", fit.model_copy(update={"min_candidates": 7000}),
+                      hist=BinHistograms(edges, counts, counts.copy(), False))
+    assert few["status"] == "low_statistics"

@@ -4,7 +4,7 @@ from the data), their product, optionally merged until every fitted category has
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -40,11 +40,14 @@ def data_scheme(
     prep_paths: Mapping[str, Sequence[str]],
     pass_columns: Sequence[str],
     mass: MassConfig,
+    whole: Collection[str] = (),
 ) -> tuple[BinningScheme, np.ndarray, list[str]]:
     """Scheme from the prepared tuples of every sample: returns it with the per-bin counts of every
-    category (n_categories, n_bins) and the category names (``<sample> <pass column> pass|fail``).
+    category (n_categories, n_bins) and the category names (``<sample> <pass column> pass|fail``, or
+    ``<sample> all``).
 
-    Categories: for each sample and pass column, the candidates in the mass range that pass or fail.
+    Categories: for each sample and pass column, the candidates in the mass range that pass or fail; for the
+    samples in ``whole`` (method ``yield``: one mass spectrum per bin) all their candidates in the mass range.
     Equal-population edges use all samples together. Raises optimise.BinningError (with the counts of
     every category and the minimum asked) when the criteria cannot be met.
     """
@@ -55,7 +58,8 @@ def data_scheme(
     columns: dict[str, dict[str, np.ndarray]] = {}
     for sample, paths in prep_paths.items():
         parts = [read_columns(p) for p in paths]
-        keys = [*names, MASS, *pass_columns] + ([WEIGHT] if parts and WEIGHT in parts[0] else [])
+        keys = [*names, MASS, *([] if sample in whole else pass_columns)] + (
+            [WEIGHT] if parts and WEIGHT in parts[0] else [])
         columns[sample] = {k: np.concatenate([p[k] for p in parts]) for k in keys}
     fine = []
     for v in binning.variables:
@@ -64,6 +68,9 @@ def data_scheme(
     categories = []
     for sample, c in columns.items():
         in_range = (c[MASS] >= lo) & (c[MASS] < hi)
+        if sample in whole:
+            categories.append(Category(f"{sample} all", {n: c[n] for n in names}, c.get(WEIGHT), mask=in_range))
+            continue
         for col in pass_columns:
             for label, sel in (("pass", c[col]), ("fail", ~c[col])):
                 categories.append(Category(f"{sample} {col} {label}", {n: c[n] for n in names}, c.get(WEIGHT),
@@ -72,8 +79,8 @@ def data_scheme(
     if opt is None:
         scheme = BinningScheme.product(fine)
         return scheme, bin_counts(scheme, categories, True), [c.name for c in categories]
-    efficiency = tuple((categories[i].name, categories[i + 1].name) for i in range(0, len(categories), 2)) \
-        if opt.efficiency else ()
+    split = [c.name for c in categories if not c.name.endswith(" all")]
+    efficiency = tuple((split[i], split[i + 1]) for i in range(0, len(split), 2)) if opt.efficiency else ()
     criteria = Criteria(min_count=opt.min_count, use_effective=opt.use_effective, max_intervals=opt.max_intervals,
                         efficiency=efficiency)
     scheme = optimise_scheme(fine, categories, criteria)

@@ -398,8 +398,9 @@ def efficiency_page(
             low.set_ylim(*rlim)
             low.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10], prune="upper"))
         if i % g.ncols == 0:
+            if sf:
+                low.set_ylabel(RATIO_LABEL)
             ax.set_ylabel("efficiency")
-            low.set_ylabel(RATIO_LABEL)
         else:
             ax.tick_params(labelleft=False)
             low.tick_params(labelleft=False)

@@ -12,13 +12,13 @@ files of bins that are gone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from typing import Any
 
 from calibflow.fit.gallery import GalleryEntry, file_stems, plain_label, write_gallery
+from calibflow.io.jsonio import load_numbers
 from calibflow.plan import Plan
 from calibflow.variants import NOMINAL
 
@@ -30,8 +30,7 @@ GALLERY_TIME = "fit galleries:"
 def _read(path: str) -> dict[str, Any] | None:
     """The result JSON at ``path`` (None: no result)."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return load_numbers(path)
     except FileNotFoundError:
         return None
 

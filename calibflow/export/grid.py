@@ -1,6 +1,7 @@
 """The tables of one folder laid out on a grid, shared by the Markdown/LaTeX and ROOT exports.
 
-A table (:class:`Table`) is one sample's efficiencies or one data sample's scale factors, one row per bin.
+A table (:class:`Table`) is one sample's efficiencies (or signal yields, method ``yield``) or one data sample's
+scale factors, one row per bin.
 Its grid has per binning variable the union of that variable's edges anywhere in the scheme: for a product
 scheme every cell is one bin; for a nested scheme (after ``binning.optimise``) a bin covers several cells,
 which all show its value, and a cell outside every bin (possible only if an inner binning does not span the
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibflow.binning.scheme import BinningScheme, Node
-from calibflow.tables.rows import Row
+from calibflow.tables.rows import YIELD_METHOD, Row
 
 
 @dataclass(frozen=True)
 class Table:
-    """One exported table: ``name`` (``eff_<sample>`` or ``sf_<data>``), ``title`` (``data efficiency``,
-    ``data/mc scale factor``), the ``quantity`` it holds, its ``value`` column and its rows (one per bin)."""
+    """One exported table: ``name`` (``eff_<sample>``, ``yield_<sample>`` or ``sf_<data>``), ``title`` (``data
+    efficiency``, ``data signal yield``, ``data/mc scale factor``), the ``quantity`` it holds, its ``value`` column
+    and its rows (one per bin)."""
 
     name: str
     title: str
@@ -35,10 +37,22 @@ class Table:
         return {int(r["bin"]): r for r in self.rows}
 
 
+def yield_rows(rows: Sequence[Row]) -> list[Row]:
+    """Rows of method ``yield`` with their signal yield's error as ``err_down``/``err_up`` (its total and
+    systematic columns are the yield's already: :func:`calibflow.tables.systematics.value_columns`)."""
+    return [{**r, "err_down": r["n_sig_err"], "err_up": r["n_sig_err"]} for r in rows
+            if r.get("method") == YIELD_METHOD]
+
+
 def tables_of(eff: Sequence[Row], sf: Sequence[Row]) -> list[Table]:
-    """Efficiency tables per sample, then scale-factor tables per data sample, each sorted by name."""
-    out = [Table(f"eff_{s}", f"{s} efficiency", "efficiency", "efficiency", [r for r in eff if r["sample"] == s])
-           for s in sorted({r["sample"] for r in eff})]
+    """Efficiency tables per sample (``yield_<sample>`` of its signal yields for a sample of method ``yield``),
+    then scale-factor tables per data sample, each sorted by name."""
+    out = []
+    for s in sorted({r["sample"] for r in eff}):
+        rows = [r for r in eff if r["sample"] == s]
+        yields = yield_rows(rows)
+        out.append(Table(f"yield_{s}", f"{s} signal yield", "signal yield", "n_sig", yields) if yields else
+                   Table(f"eff_{s}", f"{s} efficiency", "efficiency", "efficiency", rows))
     for data in sorted({r["data"] for r in sf}):
         rows = [r for r in sf if r["data"] == data]
         mc = ", ".join(sorted({str(r["mc"]) for r in rows}))

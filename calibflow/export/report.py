@@ -4,12 +4,15 @@ Both carry the same sections under stable ids (:data:`SECTIONS`): ``summary`` (w
 hash, one verdict per section), ``config`` (the exact file), ``cutflow`` (per sample, and per variant where
 a variant changes the selection), ``fits`` (ok / flagged by reason / failed per sample and variant, the
 flagged bins, links to the fit galleries), ``efficiencies`` and ``scale-factors`` (figures and grid tables
-with statistical and systematic uncertainties), ``uncertainties`` (each systematic source's size over the
-bins, largest first), ``closure`` (toy pulls: histogram, mean and width), ``inputs`` (files, files left
+with statistical and systematic uncertainties; no ``scale-factors`` without a data/simulation pair: the
+efficiencies section says why), ``uncertainties`` (each systematic source's size over the bins, largest
+first), ``closure`` (toy pulls: histogram, mean and width), ``inputs`` (files, files left
 out) and ``outputs`` (every published file). The HTML page is self-contained: inline CSS, no script, no
 font or file from the network; its links and images are relative to the published folder
 ``<result_dir>/<name>/`` (the gallery links work there only). Numbers are those of the tables, in the
-tables' units; the pull histogram (``plots/closure_pulls.png``) is drawn here.
+tables' units; the pull histogram (``plots/closure_pulls.png``) is drawn here. Banners above the sections
+(:func:`with_banner`): ``LIMITED`` on a quick try's page, ``STALE`` set in the published copy after a failed
+run and removed when a run succeeds.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from calibflow import __version__
+from calibflow.export.grid import yield_rows
 from calibflow.fit.gallery import MEANINGS
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
@@ -32,12 +36,13 @@ from calibflow.tables.assemble import (
     CONFIG_COPY,
     EXCLUDED_FILES,
     base_folders,
+    cutflow_paths,
     cutflow_rows,
     product_folders,
 )
 from calibflow.tables.fitstatus import LOW_STATISTICS, OK, StatusCounts, fit_status_counts, flag_reasons
-from calibflow.tables.rows import Row, read_csv
-from calibflow.tables.write import CLOSURE, EFFICIENCIES, SCALE_FACTORS
+from calibflow.tables.rows import YIELD_METHOD, Row, read_csv
+from calibflow.tables.write import CLOSURE, EFFICIENCIES, SCALE_FACTORS, no_scale_factors
 from calibflow.variants import NOMINAL
 
 SECTIONS = {
@@ -311,17 +316,26 @@ def _number(value: object, decimals: int) -> str:
 # ---------------------------------------------------------------- cut flow ------------------------------------
 
 
-def cutflow_section(plan: Plan) -> Section:
-    """Per sample the entries after each stage; one column group per set of variants with the same selection."""
+def cutflow_section(plan: Plan, out_dir: str) -> Section:
+    """Per sample the entries after each stage; one column group per set of variants with the same cut flow
+    (a method changing only the pass criterion shares the nominal one), named by its simplest variant (nominal,
+    a working point or a method before their systematic runs), with links to the published cut flows of the
+    nominal calibration and of each method (``out_dir``)."""
     sec = Section("cutflow", "")
     lines = []
+    published = cutflow_paths(plan, out_dir)
     for sample in plan.config.samples:
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for variant in [NOMINAL, *plan.all_variants()]:
+        by_preps: dict[tuple[str, ...], list[Row]] = {}  # read once per set of prepared files
+        groups: dict[str, tuple[list[str], list[Row]]] = {}
+        for variant in [NOMINAL, *sorted(plan.all_variants(), key=lambda v: v.count("/"))]:
             vplan = plan.with_variant(variant)
             if sample in vplan.config.samples:
-                groups.setdefault(tuple(vplan.prep_keys(sample)), []).append(variant)
-        flows = [(variants, cutflow_rows(plan.with_variant(variants[0]), sample)) for variants in groups.values()]
+                preps = tuple(vplan.prep_keys(sample))
+                if preps not in by_preps:
+                    by_preps[preps] = cutflow_rows(vplan, sample)
+                rows = by_preps[preps]
+                groups.setdefault(repr(rows), ([], rows))[0].append(variant)
+        flows = list(groups.values())
         stages = list(dict.fromkeys(r["stage"] for _, rows in flows for r in rows))
         header = ["stage", "unit"]
         for variants, _ in flows:
@@ -345,8 +359,11 @@ def cutflow_section(plan: Plan) -> Section:
         sec.blocks += [Heading(sample if sample == role else f"{sample} ({role})"),
                        Table(header, table, "Entries left after each stage, summed over the prepared files; "
                                             "kept: fraction of the previous stage's entries."
-                                            + (f" Variants with the same selection share a column ({shared})."
+                                            + (f" Variants with the same cut flow share a column ({shared})."
                                                if shared else ""))]
+        files = [(os.path.relpath(published[v][sample], out_dir), _variant_label(v)) for vs, _ in flows for v in vs
+                 if sample in published.get(v, {})]
+        sec.blocks.append(Links([(rel, rel, label) for rel, label in files]))
         lines.append(f"{sample}: " + _flow_text(flows[0][1]))
         lines += [f"{sample}, {_variant_label(vs[0])} selection: {count_text(rows[-1]['entries'])} {rows[-1]['unit']}"
                   f" left" for vs, rows in flows[1:] if rows]
@@ -405,6 +422,13 @@ def value_table(rows: Sequence[Row], value: str, variables: Sequence[Variable]) 
     body = [[Cell(ry.range_text(*y, with_label=False), css="head"), *(_measure(at[y, x], value, decimals) for x in xs)]
             for y in ys]
     return Table(header, body, legend, css="grid")
+
+
+def _quantity(rows: Sequence[Row], value: str) -> tuple[list[Row], str, str]:
+    """(rows, value column, what it is) of one sample's table: ``value`` (``efficiency``, ``scale_factor``),
+    but a sample of method ``yield`` shows its signal yield ``n_sig`` (rows with its errors as stat)."""
+    yields = yield_rows(rows) if value == "efficiency" else []
+    return (yields, "n_sig", "signal yield") if yields else (list(rows), value, value.replace("_", " "))
 
 
 def _range_verdict(rows: Sequence[Row], value: str, what: str) -> str:
@@ -468,11 +492,11 @@ def values_section(sid: str, folders: Sequence[Folder], pngs: Sequence[str], out
         sec.blocks += figs
         variables = variables_of(folder.plan)
         for group in dict.fromkeys(r[key] for r in rows):
-            rs = [r for r in rows if r[key] == group]
+            rs, shown, quantity = _quantity([r for r in rows if r[key] == group], value)
             name = f"{group}/{rs[0]['mc']}" if sf and "mc" in rs[0] else group
-            what = f"{'scale factor' if sf else 'efficiency'} {name}{_in(folder, multi)}"
-            sec.blocks += [Heading(what[0].upper() + what[1:]), value_table(rs, value, variables)]
-            verdicts.append(_range_verdict(rs, value, what))
+            what = f"{quantity} {name}{_in(folder, multi)}"
+            sec.blocks += [Heading(what[0].upper() + what[1:]), value_table(rs, shown, variables)]
+            verdicts.append(_range_verdict(rs, shown, what))
     sec.verdict = "\n".join(verdicts) or f"no {'scale factors' if sf else 'efficiencies'} (no {table})"
     sec.level = "ok" if verdicts else "warn"
     return sec
@@ -543,14 +567,15 @@ def uncertainties_section(folders: Sequence[Folder], sources: Sequence[str]) -> 
         variables = variables_of(folder.plan)
         for table, value, key in ((SCALE_FACTORS, "scale_factor", "data"), (EFFICIENCIES, "efficiency", "sample")):
             path = os.path.join(folder.path, table)
-            rows = [r for r in read_csv(path) if _finite([r[value]])] if os.path.exists(path) else []
+            rows = [r for r in read_csv(path) if _finite([r[value]]) or r.get("method") == YIELD_METHOD] \
+                if os.path.exists(path) else []
             for group in dict.fromkeys(r[key] for r in rows):
-                rs = [r for r in rows if r[key] == group]
+                rs, shown, quantity = _quantity([r for r in rows if r[key] == group], value)
                 name = f"{group}/{rs[0]['mc']}" if "mc" in rs[0] and key == "data" else group
-                what = f"{value.replace('_', ' ')} {name}{_in(folder, multi)}"
-                sizes = source_sizes(rs, value, sources)
+                what = f"{quantity} {name}{_in(folder, multi)}"
+                sizes = source_sizes(rs, shown, sources)
                 if sizes and headline is None:  # the first scale factor (else efficiency) of the nominal tables
-                    headline = sizes[0], what, rs, value
+                    headline = sizes[0], what, rs, shown
                 refs = [_reference(rs, "total systematic", {r["bin"]: float(r.get("syst", 0.0)) for r in rs}),
                         _reference(rs, "statistical", {r["bin"]: max(float(r["err_down"]), float(r["err_up"]))
                                                        for r in rs})]
@@ -762,6 +787,8 @@ def summary_section(plan: Plan, sections: Sequence[Section], counts: Sequence[St
         ["description", cfg.description or "—"],
         ["samples", samples],
         ["binning", f"{len(scheme.bins)} bins in " + " × ".join(v.heading for v in variables)],
+        ["scale factors", ", ".join(f"{d}/{m}" for d, m in cfg.scale_factor_pairs)
+         or f"none: {no_scale_factors(cfg)}"],
         ["systematic sources", f"{sources} (combined: {cfg.systematics.combine})" if sources else "none"],
         ["variants run", ", ".join(_variant_label(v) for v in [NOMINAL, *plan.all_variants()])],
         ["flagged fits", Cell(f"{flagged} flagged or low statistics, {failed} failed of {sum(c.bins for c in counts)}",
@@ -770,6 +797,7 @@ def summary_section(plan: Plan, sections: Sequence[Section], counts: Sequence[St
         ["config SHA-256", plan.config_sha256()],
         ["calibflow", __version__],
         ["published key", plan.export_key()],
+        *([["run limits", Cell(plan.limits.note(), css="flag")]] if plan.limits else []),
     ]
     sec = Section("summary", f"{cfg.name}: {len(scheme.bins)} bins, {len(cfg.samples)} samples, "
                              f"{1 + len(plan.all_variants())} variant(s), calibflow {__version__}, "
@@ -778,7 +806,55 @@ def summary_section(plan: Plan, sections: Sequence[Section], counts: Sequence[St
     sec.blocks += [Links([(s.title, f"#{s.id}", s.verdict) for s in shown], [s.level for s in shown]),
                    Heading("What ran"), Table(["", ""], rows, css="kv")]
     sec.level = max((s.level for s in sections), key=["ok", "warn", "bad"].index, default="ok")
+    if plan.limits:
+        sec.verdict += f"; LIMITED: {plan.limits.text()}"
+        sec.level = "bad" if sec.level == "bad" else "warn"
     return sec
+
+
+# ---------------------------------------------------------------- banners ----------------------------------
+
+BANNER_LEVELS = {"stale": "bad", "limited": "warn"}
+"""Banners a report can carry at its top (name -> level): ``limited`` (written with a quick try's report),
+``stale`` (set in the published copy after a failed run, removed when a run succeeds)."""
+
+
+BANNER_START = "<!-- calibflow banner: "
+
+
+def with_banner(page: str, name: str, text: str | None, markdown: bool = False) -> str:
+    """``page`` (a report, HTML or Markdown) with its banner ``name`` set to ``text`` (None: removed): a boxed
+    line at the top of the page, between marker comments, so that it can be set and removed in a published
+    copy without rendering the page again."""
+    start, end = f"{BANNER_START}{name} -->", f"<!-- end of calibflow banner: {name} -->"
+    trailer = "\n\n" if markdown else "\n"
+    i = page.find(start)
+    if i >= 0:
+        cut = page.find(end, i) + len(end)
+        page = page[:i] + page[cut + len(trailer) if page.startswith(trailer, cut) else cut :]
+    if text is None:
+        return page
+    label = f"{name.upper()}:"
+    if markdown:  # above the other banners, as in HTML
+        block, offset = f"{start}\n> **{label}** {text}\n{end}{trailer}", 0
+        anchor = BANNER_START if BANNER_START in page else '<a id="summary"></a>'
+    else:
+        block = (f'{start}<p class="verdict {BANNER_LEVELS[name]}"><b>{label}</b> {html.escape(text)}</p>'
+                 f"{end}{trailer}")
+        anchor, offset = "<main>", len("<main>")
+    k = page.find(anchor)
+    k = 0 if k < 0 else k + offset
+    return page[:k] + block + page[k:]
+
+
+def set_banner(path: str, name: str, text: str | None) -> None:
+    """Set (``text``) or remove (None) the banner ``name`` of the report file ``path`` (.md or .html)."""
+    with open(path, encoding="utf-8") as f:
+        page = f.read()
+    new = with_banner(page, name, text, path.endswith(".md"))
+    if new != page:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(new)
 
 
 # ---------------------------------------------------------------- rendering -----------------------------------
@@ -974,12 +1050,18 @@ def report_sections(plan: Plan, out_dir: str, files: Sequence[str]) -> tuple[lis
     counts = fit_status_counts(plan)
     variables = variables_of(plan)
     closure, drawn = closure_section(folders, out_dir)
+    efficiencies = values_section("efficiencies", folders, pngs, out_dir)
+    why = no_scale_factors(plan.nominal_config)
+    if why:  # no scale-factors section
+        efficiencies.verdict += f"\nno scale factors: {why}"
+        efficiencies.blocks.insert(0, Text(f"No scale factors: {why}. Hence no {SCALE_FACTORS}, corrections.json, "
+                                           "sf_ histograms, scale-factor maps or ratio panels.", "note"))
     body = [
         config_section(plan, out_dir),
-        cutflow_section(plan),
+        cutflow_section(plan, out_dir),
         fits_section(plan, counts, variables, out_dir),
-        values_section("efficiencies", folders, pngs, out_dir),
-        values_section("scale-factors", folders, pngs, out_dir),
+        efficiencies,
+        *([] if why else [values_section("scale-factors", folders, pngs, out_dir)]),
         uncertainties_section(folders, [s.name for s in plan.nominal_config.systematics.sources]),
         closure,
         inputs_section(plan),
@@ -997,8 +1079,9 @@ def write_report(plan: Plan, out_dir: str, files: Sequence[str]) -> list[str]:
     title = f"calibflow report: {cfg.name}"
     subtitle = cfg.description or ""
     paths = [os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")]
+    limited = plan.limits.note() if plan.limits else None
     for path, text in zip(paths, (render_markdown(title, subtitle, sections), render_html(title, subtitle, sections)),
                           strict=True):
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(with_banner(text, "limited", limited, path.endswith(".md")))
     return [*drawn, *paths]

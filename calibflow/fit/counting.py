@@ -110,15 +110,19 @@ def sweighted_efficiency(w_pass: np.ndarray, w_all: np.ndarray) -> CountResult:
 
     ``w_pass``: weights of the passing candidates; ``w_all``: weights of all candidates (passing ones
     included). σ²(ε) = ((1−2ε)·Σw²_pass + ε²·Σw²)/(Σw)², the binomial variance with the passing and failing
-    weights' Σw² (PIDCalib2). ε outside [0, 1] (possible with negative sWeights) is kept and warned about.
+    weights' Σw² (PIDCalib2). ε outside [0, 1] or Σw < 0 (possible with negative sWeights) is kept and warned
+    about (:mod:`calibflow.fit.measure` flags such bins in the tables).
     """
     wp, wa = np.asarray(w_pass, dtype=float), np.asarray(w_all, dtype=float)
     return sweighted_efficiency_from_sums(float(wp.sum()), float(np.sum(wp**2)), float(wa.sum()), float(np.sum(wa**2)))
 
 
 def sweighted_efficiency_from_sums(sw_pass: float, sw2_pass: float, sw_all: float, sw2_all: float) -> CountResult:
-    """:func:`sweighted_efficiency` from the sums Σw and Σw² of passing and of all candidates."""
-    if sw_all <= 0:
+    """:func:`sweighted_efficiency` from the sums Σw and Σw² of passing and of all candidates.
+
+    Σw < 0 (possible with sWeights in a bin of mostly background) keeps ε = Σw_pass/Σw and its variance, as
+    PIDCalib2 does; only Σw = 0 gives NaN."""
+    if sw_all == 0:
         return CountResult(float("nan"), float("nan"), float("nan"), sw_pass, sw_all, "sweights")
     eff = sw_pass / sw_all
     if not 0.0 <= eff <= 1.0:

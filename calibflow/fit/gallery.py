@@ -30,6 +30,10 @@ MEANINGS = {
     "minos_failed": "MINOS failed: symmetric HESSE errors",
     "efficiency_outside_0_1": "efficiency outside [0, 1]",
     "empty_bin": "no candidates in the mass range",
+    "negative_weights": "method count met negative weights, which binomial intervals cannot take: the estimate and "
+                        "errors are those of method sweighted (Σw_pass/Σw, PIDCalib2 variance); set method: sweighted",
+    "nonpositive_weight_sum": "the weights sum to ≤ 0: Σw_pass/Σw kept as PIDCalib2 keeps it (sweighted, count); "
+                              "fits are not attempted",
 }
 """What each status tag (the part before a ``:``) means, for the reader of the gallery."""
 

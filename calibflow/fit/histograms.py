@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
@@ -19,12 +19,21 @@ from calibflow.prep.spec import IS_SIGNAL, MASS, PASS, TRUE_EFF, WEIGHT
 
 @dataclass
 class BinHistograms:
-    """Histograms of one bin: mass edges and (pass, fail) sums of weights and of squared weights."""
+    """Histograms of one bin: mass edges and (pass, fail) sums of weights and of squared weights;
+    ``negative``: (pass, fail) numbers of candidates with a negative weight in the mass range (weighted
+    samples; zeros otherwise)."""
 
     edges: np.ndarray
     sumw: np.ndarray  # shape (2, n_mass): pass, fail
     sumw2: np.ndarray
     weighted: bool
+    negative: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    @property
+    def empty(self) -> bool:
+        """Whether no candidate is in the bin's mass range (Σw² = 0; Σw alone may be 0 or negative with
+        signed weights)."""
+        return float((self.sumw2 if self.weighted else self.sumw).sum()) <= 0.0
 
 
 def fill_histograms(
@@ -34,7 +43,8 @@ def fill_histograms(
 
     ``pass_column`` is the prepared pass decision to use (nominal or a working point). When the
     tuples carry toy truth, also stores per bin the signal count and the sum of the true
-    efficiency over signal candidates in the mass range (for closure tables).
+    efficiency over signal candidates in the mass range (for closure tables). Weighted samples also get
+    ``negative`` (n_bins, 2): per bin and category the candidates in the mass range with a negative weight.
     """
     n_bins, n_mass = len(scheme), mass.bins
     lo, hi = mass.range
@@ -42,6 +52,7 @@ def fill_histograms(
     sumw2 = np.zeros((n_bins, 2, n_mass))
     truth_n = np.zeros(n_bins)
     truth_sum = np.zeros(n_bins)
+    negative = np.zeros((n_bins, 2))
     weighted = has_truth = False
     for path in prep_paths:
         cols = read_columns(path)
@@ -49,6 +60,11 @@ def fill_histograms(
         m = cols[MASS]
         w = cols.get(WEIGHT)
         weighted |= w is not None
+        if w is not None:
+            neg = (idx >= 0) & (m >= lo) & (m < hi) & (w < 0)
+            passed = np.broadcast_to(np.asarray(cols[pass_column], dtype=bool), m.shape)
+            for c, sel in enumerate((neg & passed, neg & ~passed)):
+                negative[:, c] += np.bincount(idx[sel], minlength=n_bins)
         w = np.ones_like(m) if w is None else w
         fill_pass_fail(idx, cols[pass_column], m, w, lo, hi, sumw, sumw2)
         if TRUE_EFF in cols:
@@ -60,6 +76,8 @@ def fill_histograms(
         h5.create_dataset("sumw", data=sumw, **COMPRESSION)
         h5.create_dataset("sumw2", data=sumw2, **COMPRESSION)
         h5["mass_edges"] = np.linspace(lo, hi, n_mass + 1)
+        if weighted:
+            h5["negative"] = negative
         if has_truth:
             h5["truth_n"] = truth_n
             h5["truth_sum"] = truth_sum
@@ -79,7 +97,9 @@ def read_bins(path: str, start: int, stop: int) -> list[BinHistograms]:
         edges = h5["mass_edges"][...]
         sumw, sumw2 = h5["sumw"][start:stop], h5["sumw2"][start:stop]
         weighted = bool(h5.attrs["weighted"])
-    return [BinHistograms(edges=edges, sumw=w, sumw2=w2, weighted=weighted) for w, w2 in zip(sumw, sumw2, strict=True)]
+        negative = h5["negative"][start:stop] if "negative" in h5 else np.zeros((len(sumw), 2))
+    return [BinHistograms(edges=edges, sumw=w, sumw2=w2, weighted=weighted, negative=n)
+            for w, w2, n in zip(sumw, sumw2, negative, strict=True)]
 
 
 def read_truth(path: str) -> np.ndarray | None:

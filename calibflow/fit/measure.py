@@ -1,41 +1,60 @@
-"""Measure the efficiency of one bin by the sample's method (see :class:`calibflow.config.Sample`).
+"""Measure one bin by the sample's method (see :class:`calibflow.config.Sample`).
 
 ``fit`` uses the bin's pass/fail mass histograms (binned) or its candidates (``fit.binned: false``);
-``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass (once
-for all pass columns, see ``splot_cache``) and sums their sWeights, with the sandwich variance by
-default (``fit.sweights_variance``). The result is a JSON-ready dict with efficiency, err_down, err_up, n_pass,
-n_fail (signal yields), status, the bin's candidates per category (:func:`candidate_counts`) and, for fits,
-the parameters and attempts.
+``yield`` fits the mass of all the bin's candidates (pass and fail together) for a signal yield, with no
+efficiency; ``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass
+(once for all pass columns, see ``splot_cache``) and sums their sWeights, with the sandwich variance by
+default (``fit.sweights_variance``). The result is a JSON-ready dict with efficiency, err_down, err_up, the
+signal yields with their errors (:data:`YIELD_FIELDS`), status, the bin's candidates per category
+(:func:`candidate_counts`) and, for fits, the parameters and attempts. A yield without an efficiency (method
+``yield``) leaves efficiency, its errors and the pass/fail yields NaN.
 
-A fitted bin (methods ``fit`` and ``sweights``) with fewer than ``fit.min_candidates`` candidates in pass or
-fail is still fitted, but its status starts with ``low_statistics`` (followed by the fit's own problems, if
-any): its result is kept in the tables, flagged.
+A fitted bin (methods ``fit``, ``sweights``, ``yield``) with fewer than ``fit.min_candidates`` candidates in pass or
+fail (``yield``: in total) is still fitted, but its status starts with ``low_statistics`` (followed by the fit's
+own problems, if any): its result is kept in the tables, flagged.
+
+Weights (docs/fits.md, "Weights and signs"): a bin without candidates in the mass range is ``empty_bin``.
+With signed weights (sWeights) Σw ≤ 0 is possible with candidates present: ``sweighted`` keeps
+Σw_pass/Σw there, as PIDCalib2 does, flagged ``nonpositive_weight_sum``; ``count`` meeting any negative
+weight gives the same estimate and errors as ``sweighted``, flagged ``negative_weights`` (binomial intervals
+need non-negative weights); fits are not attempted on Σw ≤ 0 (``nonpositive_weight_sum``, NaN).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
 
 from calibflow.config import FitConfig
-from calibflow.fit.counting import count_efficiency, sweighted_efficiency_from_sums
+from calibflow.fit.counting import CountResult, count_efficiency, sweighted_efficiency_from_sums
 from calibflow.fit.diagnostics import FitQuality
 from calibflow.fit.histograms import BinCandidates, BinHistograms
 
 NEEDS_CANDIDATES = ("sweights",)
-SPLOT_VERSION = 1
-"""Version of the cached sPlot fit record (:class:`calibflow.fit.sweights.SPlotFit`), part of its key."""
+YIELD = "yield"
+"""The method measuring a signal yield (one mass spectrum per bin, no pass/fail and no efficiency)."""
+YIELD_FIELDS = ("n_sig", "n_sig_err", "n_pass", "n_pass_err", "n_fail", "n_fail_err")
+"""Signal yields of every result (fits: fitted; counting: Σw with √Σw²), in the order of the tables."""
+SPLOT_VERSION = 2
+"""Version of the cached sPlot fit record (:class:`calibflow.fit.sweights.SPlotFit`), part of its key (2: fixed
+parameters with error 0)."""
 SPLOT_SETTINGS = ("signal", "background", "parameters", "strategy", "max_chi2_ndof", "min_significance")
 """The fit settings that determine a ``sweights`` mass fit (not the pass column, nor the variance)."""
-FITTED = ("fit", "sweights")
+FITTED = ("fit", "sweights", YIELD)
 """Methods that fit the mass; their bins with fewer than ``fit.min_candidates`` are ``low_statistics``."""
 LOW_STATISTICS = "low_statistics"
+EMPTY_BIN = "empty_bin"
+NEGATIVE_WEIGHTS = "negative_weights"
+NONPOSITIVE_WEIGHT_SUM = "nonpositive_weight_sum"
+OUTSIDE_0_1 = "efficiency_outside_0_1"
 
 
 def needs_candidates(method: str, fit: FitConfig) -> bool:
     """Whether the method reads per-bin candidates (else the per-bin histograms)."""
-    return method in NEEDS_CANDIDATES or (method == "fit" and not fit.binned)
+    return method in NEEDS_CANDIDATES or (method in ("fit", YIELD) and not fit.binned)
 
 
 def splot_settings(fit: FitConfig) -> dict[str, Any]:
@@ -80,15 +99,51 @@ def with_low_statistics(status: str) -> str:
     return ",".join([LOW_STATISTICS, *(t for t in status.split(",") if t not in ("ok", LOW_STATISTICS))])
 
 
-def _empty(method: str) -> dict[str, Any]:
+def _not_measured(method: str, status: str, sums: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
+    """A bin without a measurement (``empty_bin``, or a fit not attempted): NaN efficiency, the weight sums
+    ``sums`` (Σw_pass, Σw²_pass, Σw_fail, Σw²_fail) as yields (0 without)."""
     nan = float("nan")
-    return {"method": method, "efficiency": nan, "err_down": nan, "err_up": nan, "n_pass": 0.0, "n_fail": 0.0,
-            "status": "empty_bin"}
+    out = {"method": method, "efficiency": nan, "err_down": nan, "err_up": nan,
+           **_sum_yields(sums or (0.0, 0.0, 0.0, 0.0)), "status": status}
+    return _without_efficiency(out) if method == YIELD else out
 
 
-def _count(method: str, c: Any, status: str = "ok") -> dict[str, Any]:
+def _sum_yields(sums: tuple[float, float, float, float]) -> dict[str, float]:
+    """Yield fields of summed weights (Σw_pass, Σw²_pass, Σw_fail, Σw²_fail): Σw with error √Σw²."""
+    sw_p, sw2_p, sw_f, sw2_f = sums
+    return {"n_sig": sw_p + sw_f, "n_sig_err": math.sqrt(max(sw2_p + sw2_f, 0.0)), "n_pass": sw_p,
+            "n_pass_err": math.sqrt(max(sw2_p, 0.0)), "n_fail": sw_f, "n_fail_err": math.sqrt(max(sw2_f, 0.0))}
+
+
+def _without_efficiency(out: dict[str, Any]) -> dict[str, Any]:
+    """A yield-only result: no efficiency, no pass/fail split (NaN)."""
+    nan = float("nan")
+    return {**out, "efficiency": nan, "err_down": nan, "err_up": nan, "n_pass": nan, "n_pass_err": nan,
+            "n_fail": nan, "n_fail_err": nan}
+
+
+def _count(method: str, c: CountResult, sums: tuple[float, float, float, float], tags: list[str]) -> dict[str, Any]:
+    """Result of a counted bin; ``tags``: its flag reasons (none: ``ok``)."""
     return {"method": method, "efficiency": c.efficiency, "err_down": c.err_down, "err_up": c.err_up,
-            "n_pass": c.passed, "n_fail": c.total - c.passed, "status": status}
+            **_sum_yields(sums), "status": ",".join(tags) or "ok"}
+
+
+def _weight_tags(c: CountResult, sum_all: float) -> list[str]:
+    """Flags of an efficiency of signed weights: Σw ≤ 0, and ε outside [0, 1]."""
+    tags = [NONPOSITIVE_WEIGHT_SUM] if sum_all <= 0 else []
+    return tags + ([OUTSIDE_0_1] if math.isfinite(c.efficiency) and not 0.0 <= c.efficiency <= 1.0 else [])
+
+
+def weight_sums(hist: BinHistograms | None = None,
+                cands: BinCandidates | None = None) -> tuple[float, float, float, float]:
+    """(Σw_pass, Σw²_pass, Σw_fail, Σw²_fail) of a bin's histograms or candidates (counts when unweighted)."""
+    if hist is not None:
+        sw, sw2 = hist.sumw.sum(axis=1), hist.sumw2.sum(axis=1)
+        return float(sw[0]), float(sw2[0]), float(sw[1]), float(sw2[1])
+    assert cands is not None
+    w = cands.weight if cands.weighted else np.ones(cands.mass.size)
+    wp, wf = w[cands.passed], w[~cands.passed]
+    return float(wp.sum()), float((wp * wp).sum()), float(wf.sum()), float((wf * wf).sum())
 
 
 def measure_bin(
@@ -108,7 +163,8 @@ def measure_bin(
     """
     n_pass, n_fail = candidate_counts(hist, cands)
     out = _measure(method, fit, hist, cands, interval, splot_cache)
-    if method in FITTED and out["status"] != "empty_bin" and min(n_pass, n_fail) < fit.min_candidates:
+    fewest = n_pass + n_fail if method == YIELD else min(n_pass, n_fail)
+    if method in FITTED and out["status"] != EMPTY_BIN and fewest < fit.min_candidates:
         out["status"] = with_low_statistics(out["status"])
     return {**out, "candidates_pass": n_pass, "candidates_fail": n_fail}
 
@@ -116,41 +172,78 @@ def measure_bin(
 def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: BinCandidates | None, interval: str,
              splot_cache: str | None) -> dict[str, Any]:
     """The result of :func:`measure_bin` before the low-statistics check."""
-    if (hist is not None and float(hist.sumw.sum()) <= 0) or (cands is not None and cands.mass.size == 0):
-        return _empty(method)
-    if method == "count":
+    if (hist is not None and hist.empty) or (cands is not None and cands.mass.size == 0):
+        return _not_measured(method, EMPTY_BIN)
+    if method in ("count", "sweighted"):
         assert hist is not None
-        w2 = float(hist.sumw2.sum()) if hist.weighted else None
-        return _count(method, count_efficiency(float(hist.sumw[0].sum()), float(hist.sumw.sum()), w2, interval=interval))
-    if method == "sweighted":
-        assert hist is not None
-        c = sweighted_efficiency_from_sums(float(hist.sumw[0].sum()), float(hist.sumw2[0].sum()),
-                                           float(hist.sumw.sum()), float(hist.sumw2.sum()))
-        return _count(method, c, "ok" if 0.0 <= c.efficiency <= 1.0 else "efficiency_outside_0_1")
+        sums = weight_sums(hist)
+        sw_p, sw2_p, sw_f, sw2_f = sums
+        sw, sw2 = sw_p + sw_f, sw2_p + sw2_f
+        if method == "count" and not hist.negative.any():
+            c = count_efficiency(sw_p, sw, sw2 if hist.weighted else None, interval=interval)
+            return _count(method, c, sums, [])
+        # signed weights: PIDCalib2's estimate and variance, kept where Σw <= 0 (NaN only for Σw = 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ε outside [0, 1]: the status says it, in the tables and the summary
+            c = sweighted_efficiency_from_sums(sw_p, sw2_p, sw, sw2)
+        tags = [NEGATIVE_WEIGHTS] if method == "count" else []
+        return _count(method, c, sums, tags + _weight_tags(c, sw))
+    sums = weight_sums(hist, cands)
+    if sums[0] + sums[2] <= 0:
+        return _not_measured(method, NONPOSITIVE_WEIGHT_SUM, sums)
     if method == "sweights":
-        from calibflow.fit.sweights import cached_splot_fit, splot_fit, sweights_efficiency
+        from calibflow.fit.sweights import (
+            cached_splot_fit,
+            signal_weight_errors,
+            splot_fit,
+            sweights_efficiency,
+        )
 
         assert cands is not None
         opts = _fit_options(fit)
         sp, reused = cached_splot_fit(splot_cache, lambda: splot_fit(
             cands.mass, opts["signal"], opts["background"], cands.lo, cands.hi, parameters=opts["parameters"],
             strategy=fit.strategy, quality=opts["quality"]))
-        c = sweights_efficiency(sp, cands.mass, cands.passed, cands.weight, variance=fit.sweights_variance)
-        status = sp.status if 0.0 <= c.efficiency <= 1.0 else f"{sp.status},efficiency_outside_0_1"
-        return {**_count(method, c, status), "variance": fit.sweights_variance, "values": dict(sp.values),
+        weight = cands.weight if cands.weighted else None
+        c = sweights_efficiency(sp, cands.mass, cands.passed, weight, variance=fit.sweights_variance)
+        status = sp.status if 0.0 <= c.efficiency <= 1.0 else f"{sp.status},{OUTSIDE_0_1}"
+        err_pass, err_fail = signal_weight_errors(sp, cands.mass, cands.passed, weight)
+        yields = {"n_sig": sp.values["n_sig"], "n_sig_err": sp.errors["n_sig"], "n_pass": c.passed,
+                  "n_pass_err": err_pass, "n_fail": c.total - c.passed, "n_fail_err": err_fail}
+        return {"method": method, "efficiency": c.efficiency, "err_down": c.err_down, "err_up": c.err_up, **yields,
+                "status": status, "variance": fit.sweights_variance, "values": dict(sp.values),
                 "yields": sp.yields, "splot_reused": reused}
+    opts = _fit_options(fit)
+    if method == YIELD:
+        opts.pop("fail_width_shift")
+        if cands is not None:
+            from calibflow.fit.unbinned import fit_extended
+
+            r = fit_extended(cands.mass, cands.lo, cands.hi, weights=cands.weight if cands.weighted else None,
+                             **opts).result
+        else:
+            from calibflow.fit.passfail import fit_yield
+
+            assert hist is not None
+            r = fit_yield(hist.edges, hist.sumw.sum(axis=0), hist.sumw2.sum(axis=0) if hist.weighted else None,
+                          **opts)
+        return _clean(_without_efficiency({"method": method, **r.to_dict()}))
     if cands is not None:
         from calibflow.fit.unbinned import fit_pass_fail_unbinned
 
         wp = cands.weight[cands.passed] if cands.weighted else None
         wf = cands.weight[~cands.passed] if cands.weighted else None
         r = fit_pass_fail_unbinned(cands.mass[cands.passed], cands.mass[~cands.passed], cands.lo, cands.hi, wp, wf,
-                                   minos=fit.minos, **_fit_options(fit))
+                                   minos=fit.minos, **opts)
     else:
         from calibflow.fit.passfail import fit_pass_fail
 
         assert hist is not None
         r = fit_pass_fail(hist.edges, hist.sumw[0], hist.sumw[1], hist.sumw2[0] if hist.weighted else None,
-                          hist.sumw2[1] if hist.weighted else None, minos=fit.minos, **_fit_options(fit))
-    out = {"method": method, **r.to_dict()}
+                          hist.sumw2[1] if hist.weighted else None, minos=fit.minos, **opts)
+    return _clean({"method": method, **r.to_dict()})
+
+
+def _clean(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` with numpy floats as Python floats (JSON)."""
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}

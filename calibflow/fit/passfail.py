@@ -42,10 +42,12 @@ Cost = Callable[[np.ndarray], float]
 
 @dataclass
 class FitResult:
-    """Outcome of one pass/fail fit. Yields are signal counts in the fit range.
+    """Outcome of one pass/fail fit. Yields are signal counts in the fit range (candidates, or Σw).
 
-    ``attempts``: one dict per attempt (label, signal model, status, χ², ndof); ``accepted``: index of
-    the attempt reported (the first good one, else the best); ``signal_model``: its signal shape.
+    ``n_pass``/``n_fail`` = N_sig·ε and N_sig·(1−ε), their errors propagated from the covariance of N_sig
+    and ε; ``errors``: HESSE (or SumW2) errors of every parameter, 0 for fixed ones. ``attempts``: one dict
+    per attempt (label, signal model, status, χ², ndof); ``accepted``: index of the attempt reported (the
+    first good one, else the best); ``signal_model``: its signal shape.
     """
 
     efficiency: float
@@ -64,6 +66,8 @@ class FitResult:
     accepted: int = 0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     signal_model: str = ""
+    n_pass_err: float = math.nan
+    n_fail_err: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -373,6 +377,21 @@ def apply_overrides(model: PassFailModel, start: Start,
     return start, fixed
 
 
+def one_category(background: str | Shape,
+                 parameters: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Overrides making the pass/fail model a fit of one mass spectrum (every candidate in the pass category):
+    ε = 1 and the fail background absent (``n_bkg_fail`` = 0, its shape parameters fixed), merged over the
+    user's ``parameters``, which keep their starts and limits but cannot free these."""
+    bkg = get_shape("background", background)
+    forced: dict[str, dict[str, Any]] = {"eff": {"value": 1.0, "fixed": True},
+                                         "n_bkg_fail": {"value": 0.0, "fixed": True}}
+    forced.update({f"{p}_fail": {"fixed": True} for p in bkg.params})
+    out = {k: dict(v) for k, v in (parameters or {}).items()}
+    for name, spec in forced.items():
+        out[name] = {**out.get(name, {}), **spec}
+    return out
+
+
 def shifted(cost: Cost, x0: np.ndarray, level: float = SHIFTED_LEVEL) -> Cost:
     """``cost`` − cost(``x0``) + ``level`` (same minimum and curvature).
 
@@ -562,7 +581,10 @@ def run_attempts(
 
 
 def efficiency_errors(m: Minuit, minos: bool, problems: list[str]) -> tuple[float, float]:
-    """(err_down, err_up) of ε: MINOS when asked and the minimum is valid, else HESSE (symmetric)."""
+    """(err_down, err_up) of ε: MINOS when asked, ε is free and the minimum is valid, else HESSE (symmetric);
+    (0, 0) when ε is fixed (``fit.parameters.eff.fixed``: nothing to scan)."""
+    if m.fixed["eff"]:
+        return 0.0, 0.0
     err = float(m.errors["eff"])
     if not (minos and m.valid):
         return err, err
@@ -577,18 +599,30 @@ def efficiency_errors(m: Minuit, minos: bool, problems: list[str]) -> tuple[floa
     return -float(me.lower), float(me.upper)
 
 
-def build_result(attempts: list[Attempt], accepted: int, minos: bool,
-                 errors: dict[str, float] | None = None) -> FitResult:
-    """FitResult of attempt ``accepted``; ``errors`` overrides HESSE errors (then no MINOS)."""
+def split_yield_errors(n_sig: float, eff: float, err_n: float, err_eff: float, cov: float) -> tuple[float, float]:
+    """Errors of N_pass = N·ε and N_fail = N·(1−ε) from those of N and ε and their covariance ``cov``
+    (linear propagation: σ²(Nε) = ε²σ²_N + N²σ²_ε + 2Nε·cov, σ²(N(1−ε)) = (1−ε)²σ²_N + N²σ²_ε − 2N(1−ε)·cov)."""
+    var_pass = eff**2 * err_n**2 + n_sig**2 * err_eff**2 + 2.0 * n_sig * eff * cov
+    var_fail = (1.0 - eff) ** 2 * err_n**2 + n_sig**2 * err_eff**2 - 2.0 * n_sig * (1.0 - eff) * cov
+    return math.sqrt(max(var_pass, 0.0)), math.sqrt(max(var_fail, 0.0))
+
+
+def build_result(attempts: list[Attempt], accepted: int, minos: bool, errors: dict[str, float] | None = None,
+                 cov_n_eff: float | None = None) -> FitResult:
+    """FitResult of attempt ``accepted``; ``errors`` (with ``cov_n_eff``, the covariance of N_sig and ε)
+    overrides HESSE's (then no MINOS). Fixed parameters have error 0, and MINOS runs only on a free ε."""
     a = attempts[accepted]
     m, problems = a.minuit, list(a.problems)
     names = a.model.names
-    errs = errors or {n: float(m.errors[n]) for n in names}
+    errs = dict(errors) if errors is not None else {n: float(m.errors[n]) for n in names}
+    errs.update({n: 0.0 for n in names if m.fixed[n]})  # Minuit reports a fixed parameter's step as its error
     if errors is None:
         err_down, err_up = efficiency_errors(m, minos, problems)
+        cov_n_eff = float(m.covariance["n_sig", "eff"]) if m.covariance is not None else 0.0
     else:
         err_down = err_up = errs["eff"]
     eff, n_sig = float(m.values["eff"]), float(m.values["n_sig"])
+    n_pass_err, n_fail_err = split_yield_errors(n_sig, eff, errs["n_sig"], errs["eff"], cov_n_eff or 0.0)
     return FitResult(
         efficiency=eff,
         err_down=err_down,
@@ -597,6 +631,8 @@ def build_result(attempts: list[Attempt], accepted: int, minos: bool,
         n_sig_err=errs["n_sig"],
         n_pass=n_sig * eff,
         n_fail=n_sig * (1.0 - eff),
+        n_pass_err=n_pass_err,
+        n_fail_err=n_fail_err,
         status=",".join(problems) or "ok",
         chi2=a.chi2,
         ndof=a.ndof,
@@ -642,3 +678,35 @@ def fit_pass_fail(
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: binned_cost(mdl, edges, hp, hf, sp, sf),
                                       goodness, parameters, strategy, quality or FitQuality())
     return build_result(attempts, accepted, minos)
+
+
+def fit_yield(
+    edges: np.ndarray,
+    w: np.ndarray,
+    w2: np.ndarray | None = None,
+    signal: str | Shape = "crystalball",
+    background: str | Shape = "exponential",
+    parameters: Mapping[str, Mapping[str, Any]] | None = None,
+    strategy: int = 1,
+    quality: FitQuality | None = None,
+) -> FitResult:
+    """Extended binned fit N_sig·S + N_bkg·B of one mass histogram (a signal yield, no pass/fail).
+
+    The pass/fail model with every candidate in the pass category, ε fixed to 1 and no fail background
+    (:func:`one_category`), so the parameter names, starts, retries and checks are those of
+    :func:`fit_pass_fail` (``n_sig``, ``n_bkg_pass``, ``slope_pass``, ...); χ² and ndof are those of this
+    histogram alone. ``n_sig ± n_sig_err`` (HESSE; SumW2-like scaled Poisson for weighted ``w2``) is the result.
+    """
+    edges = np.asarray(edges, dtype=float)
+    h = np.asarray(w, dtype=float)
+    empty, ones = np.zeros_like(h), np.ones_like(h)
+    model0 = PassFailModel.create(signal, background, edges[0], edges[-1])
+    scale = _scale(h, w2)
+
+    def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
+        return float(m.fval), int(h.size - m.nfit)
+
+    attempts, accepted = run_attempts(model0, edges, h, empty,
+                                      lambda mdl: binned_cost(mdl, edges, h, empty, scale, ones), goodness,
+                                      one_category(background, parameters), strategy, quality or FitQuality())
+    return build_result(attempts, accepted, minos=False)

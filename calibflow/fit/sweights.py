@@ -29,8 +29,9 @@ import numpy as np
 from calibflow.fit.counting import CountResult, sweighted_efficiency
 from calibflow.fit.diagnostics import FitQuality
 from calibflow.fit.models import Shape, normalised_logpdf
-from calibflow.fit.passfail import PassFailModel, apply_overrides
+from calibflow.fit.passfail import PassFailModel, apply_overrides, one_category
 from calibflow.fit.unbinned import ExtendedFit, fit_extended
+from calibflow.io import jsonio
 from calibflow.io.store import atomic_path
 
 Pdf = Callable[[np.ndarray], np.ndarray]
@@ -125,19 +126,11 @@ class SPlotFit:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SPlotFit:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**d)
-
-
-def _frozen(background: str | Shape, lo: float, hi: float,
-            parameters: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    """Overrides that make the pass/fail model a one-sample fit (ε = 1, no fail background), then the user's."""
-    bkg = PassFailModel.create("gauss", background, lo, hi).background
-    frozen: dict[str, dict[str, Any]] = {"eff": {"value": 1.0, "fixed": True},
-                                         "n_bkg_fail": {"value": 0.0, "fixed": True}}
-    frozen.update({f"{p}_fail": {"fixed": True} for p in bkg.params})
-    frozen.update({k: dict(v) for k, v in (parameters or {}).items()})
-    return frozen
+        """Inverse of :meth:`to_dict` (also of its strict JSON, :mod:`calibflow.io.jsonio`: NaN restored)."""
+        numeric = {"values", "errors", "chi2", "attempts", "hessian"} & set(d)
+        if d.get("hessian") is None:  # not known (None), not a NaN
+            numeric.discard("hessian")
+        return cls(**{**d, **{k: jsonio.numbers(d[k]) for k in numeric}})
 
 
 def splot_fit(
@@ -160,7 +153,7 @@ def splot_fit(
 def splot_record(fit: ExtendedFit, parameters: Mapping[str, Mapping[str, Any]] | None = None) -> SPlotFit:
     """:class:`SPlotFit` of an :class:`ExtendedFit` made with the overrides ``parameters``."""
     model, r = fit.model, fit.result
-    frozen = _frozen(model.background, model.lo, model.hi, parameters)
+    frozen = one_category(model.background, parameters)
     _, fixed = apply_overrides(model, {n: (0.0, (-math.inf, math.inf)) for n in model.names}, frozen)
     return SPlotFit(signal=model.signal.name, background=model.background.name, lo=model.lo, hi=model.hi,
                     values=dict(r.values), errors=dict(r.errors), free=[n for n in model.names if n not in fixed],
@@ -421,6 +414,18 @@ def sweights_efficiency(fit: SPlotFit, mass: np.ndarray, passed: np.ndarray, wei
     return CountResult(s.efficiency, err, err, s.efficiency * s.sum_weights, s.sum_weights, "sweights")
 
 
+def signal_weight_errors(fit: SPlotFit, mass: np.ndarray, passed: np.ndarray,
+                         weight: np.ndarray | None = None) -> tuple[float, float]:
+    """(√Σ_pass (c·w_s)², √Σ_fail (c·w_s)²): the sPlot errors of the passing and failing signal yields
+    Σ c·w_s (candidates in [lo, hi]; ``weight`` c, default 1), which leave out the fit's own uncertainty."""
+    m = np.asarray(mass, dtype=float)
+    inside = (m >= fit.lo) & (m <= fit.hi)
+    c = np.ones(int(inside.sum())) if weight is None else np.asarray(weight, dtype=float)[inside]
+    w = sweight(fit, m[inside]).weights["signal"] * c
+    p = np.asarray(passed, dtype=bool)[inside]
+    return math.sqrt(float(np.sum(w[p] ** 2))), math.sqrt(float(np.sum(w[~p] ** 2)))
+
+
 def cached_splot_fit(path: str | None, make: Callable[[], SPlotFit]) -> tuple[SPlotFit, bool]:
     """(the fit stored at ``path``, True) if there is one, else (``make()``, False) after storing it at
     ``path`` (JSON, written atomically). ``path=None``: no cache."""
@@ -430,5 +435,5 @@ def cached_splot_fit(path: str | None, make: Callable[[], SPlotFit]) -> tuple[SP
     fit = make()
     if path:
         with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(fit.to_dict(), f, indent=1)
+            jsonio.dump(fit.to_dict(), f, indent=1)
     return fit, False

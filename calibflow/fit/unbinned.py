@@ -33,6 +33,7 @@ from calibflow.fit.passfail import (
     _poisson_chi2,
     _scale,
     build_result,
+    one_category,
     run_attempts,
     shifted,
 )
@@ -142,20 +143,23 @@ def _external_covariance(cost: Cost, m: Minuit) -> np.ndarray:
 
 
 def sumw2_errors(model: PassFailModel, m: Minuit, mp: np.ndarray, wp: np.ndarray, mf: np.ndarray,
-                 wf: np.ndarray) -> dict[str, float]:
-    """Errors √diag(V·H₂·V) of a weighted fit (RooFit's SumW2Error; Langenbruch, EPJC 82 (2022) 393).
+                 wf: np.ndarray) -> tuple[dict[str, float], float]:
+    """Errors √diag(V·H₂·V) of a weighted fit (RooFit's SumW2Error; Langenbruch, EPJC 82 (2022) 393), and
+    the covariance of ``n_sig`` and ``eff`` from the same matrix (0 when either is fixed).
 
     V is the covariance (inverse Hessian) of the w-weighted cost at its minimum, H₂ the Hessian of the
-    w²-weighted cost at the same point, both by HESSE without limits. Unit weights give V back.
+    w²-weighted cost at the same point, both by HESSE without limits. Unit weights give V back. Fixed
+    parameters have error 0.
     """
     v = _external_covariance(unbinned_cost(model, mp, wp, mf, wf), m)
     h2 = np.linalg.inv(_external_covariance(unbinned_cost(model, mp, wp**2, mf, wf**2), m))
     cov = v @ h2 @ v
-    errs = {p.name: float(m.errors[p.name]) for p in m.params}
+    errs = {p.name: 0.0 for p in m.params}
     free = [p.name for p in m.params if not p.is_fixed]
     for k, name in enumerate(free):
         errs[name] = float(np.sqrt(max(cov[k, k], 0.0)))
-    return errs
+    n_eff = float(cov[free.index("n_sig"), free.index("eff")]) if {"n_sig", "eff"} <= set(free) else 0.0
+    return errs, n_eff
 
 
 def _prepare(mass: np.ndarray, weights: np.ndarray | None, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -215,11 +219,11 @@ def fit_pass_fail_unbinned(
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: unbinned_cost(mdl, mp, wp, mf, wf),
                                       goodness, parameters, strategy, quality or FitQuality(), prefit=True,
                                       shift=True)
-    errors = None
-    if weighted:
-        a = attempts[accepted]
-        errors = sumw2_errors(a.model, a.minuit, mp, wp, mf, wf)
-    return build_result(attempts, accepted, minos and not weighted, errors)
+    if not weighted:
+        return build_result(attempts, accepted, minos)
+    a = attempts[accepted]
+    errors, cov_n_eff = sumw2_errors(a.model, a.minuit, mp, wp, mf, wf)
+    return build_result(attempts, accepted, False, errors, cov_n_eff)
 
 
 @dataclass
@@ -257,15 +261,11 @@ def fit_extended(
     quality: FitQuality | None = None,
 ) -> ExtendedFit:
     """Extended unbinned fit N_s·f_s + N_b·f_b of one sample (the pass category of a pass/fail model
-    with ε fixed to 1 and no fail candidates). ``parameters`` use the pass/fail names (``n_sig``,
-    ``n_bkg_pass``, ``mu``, ``slope_pass``, ...)."""
-    bkg = PassFailModel.create(signal, background, lo, hi).background
-    frozen: dict[str, dict[str, Any]] = {"eff": {"value": 1.0, "fixed": True},
-                                         "n_bkg_fail": {"value": 0.0, "fixed": True}}
-    frozen.update({f"{p}_fail": {"fixed": True} for p in bkg.params})
-    frozen.update({k: dict(v) for k, v in (parameters or {}).items()})
-    r = fit_pass_fail_unbinned(mass, np.empty(0), lo, hi, weights, None, signal, background, frozen, strategy,
-                               minos=False, quality=quality, goodness_fail=False)
+    with ε fixed to 1 and no fail candidates: :func:`calibflow.fit.passfail.one_category`). ``parameters``
+    use the pass/fail names (``n_sig``, ``n_bkg_pass``, ``mu``, ``slope_pass``, ...)."""
+    r = fit_pass_fail_unbinned(mass, np.empty(0), lo, hi, weights, None, signal, background,
+                               one_category(background, parameters), strategy, minos=False, quality=quality,
+                               goodness_fail=False)
     model = PassFailModel.create(r.signal_model, background, lo, hi) if isinstance(signal, str) else \
         PassFailModel.create(signal, background, lo, hi)
     return ExtendedFit(

@@ -69,13 +69,15 @@ def flat_layout(tree: Any, names: Sequence[str]) -> list[FlatBranch] | None:
     return out
 
 
-def cluster_chunks(layout: Sequence[FlatBranch], step_rows: int) -> list[tuple[int, int]] | None:
+def cluster_chunks(layout: Sequence[FlatBranch], step_rows: int, bound_rows: int | None = None
+                   ) -> list[tuple[int, int]] | None:
     """Entry ranges of about ``step_rows`` entries made of whole clusters (common basket boundaries of all
-    branches); None when a cluster is longer than ``MAX_CLUSTER_FACTOR`` chunks (memory would not be bounded)."""
+    branches); None when a cluster is longer than ``MAX_CLUSTER_FACTOR`` times ``bound_rows`` (default
+    ``step_rows``: memory would not be bounded)."""
     common = layout[0].entries
     for b in layout[1:]:
         common = np.intersect1d(common, b.entries, assume_unique=True)
-    if np.max(np.diff(common), initial=0) > MAX_CLUSTER_FACTOR * max(step_rows, 1):
+    if np.max(np.diff(common), initial=0) > MAX_CLUSTER_FACTOR * max(bound_rows or step_rows, 1):
         return None
     chunks, start = [], int(common[0])
     for edge in common[1:]:
@@ -170,12 +172,19 @@ def _checked_lz4(data: memoryview, where: str) -> memoryview:
 
 
 def iterate_flat(path: str, layout: Sequence[FlatBranch], chunks: Sequence[tuple[int, int]],
-                 others: Callable[[int, int], dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+                 others: Callable[[int, int], dict[str, Any]] | None = None, entry_stop: int | None = None
+                 ) -> Iterator[dict[str, Any]]:
     """The branches of ``layout`` in the file at ``path``, one dict (name -> native array) per chunk, with
-    ``others(start, stop)`` (more branches of the same entries) added."""
+    ``others(start, stop)`` (more branches of the same entries) added; entries from ``entry_stop`` on are
+    left out (the chunk holding it is read whole, then cut)."""
     with BasketFile(path) as f:
         for start, stop in chunks:
+            if entry_stop is not None and start >= entry_stop:
+                return
             out: dict[str, Any] = {b.name: f.read(b, start, stop) for b in layout}
+            if entry_stop is not None and stop > entry_stop:
+                out = {k: v[: entry_stop - start] for k, v in out.items()}
+                stop = entry_stop
             if others is not None:
                 out.update(others(start, stop))
             yield out
@@ -203,22 +212,24 @@ def step_entries(step_size: str | int, layout: Sequence[FlatBranch]) -> int:
     return max(int(float(m.group(1)) * _UNITS[m.group(2)]) // row_bytes, 1)
 
 
-def read_flat(path: str, tree: Any, names: Sequence[str], step_size: str | int
+def read_flat(path: str, tree: Any, names: Sequence[str], step_size: str | int, entry_stop: int | None = None
               ) -> Iterator[dict[str, Any]] | None:
     """Chunks of branches ``names`` of the uproot TTree ``tree`` of the local file ``path`` (about
-    ``step_size`` each), or None when this reader does not handle them (then uproot reads them). Numeric
-    branches are numpy arrays; string branches are read by uproot as awkward string arrays (for chunks made
-    of the numeric branches' clusters; without a numeric branch uproot reads everything)."""
+    ``step_size`` each; the first ``entry_stop`` entries only, when given), or None when this reader does not
+    handle them (then uproot reads them). Numeric branches are numpy arrays; string branches are read by
+    uproot as awkward string arrays (for chunks made of the numeric branches' clusters; without a numeric
+    branch uproot reads everything)."""
     strings = string_branches(tree, names)
     numeric = [n for n in names if n not in strings]
     layout = flat_layout(tree, numeric) if numeric else None
     if layout is None:
         return None
-    chunks = cluster_chunks(layout, step_entries(step_size, layout))
+    step = step_entries(step_size, layout)  # with a limit, chunks of it: only its clusters are read
+    chunks = cluster_chunks(layout, step if entry_stop is None else max(min(step, entry_stop), 1), step)
     if chunks is None:
         return None
 
     def read_strings(start: int, stop: int) -> dict[str, Any]:
         return tree.arrays(strings, entry_start=start, entry_stop=stop, library="ak", how=dict)
 
-    return iterate_flat(path, layout, chunks, read_strings if strings else None)
+    return iterate_flat(path, layout, chunks, read_strings if strings else None, entry_stop)

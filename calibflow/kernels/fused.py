@@ -17,12 +17,19 @@ reductions, the kinematic helpers, integer division by a column, string comparis
 :func:`fused_selection` returns None and the caller keeps numpy. The plain-numpy reference is the numpy
 path itself (tests compare both on random expressions and columns).
 
+Integer arithmetic follows :func:`calibflow.expr.arithmetic`: operands widened to 64 bits alike, and per
+row the same exact overflow tests; a chunk with an overflow raises :class:`FusedOverflow`, and numpy then
+reports where. The loop body is flat, one statement per operation (``t3 = np.float64(t2 + x1)``), so its
+nesting does not grow with the expression; beyond :data:`MAX_STATEMENTS` operations numpy is kept.
+
 The generated source contains only this module's templates, column indices and ``repr`` of numeric
 constants (a string literal is refused before its ``repr`` could be taken); the user's text never
 reaches it. Kernels are compiled once per machine: the source is written to ``$CALIBFLOW_KERNEL_CACHE``
 (default ``$XDG_CACHE_HOME/calibflow/kernels``, else ``~/.cache/calibflow/kernels``) and numba caches
-the machine code beside it; where that folder cannot be written, a temporary folder of the process takes
-its place (compiled once per process).
+the machine code beside it; where that folder cannot be written, or belongs to another user, or others can
+write it, a temporary folder of the process takes its place (compiled once per process). A source file is
+used only if it holds exactly the source it is named after, and the module runs from the generated source
+itself (:func:`_load`). Any failure on the way warns and keeps numpy (:func:`fused_selection`).
 """
 
 from __future__ import annotations
@@ -30,24 +37,26 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 import math
 import os
+import stat
 import sys
 import tempfile
+import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba.core.errors import NumbaError
 
-from calibflow.expr import Expression
+from calibflow.expr import WIDENED_FUNCTIONS, Expression, widened
 
-__all__ = ["FusedSelection", "fused_selection", "kernel_cache_dir"]
+__all__ = ["MAX_STATEMENTS", "FusedOverflow", "FusedSelection", "fused_selection", "kernel_cache_dir"]
 
 _CONSTANTS = {"pi": math.pi}
+MAX_STATEMENTS = 2000
+"""Most operations of one loop (numba compiles ~1000 in 2 s): beyond, the calibration keeps numpy."""
 _SCALAR_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                                  np.uint32, np.uint64, np.float32, np.float64))
 """Column and value dtypes of the fused loop (numba has no float16)."""
@@ -136,9 +145,9 @@ def _truth(v: _Value) -> str:
 
 
 def _wrapping(left: str, symbol: str, right: str, dtype: np.dtype) -> str:
-    """Source of ``left symbol right`` in ``dtype`` wrapping around on overflow as numpy does. numba
-    computes narrower integers in int64 (then cast back: wraps), but int64 overflow is undefined for
-    LLVM (``x*x*x*x != 0`` may become ``x != 0``): int64 ``+ - * <<`` are done on uint64 bits."""
+    """Source of ``left symbol right`` in ``dtype`` wrapping around on overflow as numpy does. numba computes
+    narrower integers in int64 (then cast back: wraps), but int64 overflow is undefined for LLVM
+    (``x*x*x*x != 0`` may become ``x != 0``): int64 ``+ - * <<`` are done on uint64 bits."""
     if dtype == np.int64 and symbol in ("+", "-", "*", "<<"):
         return f"np.int64(np.uint64({left}) {symbol} {'np.uint64(' + right + ')' if symbol != '<<' else right})"
     return f"{left} {symbol} {right}"
@@ -153,18 +162,61 @@ def _literal(value: bool | int | float) -> str:
     return repr(value)
 
 
+def _overflow_test(symbol: str, a: str, b: str, t: str, dtype: np.dtype, f: str | None) -> str | None:
+    """Source of whether the 64-bit integer ``t = a symbol b`` (wrapped; ``-`` with ``b`` empty is a negation, ``abs``
+    an absolute value) differs from the exact result: the tests of :func:`calibflow.expr.arithmetic`, whose
+    decisions are exact, so that the loop refuses exactly the rows numpy refuses. ``f``: the float64 product, for
+    ``*``."""
+    signed = dtype.kind == "i"
+    if symbol == "+":
+        return f"(({a} ^ {t}) & ({b} ^ {t})) < 0" if signed else f"{t} < {a}"
+    if symbol == "-" and b:
+        return f"(({a} ^ {b}) & ({a} ^ {t})) < 0" if signed else f"{a} < {b}"
+    if symbol in ("-", "abs"):
+        return f"{a} == {-(2**63)}" if signed else (f"{a} != 0" if symbol == "-" else None)
+    if symbol == "*":
+        limit = 2.0**63 if signed else 2.0**64
+        near, beyond = repr(limit * (1 - 2**-20)), repr(limit * (1 + 2**-20))
+        wrapped = f"(({t} < 0) != ({f} < 0))" if signed else f"({t} < np.uint64({2**63}))"
+        return f"(abs({f}) > {beyond}) | ((abs({f}) >= {near}) & {wrapped})"
+    if symbol == "<<":
+        return f"({t} >> {b}) != {a}"
+    return None
+
+
 class _Translator:
-    """Turns an expanded expression tree into the source of its value in row ``i``."""
+    """Turns expanded expression trees into statements of the loop body, one operation each (``t<k> = ...``: the
+    source never nests deeper than a cast, whatever the expression), and gives the source of their values in
+    row ``i``. A subtree met again (an alias used twice) is translated once."""
 
     def __init__(self, variables: Mapping[str, str], dtypes: Mapping[str, np.dtype]) -> None:
         self.variables = variables
         self.dtypes = dtypes
+        self.lines: list[str] = []
+        """The statements, in order; ``bad |= ...`` where an integer operation may overflow."""
+        self._memo: dict[int, _Value] = {}
 
     def value(self, node: ast.AST) -> _Value:
+        known = self._memo.get(id(node))
+        if known is not None:
+            return known
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise _Unsupported(type(node).__name__)
-        return method(node)
+        self._memo[id(node)] = result = method(node)
+        return result
+
+    def _emit(self, code: str, example: Any) -> _Value:
+        """A temporary holding ``code`` (a value like numpy's ``example``)."""
+        if len(self.lines) >= MAX_STATEMENTS:
+            raise _Unsupported(f"more than {MAX_STATEMENTS} operations")
+        name = f"t{len(self.lines)}"
+        self.lines.append(f"{name} = {code}")
+        return _Value(name, example)
+
+    def _check(self, test: str | None) -> None:
+        if test is not None:
+            self.lines.append(f"bad |= {test}")
 
     def _Constant(self, node: ast.Constant) -> _Value:
         if not isinstance(node.value, bool | int | float):  # string literals: never into the source
@@ -182,10 +234,21 @@ class _Translator:
         return _Value(self.variables[node.id], np.ones(1, dtype))
 
     def _BinOp(self, node: ast.BinOp) -> _Value:
-        left, right = self.value(node.left), self.value(node.right)
+        """A chain of binary operators along the left (``a + b - c``), in turn: no recursion per operator."""
+        chain = []
+        while isinstance(node, ast.BinOp) and id(node) not in self._memo:
+            chain.append(node)
+            node = node.left
+        value = self.value(node)
+        for op_node in reversed(chain):
+            value = self._memo[id(op_node)] = self._binary(op_node, value, self.value(op_node.right))
+        return value
+
+    def _binary(self, node: ast.BinOp, left: _Value, right: _Value) -> _Value:
         op = type(node.op)
         if op in _ARITHMETIC or op in _INTEGER_ONLY:
             fn, symbol = _ARITHMETIC.get(op) or _INTEGER_ONLY[op]
+            left, right = _widened(fn, left, right)
             result = _numpy(fn, left, right)
             dtype = np.asarray(result).dtype
             if dtype.kind not in "iuf" or (op in _INTEGER_ONLY and not (
@@ -193,62 +256,78 @@ class _Translator:
                 raise _Unsupported(f"'{symbol}' giving {dtype}")
             if op in _INTEGER_ONLY and right.example == -1:
                 raise _Unsupported("division by -1 (overflows at the smallest integer)")
-            return self._typed(_wrapping(_cast(left, dtype), symbol, _cast(right, dtype), dtype), result)
+            return self._operation(symbol, _cast(left, dtype), _cast(right, dtype), dtype, result)
         if op is ast.Pow:  # x**2 only: numpy squares (exactly x*x); other powers call pow()
             if not (isinstance(node.right, ast.Constant) and type(node.right.value) is int and node.right.value == 2):
                 raise _Unsupported("powers other than 2")
+            left, right = _widened(np.power, left, right)
             result = _numpy(np.power, left, right)
             dtype = np.asarray(result).dtype
             if dtype.kind not in "iuf":
                 raise _Unsupported(f"'**' giving {dtype}")
             x = _cast(left, dtype)
-            return self._typed(_wrapping(x, "*", x, dtype), result)
+            return self._operation("*", x, x, dtype, result)
         if op in _BITWISE:
             fn, symbol = _BITWISE[op]
             result = _numpy(fn, left, right)
             dtype = np.asarray(result).dtype
             if dtype == np.bool_:
-                return _Value(f"({_truth(left)} {symbol} {_truth(right)})", result)
-            return self._typed(f"{_cast(left, dtype)} {symbol} {_cast(right, dtype)}", result)
+                return self._emit(f"{_truth(left)} {symbol} {_truth(right)}", result)
+            return self._emit(f"np.{dtype.name}({_cast(left, dtype)} {symbol} {_cast(right, dtype)})", result)
         if op in _SHIFTS:
             fn, symbol = _SHIFTS[op]
+            if fn is np.left_shift:
+                left, right = _widened(fn, left, right)
             result = _numpy(fn, left, right)
             dtype = np.asarray(result).dtype
             if not (dtype.kind in "iu" and right.integer_constant and 0 <= right.example < dtype.itemsize * 8):
                 raise _Unsupported("shifts other than by a constant within the width")
-            return self._typed(_wrapping(_cast(left, dtype), symbol, right.code, dtype), result)
+            return self._operation(symbol, _cast(left, dtype), right.code, dtype, result)
         raise _Unsupported(op.__name__)
 
-    def _typed(self, code: str, result: Any) -> _Value:
-        """``code`` converted to the dtype of numpy's ``result`` (wraps integers as numpy does)."""
-        return _Value(f"np.{np.asarray(result).dtype.name}({code})", result)
+    def _operation(self, symbol: str, a: str, b: str, dtype: np.dtype, result: Any) -> _Value:
+        """The temporary of ``a symbol b`` in ``dtype`` (numpy's ``result``), wrapping like numpy, with the test
+        of an integer overflow."""
+        t = self._emit(f"np.{dtype.name}({_wrapping(a, symbol, b, dtype)})", result)
+        if dtype.kind in "iu":
+            f = self._emit(f"np.float64({a}) * np.float64({b})", 1.0).code if symbol == "*" else None
+            self._check(_overflow_test(symbol, a, b, t.code, dtype, f))
+        return t
 
     def _UnaryOp(self, node: ast.UnaryOp) -> _Value:
         x = self.value(node.operand)
         if isinstance(node.op, ast.UAdd):
             return x
         if isinstance(node.op, ast.Not):
-            return _Value(f"(not {_truth(x)})", _numpy(np.logical_not, x))
-        fn = np.negative if isinstance(node.op, ast.USub) else np.invert
-        result = _numpy(fn, x)
+            return self._emit(f"not {_truth(x)}", _numpy(np.logical_not, x))
+        if isinstance(node.op, ast.USub):
+            (x,) = _widened(np.negative, x)
+            result = _numpy(np.negative, x)
+            dtype = np.asarray(result).dtype
+            code = _cast(x, dtype)  # 0 - x for int64 (wrapping); -x otherwise (keeps the sign of zero)
+            t = self._emit(f"np.{dtype.name}({_wrapping('0', '-', code, dtype) if dtype == np.int64 else '-' + code})",
+                           result)
+            if dtype.kind in "iu":
+                self._check(_overflow_test("-", code, "", t.code, dtype, None))
+            return t
+        result = _numpy(np.invert, x)
         dtype = np.asarray(result).dtype
-        if dtype == np.bool_:  # ~ on booleans (numpy refuses unary minus on them)
-            return _Value(f"(not {x.code})", result)
-        if fn is np.negative:  # 0 - x for int64 (wrapping); -x otherwise (keeps the sign of zero)
-            code = _cast(x, dtype)
-            return self._typed(_wrapping("0", "-", code, dtype) if dtype == np.int64 else f"-{code}", result)
-        return self._typed(f"~{_cast(x, dtype)}", result)
+        if dtype == np.bool_:  # ~ on booleans
+            return self._emit(f"not {x.code}", result)
+        return self._emit(f"np.{dtype.name}(~{_cast(x, dtype)})", result)
 
     def _BoolOp(self, node: ast.BoolOp) -> _Value:
-        values = [self.value(v) for v in node.values]
-        fn = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
-        result = functools.reduce(lambda a, b: _Value("", _numpy(fn, a, b)), values).example
-        symbol = " & " if fn is np.logical_and else " | "
-        return _Value("(" + symbol.join(_truth(v) for v in values) + ")", result)
+        fn, symbol = (np.logical_and, "&") if isinstance(node.op, ast.And) else (np.logical_or, "|")
+        values = iter(node.values)
+        acc = self.value(next(values))
+        for v in values:
+            right = self.value(v)
+            acc = self._emit(f"{_truth(acc)} {symbol} {_truth(right)}", _numpy(fn, acc, right))
+        return acc
 
     def _Compare(self, node: ast.Compare) -> _Value:
         operands = [self.value(o) for o in [node.left, *node.comparators]]
-        parts, result = [], None
+        acc: _Value | None = None
         for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
             if type(op) not in _COMPARISONS:  # 'in' / 'not in' (string comparisons)
                 raise _Unsupported(type(op).__name__)
@@ -260,22 +339,30 @@ class _Translator:
                 raise _Unsupported(str(exc)) from None
             if dtype.kind == "f" and left.dtype.kind in "iu" and right.dtype.kind in "iu":
                 raise _Unsupported("int64 with uint64 (numpy compares them exactly)")
-            parts.append(f"({_cast(left, dtype)} {symbol} {_cast(right, dtype)})")
-            result = step if result is None else np.logical_and(result, step)
-        return _Value("(" + " & ".join(parts) + ")", result)
+            part = self._emit(f"{_cast(left, dtype)} {symbol} {_cast(right, dtype)}", step)
+            acc = part if acc is None else self._emit(f"{acc.code} & {part.code}", np.logical_and(acc.example, step))
+        assert acc is not None
+        return acc
 
     def _Call(self, node: ast.Call) -> _Value:
         name = node.func.id if isinstance(node.func, ast.Name) else ""
         args = [self.value(a) for a in node.args]
         if name == "abs" or name == "sqrt":
-            result = _numpy(np.abs if name == "abs" else np.sqrt, *args)
+            fn = np.abs if name == "abs" else np.sqrt
+            if name == "abs":
+                args = list(_widened(fn, *args))
+            result = _numpy(fn, *args)
             dtype = np.asarray(result).dtype
             if dtype.kind not in "iuf":
                 raise _Unsupported(f"{name} giving {dtype}")
             x = _cast(args[0], dtype)
-            if name == "abs" and dtype == np.int64:  # abs(smallest int64) wraps to itself, as in numpy
-                return self._typed(f"({x} if {x} >= 0 else {_wrapping('0', '-', x, dtype)})", result)
-            return self._typed(f"{'abs' if name == 'abs' else 'np.sqrt'}({x})", result)
+            if name == "sqrt":
+                return self._emit(f"np.{dtype.name}(np.sqrt({x}))", result)
+            if dtype != np.int64:
+                return self._emit(f"np.{dtype.name}(abs({x}))", result)
+            t = self._emit(f"np.int64({x} if {x} >= 0 else {_wrapping('0', '-', x, dtype)})", result)
+            self._check(_overflow_test("abs", x, "", t.code, dtype, None))
+            return t
         if name in ("min", "max") and len(args) >= 2:
             return functools.reduce(lambda a, b: self._extreme(name, a, b), args)
         if name == "clip":
@@ -283,17 +370,37 @@ class _Translator:
         if name == "where":
             result = _numpy(np.where, *args)
             dtype = np.asarray(result).dtype
-            return _Value(f"({_cast(args[1], dtype)} if {_truth(args[0])} else {_cast(args[2], dtype)})", result)
+            return self._emit(f"{_cast(args[1], dtype)} if {_truth(args[0])} else {_cast(args[2], dtype)}", result)
         if name == "isfinite":
             result = _numpy(np.isfinite, *args)
-            return _Value(f"(abs({args[0].code}) < np.inf)" if args[0].dtype.kind == "f" else "True", result)
+            return self._emit(f"abs({args[0].code}) < np.inf" if args[0].dtype.kind == "f" else "True", result)
         raise _Unsupported(f"{name}()")
 
     def _extreme(self, name: str, a: _Value, b: _Value) -> _Value:
         """numpy.minimum / numpy.maximum of two values."""
         result = _numpy(np.minimum if name == "min" else np.maximum, a, b)
         dtype = np.asarray(result).dtype
-        return _Value(f"_{name}imum({_cast(a, dtype)}, {_cast(b, dtype)})", result)
+        return self._emit(f"_{name}imum({_cast(a, dtype)}, {_cast(b, dtype)})", result)
+
+
+def _widened(fn: Callable[..., Any], *values: _Value) -> tuple[_Value, ...]:
+    """``values`` as :func:`calibflow.expr.arithmetic` takes them for ``fn`` (:func:`calibflow.expr.widened`):
+    narrower integers and booleans as int64 (a bool literal as an int literal)."""
+    if fn not in WIDENED_FUNCTIONS:
+        return values
+    examples = widened(*(v.example for v in values))
+    out = []
+    for v, example in zip(values, examples, strict=True):
+        if example is not v.example:
+            code = _literal(example) if isinstance(example, int) else f"np.int64({v.code})"
+            v = _Value(code, example)
+        out.append(v)
+    return tuple(out)
+
+
+class FusedOverflow(ArithmeticError):
+    """An integer operation of the loop overflowed on some row of the chunk: numpy, whose decisions are the same,
+    says where (:func:`calibflow.prep.steps.fused_outputs` evaluates the chunk with numpy)."""
 
 
 @dataclass(frozen=True)
@@ -313,13 +420,16 @@ class FusedSelection:
     def run(self, columns: Mapping[str, np.ndarray], n: int, start: np.ndarray | None = None
             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(output columns of the kept rows, rows left after each stage) of the ``n`` rows of ``columns``
-        (``start``: the rows not rejected before, when :attr:`masked`)."""
+        (``start``: the rows not rejected before, when :attr:`masked`); :class:`FusedOverflow` if an integer
+        operation overflowed on some row."""
         inputs = [np.ascontiguousarray(columns[b]) for b in self.branches]
         outs = [np.empty(n, dtype) for _, dtype in self.outputs]
-        counts = np.zeros(self.stages, np.int64)
+        counts = np.zeros(self.stages + 1, np.int64)  # and last: whether an integer operation overflowed
         mask = () if not self.masked else (np.ascontiguousarray(start, dtype=np.bool_),)
         kept = self.kernel(n, *mask, *inputs, *outs, counts)
-        return {name: o[:kept] for (name, _), o in zip(self.outputs, outs, strict=True)}, counts
+        if counts[-1]:
+            raise FusedOverflow("an integer operation overflowed")
+        return {name: o[:kept] for (name, _), o in zip(self.outputs, outs, strict=True)}, counts[:-1]
 
 
 def _source(stages: Sequence[Expression], columns: Mapping[str, tuple[Expression, np.dtype]],
@@ -340,17 +450,18 @@ def _source(stages: Sequence[Expression], columns: Mapping[str, tuple[Expression
     args = ["n", *(["start"] if masked else []), *(f"b{i}" for i in range(len(branches))),
             *(f"o{i}" for i in range(len(values))), "counts"]
     lines = [f"@numba.njit(cache=True, nogil=True, error_model='numpy')\ndef kernel({', '.join(args)}):",
-             "    j = 0"]
+             "    j = 0", "    bad = False"]
     lines += [f"    c{s} = 0" for s in range(len(tests))]
     lines.append("    for i in range(n):")
     lines += [f"        x{i} = b{i}[i]" for i in range(len(branches))]
+    lines += [f"        {line}" for line in t.lines]
     lines.append("        k = start[i]" if masked else "        k = True")
     for s, test in enumerate(tests):
         lines += [f"        k = k & {test}", f"        c{s} += k"]
     lines += [f"        o{c}[j] = {v}" for c, v in enumerate(values)]  # every row (j <= i), kept ones stay
     lines.append("        j += k")
     lines += [f"    counts[{s}] = c{s}" for s in range(len(tests))]
-    lines.append("    return j")
+    lines += [f"    counts[{len(tests)}] = bad", "    return j"]
     return _HEADER + "\n".join(lines) + "\n", branches
 
 
@@ -362,37 +473,90 @@ def kernel_cache_dir() -> str:
 
 @functools.lru_cache(maxsize=64)
 def _load(source: str) -> Callable[..., int]:
-    """The ``kernel`` of ``source``, from the disk cache (its source written there on first use); where
-    that folder cannot be written, from a temporary folder of this process (compiled once per process)."""
+    """The ``kernel`` of ``source``: the module is executed from ``source`` itself, calibflow's generated text,
+    never from what a file holds; its file (``<name>.py``, named after the source's SHA-256) is there for numba's
+    cache of the machine code, beside it in ``__pycache__``. The file is written to the disk cache
+    (:func:`_trusted_folder`) and checked to hold exactly ``source`` (:func:`_write_verified`); where that
+    folder cannot be used, to a temporary folder of this process (compiled once per process)."""
     name = "calibflow_fused_" + hashlib.sha256(source.encode()).hexdigest()[:20]
+    folder = _trusted_folder(kernel_cache_dir())
     try:
-        path = _write_once(kernel_cache_dir(), name, source)
+        path = _write_verified(folder, name, source) if folder is not None else None
     except OSError:
-        path = _write_once(_private_dir(), name, source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+        path = None
+    if path is None:
+        path = _write_verified(_private_dir(), name, source)
+    module = types.ModuleType(name)
+    module.__file__ = path
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    exec(compile(source, path, "exec"), module.__dict__)  # our generated source (no user text), as verified
     return module.kernel
 
 
-def _write_once(folder: str, name: str, source: str) -> str:
-    """Path of ``<folder>/<name>.py`` holding ``source``, written (atomically) unless it exists: it is never
-    rewritten, as numba's cache is keyed by the file's modification time."""
+def _unsafe(path: str) -> str | None:
+    """Why the folder ``path`` cannot be trusted (another user's, or writable by others), or None."""
+    if not hasattr(os, "getuid"):  # no POSIX owners and modes (Windows)
+        return None
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        return "belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'}"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _trusted_folder(folder: str) -> str | None:
+    """``folder`` if kernels may be kept there: it and its ``__pycache__`` (numba's pickled machine code) are
+    created private (mode 0700) when missing, and must belong to this user and be writable by nobody else
+    (else a ``RuntimeWarning``: a planted file would run). None also where it cannot be created."""
+    for path in (folder, os.path.join(folder, "__pycache__")):
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            problem = _unsafe(path)
+        except OSError:
+            return None
+        if problem is not None:
+            warnings.warn(f"calibflow: kernel cache {path} {problem}, so it is not used: kernels are compiled in a "
+                          f"private temporary folder instead (make it yours and 'chmod go-w' it to use it)",
+                          RuntimeWarning, stacklevel=4)
+            return None
+    return folder
+
+
+def _holds(path: str, source: str) -> bool:
+    """Whether ``path`` is a regular file (not a link) of this user holding exactly ``source``."""
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+            return False
+        with open(path, encoding="utf-8") as f:
+            return f.read() == source
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _write_verified(folder: str, name: str, source: str) -> str:
+    """Path of ``<folder>/<name>.py`` holding ``source``. An existing file is kept only if it holds exactly
+    ``source`` (it is not rewritten then: numba's cache is keyed by its modification time); anything else found
+    there (planted or damaged) is replaced, with a ``RuntimeWarning``, so its kernel is rebuilt."""
     path = os.path.join(folder, name + ".py")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
+    if _holds(path, source):
+        return path
+    if os.path.lexists(path):
+        warnings.warn(f"calibflow: kernel cache file {path} did not hold the source it is named after; replaced "
+                      "(its kernel is compiled again)", RuntimeWarning, stacklevel=4)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(source)
+    os.replace(tmp, path)
     return path
 
 
 @functools.lru_cache(maxsize=1)
 def _private_dir() -> str:
-    """A temporary folder of this process, for kernels when the cache folder is not writable."""
+    """A temporary folder of this process (mode 0700), for kernels when the cache folder cannot be used."""
     return tempfile.mkdtemp(prefix="calibflow-kernels-")
 
 
@@ -400,18 +564,28 @@ def fused_selection(stages: Sequence[Expression], columns: Mapping[str, tuple[Ex
                     dtypes: Mapping[str, Any], masked: bool = False) -> FusedSelection | None:
     """The fused loop of cut ``stages`` (applied in order) and output ``columns`` (name: (expression,
     stored dtype)) over flat columns of ``dtypes`` (name: numpy dtype); None if some expression is
-    outside what the loop translates exactly (then use numpy). ``masked``: :meth:`FusedSelection.run`
-    takes a start mask."""
+    outside what the loop translates exactly (then use numpy), and also, with a ``RuntimeWarning``, if making
+    the loop fails in any other way: the loop costs speed when it fails, never the run. ``masked``:
+    :meth:`FusedSelection.run` takes a start mask."""
     try:
         source, branches = _source(stages, columns, dtypes, masked)
     except _Unsupported:
         return None
+    except Exception as exc:
+        return _failed("could not be generated", exc)
     outputs = tuple((name, np.dtype(stored)) for name, (_, stored) in columns.items())
-    selection = FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
     try:  # compiles (or loads) the kernel now, on one row, so that a failure falls back to numpy
+        selection = FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
         selection.run({b: np.ones(1, dtypes[b]) for b in branches}, 1, np.ones(1, bool) if masked else None)
-    except NumbaError as exc:
-        warnings.warn(f"calibflow: the fused loop did not compile, numpy is used instead ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0]})", RuntimeWarning, stacklevel=2)
-        return None
+    except FusedOverflow:  # an overflow on the row of ones: the kernel works
+        pass
+    except Exception as exc:
+        return _failed("did not compile", exc)
     return selection
+
+
+def _failed(what: str, exc: Exception) -> None:
+    """Warn that the fused loop ``what`` because of ``exc`` (numpy is used instead)."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    warnings.warn(f"calibflow: the fused loop {what}, numpy is used instead ({type(exc).__name__}: {first[:200]})",
+                  RuntimeWarning, stacklevel=3)

@@ -1,4 +1,5 @@
-"""Task status per stage, read from the luigi central scheduler's JSON API (``calibflow status``)."""
+"""Task status per stage (``calibflow status``), read from the luigi central scheduler's JSON API; the
+counts of a result folder (``tasks.state``, without a scheduler) use the same table."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from typing import Any
 from calibflow.ops.scheduler import SetupError, api
 
 COLUMNS = ("pending", "running", "done", "failed")
+FOLDER_COLUMNS = ("exist", "failed", "missing")
+"""States of the outputs of a result folder (``calibflow status`` without a scheduler)."""
+STAGES = ("GenerateToys", "PrepareTuple", "MakeBinning", "FillHistograms", "SplitByBin", "FitBin",
+          "EfficiencyTable", "CombineTables", "ExportTables")
+"""Task families in pipeline order (the rows of the table; others follow by name)."""
 _STATES = {"PENDING": "pending", "UNKNOWN": "pending", "RUNNING": "running", "BATCH_RUNNING": "running",
            "DONE": "done", "FAILED": "failed", "DISABLED": "failed"}
 ROOT_FAMILY = "ExportTables"
@@ -20,24 +26,34 @@ class StageCounts:
     """Number of tasks per state (pending, running, done, failed) of each task family."""
 
     counts: dict[str, Counter[str]] = field(default_factory=dict)
+    columns: tuple[str, ...] = COLUMNS
+    sum_column: str = ""
+    """Name of a first column holding each row's sum (none when empty)."""
 
-    def add(self, family: str, status: str) -> None:
-        """Count one task of ``family`` with luigi status ``status``."""
-        self.counts.setdefault(family, Counter())[_STATES.get(status, "pending")] += 1
+    def add(self, family: str, status: str, n: int = 1) -> None:
+        """Count ``n`` tasks of ``family`` with luigi status ``status``."""
+        self.count(family, _STATES.get(status, "pending"), n)
+
+    def count(self, family: str, column: str, n: int = 1) -> None:
+        """Count ``n`` under ``column`` (one of :attr:`columns`) for ``family``."""
+        self.counts.setdefault(family, Counter())[column] += n
 
     @property
     def total(self) -> int:
-        """Number of tasks counted."""
+        """Number of tasks (or outputs) counted."""
         return sum(sum(c.values()) for c in self.counts.values())
 
     def table(self) -> str:
-        """A text table: one row per stage, a column per state, a total row."""
+        """A text table: one row per stage (pipeline order), a column per state, a total row."""
         width = max([len("stage"), len("total"), *map(len, self.counts)])
-        lines = [f"{'stage':<{width}}  " + "  ".join(f"{c:>7}" for c in COLUMNS)]
-        rows = sorted(self.counts.items())
+        columns = [*([self.sum_column] if self.sum_column else []), *self.columns]
+        lines = [f"{'stage':<{width}}  " + "  ".join(f"{c:>7}" for c in columns)]
+        order = {s: i for i, s in enumerate(STAGES)}
+        rows = sorted(self.counts.items(), key=lambda fc: (order.get(fc[0], len(STAGES)), fc[0]))
         total: Counter[str] = sum((c for _, c in rows), Counter())
         for name, c in [*rows, ("total", total)]:
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{c[col]:>7}" for col in COLUMNS))
+            cells = ([sum(c.values())] if self.sum_column else []) + [c[col] for col in self.columns]
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>7}" for v in cells))
         return "\n".join(lines)
 
 

@@ -96,21 +96,23 @@ def _tree(path: str, f: Any, tree: str) -> Any:
     return obj
 
 
-def _chunks(path: str, tree: Any, branches: Sequence[str], step_size: str | int, library: str
-            ) -> Iterator[dict[str, Any]]:
+def _chunks(path: str, tree: Any, branches: Sequence[str], step_size: str | int, library: str,
+            entry_stop: int | None = None) -> Iterator[dict[str, Any]]:
     """The branches of ``tree`` in chunks of about ``step_size`` (entries, or bytes of the branches as
-    text such as ``"64 MB"``): flat numeric branches of a local file by :mod:`calibflow.io.baskets`,
-    everything else by uproot. Flat numeric branches come as numpy arrays, jagged and string branches as
-    awkward arrays (uproot's numpy strings are Python objects, ~5x slower to read)."""
+    text such as ``"64 MB"``), up to entry ``entry_stop`` (None: all): flat numeric branches of a local file
+    by :mod:`calibflow.io.baskets`, everything else by uproot. Flat numeric branches come as numpy arrays,
+    jagged and string branches as awkward arrays (uproot's numpy strings are Python objects, ~5x slower to
+    read)."""
     from calibflow.io.baskets import read_flat, string_branches
 
-    flat = read_flat(path.removeprefix("file://"), tree, branches, step_size) if (
+    flat = read_flat(path.removeprefix("file://"), tree, branches, step_size, entry_stop) if (
         library == "np" and _is_local(path)) else None
     if flat is not None:
         return flat
+    options = {"step_size": step_size, "entry_stop": entry_stop, "how": dict}
     if library == "np" and not string_branches(tree, branches):
-        return tree.iterate(branches, step_size=step_size, library="np", how=dict)
-    return (event_arrays(c) for c in tree.iterate(branches, step_size=step_size, library="ak", how=dict))
+        return tree.iterate(branches, library="np", **options)
+    return (event_arrays(c) for c in tree.iterate(branches, library="ak", **options))
 
 
 def prepare_file(
@@ -118,7 +120,8 @@ def prepare_file(
 ) -> dict[str, int]:
     """Prepare one ROOT file into the HDF5 file ``out_path`` (atomic); return the cut flow counts.
 
-    The cut flow maps ``read`` (entries of the tree) and each stage (:attr:`PrepSpec.stages`) to the
+    The cut flow maps ``read`` (entries of the tree read: at most ``spec.entry_limit``) and each stage
+    (:attr:`PrepSpec.stages`) to the
     number of entries remaining after it: events up to ``event``, candidates (pairs) after.
     Raises PrepError, one line naming the file and the problem, for a file that cannot be prepared.
     """
@@ -135,7 +138,7 @@ def prepare_file(
             fusable = library == "np" and spec.pairing is None and not spec.hit_matches and fused_enabled()
             fused: FusedSelection | None = None
             try:
-                for cols in _chunks(path, tree, spec.branches, step_size, library):
+                for cols in _chunks(path, tree, spec.branches, step_size, library, spec.entry_limit):
                     n = len(next(iter(cols.values())))
                     flow["read"] += n
                     if spec.pairing is not None:

@@ -32,6 +32,12 @@ STAGE_ORDER = ("read", "lumi", "event", "pairs", "tag", "probe", "pair", "sample
 """Cut-flow stages in the order they apply (files written before ``stages`` was stored are sorted by it)."""
 
 
+def read_unit(flow: Mapping[str, int]) -> str:
+    """What the ``read`` count of a cut flow counts: ``events`` where candidates are paired from them (a
+    ``pairs`` stage: NanoAOD), else ``candidates`` (a flat tuple holds one candidate per row)."""
+    return "events" if "pairs" in flow else "candidates"
+
+
 def pass_column(working_point: str) -> str:
     """Prepared column of the pass decision of ``working_point``."""
     return f"{PASS}:{working_point}"
@@ -177,6 +183,8 @@ class PrepSpec:
     hit_matches: tuple[HitMatchSpec, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     """Alias definitions the expressions were compiled with (global merged with the sample's)."""
+    entry_limit: int | None = None
+    """Read at most this many entries of each file (``calibflow run --limit``; None: all)."""
 
     @property
     def branches(self) -> list[str]:
@@ -225,6 +233,8 @@ class PrepSpec:
             out["lumi_mask_sha256"] = self.lumi.sha256
         if self.hit_matches:
             out["hit_match"] = [[h.probe_hits, h.target_hits, h.target_counts, h.name] for h in self.hit_matches]
+        if self.entry_limit is not None:  # a quick try's tuples never pass for full ones (unset: no change)
+            out["entry_limit"] = self.entry_limit
         return out
 
 
@@ -302,7 +312,7 @@ def prep_spec(config: CalibrationConfig, sample: str, base_dir: str | None = Non
 
     columns = {v.name: c(v.expr, f"binning.variables[{i}]") for i, v in enumerate(config.binning.variables)}
     columns[MASS] = c(config.mass_spec.variable, "mass.variable")
-    columns[PASS] = c(config.pass_, "pass")
+    columns[PASS] = c(config.pass_expression, "pass")
     for wp, text in config.working_points.items():
         columns[pass_column(wp)] = c(text, f"working_points.{wp}")
     if s.weight:

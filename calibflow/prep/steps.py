@@ -7,6 +7,7 @@ Each step takes the chunk's columns (branch name -> numpy or awkward array) and 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -243,12 +244,22 @@ def fused_loop(stages: Sequence[Expression], columns: Mapping[str, Expression], 
 def fused_outputs(fused: FusedSelection, spec: PrepSpec, cols: Mapping[str, np.ndarray], n: int,
                    flow: dict[str, int], lumi: Test | None) -> dict[str, np.ndarray]:
     """Output columns of the kept rows of ``cols`` by the fused loop (the ``lumi`` mask test by numpy
-    first); adds to the cut flow as :func:`cut_flow` does."""
-    start = None
-    if lumi is not None:
-        start = _per_row(lumi(cols), n, "lumi_mask").astype(bool)
+    first); adds to the cut flow as :func:`cut_flow` does. Where the loop fails on the chunk, numpy evaluates
+    it: after an integer overflow to report where (the same rows overflow in both), after anything else
+    with a ``RuntimeWarning``."""
+    from calibflow.kernels.fused import FusedOverflow
+
+    start = None if lumi is None else _per_row(lumi(cols), n, "lumi_mask").astype(bool)
+    try:
+        out, counts = fused.run(cols, n, start)
+    except Exception as exc:
+        if not isinstance(exc, FusedOverflow):
+            warnings.warn(f"calibflow: the fused loop failed on a chunk, numpy is used for it ({type(exc).__name__}: "
+                          f"{exc})", RuntimeWarning, stacklevel=2)
+        pre, post = stage_tests(spec)
+        return output_columns(cols, n, cut_flow(cols, n, [*pre, *post], flow), spec.columns)
+    if start is not None:
         flow["lumi"] += int(np.count_nonzero(start))
-    out, counts = fused.run(cols, n, start)
     for (stage, _), count in zip([*spec.event_cuts, *spec.cuts], counts, strict=True):
         flow[stage] += int(count)
     return out

@@ -2,7 +2,7 @@
 
 ``combine_all`` writes, under the plan's combined folder, the nominal tables with systematics (and one
 sub-folder ``wp/<name>/`` per working point and ``methods/<name>/`` per method or product of methods),
-and the ROC points; ``prep_reports`` the cut flows and the list of inputs left out.
+and the ROC points; ``prep_reports`` the cut flows (nominal and per method) and the list of inputs left out.
 :func:`calibflow.export.publish.export_all` then writes every export and the report, and publishes them.
 """
 
@@ -60,6 +60,7 @@ def metadata(plan: Plan, variant: str) -> dict[str, Any]:
         "excluded_files": plan.with_variant(variant).excluded_files(),
         "table_key": plan.with_variant(variant).table_key(),
         "combined_key": plan.combined_key(),
+        **({"limits": plan.limits.describe()} if plan.limits else {}),  # a quick try (calibflow run --limit)
     }
 
 
@@ -76,8 +77,9 @@ def combine_all(plan: Plan) -> None:
         members = cfg.products[name]
         for table, value, keys in ((EFFICIENCIES, "efficiency", ("sample", "bin")),
                                    (SCALE_FACTORS, "scale_factor", ("data", "mc", "bin"))):
-            tables = [read_csv(os.path.join(out_dir, "methods", m, table)) for m in members]
-            write_csv(os.path.join(folder, table), product_rows(tables, value, keys, members))
+            paths = [os.path.join(out_dir, "methods", m, table) for m in members]
+            if all(os.path.exists(p) for p in paths):  # no scale factors without simulation
+                write_csv(os.path.join(folder, table), product_rows([read_csv(p) for p in paths], value, keys, members))
     if cfg.roc:
         rows = []
         for inclusive in (False, True):
@@ -100,10 +102,11 @@ def cutflow_rows(plan: Plan, sample: str) -> list[dict[str, Any]]:
     stage with ``stage``, ``unit`` (events, pairs or candidates), ``entries`` left after it and the stage's
     ``efficiency`` (empty where the unit changes)."""
     from calibflow.prep.prepare import merged_cutflow
+    from calibflow.prep.spec import read_unit
 
     preps = [plan.prep_path(sample, i) for i in range(len(plan.input_files(sample))) if not plan.is_excluded(sample, i)]
     flow = merged_cutflow(preps)
-    unit = "events" if "pairs" in flow else "candidates"
+    unit = read_unit(flow)
     rows: list[dict[str, Any]] = []
     prev = 0
     for stage, n in flow.items():
@@ -114,15 +117,26 @@ def cutflow_rows(plan: Plan, sample: str) -> list[dict[str, Any]]:
     return rows
 
 
+def cutflow_paths(plan: Plan, out_dir: str) -> dict[str, dict[str, str]]:
+    """Per variant with published cut flows (the nominal one, every method), ``cutflow_<sample>.csv`` per
+    sample: in ``out_dir``, and in ``methods/<name>/`` for a method (which may change the selection or the
+    pairing). Products of methods have none of their own."""
+    folders = [(NOMINAL, out_dir)] + [(m, os.path.join(out_dir, "methods", m[len(METHOD_PREFIX) :]))
+                                      for m in method_variants(plan.nominal_config)]
+    return {v: {s: os.path.join(folder, f"cutflow_{s}.csv") for s in plan.with_variant(v).config.samples}
+            for v, folder in folders}
+
+
 def prep_reports(plan: Plan, out_dir: str) -> list[str]:
-    """``cutflow_<sample>.csv`` per sample (:func:`cutflow_rows`) and, if inputs were left out as bad,
+    """The cut flows of :func:`cutflow_paths` (:func:`cutflow_rows`) and, if inputs were left out as bad,
     ``excluded_files.txt`` (sample, file, reason)."""
     from calibflow.io.store import atomic_path
 
     paths = []
-    for s in plan.config.samples:
-        paths.append(os.path.join(out_dir, f"cutflow_{s}.csv"))
-        write_csv(paths[-1], cutflow_rows(plan, s))
+    for variant, per_sample in cutflow_paths(plan, out_dir).items():
+        for s, path in per_sample.items():
+            write_csv(path, cutflow_rows(plan.with_variant(variant), s))
+            paths.append(path)
     excluded = plan.excluded_files()
     if excluded:
         paths.append(os.path.join(out_dir, EXCLUDED_FILES))

@@ -23,6 +23,8 @@ OK = "ok"
 LOW_STATISTICS = "low_statistics"
 UNREADABLE = "unreadable"
 """Flag reason of a result file that holds no result (not JSON, or no status)."""
+ADVICE = {"negative_weights": "set method: sweighted"}
+"""What to do about a flag reason, said with its count in the closing summary (:meth:`StatusCounts.line`)."""
 
 
 def flag_reasons(status: str) -> list[str]:
@@ -63,8 +65,10 @@ class StatusCounts:
             self.reasons.update(dict.fromkeys(flag_reasons(status) or ["unknown"], 1))
 
     def line(self) -> str:
-        """``150 ok, 3 flagged (2 chi2, 1 at_limit), 3 low statistics, 0 failed``."""
-        why = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items(), key=lambda rn: (-rn[1], rn[0])))
+        """``150 ok, 3 flagged (2 chi2, 1 at_limit), 3 low statistics, 0 failed``; a reason with
+        :data:`ADVICE` says it: ``6 flagged (6 negative_weights: set method: sweighted)``."""
+        why = ", ".join(f"{n} {r}" + (f": {ADVICE[r]}" if r in ADVICE else "")
+                        for r, n in sorted(self.reasons.items(), key=lambda rn: (-rn[1], rn[0])))
         return (f"{self.ok} ok, {self.flagged} flagged" + (f" ({why})" if why else "")
                 + f", {self.low_statistics} low statistics, {self.failed} failed")
 

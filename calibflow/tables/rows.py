@@ -29,8 +29,16 @@ def bin_columns(scheme: BinningScheme, index: int) -> Row:
     return out
 
 
+YIELD_COLUMNS = ("n_sig", "n_sig_err", "n_pass", "n_pass_err", "n_fail", "n_fail_err")
+"""Signal yields with their errors, per row of ``efficiencies.csv`` (``calibflow.fit.measure.YIELD_FIELDS``)."""
+YIELD_METHOD = "yield"
+"""The method of rows holding a signal yield and no efficiency (``calibflow.fit.measure.YIELD``)."""
+
+
 def efficiency_rows(scheme: BinningScheme, results: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Row]:
-    """One row per (sample, bin) from per-bin results with efficiency, err_down/up, yields, status."""
+    """One row per (sample, bin) from per-bin results with the signal yields and their errors
+    (:data:`YIELD_COLUMNS`: fitted, or Σw ± √Σw² when counted), efficiency, err_down/up and status; a row of
+    method ``yield`` has NaN efficiency, errors and pass/fail yields."""
     rows = []
     for (sample, index), r in sorted(results.items()):
         rows.append(
@@ -39,8 +47,7 @@ def efficiency_rows(scheme: BinningScheme, results: Mapping[tuple[str, int], Map
                 "bin": index,
                 **bin_columns(scheme, index),
                 "method": r["method"],
-                "n_pass": r["n_pass"],
-                "n_fail": r["n_fail"],
+                **{k: r.get(k, math.nan) for k in YIELD_COLUMNS},  # NaN: a result made without yields
                 "efficiency": r["efficiency"],
                 "err_down": r["err_down"],
                 "err_up": r["err_up"],
@@ -108,7 +115,7 @@ def closure_rows(
     rows: list[Row] = []
     for r in eff:
         t = truth.get((r["sample"], r["bin"]))
-        if t is None:
+        if t is None or r.get("method") == YIELD_METHOD:
             continue
         rows.append(
             {"quantity": "efficiency", "sample": r["sample"], "bin": r["bin"], "true": t, "measured": r["efficiency"],

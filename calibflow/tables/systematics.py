@@ -1,6 +1,6 @@
 """Combine systematic variations of a table into per-source Up/Down values and a total systematic.
 
-For a value v (an efficiency or a scale factor) with nominal v₀:
+For a value v (an efficiency, a scale factor, or the signal yield of a ``yield`` row) with nominal v₀:
 
 * a one-sided source with varied value v₁ is symmetrised: Up = v₀ + |v₁ − v₀|, Down = v₀ − |v₁ − v₀|;
 * a two-sided source gives Up and Down from its two runs as they are.
@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from calibflow.config import Variation
-from calibflow.tables.rows import Row
+from calibflow.tables.rows import YIELD_METHOD, Row
 
 SUFFIXES = ("Up", "Down")
 
@@ -38,7 +38,8 @@ def combine(
     ``varied`` maps each run's name (``src`` or ``srcUp``/``srcDown``) to its rows; a varied row matches
     a nominal one when its ``keys`` columns (other than ``bin``) are equal and its bin contains the
     nominal bin's centre — so an alternative binning is compared at the nominal bins. Rows are compared
-    on ``value``. A bin missing from a run gives NaN columns.
+    on ``value`` (:func:`value_columns`: a yield row of an efficiency table on its ``n_sig``). A bin missing
+    from a run gives NaN columns.
     """
     index = {name: _index(rows, keys) for name, rows in varied.items()}
     out = []
@@ -46,16 +47,18 @@ def combine(
         key = _group(row, keys)
         centre = {v: 0.5 * (row[f"{v}_lo"] + row[f"{v}_hi"]) for v in _variables(row)}
         bounds = _bounds(row)
-        v0 = float(row[value])
+        col, err_down, err_up = value_columns(row, value)
+        v0 = float(row[col])
         new = dict(row)
         deviations: list[float] = []
         per_source: list[float] = []
         for src in sources:
 
-            def get(run: str, key: tuple = key, centre: dict = centre, bounds: tuple = bounds) -> float:
+            def get(run: str, key: tuple = key, centre: dict = centre, bounds: tuple = bounds,
+                    col: str = col) -> float:
                 group = index.get(run, {}).get(key)
                 r = None if group is None else group.find(bounds, centre)
-                return float(r[value]) if r is not None else math.nan
+                return float(r[col]) if r is not None and col in r else math.nan
 
             if src.vary is not None:
                 d = get(src.name) - v0
@@ -73,10 +76,19 @@ def combine(
         else:
             syst = math.sqrt(sum(s * s for s in per_source))
         new["syst"] = syst
-        new["total_down"] = math.hypot(float(row["err_down"]), syst)
-        new["total_up"] = math.hypot(float(row["err_up"]), syst)
+        new["total_down"] = math.hypot(float(row[err_down]), syst)
+        new["total_up"] = math.hypot(float(row[err_up]), syst)
         out.append(new)
     return out
+
+
+def value_columns(row: Row, value: str) -> tuple[str, str, str]:
+    """(value, down error, up error) columns a row's systematics are of: ``value`` with ``err_down``/``err_up``,
+    but for a row of method ``yield`` of an efficiency table, which has no efficiency, its signal yield
+    ``n_sig`` with ``n_sig_err`` on both sides."""
+    if value == "efficiency" and row.get("method") == YIELD_METHOD:
+        return "n_sig", "n_sig_err", "n_sig_err"
+    return value, "err_down", "err_up"
 
 
 def _variables(row: Row) -> list[str]:

@@ -1,6 +1,7 @@
 """Tables of a run from per-bin results: per-variant CSVs, combined with systematics, master tables.
 
-Per variant: ``efficiencies.csv``, ``scale_factors.csv`` and (toys) ``closure.csv``. Combined (nominal
+Per variant: ``efficiencies.csv``, ``scale_factors.csv`` (none without a data/simulation pair:
+:func:`no_scale_factors` says why) and (toys) ``closure.csv``. Combined (nominal
 with every systematic source): the same files with ``<source>Up/Down``, ``syst`` and ``total_up/down``
 columns, and the master table ``calibration.json``/``calibration.h5``. The exports of these tables are
 :mod:`calibflow.export`'s.
@@ -8,7 +9,6 @@ columns, and the master table ``calibration.json``/``calibration.h5``. The expor
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 
 from calibflow.binning.scheme import BinningScheme
-from calibflow.config import Variation
+from calibflow.config import CalibrationConfig, Variation
+from calibflow.io import jsonio
 from calibflow.io.store import atomic_path
 from calibflow.tables.rows import Row, closure_rows, efficiency_rows, read_csv, scale_factor_rows, write_csv
 from calibflow.tables.systematics import combine
@@ -34,26 +35,34 @@ def write_tables(
     pairs: Sequence[tuple[str, str]],
     truth: Mapping[str, np.ndarray | None],
 ) -> list[str]:
-    """Write efficiencies.csv, scale_factors.csv and (with toy truth) closure.csv; return the files."""
+    """Write efficiencies.csv, scale_factors.csv (only with data/simulation ``pairs``) and (with toy truth)
+    closure.csv; return the files."""
     eff = efficiency_rows(scheme, results)
     sf = [row for d, m in pairs for row in scale_factor_rows(eff, d, m)]
-    written = [os.path.join(out_dir, EFFICIENCIES), os.path.join(out_dir, SCALE_FACTORS)]
+    written = [os.path.join(out_dir, EFFICIENCIES)]
     write_csv(written[0], eff)
-    write_csv(written[1], sf)
+    if sf:
+        written.append(os.path.join(out_dir, SCALE_FACTORS))
+        write_csv(written[-1], sf)
     true = {(s, i): float(t[i]) for s, t in truth.items() if t is not None for i in range(len(t)) if np.isfinite(t[i])}
-    if true:
+    closure = closure_rows(eff, sf, true) if true else []  # none of yields (method yield): no efficiency
+    if closure:
         written.append(os.path.join(out_dir, CLOSURE))
-        write_csv(written[-1], closure_rows(eff, sf, true))
+        write_csv(written[-1], closure)
     return written
 
 
 def combine_tables(
     out_dir: str, nominal_dir: str, varied_dirs: Mapping[str, str], sources: Sequence[Variation], method: str
 ) -> list[str]:
-    """Nominal tables extended with the systematic columns of ``sources`` (runs in ``varied_dirs``)."""
+    """Nominal tables extended with the systematic columns of ``sources`` (runs in ``varied_dirs``); no
+    scale factors where the nominal run has none."""
     written = []
     for name, keys, value in ((EFFICIENCIES, ("sample", "bin"), "efficiency"), (SCALE_FACTORS, ("data", "bin"), "scale_factor")):
-        nominal = read_csv(os.path.join(nominal_dir, name))
+        src = os.path.join(nominal_dir, name)
+        nominal = read_csv(src) if os.path.exists(src) else []
+        if not nominal and name == SCALE_FACTORS:  # no data/simulation pair (tables of older runs: an empty file)
+            continue
         varied = {run: read_csv(os.path.join(d, name)) for run, d in varied_dirs.items()}
         path = os.path.join(out_dir, name)
         write_csv(path, combine(nominal, varied, sources, method, value, keys))
@@ -65,6 +74,20 @@ def combine_tables(
             shutil.copyfile(os.path.join(nominal_dir, CLOSURE), tmp)
         written.append(path)
     return written
+
+
+def no_scale_factors(cfg: CalibrationConfig) -> str:
+    """Why ``cfg`` has no scale factors, in one line (empty: it has some)."""
+    if cfg.scale_factor_pairs:
+        return ""
+    if all(s.method == "yield" for s in cfg.samples.values()):
+        return "every sample measures a signal yield (method yield), not an efficiency"
+    mc = [n for n, s in cfg.samples.items() if s.role == "mc" and s.method != "yield"]
+    if not [n for n in cfg.data_samples if cfg.samples[n].method != "yield"]:
+        return "no data sample (role: data) to compare with the simulation"
+    if not mc:
+        return "no simulation sample (role: mc) to compare the data with (a data-only calibration)"
+    return f"several simulation samples ({', '.join(mc)}) and no reference naming the one to compare the data with"
 
 
 def _columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
@@ -88,9 +111,9 @@ def write_master(out_dir: str, metadata: Mapping[str, Any], extra: Mapping[str, 
     tables.update({k: list(v) for k, v in extra.items()})
     jpath, hpath = os.path.join(out_dir, MASTER_JSON), os.path.join(out_dir, MASTER_H5)
     with atomic_path(jpath) as tmp, open(tmp, "w") as f:
-        json.dump({"metadata": metadata, "tables": tables}, f, indent=1, default=str)
+        jsonio.dump({"metadata": metadata, "tables": tables}, f, indent=1, default=str)
     with atomic_path(hpath) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs["metadata"] = json.dumps(metadata, default=str)
+        h5.attrs["metadata"] = jsonio.dumps(metadata, default=str)
         for name, rows in tables.items():
             g = h5.create_group(name)
             for col, arr in _columns(rows).items():

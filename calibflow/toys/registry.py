@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from calibflow.config import ConfigError
+
 ToyWriter = Callable[..., None]
 """``writer(path, n, is_data, seed, **options)``: generate ``n`` candidates (or events) into ``path``."""
 
@@ -59,4 +61,8 @@ def reference_file(generator: str, options: dict[str, Any], is_data: bool) -> st
     """A small file written by toy generator ``generator`` with ``options`` for data or simulation, in a
     temporary folder of this process: its trees and branches are those of every file the generator writes
     so (the config is checked against them before the toys are generated)."""
-    return _reference(generator, json.dumps(options, sort_keys=True), is_data)
+    try:
+        return _reference(generator, json.dumps(options, sort_keys=True), is_data)
+    except (TypeError, ValueError) as exc:  # an unknown generator, or options it does not take
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(text if text.startswith("toy.") else f"toy.options: {text}") from None
