@@ -328,3 +328,18 @@ def test_tables_read_null_results_back_as_nan(empty_bin_run: Path) -> None:
     assert rows[("data", 2)]["fit_status"] == "empty_bin" and 0.5 < rows[("data", 0)]["efficiency"] < 1
     scale = {r["bin"]: r for r in read_csv(empty_bin_run / "scale_factors.csv")}
     assert math.isnan(scale[2]["scale_factor"]) and 0.5 < scale[0]["scale_factor"] < 1.5
+
+
+def test_extreme_but_valid_parameter_limits_flag_the_fit_instead_of_crashing(tmp_path) -> None:
+    """Found by the fuzz test: sigma limits [1e-300, 1e308] divided by zero inside the numba chi2 kernel (python
+    error model: ZeroDivisionError, exit 1). The kernels use numpy's error model: the fit is flagged, exit 0."""
+    import yaml
+
+    from tasks.cli import main
+    from tests.conftest import tiny_demo_dict
+
+    d = tiny_demo_dict()
+    d["fit"]["parameters"]["sigma"] = {"value": 13, "limits": [1e-300, 1e308]}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    assert main(["run", str(cfg), "--workers", "1", "--result-dir", str(tmp_path / "r"), "--quiet"]) == 0

@@ -114,7 +114,7 @@ def normalised_pdf(shape: Shape, x: np.ndarray, lo: float, hi: float, *params: f
 # --------------------------------------------------------------------------------------------------
 # numba kernels of the common shapes: scalar primitive and log-density, dispatched on ``code``
 # --------------------------------------------------------------------------------------------------
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _cb_primitive(z: float, alpha: float, n: float) -> float:
     """∫_{-∞}^{z} of the Crystal Ball density in units of σ (core exp(-t²/2), power-law tail below -α)."""
     tail = math.exp(-0.5 * alpha * alpha) * (n / alpha) / (n - 1.0)
@@ -124,7 +124,7 @@ def _cb_primitive(z: float, alpha: float, n: float) -> float:
     return tail + _SQRT_HALF_PI * (math.erf(z / _SQRT2) + math.erf(alpha / _SQRT2))
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _cb_logdensity(z: float, alpha: float, n: float) -> float:
     """log of the Crystal Ball density in units of σ (same constant as :func:`_cb_primitive`)."""
     if z <= -alpha:
@@ -132,7 +132,7 @@ def _cb_logdensity(z: float, alpha: float, n: float) -> float:
     return -0.5 * z * z
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _chebyshev_terms(t: float, c: np.ndarray, off: int, order: int) -> tuple[float, float]:
     """(1 + Σ c_k T_k(t), its primitive in t) with the coefficients c[off:off+order].
 
@@ -149,7 +149,7 @@ def _chebyshev_terms(t: float, c: np.ndarray, off: int, order: int) -> tuple[flo
     return val, prim
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _bernstein_value(t: float, b: np.ndarray, off: int, order: int, integral: bool) -> float:
     """Bernstein polynomial with coefficients (1, b[off:off+order]) at t ∈ [0, 1], or its primitive."""
     deg = order + 1 if integral else order
@@ -169,7 +169,7 @@ def _bernstein_value(t: float, b: np.ndarray, off: int, order: int, integral: bo
     return val
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def cdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi: float) -> float:
     """Unnormalised primitive of shape ``code`` at ``x``; parameters p[off:off+npar], fit range [lo, hi]."""
     if code == GAUSS:
@@ -203,7 +203,7 @@ def cdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi:
     return math.nan
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def logpdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi: float) -> float:
     """log of the derivative of :func:`cdf1` (unnormalised; −745 stands for a non-positive density)."""
     if code == GAUSS:
@@ -355,7 +355,7 @@ def _add_exponential(x: np.ndarray, k: float, lo: float, c: float, out: np.ndarr
         out[i] += c * vexp(k * (x[i] - lo))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def add_density(code: int, x: np.ndarray, p: np.ndarray, off: int, npar: int, lo: float, hi: float, c: float,
                 out: np.ndarray) -> None:
     """out += c·exp(logpdf1(x)) for ascending ``x`` (unit of c: that of out times unit of x, here 1/unit of
@@ -379,7 +379,7 @@ def add_density(code: int, x: np.ndarray, p: np.ndarray, off: int, npar: int, lo
             out[i] += c * math.exp(logpdf1(code, x[i], p, off, npar, lo, hi))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _cdf_array(code: int, x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = np.empty(x.size)
     for i in range(x.size):
@@ -387,7 +387,7 @@ def _cdf_array(code: int, x: np.ndarray, p: np.ndarray, lo: float, hi: float) ->
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _logpdf_array(code: int, x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = np.empty(x.size)
     for i in range(x.size):
@@ -534,7 +534,7 @@ def _threshold_logpdf(x: np.ndarray, m0: float, a: float, b: float) -> np.ndarra
 # --------------------------------------------------------------------------------------------------
 # simulation template ⊗ Gaussian
 # --------------------------------------------------------------------------------------------------
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _template_eval(x: np.ndarray, edges: np.ndarray, dens: np.ndarray, cum: np.ndarray, shift: float,
                    smear: float, integral: bool) -> np.ndarray:
     """Histogram density ``dens`` on ``edges``, shifted and convolved with N(0, smear): pdf or primitive.

@@ -172,7 +172,7 @@ def _poisson_chi2(n: np.ndarray, nu: np.ndarray, scale: np.ndarray) -> float:
     return float(2.0 * np.sum(nus - ns + log_term))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _bin_fractions(code: int, edges: np.ndarray, p: np.ndarray, off: int, npar: int, lo: float, hi: float,
                    uniform: bool, out: np.ndarray) -> None:
     """Fractions of shape ``code`` (parameters p[off:off+npar]) in each bin of ``edges``, [lo, hi] = 1.
@@ -206,13 +206,13 @@ def _bin_fractions(code: int, edges: np.ndarray, p: np.ndarray, off: int, npar: 
         prev = c
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _bc_term(n: float, nu: float, s: float) -> float:
     nus, ns = max(nu, 1e-300) * s, n * s
     return 2.0 * (nus - ns + (ns * math.log(ns / nus) if ns > 0 else 0.0))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _fused_chi2(x: np.ndarray, edges: np.ndarray, data: np.ndarray, codes: np.ndarray, wmask: np.ndarray,
                 lo: float, hi: float) -> float:
     """Baker-Cousins χ² of the pass/fail model (layout of :class:`PassFailModel`) in one pass.
