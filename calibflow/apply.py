@@ -9,6 +9,10 @@ columns are stored as ``<column>_<variation>``, and later steps' columns that ch
 
 The standard calibrator, :class:`CorrectionWeight`, evaluates a correctionlib correction (e.g. a
 calibflow ``corrections.json``) with inputs computed by expressions and writes a weight column.
+:class:`PidResample` and :class:`PidTransform` (issue 19) write a data-like PID column from kernel density
+templates of calibration data (:mod:`calibflow.kde`): ``<variable>_resampled`` drawn per candidate, or
+``<variable>_transformed`` mapped from the simulated value; the templates' variants (``bandwidthUp``, ...)
+are the variations.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from calibflow.config import ConfigError, format_loc, load_yaml
 from calibflow.expr import Expression, compile_expression
+
+if TYPE_CHECKING:
+    from calibflow.kde.sample import Branch
+    from calibflow.kde.template import Template
 
 Columns = dict[str, np.ndarray]
 
@@ -74,6 +82,77 @@ class CorrectionWeight(Calibrator):
             else:
                 args.append(np.broadcast_to(np.asarray(self.input_exprs[inp.name].evaluate(events), dtype=float), (n,)))
         return {self.changes[0]: np.asarray(self.correction.evaluate(*args), dtype=float)}
+
+
+@dataclass
+class PidCalibrator(Calibrator):
+    """Base of the PID calibrators: data templates per variant (``nominal`` and the variations) and the
+    expressions of the templates' kinematic axes on the simulation, in the templates' order."""
+
+    data: Mapping[str, Template] = field(default_factory=dict)
+    kin_exprs: tuple[Expression, ...] = ()
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        return frozenset().union(*(e.branches for e in self.kin_exprs))
+
+    def kinematics(self, events: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, K) kinematics of the candidates."""
+        n = len(next(iter(events.values())))
+        return np.column_stack([np.broadcast_to(np.asarray(e.evaluate(events), dtype=float), (n,))
+                                for e in self.kin_exprs]) if self.kin_exprs else np.zeros((n, 0))
+
+
+def _variant(templates: Mapping[str, Template], variation: str | None) -> Template:
+    """The template of ``variation`` (nominal: None), or the nominal one where the file has no such variant."""
+    return templates.get(variation or "nominal", templates["nominal"])
+
+
+@dataclass
+class PidResample(PidCalibrator):
+    """``<variable>_resampled``: a PID value drawn from the data template at the candidate's kinematics.
+
+    The uniform number of a candidate comes from its identity columns and ``key`` (seed and column name),
+    so it is the same for every variation: a variation's shift is the template's alone."""
+
+    identity_exprs: tuple[Expression | Branch, ...] = ()  # plain names as branches: see identity_expression
+    key: int = 0
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        return super().inputs.union(*(e.branches for e in self.identity_exprs))
+
+    def calibrate(self, events: Mapping[str, np.ndarray], variation: str | None) -> Columns:
+        from calibflow.kde.sample import resample, uniforms
+
+        n = len(next(iter(events.values())))
+        ids = [np.broadcast_to(np.asarray(e.evaluate(events)), (n,)) for e in self.identity_exprs]
+        u = uniforms(ids, np.uint64(self.key))
+        return {self.changes[0]: resample(_variant(self.data, variation), self.kinematics(events), u)}
+
+
+@dataclass
+class PidTransform(PidCalibrator):
+    """``<variable>_transformed``: the simulated PID value through the simulation CDF, then the inverse data CDF
+    (both at the candidate's kinematics). A variation uses the variant of both files (nominal where the
+    simulation file lacks it)."""
+
+    simulation: Mapping[str, Template] = field(default_factory=dict)
+    pid_expr: Expression | None = None
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        return super().inputs | (self.pid_expr.branches if self.pid_expr else frozenset())
+
+    def calibrate(self, events: Mapping[str, np.ndarray], variation: str | None) -> Columns:
+        from calibflow.kde.sample import transform
+
+        assert self.pid_expr is not None
+        n = len(next(iter(events.values())))
+        pid = np.broadcast_to(np.asarray(self.pid_expr.evaluate(events), dtype=float), (n,))
+        out = transform(_variant(self.simulation, variation), _variant(self.data, variation), pid,
+                        self.kinematics(events))
+        return {self.changes[0]: out}
 
 
 @dataclass
@@ -145,12 +224,56 @@ class CorrectionStep(_Strict):
     mc_only: bool = True
 
 
+class PidStep(_Strict):
+    """Common keys of the PID steps: the data template file (``calibflow.kde.template``), the expressions of
+    its kinematic axes on the simulation, the output column (default ``<PID axis>_resampled`` or
+    ``_transformed``) and the variations (default: every variant in the file but nominal)."""
+
+    name: str
+    templates: str
+    kinematics: dict[str, str] = Field(default_factory=dict)
+    output: str | None = None
+    variations: list[str] | None = None
+    mc_only: bool = True
+
+
+class PidResampleStep(PidStep):
+    """Config of a ``pid_resample`` step: identity expressions (run, event, candidate index) and a seed.
+
+    A plain name is read as a branch as it is, dunder names included (Belle II's ``__event__``)."""
+
+    type: Literal["pid_resample"]
+    identity: list[str] = Field(min_length=1)
+    seed: int = 0
+
+
+class PidTransformStep(PidStep):
+    """Config of a ``pid_transform`` step: the simulation template file and the simulated PID expression."""
+
+    type: Literal["pid_transform"]
+    simulation_templates: str
+    pid: str
+
+
+def _step_type(value: Any) -> str:
+    """The ``type`` of a step (``correction`` when left out)."""
+    return (value.get("type") if isinstance(value, dict) else getattr(value, "type", None)) or "correction"
+
+
+Step = Annotated[
+    Annotated[CorrectionStep, Tag("correction")]
+    | Annotated[PidResampleStep, Tag("pid_resample")]
+    | Annotated[PidTransformStep, Tag("pid_transform")],
+    Discriminator(_step_type),
+]
+
+
 class ApplyConfig(_Strict):
     """Config of ``calibflow apply``: the tree to read and the ordered calibrator steps."""
 
     tree: str = "DecayTree"
     aliases: dict[str, str] = Field(default_factory=dict)
-    calibrators: list[CorrectionStep] = Field(min_length=1)
+    calibrators: list[Step] = Field(min_length=1)
 
 
 def load_apply_config(path: str | os.PathLike[str]) -> tuple[ApplyConfig, CalibratorSequence]:
@@ -167,9 +290,10 @@ def load_apply_config(path: str | os.PathLike[str]) -> tuple[ApplyConfig, Calibr
     steps: list[Calibrator] = []
     for i, s in enumerate(cfg.calibrators):
         where = f"calibrators[{i}]"
-        file = s.file if os.path.isabs(s.file) else os.path.join(base, s.file)
-        if not os.path.exists(file):
-            raise ConfigError(f"{path}: {where}.file: no such file {file!r}")
+        if isinstance(s, PidStep):
+            steps.append(_pid_calibrator(s, cfg, str(path), where, base))
+            continue
+        file = _existing(s.file, base, path, f"{where}.file")
         cset = correctionlib.CorrectionSet.from_file(file)
         names = list(cset.keys())
         if s.correction not in names:
@@ -185,6 +309,55 @@ def load_apply_config(path: str | os.PathLike[str]) -> tuple[ApplyConfig, Calibr
         steps.append(CorrectionWeight(name=s.name, changes=(s.output,), variations=variations, mc_only=s.mc_only,
                                       correction=corr, input_exprs=exprs, syst_input=syst))
     return cfg, CalibratorSequence(steps)
+
+
+def _existing(file: str, base: str, path: str | os.PathLike[str], where: str) -> str:
+    """``file`` relative to the config's folder ``base``; ConfigError if missing."""
+    full = file if os.path.isabs(file) else os.path.join(base, file)
+    if not os.path.exists(full):
+        raise ConfigError(f"{path}: {where}: no such file {full!r}")
+    return full
+
+
+def _templates(file: str, path: str, where: str, kinematics: Mapping[str, str]) -> dict[str, Template]:
+    """The templates of ``file``, checked to have the axes ``kinematics`` names (in any order)."""
+    from calibflow.kde.template import read_templates
+
+    try:
+        templates, _ = read_templates(file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}: {where}: cannot read KDE templates {file!r} ({exc})") from None
+    axes = [a.name for a in templates["nominal"].kinematics]
+    if sorted(kinematics) != sorted(axes):
+        raise ConfigError(f"{path}: {where}: kinematics {sorted(kinematics)} differ from the template's axes {axes}")
+    return templates
+
+
+def _pid_calibrator(s: PidStep, cfg: ApplyConfig, path: str, where: str, base: str) -> Calibrator:
+    """The calibrator of a ``pid_resample`` / ``pid_transform`` step."""
+    from calibflow.kde.sample import identity_expression, key_of
+
+    data = _templates(_existing(s.templates, base, path, f"{where}.templates"), path, f"{where}.templates",
+                      s.kinematics)
+    kin = tuple(compile_expression(s.kinematics[a.name], cfg.aliases, where=f"{where}.kinematics.{a.name}")
+                for a in data["nominal"].kinematics)
+    variations = tuple(s.variations) if s.variations is not None else tuple(v for v in data if v != "nominal")
+    unknown = [v for v in variations if v not in data]
+    if unknown:
+        raise ConfigError(f"{path}: {where}.variations: {unknown} not in {s.templates} (has {', '.join(data)})")
+    suffix = "resampled" if isinstance(s, PidResampleStep) else "transformed"
+    output = s.output or f"{data['nominal'].pid.name}_{suffix}"
+    common = {"name": s.name, "changes": (output,), "variations": variations, "mc_only": s.mc_only, "data": data,
+              "kin_exprs": kin}
+    if isinstance(s, PidResampleStep):
+        ids = tuple(identity_expression(v, cfg.aliases, f"{where}.identity[{j}]") for j, v in enumerate(s.identity))
+        return PidResample(**common, identity_exprs=ids, key=int(key_of(s.seed, output)))
+    assert isinstance(s, PidTransformStep)
+    sim = _templates(_existing(s.simulation_templates, base, path, f"{where}.simulation_templates"), path,
+                     f"{where}.simulation_templates", s.kinematics)
+    if [a.name for a in sim["nominal"].kinematics] != [a.name for a in data["nominal"].kinematics]:
+        raise ConfigError(f"{path}: {where}.simulation_templates: kinematic axes in another order than the data's")
+    return PidTransform(**common, simulation=sim, pid_expr=compile_expression(s.pid, cfg.aliases, where=f"{where}.pid"))
 
 
 def _categories(file: str, name: str) -> list[str]:

@@ -23,9 +23,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -154,7 +156,8 @@ class Sample(_Strict):
     ``method``: ``fit`` (simultaneous pass/fail mass fit), ``count`` (cut-and-count with a binomial
     ``interval``), ``sweighted`` (counts of the per-candidate ``weight``, e.g. an sWeight column, with the
     PIDCalib2 variance), ``sweights`` (per-bin sPlot from an unbinned mass fit, then as ``sweighted``) or
-    ``yield`` (a signal yield from a mass fit of all the bin's candidates: no pass/fail, no efficiency).
+    ``yield`` (a signal yield from a mass fit of all the bin's candidates: no pass/fail, no efficiency) or
+    ``sideband`` (sideband-subtracted pass and fail yields in the windows of ``fit.sideband``).
     """
 
     role: Literal["data", "mc"]
@@ -162,7 +165,7 @@ class Sample(_Strict):
     tree: str = "DecayTree"
     weight: str | None = None
     cut: str | None = None
-    method: Literal["fit", "count", "sweighted", "sweights", "yield"] = "fit"
+    method: Literal["fit", "count", "sweighted", "sweights", "yield", "sideband"] = "fit"
     interval: Literal["clopper_pearson", "wilson", "jeffreys"] = "clopper_pearson"
     lumi_mask: str | None = None
     """CMS certification ("golden") JSON, relative to the config file; keeps certified ``run`` and
@@ -288,6 +291,8 @@ COUNT_ONLY_MASS = MassConfig(variable="0", range=(-1.0, 1.0), bins=1)
 bin."""
 MASS_METHODS = ("fit", "sweights", "yield")
 """Methods that fit the mass (they need the ``mass`` section)."""
+SIDEBAND = "sideband"
+"""The method subtracting sidebands of the mass histogram (needs ``mass`` and ``fit.sideband``, fits nothing)."""
 EVERY_CANDIDATE_PASSES = "True"
 """Stand-in ``pass`` of yield-only calibrations (every candidate in the pass category)."""
 
@@ -458,8 +463,105 @@ class ParamSpec(_Strict):
         return self
 
 
+BinRanges = dict[str, tuple[float, float]]
+
+
+class FitOverride(_Strict):
+    """``fit.parameters`` for some bins only (the hard bins tuned by hand): ``bins`` lists bin indices (as in
+    ``calibflow fit-bin --bin N``, the gallery and the tables) and/or ranges of binning variables
+    (``{pt: [20, 30], eta: [-2.5, -1.5]}``: the bins lying inside every range given); ``parameters`` as in
+    ``fit.parameters``, merged over them key by key (given keys win)."""
+
+    bins: list[int | BinRanges] = Field(min_length=1)
+    parameters: dict[str, ParamSpec] = Field(min_length=1)
+
+    @field_validator("bins")
+    @classmethod
+    def _ranges(cls, v: list[int | BinRanges]) -> list[int | BinRanges]:
+        for item in v:
+            if isinstance(item, int) and item < 0:
+                raise ValueError(f"bin index {item} is negative")
+            if isinstance(item, dict):
+                if not item:
+                    raise ValueError("an empty range selects every bin; list the variables' ranges")
+                for name, (lo, hi) in item.items():
+                    _check_interval(lo, hi, f"{name}: range must be [low, high] with low < high")
+        return v
+
+    def selects(self, index: int, bounds: Sequence[tuple[str, float, float]]) -> bool:
+        """Whether the bin ``index`` with ``bounds`` (variable, low, high) is one of :attr:`bins`; ValueError for
+        a range of a variable the binning does not have."""
+        edges = {v: (lo, hi) for v, lo, hi in bounds}
+        for item in self.bins:
+            if isinstance(item, int):
+                if item == index:
+                    return True
+                continue
+            unknown = sorted(set(item) - set(edges))
+            if unknown:
+                raise ValueError(f"fit.overrides: {unknown[0]!r} is not a binning variable "
+                                 f"({', '.join(edges) or 'none'})")
+            if all(_inside(edges[n], r) for n, r in item.items()):
+                return True
+        return False
+
+
+def _inside(bin_range: tuple[float, float], wanted: tuple[float, float]) -> bool:
+    """Whether [lo, hi) of a bin lies in ``wanted`` (edges equal to 1e-9 relative count as inside)."""
+    tol = 1e-9 * max(1.0, abs(wanted[0]), abs(wanted[1]))
+    return bin_range[0] >= wanted[0] - tol and bin_range[1] <= wanted[1] + tol
+
+
+class GofConfig(_Strict):
+    """Goodness-of-fit thresholds: a bin whose χ² p-value (binned) or KS p-value of a category (unbinned) is
+    below ``min_pvalue`` is flagged ``low_gof_pvalue`` (docs/fits.md, "Goodness of fit")."""
+
+    min_pvalue: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class SidebandConfig(_Strict):
+    """Windows of method ``sideband`` (mass units): the ``signal`` window and one or more ``sidebands``, each
+    ``[low, high]`` on edges of the mass histogram (``mass.range`` in ``mass.bins``); ``background``: ``flat``
+    (α = window width / sideband width) or ``fitted`` (α from an exponential fitted to the sidebands), see
+    docs/fits.md, "Sideband subtraction"."""
+
+    signal: tuple[float, float]
+    sidebands: list[tuple[float, float]] = Field(min_length=1)
+    background: Literal["flat", "fitted"] = "flat"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SidebandConfig:
+        windows = [("signal", self.signal), *((f"sidebands[{i}]", w) for i, w in enumerate(self.sidebands))]
+        for where, (lo, hi) in windows:
+            if not lo < hi:
+                raise ValueError(f"{where}: [{lo:g}, {hi:g}] is not an interval (low < high)")
+        spans = sorted(w for _, w in windows)
+        for (_, hi), (lo, _) in itertools.pairwise(spans):
+            if lo < hi:
+                raise ValueError("signal window and sidebands overlap")
+        return self
+
+    def check_edges(self, mass: MassConfig) -> None:
+        """ValueError naming the first window edge outside ``mass.range`` or between two mass-histogram edges."""
+        lo, hi = mass.range
+        width = (hi - lo) / mass.bins
+        for where, window in [("signal", self.signal), *((f"sidebands[{i}]", w) for i, w in enumerate(self.sidebands))]:
+            for x in window:
+                k = (x - lo) / width
+                if not -1e-9 <= k <= mass.bins + 1e-9 or abs(k - round(k)) > 1e-6:
+                    near = lo + width * min(max(math.floor(k), 0), mass.bins)
+                    raise ValueError(f"fit.sideband.{where}: edge {x:g} is not an edge of the mass histogram "
+                                     f"({mass.bins} bins in [{lo:g}, {hi:g}]: nearest {near:g} or {near + width:g})")
+
+
 class FitConfig(_Strict):
-    """Per-bin fit model: signal and background shapes by name, parameter starts and limits."""
+    """Per-bin fit model: signal and background shapes by name, parameter starts and limits.
+
+    ``fail_gauss`` adds a Gaussian to the fail signal shape only (egm_tnp_analysis's ``--addGaus``),
+    ``overrides`` per-bin ``parameters`` (:class:`FitOverride`), ``gof`` the goodness-of-fit thresholds. These
+    three are left out of the dump (and so of every content key) while at their defaults (:data:`FIT_NEW_DEFAULTS`),
+    so that configs without them keep their keys.
+    """
 
     signal: str = "crystalball"
     background: str = "exponential"
@@ -468,12 +570,41 @@ class FitConfig(_Strict):
     minos: bool = True
     binned: bool = True
     fail_width_shift: bool = False
+    fail_gauss: bool = False
+    overrides: list[FitOverride] = Field(default_factory=list)
+    gof: GofConfig = GofConfig()
+    sideband: SidebandConfig | None = None  # method sideband: its windows
     max_chi2_ndof: float = Field(default=3.0, gt=0)
     min_candidates: int = Field(default=50, ge=0)  # fewer in pass or fail: status low_statistics
     min_significance: float = Field(default=3.0, ge=0)
     plots: Literal["none", "flagged", "all"] = Field(default="all", json_schema_extra=PRESENTATION)
     # fit figures of every bin, flagged bins only, or none: which figures are drawn never changes a fit
     sweights_variance: Literal["sandwich", "pidcalib2"] = "sandwich"  # method sweights: see docs/fits.md
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, default in FIT_NEW_DEFAULTS.items():
+            if getattr(self, name) == default:
+                data.pop(name, None)
+        return data
+
+    def for_bin(self, index: int, bounds: Sequence[tuple[str, float, float]]) -> FitConfig:
+        """The fit of bin ``index`` (``bounds``: (variable, low, high) per variable): ``parameters`` with every
+        override selecting the bin merged over them in order, and no ``overrides`` (so that a bin no override
+        selects has the fit, and the content key, of the config without overrides)."""
+        params = dict(self.parameters)
+        for o in self.overrides:
+            if o.selects(index, bounds):
+                for name, spec in o.parameters.items():
+                    given = spec.model_dump(include=spec.model_fields_set)
+                    base = params[name].model_dump(include=params[name].model_fields_set) if name in params else {}
+                    params[name] = ParamSpec(**{**base, **given})
+        return self.model_copy(update={"parameters": params, "overrides": []})
+
+
+FIT_NEW_DEFAULTS: dict[str, Any] = {"fail_gauss": False, "overrides": [], "gof": GofConfig(), "sideband": None}
+"""Fit options added after the first results: left out of :class:`FitConfig`'s dump while at these defaults."""
 
 
 class ClosureConfig(_Strict):
@@ -506,6 +637,7 @@ class OutputsConfig(_Strict):
     report: bool = True
     correction_name: str | None = None
     flow: Literal["clamp", "error"] = "clamp"
+    missing: Literal["fail", "unity"] = "fail"
     plot_style: PlotStyle = PlotStyle()
     plot_formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"], min_length=1)
 
@@ -677,10 +809,16 @@ class CalibrationConfig(_Strict):
             for name in toy_samples - set(self.samples):
                 raise ValueError(f"toy.samples.{name}: no sample of that name in 'samples'")
         if self.mass is None:
-            fitted = [n for n, smp in self.samples.items() if smp.method in MASS_METHODS]
+            fitted = [n for n, smp in self.samples.items() if smp.method in (*MASS_METHODS, SIDEBAND)]
             if fitted:
                 raise ValueError(f"mass: required for fitted samples ({', '.join(fitted)}); or set their method: "
                                  "count or sweighted")
+        subtracted = [n for n, smp in self.samples.items() if smp.method == SIDEBAND]
+        if subtracted and self.fit.sideband is None:
+            raise ValueError(f"fit.sideband: required by method sideband (samples {', '.join(subtracted)}): give "
+                             "signal: [low, high] and sidebands: [[low, high], ...]")
+        if subtracted and self.mass is not None and self.fit.sideband is not None:
+            self.fit.sideband.check_edges(self.mass)
         pass_fraction = [n for n, smp in self.samples.items() if smp.method != "yield"]
         if self.pass_ is None and pass_fraction:
             raise ValueError(f"pass: required key is missing (samples {', '.join(pass_fraction)} measure a pass "

@@ -6,33 +6,39 @@ unchanged one is never recomputed. Nothing here runs a computation or imports lu
 
 Layout under ``<result_dir>/<name>/``::
 
+    runs/<key>.json, runs/latest.json     run files: the modes and input lists of each ``calibflow run``
     inputs/<sample>_<i>-<key>.root        generated toy inputs (toy configs only)
     prep/<sample>/<stem>-<key>.h5         prepared tuple per input file
     binning/<key>.json                    binning scheme
     hists/<sample>-<key>.h5               per-bin pass/fail mass histograms
     fits/<sample>/<key>.json              per-bin fit or count result (keyed by bin content)
     tables/<key>/...                      efficiency, scale-factor and closure tables, exports
-    efficiencies.csv, scale_factors.csv,  published copies of the latest tables (manifest.json
-    corrections.json, closure.csv, plots/ names the key they come from)
+    .published/<n>-<key>/                 published sets (the current one and the one before)
+    current -> .published/<n>-<key>       the published set, switched atomically
+    efficiencies.csv, manifest.json, ...  links current/<name> (manifest.json names the key)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
-from calibflow.binning.scheme import BinningScheme
+from calibflow.binning.scheme import Bin, BinningScheme
 from calibflow.config import (
     MASS_METHODS,
+    SIDEBAND,
     CalibrationConfig,
     ConfigError,
+    FitConfig,
     load_config,
     located,
     resolve_files,
@@ -56,19 +62,24 @@ from calibflow.variants import (
 EXCLUDED = ":excluded"
 """Suffix of the prep key of an input left out as a bad file."""
 EXCLUDED_MARKER = ".excluded.json"
-SKIP_MODE = "SKIP_BAD_FILES"
-LIMITS_MODE = "LIMITS.json"
-"""Under ``prep/``: the quick-try limits of the latest ``calibflow run`` (absent: a full run)."""
+RUNS = "runs"
+"""Under the workdir: the run files of ``calibflow run`` (``<key>.json``) and :data:`LATEST_RUN`."""
+LATEST_RUN = "latest.json"
+"""Under :data:`RUNS`: ``{"run_file": "<key>.json"}``, the run file of the latest ``calibflow run``."""
+LEGACY_MODE_FILES = ("SKIP_BAD_FILES", "LIMITS.json")
+"""Under ``prep/``: where the run modes were once shared by every run; ignored, removed by ``calibflow run``."""
+RUN_VERSION = 1
 FIT_VERSION = 2  # 2: yields with errors in every result, fixed parameters with error 0 (issue 16)
 HIST_VERSION = 1
-TABLE_VERSION = 2  # 2: yield columns (n_sig, n_sig_err, n_pass_err, n_fail_err), method yield (issue 16)
+TABLE_VERSION = 3  # 2: yield columns (n_sig, n_sig_err, n_pass_err, n_fail_err), method yield (issue 16); 3: the
+# goodness-of-fit columns chi2, ndof, chi2_pvalue, ks_pvalue (issue 18)
 TOY_VERSION = 2
 BINNING_VERSION = 1
 NEGATIVE_COUNTS = "negative_counts"
 """In the histogram key of weighted samples: their files hold the candidates with a negative weight per bin."""
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
 EXPORT_VERSION = 2  # 2: the exact config (path and SHA-256) in the key; master tables written at export
-FIGURE_VERSION = 1  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes
+FIGURE_VERSION = 2  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes (2: empty bins say so)
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,6 +101,11 @@ def _cached_scheme(path: str, mtime_ns: int) -> BinningScheme:
 @functools.lru_cache(maxsize=64)
 def _cached_bin_keys(path: str, mtime_ns: int) -> tuple[str, ...]:
     return tuple(b.key for b in _cached_scheme(path, mtime_ns).bins)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_bins_by_key(path: str, mtime_ns: int) -> dict[str, Bin]:
+    return {b.key: b for b in _cached_scheme(path, mtime_ns).bins}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -157,19 +173,81 @@ class RunLimits:
         return RunLimits(data.get("entries_per_file"), data.get("files_per_sample"))
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_limits(path: str, version: tuple[int, int, int]) -> RunLimits:
-    # version: inode, size and mtime; Plan.set_limits clears the cache (two writes may share an mtime tick)
-    with open(path) as f:
-        return RunLimits.parse(json.load(f))
+@dataclass(frozen=True)
+class Run:
+    """What a ``calibflow run`` fixed when it started (its run file, :meth:`Plan.start_run`): its modes and,
+    per sample and file patterns, the files they matched (the first ``limits.files`` of them) with their
+    identities (path, size in bytes, mtime in ns). Toy samples have no list: their files follow from the
+    config."""
+
+    skip_bad_files: bool = False
+    limits: RunLimits = RunLimits()
+    files: Mapping[tuple[str, tuple[str, ...]], tuple[str, ...]] = field(default_factory=dict)
+    identities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @staticmethod
+    def parse(data: Mapping[str, Any]) -> Run:
+        """The run of a run file's JSON."""
+        inputs = data["inputs"]
+        return Run(bool(data["skip_bad_files"]), RunLimits.parse(data["limits"]),
+                   {(e["sample"], tuple(e["files"])): tuple(f["path"] for f in e["found"]) for e in inputs},
+                   {f["path"]: f for e in inputs for f in e["found"]})
+
+    def text(self) -> str:
+        """The options of the run as given: ``--skip-bad-files --limit 1000`` ('' for none)."""
+        return " ".join(filter(None, ["--skip-bad-files" if self.skip_bad_files else "", self.limits.text()]))
+
+
+NO_RUN = Run()
+"""The plan of no run (library use, tests): no modes, the globs expanded at each call."""
+
+
+_RUNS: dict[str, Run] = {}
+"""Run file path -> run, for the runs of this process and the run files read (a run file is named by the key
+of its content and never rewritten: its path is its version)."""
+
+
+_RUN_DATA: dict[str, dict[str, Any]] = {}
+"""Run file path -> its JSON, for the runs started by this process (:meth:`Plan.record_run` writes it)."""
+
+
+def _load_run(path: str) -> Run:
+    """The run of the run file ``path`` (read once per process)."""
+    run = _RUNS.get(path)
+    if run is None:
+        try:
+            with open(path) as f:
+                run = _RUNS[path] = Run.parse(json.load(f))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: run file not found (removed during the run?); run again") from None
+    return run
+
+
+def _identity(path: str) -> dict[str, Any]:
+    """:func:`file_identity` of ``path``; the path alone when it cannot be read (its preparation names why)."""
+    try:
+        return file_identity(path)
+    except OSError:
+        return {"path": path}
+
+
+def _write_json(path: str, data: object) -> None:
+    """Write ``data`` to ``path`` atomically (no calibflow.io.store here: it imports h5py)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 @functools.lru_cache(maxsize=1024)
 def _cached_fit_keys(path: str, mtime_ns: int, variant: str, sample: str, pass_col: str, prep_keys: tuple[str, ...],
-                     bin_keys: tuple[str, ...]) -> tuple[str, ...]:
+                     bin_keys: tuple[str, ...], bin_fit: str = "") -> tuple[str, ...]:
+    # bin_fit: JSON of the bins' own fit section (fit.overrides, Plan.fit_config); "": the config's
     cfg = _cached_variant(path, mtime_ns, variant).config
     s = cfg.samples[sample]
-    model = cfg.fit if s.method in MASS_METHODS else None
+    model = (json.loads(bin_fit) if bin_fit else cfg.fit) if s.method in MASS_METHODS else None
+    model = cfg.fit.sideband if s.method == SIDEBAND else model  # its windows only: the fit model is not used
     interval = s.interval if s.method == "count" else None
     pass_col = None if s.method == "yield" else pass_col  # a yield has no pass/fail: working points reuse it
     # pydantic models dumped once, as content_key would dump them: the keys are those of one-bin calls
@@ -180,11 +258,13 @@ def _cached_fit_keys(path: str, mtime_ns: int, variant: str, sample: str, pass_c
 
 @dataclass(frozen=True)
 class Plan:
-    """Keys and paths of one calibration (``config_path``) under ``result_dir``, for one ``variant``."""
+    """Keys and paths of one calibration (``config_path``) under ``result_dir``, for one ``variant``, in the run
+    of ``run_file`` (:meth:`start_run`; '' for none: no modes, globs expanded at each call)."""
 
     config_path: str
     result_dir: str
     variant: str = NOMINAL
+    run_file: str = ""
 
     @staticmethod
     def create(config_path: str | os.PathLike[str], result_dir: str | os.PathLike[str]) -> Plan:
@@ -204,8 +284,82 @@ class Plan:
         return plan
 
     def with_variant(self, variant: str) -> Plan:
-        """The same calibration for another variant."""
-        return Plan(self.config_path, self.result_dir, variant)
+        """The same calibration and run for another variant."""
+        return dataclasses.replace(self, variant=variant)
+
+    # --- the run: modes and input lists fixed when calibflow run starts -----------------------------
+    @property
+    def run(self) -> Run:
+        """The modes and input lists of this plan's run (:data:`NO_RUN` without a run file)."""
+        return _load_run(self.run_file) if self.run_file else NO_RUN
+
+    @property
+    def runs_dir(self) -> str:
+        """``<workdir>/runs``: the run files and the pointer to the latest."""
+        return os.path.join(self.workdir, RUNS)
+
+    def start_run(self, skip_bad_files: bool = False, limits: RunLimits | None = None, record: bool = True) -> Plan:
+        """This plan in a new run with these modes. Resolves the file patterns of every sample in every variant
+        once (the first ``limits.files`` matches) and records the identity of each file, in the run file
+        ``runs/<key>.json``: named by its content, so identical runs share it and runs with other modes or
+        inputs have their own (nothing is ever removed). ``record``: write it and point ``runs/latest.json``
+        to it (``calibflow run``); else it is known to this process only (``calibflow status``)."""
+        limits = limits or RunLimits()
+        base = os.path.dirname(self.config_path)
+        found: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for v in [NOMINAL, *self.all_variants()]:
+            plan = self.with_variant(v)
+            for s, smp in plan.config.samples.items():
+                key = (s, tuple(smp.files))
+                if key not in found and not plan.is_toy(s):
+                    found[key] = resolve_files(plan.config, s, base)[: limits.files]
+        identities = {p: _identity(p) for paths in found.values() for p in paths}
+        data = {"version": RUN_VERSION, "config": self.config_path, "skip_bad_files": skip_bad_files,
+                "limits": limits.describe(),
+                "inputs": [{"sample": s, "files": list(patterns), "found": [identities[p] for p in paths]}
+                           for (s, patterns), paths in found.items()]}
+        path = os.path.join(self.runs_dir, f"{content_key(data)}.json")
+        _RUNS[path] = Run.parse(data)
+        _RUN_DATA[path] = data
+        run = dataclasses.replace(self, run_file=path)
+        if record:
+            run.record_run()
+        return run
+
+    def record_run(self) -> None:
+        """Write the run file of this plan's run (made by :meth:`start_run` in this process) unless it exists,
+        and point ``runs/latest.json`` to it: ``calibflow run`` does so once its config passed the checks, so a
+        bad config leaves no result folder behind."""
+        path = self.run_file
+        if not os.path.exists(path):
+            _write_json(path, _RUN_DATA[path])
+        if self.latest_run_file() != path:
+            _write_json(os.path.join(self.runs_dir, LATEST_RUN), {"run_file": os.path.basename(path)})
+        for name in LEGACY_MODE_FILES:  # written by versions that shared the modes: never read now
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.workdir, "prep", name))
+
+    def latest_run_file(self) -> str | None:
+        """Path of the run file ``runs/latest.json`` points to (None: none, or unreadable)."""
+        try:
+            with open(os.path.join(self.runs_dir, LATEST_RUN)) as f:
+                return os.path.join(self.runs_dir, os.path.basename(str(json.load(f)["run_file"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def latest_run(self) -> Run:
+        """The run of the latest ``calibflow run`` of this folder (``runs/latest.json``; :data:`NO_RUN` when
+        there is none): commands that start no run of their own (``status``, ``fit-bin``) take its modes."""
+        path = self.latest_run_file()
+        try:
+            return NO_RUN if path is None else _load_run(path)
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            return NO_RUN
+
+    def in_latest_modes(self, record: bool = True) -> Plan:
+        """This plan in a new run (:meth:`start_run`) with the modes of the latest and the current inputs."""
+        latest = self.latest_run()
+        return self.start_run(latest.skip_bad_files, latest.limits, record)
 
     def _mtime(self) -> int:
         try:
@@ -289,7 +443,8 @@ class Plan:
         for v in [NOMINAL, *sorted(self.all_variants(), key=lambda v: v.count("/"))]:
             cfg = self.with_variant(v).config
             fit, methods = cfg.fit, sorted({s.method for s in cfg.samples.values()} & set(MASS_METHODS))
-            key = content_key(fit.signal, fit.background, fit.fail_width_shift, sorted(fit.parameters),
+            given = [*fit.parameters, *(n for o in fit.overrides for n in o.parameters)]  # overrides: same names
+            key = content_key(fit.signal, fit.background, fit.fail_width_shift, fit.fail_gauss, sorted(set(given)),
                               methods)
             if key in seen:
                 continue
@@ -299,8 +454,9 @@ class Plan:
                 background = get_shape("background", fit.background)
                 model = f"{signal.name} + {background.name}"
                 for method in methods or ["fit"]:  # sweights and yield fits have no fail width shift
-                    names = parameter_names(signal, background, fit.fail_width_shift and method == "fit")
-                    unknown = [n for n in fit.parameters if n not in names]
+                    names = parameter_names(signal, background, fit.fail_width_shift and method == "fit",
+                                            fit.fail_gauss and method == "fit")
+                    unknown = [n for n in given if n not in names]
                     if unknown:
                         raise ConfigError(_unknown_parameter(unknown[0], names, model, fit.fail_width_shift))
             except (ValueError, ConfigError) as exc:
@@ -367,20 +523,60 @@ class Plan:
         return base + (1 if index < extra else 0)
 
     def input_files(self, sample: str) -> list[str]:
-        """Absolute paths of the sample's input files (toy paths, or the expanded globs), the first
-        ``--max-files`` of them in a quick try (:attr:`limits`)."""
+        """Absolute paths of the sample's input files: toy paths, or the files listed when the run started
+        (without a run: the globs expanded now); the first ``--max-files`` of them in a quick try
+        (:attr:`limits`)."""
         limit = self.limits.files
         if self.is_toy(sample):
             n = self.config.toy.samples[sample].files  # type: ignore[union-attr]
             return [os.path.join(self.workdir, "inputs", f"{sample}_{i}-{self.toy_key(sample, i)}.root")
                     for i in range(n if limit is None else min(n, limit))]
-        return resolve_files(self.config, sample, os.path.dirname(self.config_path))[:limit]
+        if not self.run_file:
+            return resolve_files(self.config, sample, os.path.dirname(self.config_path))[:limit]
+        patterns = tuple(self.config.samples[sample].files)
+        try:
+            return list(self.run.files[(sample, patterns)])
+        except KeyError:
+            raise ConfigError(f"{self.run_file}: no input list of sample {sample!r} for files {list(patterns)}: "
+                              "the config changed since the run started; run again") from None
+
+    def input_file(self, sample: str, index: int) -> str:
+        """Input ``index`` of :meth:`input_files`; ConfigError naming the sample when there is no such input
+        (without a run, files removed since the task was made)."""
+        files = self.input_files(sample)
+        if 0 <= index < len(files):
+            return files[index]
+        raise ConfigError(f"sample {sample}: no input file {index}: its files match {len(files)} file(s) now "
+                          "(removed since the task was made?); run again")
 
     def input_identity(self, sample: str, index: int) -> dict[str, object]:
-        """What identifies input ``index``: the toy key, or path, size and mtime of a real file."""
+        """What identifies input ``index``: the toy key, or path, size and mtime of a real file (as listed
+        when the run started; without a run, now)."""
         if self.is_toy(sample):
             return {"toy": self.toy_key(sample, index)}
-        return file_identity(self.input_files(sample)[index])
+        path = self.input_file(sample, index)
+        return dict(self.run.identities[path]) if self.run_file else file_identity(path)
+
+    def input_change(self, sample: str, index: int) -> str | None:
+        """How input ``index`` differs from the file listed when the run started, as the end of a line naming
+        it: ``gone since ...``, ``changed since ... (size a -> b bytes)``; None when unchanged (or no run, a
+        toy input, a file unreadable then: its preparation names the problem)."""
+        if not self.run_file or self.is_toy(sample):
+            return None
+        path = self.input_file(sample, index)
+        was = self.run.identities[path]
+        if "size" not in was:
+            return None
+        try:
+            now = file_identity(path)
+        except FileNotFoundError:
+            return "gone since the run started, which listed it; run again to use the current files"
+        except OSError:
+            return None
+        units = {"size": "bytes", "mtime_ns": "ns"}
+        changes = [f"{k} {was[k]} -> {now[k]} {u}" for k, u in units.items() if was[k] != now[k]]
+        return (f"changed since the run started ({', '.join(changes)}); run again to use the current version"
+                if changes else None)
 
     # --- preparation --------------------------------------------------------------------------------
     def _lumi_version(self, sample: str) -> tuple[int, int] | None:
@@ -409,7 +605,7 @@ class Plan:
 
     def prep_path(self, sample: str, index: int, key: str | None = None) -> str:
         """Prepared HDF5 of input ``index`` of ``sample`` (``key``: its prep key, if already known)."""
-        src = self.input_files(sample)[index]
+        src = self.input_file(sample, index)
         return os.path.join(self.workdir, "prep", sample, output_name(src, key or self.prep_key(sample, index)))
 
     def prep_keys(self, sample: str) -> list[str]:
@@ -420,58 +616,20 @@ class Plan:
             return keys
         return [k + (EXCLUDED if os.path.exists(self.excluded_path(sample, i, k)) else "") for i, k in enumerate(keys)]
 
-    # --- inputs left out as bad (calibflow run --skip-bad-files) ------------------------------------
-    @property
-    def skip_mode_path(self) -> str:
-        """Present while the calibration runs with ``--skip-bad-files`` (set by each ``calibflow run``)."""
-        return os.path.join(self.workdir, "prep", SKIP_MODE)
-
+    # --- run modes (calibflow run --skip-bad-files, --limit N --max-files M) -----------------------------
     @property
     def skips_bad_files(self) -> bool:
-        """Whether bad input files are left out (exclusion markers count) rather than failing the run."""
-        return os.path.exists(self.skip_mode_path)
-
-    def set_skip_bad_files(self, skip: bool) -> None:
-        """Leave bad input files out from now on (``skip``), or retry them: exclusion markers are kept, but
-        count only while skipping, so switching back and forth recomputes nothing."""
-        if skip and not self.skips_bad_files:
-            os.makedirs(os.path.dirname(self.skip_mode_path), exist_ok=True)
-            with open(self.skip_mode_path, "w") as f:
-                f.write("calibflow run --skip-bad-files: inputs with a *.excluded.json marker are left out\n")
-        elif not skip and self.skips_bad_files:
-            os.remove(self.skip_mode_path)
-
-    # --- quick tries (calibflow run --limit N --max-files M) ---------------------------------------------
-    @property
-    def limits_path(self) -> str:
-        """Present while the calibration runs as a quick try (set or removed by each ``calibflow run``)."""
-        return os.path.join(self.workdir, "prep", LIMITS_MODE)
+        """Whether this run leaves bad input files out (exclusion markers count) rather than failing: a run
+        without ``--skip-bad-files`` retries them. Markers are kept either way, so switching back and forth
+        recomputes nothing."""
+        return self.run.skip_bad_files
 
     @property
     def limits(self) -> RunLimits:
-        """The quick-try limits of the latest ``calibflow run`` (empty: a full run). The entry limit enters
-        the prep keys (so every key after them), the file limit shortens the input lists, and both enter the
-        export key: a limited run never passes for a full one."""
-        try:
-            st = os.stat(self.limits_path)
-        except FileNotFoundError:
-            return RunLimits()
-        return _cached_limits(self.limits_path, (st.st_ino, st.st_size, st.st_mtime_ns))
-
-    def set_limits(self, limits: RunLimits) -> None:
-        """Run as a quick try with ``limits`` from now on, or in full (empty ``limits``): results of both
-        stay, under their own keys, so switching back and forth recomputes nothing."""
-        if limits == self.limits:
-            return
-        _cached_limits.cache_clear()
-        if not limits:
-            os.remove(self.limits_path)
-            return
-        os.makedirs(os.path.dirname(self.limits_path), exist_ok=True)
-        tmp = f"{self.limits_path}.tmp-{os.getpid()}"  # no calibflow.io.store here: it imports h5py
-        with open(tmp, "w") as f:
-            json.dump(limits.describe(), f)
-        os.replace(tmp, self.limits_path)
+        """The quick-try limits of this run (empty: a full run). The entry limit enters the prep keys (so every
+        key after them), the file limit shortens the input lists, and both enter the export key: a limited run
+        never passes for a full one, and the results of both stay under their own keys."""
+        return self.run.limits
 
     def excluded_path(self, sample: str, index: int, key: str | None = None) -> str:
         """Marker written instead of the prepared tuple of a bad input: JSON with the file and the reason."""
@@ -561,8 +719,45 @@ class Plan:
     def fit_keys(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
         """Content keys of the fits of several bins of ``sample`` (cached per process while the config and the
         prepared-tuple keys are unchanged: a chunk of bins asks for its keys several times per run)."""
-        return list(_cached_fit_keys(self.config_path, self._mtime(), self.variant, sample, self.pass_column,
-                                     tuple(self.prep_keys(sample)), tuple(bin_keys)))
+        args = (self.config_path, self._mtime(), self.variant, sample, self.pass_column, tuple(self.prep_keys(sample)))
+        if not self.config.fit.overrides or self.config.samples[sample].method not in MASS_METHODS:
+            return list(_cached_fit_keys(*args, tuple(bin_keys)))
+        fit = self.config.fit
+        try:
+            bins = self._bins_by_key()
+        except FileNotFoundError:  # no binning yet: no bin keys either
+            bins = {}
+        base = json.dumps(key_dump(fit.model_copy(update={"overrides": []})), sort_keys=True)
+        keys = list(_cached_fit_keys(*args, tuple(bin_keys), base))
+        for i, k in enumerate(bin_keys):
+            if k not in bins:  # not a bin (the "" of the variants' shared-content probe): the whole section
+                keys[i] = _cached_fit_keys(*args, (k,))[0]
+                continue
+            own = self.fit_config(k, bins)  # the bins whose own parameters differ: one key each
+            if own.parameters != fit.parameters:
+                keys[i] = _cached_fit_keys(*args, (k,), json.dumps(key_dump(own), sort_keys=True))[0]
+        return keys
+
+    def fit_config(self, bin_key: str, bins: Mapping[str, Bin] | None = None) -> FitConfig:
+        """The fit section of the bin with content key ``bin_key`` (``bins``: the scheme's bins by key, else
+        looked up): ``fit.overrides`` applied (:meth:`calibflow.config.FitConfig.for_bin`); a bin no override
+        selects has the fit, and the fit key, of the config without overrides. :meth:`fit_keys` of a key that is
+        no bin (``""``) holds the whole section, overrides included, so variants differing in them differ."""
+        fit = self.config.fit
+        if not fit.overrides:
+            return fit
+        b = (bins or self._bins_by_key())[bin_key]
+        return fit.for_bin(b.index, b.bounds)
+
+    def _bins_by_key(self) -> Mapping[str, Bin]:
+        """The bins of the scheme by content key: of the binning file, else of a binning that needs no data."""
+        path = self.binning_path()
+        if os.path.exists(path):
+            return _cached_bins_by_key(path, os.stat(path).st_mtime_ns)
+        scheme = self.scheme()
+        if scheme is None:
+            raise FileNotFoundError(path)
+        return {b.key: b for b in scheme.bins}
 
     def fit_path(self, sample: str, bin_key: str) -> str:
         """Result JSON of one bin of ``sample``."""
@@ -598,8 +793,8 @@ class Plan:
         so every working point reuses the fit."""
         from calibflow.fit.measure import SPLOT_VERSION, splot_settings
 
-        key = content_key(bin_key, self.prep_keys(sample), self.config.mass_spec, splot_settings(self.config.fit),
-                          SPLOT_VERSION)
+        key = content_key(bin_key, self.prep_keys(sample), self.config.mass_spec,
+                          splot_settings(self.fit_config(bin_key)), SPLOT_VERSION)
         return os.path.join(self.workdir, "splots", sample, f"{key}.json")
 
     def gallery_dir(self, sample: str) -> str:

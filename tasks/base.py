@@ -17,7 +17,9 @@ from typing import Any
 import b2luigi
 import luigi
 
+from calibflow.config import ConfigError
 from calibflow.hashing import content_key
+from calibflow.io.integrity import CorruptIntermediate, check_quick
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
 from tasks import batch
@@ -35,22 +37,29 @@ class CalibTask(b2luigi.Task):
     config = b2luigi.Parameter(description="absolute path of the calibration YAML")
     result_dir = b2luigi.Parameter(description="absolute path of the result folder")
     variant = b2luigi.Parameter(default="", description="systematic variation / working point ('' = nominal)")
+    run_file = b2luigi.Parameter(default="", description="absolute path of the run file of calibflow run: its "
+                                 "modes and input lists ('' = none: no modes, globs expanded at each call)")
     pool_preload: tuple[str, ...] = ()
     """Modules the task imports when it runs, imported once before a run's worker pool forks."""
 
     @property
     def plan(self) -> Plan:
         """Keys and paths of this calibration and variant."""
-        return Plan(self.config, self.result_dir, self.variant)
+        return Plan(self.config, self.result_dir, self.variant, self.run_file)
 
     def common(self) -> dict[str, str]:
-        """Parameters to pass on to required tasks (same calibration and variant)."""
-        return {"config": self.config, "result_dir": self.result_dir, "variant": self.variant}
+        """Parameters to pass on to required tasks (same calibration, variant and run)."""
+        return {"config": self.config, "result_dir": self.result_dir, "variant": self.variant,
+                "run_file": self.run_file}
 
     def same_content(self, key_of: Callable[[Plan], object]) -> dict[str, str]:
         """Parameters of a required task whose content is ``key_of(plan)``: the variant is the first one
         with that content, so variants sharing a result require the very same task."""
-        return {**self.common(), "variant": self.plan.canonical(key_of)}
+        return self.in_variant(self.plan.canonical(key_of))
+
+    def in_variant(self, variant: str) -> dict[str, str]:
+        """Parameters of a required task of the same calibration and run in ``variant``."""
+        return {**self.common(), "variant": variant}
 
     def results(self) -> int:
         """How many results this task stands for in the run report (1; a FitBin task: its bins)."""
@@ -60,8 +69,17 @@ class CalibTask(b2luigi.Task):
         """Local file target (written atomically by the library functions)."""
         return luigi.LocalTarget(path)
 
+    def complete(self) -> bool:
+        """Whether every output exists and passes the quick integrity check (:func:`intact`: a corrupt one is
+        removed, so the task runs again and rebuilds it)."""
+        outputs = luigi.task.flatten(self.output())
+        return all([intact(t.path) for t in outputs]) if outputs else super().complete()
+
     def on_failure(self, exception: BaseException) -> str:
-        """Record a one-line reason for the run summary, then let luigi log the traceback."""
+        """Record a one-line reason for the run summary, then let luigi log the traceback. A corrupt input
+        found while reading is removed first: the runner reruns the graph, which rebuilds it."""
+        if isinstance(exception, CorruptIntermediate):
+            remove_corrupt(exception, self.plan.workdir)
         self.record_failure(f"{type(exception).__name__}: {exception}")
         return super().on_failure(exception)
 
@@ -73,8 +91,11 @@ class CalibTask(b2luigi.Task):
             outputs = f"{FOR_OUTPUTS}{self.outputs_key()}\n"
         except Exception:  # e.g. the binning a chunk of fits needs is gone: the reason is what matters
             outputs = ""
-        with atomic_path(failure_path(self.plan, self.task_id)) as tmp, open(tmp, "w") as f:
-            f.write(lines[0] + "\n" + outputs)
+        try:
+            with atomic_path(failure_path(self.plan, record_id(self))) as tmp, open(tmp, "w") as f:
+                f.write(lines[0] + "\n" + outputs)
+        except OSError as exc:  # e.g. the disk is full: the run summary takes the reason from luigi instead
+            logging.getLogger("calibflow.task").warning("could not record the failure of %s: %s", self.task_id, exc)
 
     def outputs_key(self) -> str:
         """Content key of what this task makes: its output paths, which hold the content keys."""
@@ -121,20 +142,59 @@ class CalibTask(b2luigi.Task):
         return str(cpus) if cpus else False
 
     def on_success(self) -> None:
-        path = failure_path(self.plan, self.task_id)
+        path = failure_path(self.plan, record_id(self))
         if os.path.exists(path):
             os.remove(path)
         return super().on_success()
 
 
+def intact(path: str) -> bool:
+    """Whether the intermediate ``path`` exists and passes :func:`calibflow.io.integrity.check_quick` (size
+    and header); a corrupt one is removed (:func:`remove_corrupt`)."""
+    try:
+        check_quick(path)
+    except FileNotFoundError:
+        return False
+    except CorruptIntermediate as exc:
+        remove_corrupt(exc, os.path.dirname(path))
+        return False
+    return True
+
+
+def remove_corrupt(exc: CorruptIntermediate, root: str) -> None:
+    """Remove the corrupt intermediate of ``exc`` (if still there and under the folder ``root``: never an input
+    file) with a warning naming it and the damage."""
+    if os.path.commonpath([os.path.abspath(exc.path), os.path.abspath(root)]) != os.path.abspath(root):
+        return
+    try:
+        os.remove(exc.path)
+    except FileNotFoundError:
+        return
+    logging.getLogger("calibflow").warning("corrupt intermediate removed, to be rebuilt: %s", exc)
+
+
 def describe(task: luigi.Task) -> str:
-    """``Family(param=value, ...)`` without the config path, the result folder and empty parameters."""
-    params = {k: v for k, v in task.to_str_params().items() if k not in ("config", "result_dir") and v != ""}
+    """``Family(param=value, ...)`` without the config path, the result folder, the run file and empty
+    parameters."""
+    params = {k: v for k, v in task.to_str_params().items()
+              if k not in ("config", "result_dir", "run_file") and v != ""}
     return f"{task.task_family}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
+def record_id(task: CalibTask) -> str:
+    """The id of ``task`` with the modes of its run in place of its run file, naming its failure record: a run
+    in other modes keeps its own records, a run in the same modes with other inputs (a new run file) sees
+    those of the unchanged ones (the record's outputs key says whether a failure still counts)."""
+    params = {k: v for k, v in task.to_str_params(only_significant=True).items() if k != "run_file"}
+    try:
+        modes = task.plan.run.text()
+    except ConfigError:  # the run file is gone: the failure is still worth a record
+        modes = "unknown"
+    return luigi.task.task_id_str(task.task_family, {**params, **({"run_modes": modes} if modes else {})})
+
+
 def failure_path(plan: Plan, task_id: str) -> str:
-    """Where the one-line failure reason of ``task_id`` is kept."""
+    """Where the one-line failure reason of ``task_id`` (:func:`record_id`) is kept."""
     return os.path.join(plan.workdir, "logs", "failed", f"{task_id}.txt")
 
 
@@ -142,7 +202,7 @@ def recorded_failure(plan: Plan, task: luigi.Task) -> tuple[str, str | None] | N
     """The recorded failure of ``task``: (one-line reason, key of the outputs it was to make, None when not
     recorded); None when no failure is recorded (or the task succeeded since)."""
     try:
-        with open(failure_path(plan, task.task_id)) as f:
+        with open(failure_path(plan, record_id(task))) as f:
             lines = f.read().splitlines()
     except OSError:
         return None
@@ -150,10 +210,11 @@ def recorded_failure(plan: Plan, task: luigi.Task) -> tuple[str, str | None] | N
     return (lines[0].strip() if lines else "failed"), outputs
 
 
-def failure_reason(plan: Plan, task: luigi.Task) -> str:
-    """The recorded failure reason of ``task`` (or a pointer to the log when none was recorded)."""
+def failure_reason(plan: Plan, task: luigi.Task, fallback: str | None = None) -> str:
+    """The recorded failure reason of ``task``; when none was recorded (e.g. the disk was full), ``fallback``
+    (the exception line luigi reported), else a pointer to the log."""
     recorded = recorded_failure(plan, task)
-    return recorded[0] if recorded else "failed (see the log above)"
+    return recorded[0] if recorded else fallback or "failed (see the log above)"
 
 
 class TaskLog:

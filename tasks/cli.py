@@ -1,10 +1,11 @@
 """The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone, ``inspect`` a ROOT
-file, ``apply`` corrections, and the operations commands ``scheduler start|stop|status`` (a user's luigid)
-and ``status`` (task states per stage)."""
+file, ``apply`` corrections, and the operations commands ``scheduler start|stop|status`` (a user's luigid),
+``status`` (task states per stage) and ``verify`` (checksums of every intermediate of a result folder)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -57,6 +58,8 @@ EXAMPLES = """examples:
     calibflow run task_configs/my.yaml --limit 10000 --max-files 2
   what the result folder holds, per stage, and why anything failed (no scheduler needed):
     calibflow status task_configs/my.yaml
+  check every intermediate of the result folder against its checksums (--repair removes corrupt ones):
+    calibflow verify task_configs/my.yaml
   refit bin 12 of two samples after changing the fit model:
     calibflow fit-bin task_configs/my.yaml --bin 12 --sample data mc
   a central scheduler with a web UI, then a run that reports to it:
@@ -147,6 +150,12 @@ def _parser() -> _Parser:
                     help="only the tasks of this calibration (default: every task of the scheduler)")
     st.add_argument("--result-dir", metavar="DIR", help="result folder of that calibration")
     _scheduler_args(st)
+    vf = sub.add_parser("verify", epilog=VERIFY_EPILOG, help="check every intermediate of a result folder "
+                        "against its checksums (and that the published files exist)")
+    vf.add_argument("config", nargs="?", metavar="CONFIG", help=f"calibration YAML (default {DEFAULT_CONFIG})")
+    vf.add_argument("--result-dir", metavar="DIR", help="result folder of that calibration")
+    vf.add_argument("--repair", action="store_true",
+                    help="remove the corrupt intermediates, so that the next run rebuilds them")
     return p
 
 
@@ -154,9 +163,23 @@ BATCH_WORKERS = 100
 STATUS_EPILOG = f"""\
 With --scheduler-host/--scheduler-port, or a scheduler answering at {DEFAULT_HOST}:{DEFAULT_PORT} that knows
 the calibration: the scheduler's pending/running/done/failed tasks. Otherwise, with CONFIG: what the result
-folder holds for the current keys (outputs that exist, failed with the recorded reason, missing).
+folder holds for the current keys (outputs that exist, failed with the recorded reason, missing), in the
+options of the latest 'calibflow run' (--skip-bad-files, --limit, --max-files).
 
 {EXIT_CODES}"""
+
+
+VERIFY_EPILOG = """\
+Reads every byte of the intermediates under <result_dir>/<name>/ (prepared tuples, histograms, binning, fit
+results, sPlot caches, tables): each HDF5 chunk against its Fletcher32 checksum, each JSON against its digest,
+each table file against the SHA-256 its done marker holds; checks that the published files exist. One line
+per corrupt or missing file.
+
+exit codes:
+  0  every intermediate intact (one line counting them)
+  1  a corrupt intermediate (with --repair: removed, so that 'calibflow run' rebuilds it) or a missing
+     published file
+  2  a bad config or command line, or no result folder: one line saying what to fix"""
 
 
 def _positive(text: str) -> int:
@@ -286,15 +309,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.overwrite:
         plan.check_name_free()
     t0 = time.perf_counter()
-    plan.set_skip_bad_files(args.skip_bad_files)  # without the flag, files left out before are retried
-    plan.set_limits(RunLimits(args.limit, args.max_files))  # without them, a full run
-    top = ExportTables(config=plan.config_path, result_dir=plan.result_dir)
-    if not top.complete():
+    # the input lists and modes of this run, fixed now for all its tasks (without --skip-bad-files, files left
+    # out before are retried; without --limit/--max-files, a full run); other runs keep theirs
+    plan = plan.start_run(args.skip_bad_files, RunLimits(args.limit, args.max_files), record=False)
+    top = ExportTables(config=plan.config_path, result_dir=plan.result_dir, run_file=plan.run_file)
+    done = top.complete()
+    if not done:
         plan.check_inputs()  # the config against its inputs: one line and exit 2 before any task runs
-        if not args.batch and workers > 1:
-            from calibflow.ops.warmup import warm_up
+    plan.record_run()  # the checks passed: the run file for the tasks (and status, fit-bin)
+    if not done and not args.batch and workers > 1:
+        from calibflow.ops.warmup import warm_up
 
-            warm_up()  # forked workers start with the kernels loaded
+        warm_up()  # forked workers start with the kernels loaded
     report = build(plan, [top], workers, scheduler=scheduler, batch_mode=args.batch,
                    progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)
@@ -322,7 +348,12 @@ def _mark_stale(plan: Plan, failed: Sequence[tuple[str, str]]) -> None:
     """After a failed run: mark the published files stale and say so (nothing is said when none exist)."""
     from calibflow.export.publish import STALE, mark_stale
 
-    record = mark_stale(plan, failed)
+    try:
+        record = mark_stale(plan, failed)
+    except OSError as exc:  # e.g. the disk that failed the run is still full: the failure is what matters
+        print(f"calibflow: could not mark the published files of {_shown(plan.workdir)} stale: {exc.strerror or exc}"
+              " (they are those of the last successful run, not of this config and inputs)", file=sys.stderr)
+        return
     if record is not None:
         print(f"calibflow: {_shown(plan.workdir)} keeps the tables of the last successful run, marked stale "
               f"({STALE}, manifest.json, the report) until a run succeeds", file=sys.stderr)
@@ -334,7 +365,7 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
     from tasks import FitBin
     from tasks.runner import build
 
-    plan = _plan(args.config, args.result_dir)
+    plan = _plan(args.config, args.result_dir).in_latest_modes()  # a run with the modes of the latest
     if not os.path.exists(plan.binning_path()):
         raise ConfigError(f"{plan.config_path}: no binning yet in {plan.workdir}; run 'calibflow run' first")
     n = len(plan.load_scheme())
@@ -346,8 +377,8 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
         raise ConfigError(f"{plan.config_path}: --sample {unknown[0]}: not a sample"
                           f"{suggestion(unknown[0], plan.config.samples, 'samples')}")
     plan.check_inputs()
-    tasks = [FitBin(sample=s, bin_index=args.bin_index, config=plan.config_path, result_dir=plan.result_dir)
-             for s in samples]
+    tasks = [FitBin(sample=s, bin_index=args.bin_index, config=plan.config_path, result_dir=plan.result_dir,
+                    run_file=plan.run_file) for s in samples]
     for t in tasks:
         if os.path.exists(t.output().path):
             os.remove(t.output().path)
@@ -390,6 +421,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     address = _scheduler(args)
     given = address is not None
     plan = _plan(args.config, args.result_dir) if args.config else None
+    if plan is not None:  # the keys of the current inputs in the modes of the latest run (nothing written)
+        plan = plan.in_latest_modes(record=False)
     address = address or _default_scheduler()
     if plan is None and address is None:
         raise SetupError(f"no luigi scheduler answers at {DEFAULT_HOST}:{DEFAULT_PORT}: name a config to "
@@ -434,7 +467,8 @@ def _folder_status(plan: Plan) -> int:
 
     state = folder_status(plan)
     limited = f" of a quick try ({plan.limits.text()})" if plan.limits else ""
-    print(f"result folder {_shown(plan.workdir)} (no scheduler): outputs of the current keys{limited}, "
+    skipping = " leaving bad input files out (--skip-bad-files)" if plan.skips_bad_files else ""
+    print(f"result folder {_shown(plan.workdir)} (no scheduler): outputs of the current keys{limited}{skipping}, "
           "per stage")
     print(state.counts.table())
     for family in state.unknown:
@@ -472,6 +506,50 @@ def _published(plan: Plan) -> None:
     stale = stale_state(plan.workdir)
     if stale:
         print(f"STALE: {stale_text(manifest, stale)}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every intermediate of the calibration's result folder in full and that the published files
+    exist; one line per corrupt or missing file (removed with --repair); exit 1 if there is any."""
+    from calibflow.io.integrity import verify_folder
+
+    plan = _plan(args.config, args.result_dir)
+    if not os.path.isdir(plan.workdir):
+        raise SetupError(f"{plan.workdir}: no result folder of {plan.config.name}; run 'calibflow run' first")
+    checked, bad = 0, 0
+    for path, exc in verify_folder(plan.workdir):
+        checked += 1
+        if exc is not None:
+            bad += 1
+            print(f"CORRUPT {_shown(path)}: {exc.reason}")
+            if args.repair:
+                os.remove(path)
+    missing = _missing_published(plan.workdir)
+    for rel in missing:
+        print(f"MISSING {_shown(os.path.join(plan.workdir, rel))}: listed in manifest.json")
+    name = plan.config.name
+    if bad:
+        fix = "removed: 'calibflow run' rebuilds them" if args.repair else "rerun with --repair to remove them"
+        print(f"calibflow: {name}: {bad} of {checked} intermediate file(s) corrupt ({fix})")
+    else:
+        print(f"calibflow: {name}: {checked} intermediate file(s) intact")
+    if missing:
+        print(f"calibflow: {name}: {len(missing)} published file(s) missing ('calibflow run' publishes them again)")
+    return 1 if bad or missing else 0
+
+
+def _missing_published(workdir: str) -> list[str]:
+    """The files the manifest of the published set lists that do not exist (paths relative to ``workdir``)."""
+    from calibflow.export.publish import published_dir
+
+    folder = published_dir(workdir) or workdir
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f).get("files", [])
+    except (OSError, ValueError):
+        return []
+    return [os.path.relpath(os.path.join(folder, rel), workdir) for rel in files
+            if not os.path.isfile(os.path.join(folder, rel))]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -517,7 +595,7 @@ def _error(exc: Exception) -> int:
 
 
 COMMANDS = {"run": cmd_run, "fit-bin": cmd_fit_bin, "inspect": cmd_inspect, "apply": cmd_apply,
-            "scheduler": cmd_scheduler, "status": cmd_status}
+            "scheduler": cmd_scheduler, "status": cmd_status, "verify": cmd_verify}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace | None:
@@ -549,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ConfigError, ExprError, SetupError) as exc:
         return _error(exc)
+    except OSError as exc:  # outside any task (a task's own errors go to the run summary): e.g. a full disk
+        where = f"{_shown(str(exc.filename))}: " if exc.filename else ""
+        full = " (the disk is full: free space and rerun)" if exc.errno == errno.ENOSPC else ""
+        return _error(SetupError(f"{where}{exc.strerror or exc}{full}"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import time
 import b2luigi
 
 from calibflow.io import jsonio
-from calibflow.io.store import atomic_path
 from tasks.base import RESULTS_MADE, CalibTask
 from tasks.prep import PrepareTuple
 
@@ -23,8 +22,8 @@ class MakeBinning(CalibTask):
             src = plan.binning_source
             for s in src.config.samples:
                 for i in range(len(src.input_files(s))):
-                    yield PrepareTuple(sample=s, index=i, config=self.config, result_dir=self.result_dir,
-                                       variant=src.canonical(lambda p, s=s, i=i: p.prep_key(s, i)))
+                    yield PrepareTuple(sample=s, index=i,
+                                       **self.in_variant(src.canonical(lambda p, s=s, i=i: p.prep_key(s, i))))
 
     def output(self):
         return self.target(self.plan.binning_path())
@@ -177,14 +176,13 @@ class FitBin(CalibTask):
             if sample.method == "sweights":
                 data["splot_cache"] = plan.splot_path(self.sample, b.key)
             try:
-                result = measure_bin(sample.method, cfg.fit, interval=sample.interval, **data)
+                result = measure_bin(sample.method, plan.fit_config(b.key), interval=sample.interval, **data)
             except Exception as exc:  # fit the other bins, then fail with the first reason
                 logging.getLogger("calibflow.task").exception("bin %d (%s) failed", b.index, b.label())
                 failures.append(f"bin {b.index} ({b.label()}): {type(exc).__name__}: {exc}")
                 continue
             result["bin"] = b.label()
-            with atomic_path(paths[k]) as tmp, open(tmp, "w") as f:
-                jsonio.dump(result, f, indent=1)
+            jsonio.write_record(paths[k], result, indent=1)
             self._made += 1
             if figures and (cfg.fit.plots == "all" or result["status"] != "ok"):
                 t0, c0 = time.perf_counter(), time.process_time()

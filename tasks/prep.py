@@ -17,7 +17,7 @@ class GenerateToys(CalibTask):
     index = b2luigi.IntParameter()
 
     def output(self):
-        return self.target(self.plan.input_files(self.sample)[self.index])
+        return self.target(self.plan.input_file(self.sample, self.index))
 
     def run(self) -> None:
         from calibflow.toys.registry import write_toy_file
@@ -36,8 +36,11 @@ class GenerateToys(CalibTask):
 class PrepareTuple(CalibTask):
     """Prepare input file ``index`` of ``sample`` into a compact HDF5 of the needed columns.
 
-    While the calibration skips bad files (``calibflow run --skip-bad-files``), a file that cannot be read
-    is left out: the task writes an exclusion marker (file and reason) instead of failing.
+    The index is into the input list of the run (its run file: the files and their identities, fixed when
+    ``calibflow run`` started), so it names one file for the whole run; a file gone or changed since then
+    fails the task with a line naming it. While the run skips bad files (``--skip-bad-files``), a file that
+    cannot be read (or is gone or changed) is left out: the task writes an exclusion marker (file and reason)
+    under that file's name and key instead of failing.
     """
 
     pool_preload = ("calibflow.prep.prepare", "calibflow.kernels.warm:warm_up")
@@ -60,9 +63,12 @@ class PrepareTuple(CalibTask):
         from calibflow.prep.spec import PrepError
 
         plan = self.plan
-        src = plan.input_files(self.sample)[self.index]
+        src = plan.input_file(self.sample, self.index)
         key = plan.prep_key(self.sample, self.index)
         try:
+            changed = plan.input_change(self.sample, self.index)
+            if changed:
+                raise PrepError(f"{src}: {changed}")
             prepare_file(src, plan.prep_spec(self.sample), plan.prep_path(self.sample, self.index, key),
                          metadata={"sample": self.sample, "key": key})
         except PrepError as exc:

@@ -9,11 +9,13 @@ invocation ran, reused, saw run by others, and what failed (by the tasks' readab
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ import luigi.worker
 from b2luigi.batch.workers import BatchSystems, SendJobWorker
 from luigi.execution_summary import _summary_dict
 
+from calibflow.io.integrity import CorruptIntermediate
 from calibflow.ops.scheduler import SetupError
 from calibflow.plan import Plan
 from tasks import batch
@@ -155,6 +158,9 @@ class CalibWorker(SendJobWorker):
         self._quiet_since: float | None = None
         self._pool: TaskPool | None = None
         self.results_made: dict[str, int] = {}
+        self.failure_lines: dict[str, str] = {}
+        """Task id -> the last line of luigi's explanation of its failure (the exception), for a summary
+        that names the reason even when the failure record could not be written (a full disk)."""
         """Per task id, the results a finished task says it made (``tasks.base.RESULTS_MADE``)."""
 
     def __exit__(self, *args: Any) -> Any:
@@ -187,6 +193,8 @@ class CalibWorker(SendJobWorker):
             made = _results_made(kwargs.get("expl"))
             if kwargs["status"] == luigi.scheduler.DONE and made is not None:
                 self.results_made[task.task_id] = made
+            if kwargs["status"] == luigi.scheduler.FAILED:
+                self.failure_lines[task.task_id] = _last_line(kwargs.get("expl"))
         else:
             self.progress.scheduled(task, kwargs["status"])
 
@@ -215,6 +223,20 @@ class CalibWorker(SendJobWorker):
         if "num_tasks" in running:  # too many to list: assume some are ours
             return True
         return any((t["params"].get("config"), t["params"].get("result_dir")) in ours for t in running.values())
+
+
+def _last_line(expl: str | None) -> str:
+    """The last non-empty line of a failure's explanation (luigi sends the task's traceback JSON-encoded: its
+    last line is the exception), or ''; a full disk says what to do."""
+    try:
+        text = json.loads(expl) if expl else ""
+    except ValueError:
+        text = expl or ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    if f"[Errno {errno.ENOSPC}]" in line:
+        line += " (the disk is full: free space and rerun; what finished is kept)"
+    return line
 
 
 def _results_made(expl: str | None) -> int | None:
@@ -323,6 +345,15 @@ def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: 
     if cleaned and progress is not None:
         print(f"removed {len(cleaned)} stale temporary file(s) left by an interrupted run", file=progress)
     result = run_tasks(tasks, workers, scheduler, batch_mode, make_progress(progress, plan.config.name))
+    earlier: list[luigi.LuigiRunResult] = []
+    seen: set[str] = set()
+    while len(earlier) < MAX_REBUILDS and (corrupt := _corrupt_inputs(plan, result) - seen):
+        # the tasks that found them removed them (tasks.base): a rerun rebuilds them, then runs the tasks
+        seen |= corrupt
+        for reason in sorted(corrupt):
+            print(f"calibflow: removed {reason}; rebuilding it", file=progress or sys.stderr)
+        earlier.append(result)
+        result = run_tasks(tasks, workers, scheduler, batch_mode, make_progress(progress, plan.config.name))
     cleaned += clean_stale_temporaries(plan.workdir) if os.path.isdir(plan.workdir) else []  # of killed jobs
     s = _summary_dict(result.worker)
     failed = s["failed"] | s["scheduling_error"]
@@ -330,27 +361,53 @@ def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: 
                | s["run_by_other_worker"])
     by_others = {t for t in waiting if t not in failed and t.complete()}  # done by another invocation
     pending = waiting - by_others - failed
-    ran: Counter[str] = Counter()
-    reused: Counter[str] = Counter()
-    for t in s["completed"]:  # a task that does not say how many results it made made all of them
-        n = _results(t)
-        made = min(result.worker.results_made.get(t.task_id, n), n)
-        ran[t.task_family] += made
-        reused[t.task_family] += n - made
+    ran, reused, tasks_ran = _ran(result)
     for t in s["already_done"]:
         reused[t.task_family] += _results(t)
+    tasks_reused = Counter(t.task_family for t in s["already_done"])
+    for before in earlier:  # what an earlier pass ran, the last one reused
+        made, _, tasks = _ran(before)
+        ran, reused, tasks_ran, tasks_reused = ran + made, reused - made, tasks_ran + tasks, tasks_reused - tasks
     return RunReport(
         ok=not failed and not pending,
         ran=+ran,
         reused=+reused,
-        failed=sorted(((describe(t), failure_reason(plan, t)) for t in failed), key=lambda f: _natural(f[0])),
+        failed=sorted(((describe(t), failure_reason(plan, t, result.worker.failure_lines.get(t.task_id)))
+                       for t in failed), key=lambda f: _natural(f[0])),
         not_run=len(pending),
         by_others=Counter(t.task_family for t in by_others),
         cleaned=cleaned,
-        tasks_ran=Counter(t.task_family for t in s["completed"]),
-        tasks_reused=Counter(t.task_family for t in s["already_done"]),
+        tasks_ran=tasks_ran,
+        tasks_reused=tasks_reused,
         log_dir=os.path.join(plan.workdir, "logs"),
     )
+
+
+MAX_REBUILDS = 5
+"""Reruns of a graph in one invocation to rebuild corrupt intermediates its tasks found (and removed): a
+damaged prepared tuple may be found only once the histograms made from it were rebuilt."""
+
+
+def _corrupt_inputs(plan: Plan, result: luigi.LuigiRunResult) -> set[str]:
+    """The failures of a run caused by a corrupt intermediate (``<path>: <what is wrong>``)."""
+    s = _summary_dict(result.worker)
+    reasons = (failure_reason(plan, t, result.worker.failure_lines.get(t.task_id)) for t in s["failed"])
+    mark = f"{CorruptIntermediate.__name__}: "
+    return {r.split(mark, 1)[1] for r in reasons if mark in r}
+
+
+def _ran(result: luigi.LuigiRunResult) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    """Per family, the results a run made and those its completed tasks reused (FitBin fits only the missing
+    bins of its chunk), and the tasks it ran."""
+    ran: Counter[str] = Counter()
+    reused: Counter[str] = Counter()
+    completed = _summary_dict(result.worker)["completed"]
+    for t in completed:  # a task that does not say how many results it made made all of them
+        n = _results(t)
+        made = min(result.worker.results_made.get(t.task_id, n), n)
+        ran[t.task_family] += made
+        reused[t.task_family] += n - made
+    return ran, reused, Counter(t.task_family for t in completed)
 
 
 def _natural(text: str) -> list[str | int]:

@@ -5,8 +5,10 @@ Walks the graph ``calibflow run`` would build (each task's ``requires``, and the
 binning exists) and asks every task whether its outputs exist; a task without them that recorded a failure
 (``tasks.base``: the one-line reason and the key of the outputs it was to make) counts as failed while those
 outputs are still the wanted ones, else as missing. FitBin counts bins (one result each), the other stages
-tasks. Nothing runs and nothing is written; the keys are those of the latest ``calibflow run``'s options
-(``--skip-bad-files``, ``--limit``, ``--max-files``: recorded in the result folder).
+tasks. Nothing runs and nothing is written, except that an output failing its quick integrity check is
+removed as in every ``complete()`` (``tasks.base.intact``: a corrupt file counts as missing); the keys are those of the config and inputs as they are now, in
+the options (``--skip-bad-files``, ``--limit``, ``--max-files``) of the latest ``calibflow run`` (its run file,
+named by ``runs/latest.json``; :meth:`calibflow.plan.Plan.in_latest_modes`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def graph(plan: Plan) -> list[CalibTask]:
     from tasks.tables import EfficiencyTable
 
     seen: dict[str, CalibTask] = {}
-    stack: list[CalibTask] = [ExportTables(config=plan.config_path, result_dir=plan.result_dir)]
+    stack: list[CalibTask] = [ExportTables(config=plan.config_path, result_dir=plan.result_dir,
+                                           run_file=plan.run_file)]
     while stack:
         task = stack.pop()
         if task.task_id in seen:

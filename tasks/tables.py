@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 
 from calibflow.export.publish import is_published
 from calibflow.io.jsonio import load_numbers
@@ -33,7 +34,7 @@ class EfficiencyTable(CalibTask):
 
     def run(self):
         from calibflow.fit.histograms import read_truth
-        from calibflow.io.store import atomic_path
+        from calibflow.io.integrity import folder_files
         from calibflow.tables.write import write_tables
 
         plan = self.plan
@@ -48,9 +49,9 @@ class EfficiencyTable(CalibTask):
         if hists:
             yield hists
             truth = {h.sample: read_truth(h.output().path) for h in hists}
+        before = folder_files(plan.table_dir())
         write_tables(plan.table_dir(), plan.load_scheme(), results, plan.scale_factor_pairs(), truth)
-        with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
-            f.write(plan.table_key() + "\n")
+        seal(self, plan.table_key(), before)
 
 
 class CombineTables(CalibTask):
@@ -61,19 +62,19 @@ class CombineTables(CalibTask):
         plan = self.plan
         for v in [NOMINAL, *plan.all_variants()]:
             v_plan = plan.with_variant(v)
-            yield EfficiencyTable(config=self.config, result_dir=self.result_dir,
-                                  variant=v_plan.canonical(lambda p: p.table_key()))
+            yield EfficiencyTable(**self.in_variant(v_plan.canonical(lambda p: p.table_key())))
 
     def output(self):
         return self.target(os.path.join(self.plan.combined_dir(), DONE))
 
     def run(self) -> None:
-        from calibflow.io.store import atomic_path
+        from calibflow.io.integrity import folder_files
         from calibflow.tables.assemble import combine_all
 
+        check_sealed(self.requires())
+        before = folder_files(self.plan.combined_dir())
         combine_all(self.plan)
-        with atomic_path(self.output().path) as tmp, open(tmp, "w") as f:
-            f.write(self.plan.combined_key() + "\n")
+        seal(self, self.plan.combined_key(), before)
 
 
 class ExportTables(CalibTask):
@@ -93,5 +94,27 @@ class ExportTables(CalibTask):
     def run(self) -> None:
         from calibflow.export.publish import export_all
 
+        check_sealed(self.requires())
         export_all(self.plan)
+
+
+def seal(task: CalibTask, key: str, before: Mapping[str, int]) -> None:
+    """Write the done marker of ``task`` (its output): ``key``, then the size and SHA-256 of every file it wrote
+    into its folder (not in ``before``, the folder's files and inodes before it wrote:
+    :func:`calibflow.io.integrity.seal_text`; the quick check of ``complete()`` compares the sizes)."""
+    from calibflow.io.integrity import seal_text
+    from calibflow.io.store import atomic_path
+
+    path = task.output().path
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(seal_text(path, key, before))
+
+
+def check_sealed(tasks: Iterable[CalibTask]) -> None:
+    """Check the SHA-256 of every file the done markers of ``tasks`` (the required table tasks) seal, before
+    their folders are read: CorruptIntermediate naming the marker (then removed: the tables are rebuilt)."""
+    from calibflow.io.integrity import check_full
+
+    for t in tasks:
+        check_full(t.output().path)
 

@@ -158,7 +158,9 @@ def test_skip_bad_files_leaves_them_out_and_says_so(bad_run) -> None:
 def test_a_run_without_the_flag_retries_and_a_run_with_it_reuses(bad_run) -> None:
     code, _, err = bad_run()
     assert code == 1 and bad_run.bad in err  # retried, still bad
-    assert not (bad_run.workdir / "prep" / "SKIP_BAD_FILES").exists()
+    runs = bad_run.workdir / "runs"  # the mode is the run's own, in its run file: no shared marker
+    latest = json.loads((runs / json.loads((runs / "latest.json").read_text())["run_file"]).read_text())
+    assert latest["skip_bad_files"] is False and not (bad_run.workdir / "prep" / "SKIP_BAD_FILES").exists()
     code, out, _ = bad_run("--skip-bad-files")
     assert code == 0
     assert "0 task(s) run, 1 reused" in out  # the tables made without the bad file are still valid

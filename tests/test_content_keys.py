@@ -11,7 +11,13 @@ signal yields with their errors in every per-bin result and gave fixed parameter
 ``SPLOT_VERSION`` 2 for the cached sPlot fits), and the yield columns in the tables (``TABLE_VERSION`` 2): every fit
 key, fitted or counted, and the tables and combined tables changed; toy inputs, prepared tuples, binning and the
 histograms of unweighted samples did not (weighted samples' histograms, which now count negative weights, have a new
-key; the demo has none). The export key holds the config file's path and
+key; the demo has none). Issue 18 (item 5) put the goodness-of-fit columns (``chi2``, ``ndof``, ``chi2_pvalue``,
+``ks_pvalue``) in the efficiency tables (``TABLE_VERSION`` 3): the tables and combined tables changed; the fit keys did
+not (the new fit options ``fail_gauss``, ``overrides`` and ``gof`` are left out of the fit section's dump while at their
+defaults, and readers of older results compute the χ² p-value from their χ² and ndof). Issue 17 bumped
+``PREP_VERSION`` to 2 (expression semantics: boolean addition counts, integers never wrap, constants beyond 64 bits
+are floats; and checksummed HDF5): every prepared tuple and everything after it changed (histograms, fits, tables);
+toy inputs and the given binning did not. The export key holds the config file's path and
 bytes, so it is not pinned by value but by what changes it.
 """
 
@@ -29,25 +35,27 @@ PACKAGED_DEMO = Path(__file__).resolve().parents[1] / "calibflow" / "data" / "de
 RECORDED = {
     "toy/data": ["5a0f999820fcc5a1", "dd4da596b1e3bc8c", "65a4b8d5d0bfaa04"],
     "toy/mc": ["91f5929932b2084e", "e019cc24b7998332"],
-    "prep/data": ["577e6f0df4062598", "3eed6ae6e12da5f9", "63a94946dee31790"],
-    "prep/mc": ["05b4cd7988507860", "24c49fe3f449a50a"],
-    "hist/data": "cc26215fb7168d9b",
-    "hist/mc": "2983d10ea3e88f00",
+    "prep/data": ["e898968cfd76458d", "08d92987ebae8075", "1c1256f7506c7bd0"],
+    "prep/mc": ["d3ee190288ec1aaa", "88b908d478ae5761"],
+    "hist/data": "d09037284e432ccc",
+    "hist/mc": "330bce0c55b46fd8",
     "binning": "124fc3a489947821",
     "n_bins": 156,
     "bins": ["3a4f9685d23adac5", "e380f7244a2e1a11", "a8f0f9b70f712a24"],
-    "fit/data": ["fc19b12ca133a747", "edfed19dffa65e07", "006da3cc4841b020"],
-    "fit/mc": ["ac21e74afacb1c75", "c09c2bc70ad15dfc", "a5e8302883fdde7f"],
-    "fit/data/sigmodel": ["71d32a9de42f7e6a", "e882ffc43462e8a9", "7ac53bad9966b86c"],
-    "table": "85022dcf23cd1b46",
-    "table/sigmodel": "0e30fe0d21faefa0",
-    "combined": "ee38bb78c0064be4",
+    "fit/data": ["d91129ca904b4148", "51a2133e9fd36496", "6ee3094aa7a410ff"],
+    "fit/mc": ["73dc4914e6dc2e51", "9d59239244454c44", "532d14e075652e7e"],
+    "fit/data/sigmodel": ["5f89cf724462f66c", "f49815ee7e26bba0", "4ef1dc2d25d16f64"],
+    "table": "558e8361455c0f56",
+    "table/sigmodel": "1e50b16d78a2779b",
+    "combined": "e53615a0af6e7945",
 }
 
 
-def demo_keys(config: Path, result_dir: Path) -> dict[str, object]:
-    """Content keys of the demo computed by the plan alone (toy inputs and a given binning: no task runs)."""
+def demo_keys(config: Path, result_dir: Path, run_file: str = "") -> dict[str, object]:
+    """Content keys of the demo computed by the plan alone (toy inputs and a given binning: no task runs), in
+    the run of ``run_file`` (default: none)."""
     plan = Plan.create(config, result_dir)
+    plan = Plan(plan.config_path, plan.result_dir, run_file=run_file)
     out: dict[str, object] = {}
     for s in ("data", "mc"):
         out[f"toy/{s}"] = [plan.toy_key(s, i) for i in range(len(plan.input_files(s)))]

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "calibflow"
-STAGES = ("io", "prep", "binning", "fit", "tables", "export", "toys", "kernels", "ops")
+STAGES = ("io", "prep", "binning", "fit", "tables", "export", "toys", "kernels", "ops", "kde")
 MAX_TOP_MODULES = 8
 
 

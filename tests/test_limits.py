@@ -118,28 +118,27 @@ def test_limits_enter_the_keys_only_when_given(tmp_path: Path) -> None:
 
     plan = Plan.create(DEMO, tmp_path)
     full, full_export = demo_keys(DEMO, tmp_path), plan.export_key()
-    plan.set_limits(RunLimits(entries=5000))
-    keys = demo_keys(DEMO, tmp_path)
+    run = plan.start_run(limits=RunLimits(entries=5000))
+    keys = demo_keys(DEMO, tmp_path, run.run_file)
     for k in ("prep/data", "prep/mc", "hist/data", "fit/data", "fit/mc", "table", "combined"):
         assert keys[k] != full[k], k  # every key from the prepared tuples on
     assert keys["toy/data"] == full["toy/data"] and keys["binning"] == full["binning"]
-    assert plan.prep_spec("data").entry_limit == 5000
+    assert run.prep_spec("data").entry_limit == 5000 and plan.prep_spec("data").entry_limit is None
 
-    plan.set_limits(RunLimits(files=2))  # data has 3 toy files, mc 2
-    keys = demo_keys(DEMO, tmp_path)
+    run = plan.start_run(limits=RunLimits(files=2))  # data has 3 toy files, mc 2
+    keys = demo_keys(DEMO, tmp_path, run.run_file)
     assert keys["prep/data"] == full["prep/data"][:2] and keys["prep/mc"] == full["prep/mc"]
     assert keys["hist/data"] != full["hist/data"] and keys["hist/mc"] == full["hist/mc"]
     assert keys["table"] != full["table"]
-    assert len(plan.input_files("data")) == 2
+    assert len(run.input_files("data")) == 2
 
-    plan.set_limits(RunLimits(files=3))  # leaves nothing out: the full tables, published as limited
-    assert demo_keys(DEMO, tmp_path) == full
-    assert plan.export_key() != full_export
-    assert json.loads(Path(plan.limits_path).read_text()) == {"files_per_sample": 3}
+    run = plan.start_run(limits=RunLimits(files=3))  # leaves nothing out: the full tables, published as limited
+    assert demo_keys(DEMO, tmp_path, run.run_file) == full
+    assert run.export_key() != full_export
+    assert json.loads(Path(run.run_file).read_text())["limits"] == {"files_per_sample": 3}
 
-    plan.set_limits(RunLimits())
-    assert not Path(plan.limits_path).exists()
-    assert demo_keys(DEMO, tmp_path) == full and plan.export_key() == full_export
+    run = plan.start_run()
+    assert demo_keys(DEMO, tmp_path, run.run_file) == full and run.export_key() == full_export
 
 
 def test_limits_text() -> None:

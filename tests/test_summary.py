@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from calibflow.io.jsonio import read_record, write_record
 from calibflow.plan import Plan
 from calibflow.tables.fitstatus import (
     LOW_STATISTICS,
@@ -41,11 +42,13 @@ def test_counts_group_flagged_bins_by_reason() -> None:
 
 
 def test_status_of_a_result_file(tmp_path: Path) -> None:
-    (tmp_path / "a.json").write_text(json.dumps({"efficiency": 0.5, "status": "at_limit:sigma"}))
+    write_record(tmp_path / "a.json", {"efficiency": 0.5, "status": "at_limit:sigma"})
     (tmp_path / "b.json").write_text("{not json")
     (tmp_path / "c.json").write_text("[1, 2]")
+    (tmp_path / "d.json").write_text(json.dumps({"efficiency": 0.5, "status": "ok"}))  # no digest: not trusted
     assert result_status(str(tmp_path / "a.json")) == "at_limit:sigma"
     assert result_status(str(tmp_path / "b.json")) == result_status(str(tmp_path / "c.json")) == "unreadable"
+    assert result_status(str(tmp_path / "d.json")) == "unreadable"
     assert result_status(str(tmp_path / "missing.json")) is None
 
 
@@ -61,10 +64,7 @@ def _set_statuses(plan: Plan, sample: str, statuses: list[str | None]) -> None:
         if status is None:
             os.remove(path)
             continue
-        with open(path) as f:
-            result = json.load(f)
-        with open(path, "w") as f:
-            json.dump({**result, "status": status}, f)
+        write_record(path, {**read_record(path), "status": status})
 
 
 @pytest.fixture(scope="module")

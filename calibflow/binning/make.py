@@ -91,8 +91,7 @@ def write_scheme(scheme: BinningScheme, path: str, counts: np.ndarray | None = N
                  categories: Sequence[str] = ()) -> None:
     """Binning JSON (atomic) and, with counts, ``<stem>.png``: the scheme with the smallest category
     count written in each bin."""
-    with atomic_path(path) as tmp:
-        scheme.save(tmp)
+    scheme.save(path)
     if counts is not None and len(scheme.variables) <= 2:
         import matplotlib.pyplot as plt
 

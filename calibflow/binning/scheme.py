@@ -8,7 +8,6 @@ of range get bin index -1.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from calibflow.hashing import content_key
+from calibflow.io.jsonio import read_record, write_record
 from calibflow.kernels.binindex import FlatScheme, flatten, locate
 
 SCHEME_VERSION = 1
@@ -186,12 +186,10 @@ class BinningScheme:
         return BinningScheme(Node.from_dict(data["scheme"]))
 
     def save(self, path: str) -> None:
-        """Write :meth:`to_json` to ``path``."""
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
+        """Write :meth:`to_json` to ``path`` (atomically, with its digest: a verified intermediate)."""
+        write_record(path, self.to_json(), indent=1)
 
     @staticmethod
     def load(path: str) -> BinningScheme:
-        """Read a scheme written by :meth:`save`."""
-        with open(path) as f:
-            return BinningScheme.from_json(json.load(f))
+        """Read a scheme written by :meth:`save` (CorruptIntermediate if its digest does not match)."""
+        return BinningScheme.from_json(read_record(path))

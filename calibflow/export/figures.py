@@ -42,6 +42,7 @@ from matplotlib.ticker import (
 
 from calibflow.config import PlotStyle
 from calibflow.export.labels import VariableLabel
+from calibflow.io.store import atomic_path
 from calibflow.tables.rows import Row
 
 MAX_SERIES = 4
@@ -107,15 +108,18 @@ def experiment_label(ax: Axes, style: PlotStyle | None, title: str = "") -> None
 
 
 def save_figure(fig: Figure, path: str, formats: Sequence[str] = ("png",)) -> list[str]:
-    """Write ``fig`` as ``path`` with each extension of ``formats`` (any extension of ``path`` replaced);
-    close it and return the paths written."""
+    """Write ``fig`` as ``path`` with each extension of ``formats`` (any extension of ``path`` replaced), each
+    atomically (a full disk leaves no empty or partial figure); close it and return the paths written."""
     stem, ext = os.path.splitext(path)
     stem = stem if ext.lstrip(".") in ("png", "pdf", "svg") else path
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     paths = [f"{stem}.{fmt}" for fmt in formats]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
+    try:
+        for p, fmt in zip(paths, formats, strict=True):
+            with atomic_path(p) as tmp:
+                fig.savefig(tmp, format=fmt)
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -3,11 +3,11 @@ current binning under readable names and an ``index.html`` (:mod:`calibflow.fit.
 
 Figures are drawn where the data are in memory, by ``FitBin`` right after each fit, and kept beside the
 results under a key of what they show (``Plan.figure_paths``). A figure missing here (labels changed,
-``fit.plots`` raised from ``flagged`` to ``all``, results made before the gallery existed) is drawn now from
-the sample's histograms, serially in the export (about 20 ms a figure); a figure that cannot be drawn is
-reported on the page, never raised. The galleries are written under the combined tables' folder at the
-path ``Plan.gallery_dir`` has under the result folder, so publication copies them there and removes the
-files of bins that are gone.
+``fit.plots`` raised from ``flagged`` to ``all``, results made before the gallery existed; an empty file
+counts as missing) is drawn now from the sample's histograms, serially in the export (about 20 ms a
+figure); a figure that cannot be drawn is reported on the page, never raised. The galleries are written
+under the combined tables' folder at the path ``Plan.gallery_dir`` has under the result folder, and
+published with the set (``export.publish``), so the files of bins that are gone leave with the previous set.
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ def _read(path: str) -> dict[str, Any] | None:
         return load_numbers(path)
     except FileNotFoundError:
         return None
+
+
+def _drawn(figure: str) -> bool:
+    """Whether the figure ``figure`` exists and is not empty (an empty file, left by a writer before atomic
+    writes on a full disk, is drawn again)."""
+    try:
+        return os.path.getsize(figure) > 0
+    except OSError:
+        return False
 
 
 def _error(path: str) -> str | None:
@@ -80,7 +89,7 @@ def sample_gallery(plan: Plan, sample: str, folder: str) -> list[str]:
     errors = [plan.plot_error_path(f) for f in figures]
     todo = [k for k, r in enumerate(results)
             if r is not None and (cfg.fit.plots == "all" or r.get("status") != "ok")
-            and not os.path.exists(figures[k]) and not os.path.exists(errors[k])]
+            and not _drawn(figures[k]) and not os.path.exists(errors[k])]
     gone: dict[int, str] = {}
     if todo:
         LOG.info("drawing %d missing fit figure(s) of %s (%s)", len(todo), sample, plan.variant or "nominal")
@@ -91,7 +100,7 @@ def sample_gallery(plan: Plan, sample: str, folder: str) -> list[str]:
     for k, (b, name) in enumerate(zip(scheme.bins, file_stems(scheme.bins), strict=True)):
         r = results[k] or {"status": "failed: no result", "efficiency": nan, "err_down": nan, "err_up": nan}
         error = gone.get(k) or _error(errors[k])
-        figure = figures[k] if error is None and os.path.exists(figures[k]) else None
+        figure = figures[k] if error is None and _drawn(figures[k]) else None
         entries.append(GalleryEntry(b.index, plain_label(b, units), name, str(r["status"]), float(r["efficiency"]),
                                     float(r["err_down"]), float(r["err_up"]), r.get("candidates_pass"),
                                     r.get("candidates_fail"), figure, error))

@@ -3,18 +3,29 @@
 ``export_tables`` writes the exports of one folder of combined tables: ``corrections.json`` (correctionlib),
 ``corrections.root`` (TH1D/TH2D/TH3D, with ``corrections_root.txt``), ``tables.md``, ``tables.tex``
 (grids) and ``plots/``; ``export_all`` does it for every folder of a plan, adds the report page (and
-``LIMITED.txt`` for a quick try), and ``publish`` copies the set with its ``manifest.json``.
+``LIMITED.txt`` for a quick try), and ``publish`` publishes them with their ``manifest.json`` as one set.
+
+Publishing switches a whole set at once (:func:`publish_set`): the set is built in its own folder
+``<workdir>/.published/<n>-<key>.tmp-<pid>/`` (hard links to the exports, which calibflow only ever
+replaces, never edits), renamed to ``<n>-<key>/`` when complete, and ``<workdir>/current`` (a symlink) is
+switched to it by one atomic rename. The names readers open (``<workdir>/efficiencies.csv``, ``plots/``,
+``manifest.json``, ...) are stable links ``<name> -> current/<name>``; :func:`published_dir` resolves
+``current`` once, for a reader that must see one set across several files. The previous set stays (one
+generation), older ones go. A folder of the per-file layout before sets is adopted as a set of its files
+on its next publication (:func:`_adopt_legacy`).
 
 After a failed ``calibflow run`` the published files stay (the last good ones) and are marked stale
 (:func:`mark_stale`: ``STALE.txt``, ``manifest.json``'s ``stale``, a report banner) until a run succeeds
-(:func:`clear_stale`, and every :func:`publish`).
+(:func:`clear_stale`, and every :func:`publish`); marking and clearing publish a new set too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +34,7 @@ from calibflow.binning.scheme import BinningScheme
 from calibflow.config import OutputsConfig, Variation
 from calibflow.export.galleries import write_galleries
 from calibflow.export.labels import VariableLabel, variable_labels
-from calibflow.export.report import set_banner, write_report
+from calibflow.export.report import with_banner, write_report
 from calibflow.io import jsonio
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
@@ -42,6 +53,13 @@ LIMITED = "LIMITED.txt"
 STALE = "STALE.txt"
 """Beside the published files after a failed run: which run failed, which run the files come from."""
 REPORTS = ("report.html", "report.md")
+PUBLISHED = ".published"
+"""Folder of the published sets, ``<n>-<export key>/`` each (``.tmp-<pid>`` while one is built)."""
+CURRENT = "current"
+"""Link ``<workdir>/current -> .published/<set>``: the published set; switched by one atomic rename."""
+KILL_AT = "CALIBFLOW_KILL_AT"
+"""Environment variable naming a point of publication where the process group is killed (tests only)."""
+_TMP = re.compile(r"\.tmp-(\d+)$")
 
 
 def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, dict[int, float]]:
@@ -89,7 +107,8 @@ def export_tables(
         corrections = []
         for data in datas:
             rows = [r for r in sf if r["data"] == data]
-            corrections.append(build_correction(cname(data, rows), scheme, _categories(rows, sources), flow=outputs.flow))
+            corrections.append(build_correction(cname(data, rows), scheme, _categories(rows, sources), flow=outputs.flow,
+                                               missing=outputs.missing))
         path = os.path.join(out_dir, CORRECTIONS)
         description = f"calibflow scale factors of {name}" + (f" (LIMITED: {limited})" if limited else "")
         write_correction_set(path, corrections, description=description)
@@ -165,28 +184,217 @@ def _plots(
 
 def publish(out_dir: str, workdir: str, key: str, files: Sequence[str], config: str | None = None,
             **record: Any) -> list[str]:
-    """Copy ``files`` (under ``out_dir``) to ``workdir`` and record ``key`` (the ``config`` path they come
-    from and the items of ``record``) in manifest.json last; a stale marker (``STALE.txt``) goes."""
-    old = _manifest(workdir).get("files", [])
-    published = []
-    for src in files:
-        dst = os.path.join(workdir, os.path.relpath(src, out_dir))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-        published.append(dst)
-    _write_manifest(workdir, {"key": key, "config": config, **record,
-                              "files": [os.path.relpath(p, workdir) for p in published]})
-    for rel in [*set(old) - {os.path.relpath(p, workdir) for p in published}, STALE]:
-        stale = os.path.join(workdir, rel)
-        if os.path.isfile(stale):
-            os.remove(stale)
-    return published
+    """Publish ``files`` (under ``out_dir``) as one new set under ``workdir`` with its manifest.json
+    recording ``key`` (the ``config`` path they come from and the items of ``record``), and switch to it at
+    once (:func:`publish_set`); an earlier set's stale marks do not carry over. Returns the published paths
+    (under ``workdir``'s stable names)."""
+    rels = [os.path.relpath(src, out_dir) for src in files]
+    _adopt_legacy(workdir)
+    publish_set(workdir, key, dict(zip(rels, files, strict=True)),
+                {"key": key, "config": config, **record, "files": rels})
+    return [os.path.join(workdir, rel) for rel in rels]
 
 
-def _write_manifest(workdir: str, manifest: Mapping[str, Any]) -> None:
-    with atomic_path(os.path.join(workdir, MANIFEST)) as tmp, open(tmp, "w") as f:
-        jsonio.dump(manifest, f, indent=1)
+# ---------------------------------------------------------------- sets, switched at once ---------------
+
+
+def published_dir(workdir: str) -> str | None:
+    """The folder of the set published under ``workdir``, resolved once: read every published file of one
+    set from it (the stable names ``<workdir>/<name>`` follow ``current`` at each open). None: nothing is
+    published as a set (nothing at all, or a folder of the per-file layout before sets)."""
+    link = os.path.join(workdir, CURRENT)
+    if not os.path.islink(link):
+        return None
+    target = os.path.realpath(link)
+    return target if os.path.isdir(target) else None
+
+
+def publish_set(workdir: str, key: str, links: Mapping[str, str], manifest: Mapping[str, Any],
+                texts: Mapping[str, str] | None = None) -> str:
+    """Build a new set ``<workdir>/.published/<n>-<key>/`` holding ``links`` (relative name -> source file;
+    hard-linked, copied across file systems), ``texts`` (relative name -> content) and ``manifest``
+    (manifest.json), then switch ``current`` to it with one atomic rename; the previous set stays one
+    generation for readers in the middle of it, older ones go. Returns the new set's folder."""
+    root = os.path.join(workdir, PUBLISHED)
+    os.makedirs(root, exist_ok=True)
+    building = _new_set(root, key)
+    try:
+        for rel, src in links.items():
+            _link_or_copy(src, os.path.join(building, rel))
+        for rel, text in (texts or {}).items():
+            with open(_made(os.path.join(building, rel)), "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        with open(os.path.join(building, MANIFEST), "w") as f:
+            jsonio.dump(dict(manifest), f, indent=1)
+    except BaseException:  # a full disk, say: the published set stays as it was
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    _fault("publish:built")
+    final = building[: building.rindex(".tmp-")]
+    os.rename(building, final)  # complete: a set without .tmp- in its name is whole
+    _switch(workdir, os.path.basename(final), _top_names(final))
+    return final
+
+
+def _made(path: str) -> str:
+    """``path``, its folder made."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` as ``dst`` (safe: calibflow replaces files, never edits them in place); copy when
+    the two are on different file systems (or links are refused)."""
+    try:
+        os.link(src, _made(dst))
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _new_set(root: str, key: str) -> str:
+    """A new, empty folder ``<root>/<n>-<key>.tmp-<pid>`` (``n``: one more than every set's number)."""
+    n = 1 + max((_number(e) for e in os.listdir(root)), default=0)
+    while True:
+        path = os.path.join(root, f"{n}-{key}.tmp-{os.getpid()}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _number(name: str) -> int:
+    """The number of the set folder ``name`` (0: not a set)."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _top_names(folder: str) -> list[str]:
+    """The names directly in ``folder``: the stable names of its set."""
+    return sorted(os.listdir(folder))
+
+
+def _switch(workdir: str, name: str, names: Sequence[str]) -> None:
+    """Point ``<workdir>/current`` at ``.published/<name>`` (one atomic rename), with a stable link
+    ``<workdir>/<n> -> current/<n>`` for each of ``names`` made before; then drop the links whose target
+    is gone, and every set but this one and the previous."""
+    link = os.path.join(workdir, CURRENT)
+    previous = os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+    for n in names:  # new names dangle until the switch: a reader sees the old set (or none) without them
+        if not _legacy(os.path.join(workdir, n)):
+            _stable_link(workdir, n)
+    tmp = f"{link}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.join(PUBLISHED, name), tmp)
+    _fault("publish:linked")
+    os.replace(tmp, link)  # the switch: readers see the previous set or this one
+    _sync(workdir)
+    _fault("publish:switched")
+    for n in names:  # files and folders of the per-file layout become links only now (see _adopt_legacy)
+        _stable_link(workdir, n)
+    _collect(workdir, {name, previous})
+
+
+def _tidy(workdir: str) -> None:
+    """Remove what killed publications left under ``workdir`` (see :func:`_collect`), keeping the current
+    set and the newest other complete one."""
+    current = published_dir(workdir)
+    if current is None:
+        return
+    others = [e for e in os.listdir(os.path.dirname(current))
+              if _number(e) and not _TMP.search(e) and e != os.path.basename(current)]
+    _collect(workdir, {os.path.basename(current), max(others, key=_number, default=None)})
+
+
+def _legacy(path: str) -> bool:
+    """Whether ``path`` is a file or folder itself, not a link (a published name of the per-file layout)."""
+    return os.path.lexists(path) and not os.path.islink(path)
+
+
+def _stable_link(workdir: str, name: str) -> None:
+    """Make ``<workdir>/<name>`` the link ``current/<name>``. A regular file there (the per-file layout) is
+    replaced at once; a folder is moved away first, so it is briefly missing."""
+    path = os.path.join(workdir, name)
+    target = os.path.join(CURRENT, name)
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(target, tmp)
+    old = None
+    if _legacy(path) and os.path.isdir(path):
+        old = os.path.join(workdir, PUBLISHED, f"legacy-{name}.tmp-{os.getpid()}")
+        os.rename(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _sync(folder: str) -> None:
+    """fsync ``folder``: the switch made in it is on disk when publication returns (a crash of the machine
+    after it does not bring the previous set back)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _collect(workdir: str, keep: set[str | None]) -> None:
+    """Remove the sets of ``workdir`` not in ``keep`` and unfinished ones (``.tmp-<pid>``) whose builder is
+    gone from this host; and the stable names the current set lacks, and switch links of killed builders."""
+    for entry in os.listdir(workdir):
+        path = os.path.join(workdir, entry)
+        m = _TMP.search(entry)
+        if os.path.islink(path) and ((os.readlink(path).startswith(CURRENT + os.sep) and not os.path.exists(path))
+                                     or (m and not _alive(int(m.group(1))))):
+            os.remove(path)
+    root = os.path.join(workdir, PUBLISHED)
+    for entry in os.listdir(root):
+        m = _TMP.search(entry)
+        if entry in keep or (m and _alive(int(m.group(1)))):
+            continue
+        path = os.path.join(root, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the kill -9 test: SIGKILL this process group at ``point`` when
+    ``$CALIBFLOW_KILL_AT`` names it."""
+    if os.environ.get(KILL_AT) == point:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _adopt_legacy(workdir: str) -> str | None:
+    """The published set's folder; a folder of the per-file layout (a regular manifest.json, no
+    ``current``) is first made a set of its files (hard links) and its names links to it. This one
+    migration replaces name by name, not the set at once: it happens once, and the content is unchanged."""
+    current = published_dir(workdir)
+    path = os.path.join(workdir, MANIFEST)
+    if current is not None or not os.path.isfile(path) or os.path.islink(path):
+        return current
+    manifest = _manifest(workdir)
+    rels = [rel for rel in [*manifest.get("files", []), STALE] if os.path.isfile(os.path.join(workdir, rel))]
+    return publish_set(workdir, str(manifest.get("key")), {rel: os.path.join(workdir, rel) for rel in rels},
+                       manifest)
 
 
 def _manifest(workdir: str) -> dict[str, Any]:
@@ -198,10 +406,15 @@ def _manifest(workdir: str) -> dict[str, Any]:
 
 
 def is_published(workdir: str, key: str) -> bool:
-    """Whether ``workdir`` holds the published outputs of ``key`` (manifest and every file)."""
-    manifest = _manifest(workdir)
-    return bool(manifest) and manifest.get("key") == key and all(os.path.exists(os.path.join(workdir, p)) for p in manifest["files"])
-
+    """Whether ``workdir`` holds the published outputs of ``key``: manifest and every file, of one set, and
+    the stable name of each (a publication killed after its switch lacks some)."""
+    folder = published_dir(workdir) or workdir
+    manifest = _manifest(folder)
+    if not manifest or manifest.get("key") != key:
+        return False
+    names = {rel.split("/", 1)[0] for rel in manifest["files"]} | {MANIFEST}
+    return (all(os.path.exists(os.path.join(folder, p)) for p in manifest["files"])
+            and (folder == workdir or all(os.path.islink(os.path.join(workdir, n)) for n in names)))
 
 
 def export_all(plan: Plan) -> list[str]:
@@ -250,9 +463,10 @@ def stale_state(workdir: str) -> dict[str, Any] | None:
 def mark_stale(plan: Plan, failures: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
     """After a failed run of ``plan``: mark the files published under its folder as stale (the record in
     manifest.json, ``STALE.txt`` and a banner in the published report) until a run succeeds. They stay: they
-    are the last good ones. ``failures`` are (task label, reason). Returns the record (None: nothing is
-    published, so nothing is marked)."""
-    manifest = _manifest(plan.workdir)
+    are the last good ones; the marked set is published as a new set (:func:`publish_set`). ``failures`` are
+    (task label, reason). Returns the record (None: nothing is published, so nothing is marked)."""
+    current = _adopt_legacy(plan.workdir)
+    manifest = _manifest(current) if current is not None else {}
     if not manifest:
         return None
     try:
@@ -265,12 +479,26 @@ def mark_stale(plan: Plan, failures: Sequence[tuple[str, str]]) -> dict[str, Any
               "config_sha256": plan.config_sha256(), "key": wanted, "why": _why_stale(plan, manifest, wanted),
               "limits": plan.limits.describe(),
               "failures": [f"{label}: {reason}" for label, reason in failures]}
-    _write_manifest(plan.workdir, {**manifest, "stale": record})
     text = stale_text(manifest, record)
-    with atomic_path(os.path.join(plan.workdir, STALE)) as tmp, open(tmp, "w") as f:
-        f.write(f"STALE: {text}\n" + "".join(f"  FAILED {line}\n" for line in record["failures"]))
-    _set_report_banners(plan.workdir, manifest, text)
+    marker = f"STALE: {text}\n" + "".join(f"  FAILED {line}\n" for line in record["failures"])
+    _republish(plan.workdir, current, {**manifest, "stale": record}, text, marker)
     return record
+
+
+def _republish(workdir: str, current: str, manifest: Mapping[str, Any], banner: str | None,
+               marker: str | None) -> None:
+    """Publish the files of the set ``current`` again as a new set, with ``manifest``, the reports' stale
+    banner set to ``banner`` (None: removed) and ``STALE.txt`` holding ``marker`` (None: no STALE.txt)."""
+    rels = [rel for rel in manifest.get("files", []) if os.path.isfile(os.path.join(current, rel))]
+    texts = {}
+    for name in REPORTS:
+        if name in rels:
+            with open(os.path.join(current, name), encoding="utf-8", newline="") as f:
+                texts[name] = with_banner(f.read(), "stale", banner, name.endswith(".md"))
+    if marker is not None:
+        texts[STALE] = marker
+    publish_set(workdir, str(manifest.get("key")), {rel: os.path.join(current, rel) for rel in rels
+                                                    if rel not in texts}, manifest, texts)
 
 
 def _why_stale(plan: Plan, manifest: Mapping[str, Any], wanted: str | None) -> str:
@@ -296,21 +524,14 @@ def stale_text(manifest: Mapping[str, Any], record: Mapping[str, Any]) -> str:
 
 def clear_stale(workdir: str) -> bool:
     """After a successful run whose outputs were already published (nothing re-exported): drop the stale
-    marks of an earlier failed run. Returns whether there were any."""
-    manifest = _manifest(workdir)
-    marker = os.path.join(workdir, STALE)
-    if "stale" not in manifest and not os.path.exists(marker):
+    marks of an earlier failed run, publishing the set again without them, and remove what killed
+    publications left (:func:`_tidy`). Returns whether there were marks."""
+    current = _adopt_legacy(workdir)
+    if current is None:
         return False
-    if "stale" in manifest:
-        _write_manifest(workdir, {k: v for k, v in manifest.items() if k != "stale"})
-    if os.path.exists(marker):
-        os.remove(marker)
-    _set_report_banners(workdir, manifest, None)
+    _tidy(workdir)
+    manifest = _manifest(current)
+    if "stale" not in manifest and not os.path.exists(os.path.join(current, STALE)):
+        return False
+    _republish(workdir, current, {k: v for k, v in manifest.items() if k != "stale"}, None, None)
     return True
-
-
-def _set_report_banners(workdir: str, manifest: Mapping[str, Any], text: str | None) -> None:
-    """Set or remove (None) the ``stale`` banner of the published report pages."""
-    for name in REPORTS:
-        if name in manifest.get("files", []) and os.path.exists(os.path.join(workdir, name)):
-            set_banner(os.path.join(workdir, name), "stale", text)

@@ -301,11 +301,19 @@ def fits_section(plan: Plan, counts: Sequence[StatusCounts], variables: Sequence
     if bad:
         listed = [[c.variant, c.sample, bin_text(r, variables),
                    Cell(str(r["fit_status"]), css=status_kind(r["fit_status"], r.get("efficiency"))),
-                   _number(r.get("efficiency"), 4)] for c, r in bad[:MAX_LISTED]]
+                   _number(r.get("efficiency"), 4), _gof_pvalue(r)] for c, r in bad[:MAX_LISTED]]
         more = f" ({len(bad) - MAX_LISTED} more in the variants' efficiencies.csv)" if len(bad) > MAX_LISTED else ""
         sec.blocks += [Heading("Flagged and low-statistics bins"),
-                       Table(["variant", "sample", "bin", "status", "efficiency"], listed, f"{len(bad)} bin(s){more}")]
+                       Table(["variant", "sample", "bin", "status", "efficiency", "GoF p-value"], listed,
+                             f"{len(bad)} bin(s){more}; GoF p-value: Kolmogorov-Smirnov (unbinned fits), else χ² "
+                             "(docs/fits.md, \"Goodness of fit\")")]
     return sec
+
+
+def _gof_pvalue(row: Mapping[str, object]) -> str:
+    """The goodness-of-fit p-value of an efficiency row: the KS one of unbinned fits, else the χ² one; — without."""
+    f = _finite([row.get("ks_pvalue")]) or _finite([row.get("chi2_pvalue")])
+    return f"{f[0]:.2g}" if f else "—"
 
 
 def _number(value: object, decimals: int) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 from calibflow.binning.scheme import BinningScheme
 from calibflow.export.grid import Table, cell_bins, decimals, interval, is_product, stat, syst, union_edges
+from calibflow.io.store import atomic_path
 from calibflow.tables.rows import Row
 
 SAME_BIN = "←"
@@ -205,5 +206,5 @@ def write_text_tables(
         out = [f"# {markdown_text(heading)}", "", legend + (f" {NO_BIN}: a cell without a bin or value." if empty else ""), ""]
         for table in tables:
             out += [f"## {markdown_text(table.title)}", "", *_grid_lines(table, layout, sources, False)]
-    with open(path, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("\n".join(out))

@@ -20,12 +20,18 @@ from calibflow.io.store import atomic_path
 
 INDEX = "index.html"
 MAX_DECIMALS = 6
+MAX_EDGE = 12
+"""Longest bin edge, in characters, written with fixed decimals in a figure's file name."""
+MAX_STEM = 150
+"""Longest file stem (bytes) made of a bin's bounds; longer ones are ``bin<index>``."""
 MEANINGS = {
     "low_statistics": "fewer candidates than fit.min_candidates in pass or fail",
     "invalid_minimum": "Migrad found no valid minimum",
     "covariance_not_accurate": "the covariance matrix is not accurate",
     "at_limit": "a shape parameter sits at its limit",
     "bad_gof": "χ²/ndof above fit.max_chi2_ndof",
+    "no_signal_after_subtraction": "the sideband-subtracted signal yield (pass + fail) is not positive",
+    "low_gof_pvalue": "goodness-of-fit p-value (binned: χ², unbinned: Kolmogorov-Smirnov) below fit.gof.min_pvalue",
     "low_signal_significance": "signal yield below fit.min_significance standard deviations",
     "minos_failed": "MINOS failed: symmetric HESSE errors",
     "efficiency_outside_0_1": "efficiency outside [0, 1]",
@@ -70,16 +76,28 @@ def _decimals(values: Sequence[float]) -> int:
     return MAX_DECIMALS
 
 
+def _edge(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals; in the shortest ``%g`` form that reads back as ``x`` when that fixed
+    form would be longer than :data:`MAX_EDGE` characters (``1e+308``, ``1.5e-09``)."""
+    fixed = f"{x:.{digits}f}"
+    if len(fixed) <= MAX_EDGE:
+        return fixed
+    return next(f"{x:.{p}g}" for p in range(1, 18) if float(f"{x:.{p}g}") == x)
+
+
 def file_stems(bins: Sequence[Bin]) -> list[str]:
     """Readable file stems of ``bins``: ``<var>_<lo>-<hi>`` per variable joined by ``_``, e.g.
     ``p_10-20_eta_2.00-2.25``; each variable's edges with the same number of decimals (the fewest that
-    write all its edges exactly). A stem that would repeat gets ``_bin<index>`` appended."""
+    write all its edges exactly; huge or tiny edges in ``%g`` form, :func:`_edge`). A stem that would repeat
+    gets ``_bin<index>`` appended; one longer than :data:`MAX_STEM` characters (many variables, long names) is
+    ``bin<index>``, so that every file name stays far below the file systems' 255 bytes."""
     edges: dict[str, list[float]] = {}
     for b in bins:
         for v, lo, hi in b.bounds:
             edges.setdefault(v, []).extend((lo, hi))
     digits = {v: _decimals(e) for v, e in edges.items()}
-    stems = ["_".join(f"{v}_{lo:.{digits[v]}f}-{hi:.{digits[v]}f}" for v, lo, hi in b.bounds) for b in bins]
+    stems = ["_".join(f"{v}_{_edge(lo, digits[v])}-{_edge(hi, digits[v])}" for v, lo, hi in b.bounds) for b in bins]
+    stems = [s if len(s.encode()) <= MAX_STEM else f"bin{b.index}" for s, b in zip(stems, bins, strict=True)]
     seen: dict[str, int] = {}
     for s in stems:
         seen[s] = seen.get(s, 0) + 1
@@ -139,7 +157,8 @@ def write_gallery(folder: str, title: str, entries: Sequence[GalleryEntry], no_f
             try:
                 os.link(e.figure, dst)  # the keyed figure itself, no copy
             except OSError:
-                shutil.copyfile(e.figure, dst)
+                with atomic_path(dst) as tmp:  # a full disk leaves no partial copy
+                    shutil.copyfile(e.figure, tmp)
             written.append(dst)
     flagged = sorted((e for e in entries if e.flagged), key=lambda e: e.index)
     others = sorted((e for e in entries if not e.flagged), key=lambda e: e.index)

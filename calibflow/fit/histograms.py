@@ -12,6 +12,7 @@ import numpy as np
 
 from calibflow.binning.scheme import BinningScheme
 from calibflow.config import MassConfig
+from calibflow.io.integrity import CHECKSUM, LIBVER, reading
 from calibflow.io.store import COMPRESSION, atomic_path, read_columns
 from calibflow.kernels.histogram import fill_pass_fail
 from calibflow.prep.spec import IS_SIGNAL, MASS, PASS, TRUE_EFF, WEIGHT
@@ -72,15 +73,15 @@ def fill_histograms(
             sel = cols[IS_SIGNAL] & (idx >= 0) & (m >= lo) & (m < hi)
             truth_n += np.bincount(idx[sel], weights=w[sel], minlength=n_bins)
             truth_sum += np.bincount(idx[sel], weights=(w * cols[TRUE_EFF])[sel], minlength=n_bins)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as h5:
         h5.create_dataset("sumw", data=sumw, **COMPRESSION)
         h5.create_dataset("sumw2", data=sumw2, **COMPRESSION)
-        h5["mass_edges"] = np.linspace(lo, hi, n_mass + 1)
+        h5.create_dataset("mass_edges", data=np.linspace(lo, hi, n_mass + 1), **CHECKSUM)
         if weighted:
-            h5["negative"] = negative
+            h5.create_dataset("negative", data=negative, **CHECKSUM)
         if has_truth:
-            h5["truth_n"] = truth_n
-            h5["truth_sum"] = truth_sum
+            h5.create_dataset("truth_n", data=truth_n, **CHECKSUM)
+            h5.create_dataset("truth_sum", data=truth_sum, **CHECKSUM)
         h5.attrs["weighted"] = weighted
         h5.attrs["scheme_key"] = scheme.key
         h5.attrs["inputs"] = json.dumps([os.path.basename(p) for p in prep_paths])
@@ -92,8 +93,9 @@ def read_bin(path: str, index: int) -> BinHistograms:
 
 
 def read_bins(path: str, start: int, stop: int) -> list[BinHistograms]:
-    """Histograms of bins ``start`` to ``stop - 1``, read in one go from a file of :func:`fill_histograms`."""
-    with h5py.File(path, "r") as h5:
+    """Histograms of bins ``start`` to ``stop - 1``, read in one go from a file of :func:`fill_histograms`
+    (CorruptIntermediate if the file is damaged, as for every reader here)."""
+    with reading(path), h5py.File(path, "r") as h5:
         edges = h5["mass_edges"][...]
         sumw, sumw2 = h5["sumw"][start:stop], h5["sumw2"][start:stop]
         weighted = bool(h5.attrs["weighted"])
@@ -104,7 +106,7 @@ def read_bins(path: str, start: int, stop: int) -> list[BinHistograms]:
 
 def read_truth(path: str) -> np.ndarray | None:
     """Per-bin true efficiency (mean over signal candidates) or None without toy truth."""
-    with h5py.File(path, "r") as h5:
+    with reading(path), h5py.File(path, "r") as h5:
         if "truth_n" not in h5:
             return None
         n, s = h5["truth_n"][...], h5["truth_sum"][...]
@@ -144,17 +146,17 @@ def split_by_bin(
     idx, m, p, w = (np.concatenate([part[k] for part in parts]) for k in range(4))
     order = np.argsort(idx, kind="stable")
     offsets = np.concatenate([[0], np.cumsum(np.bincount(idx, minlength=len(scheme)))])
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as h5:
         for name, arr in (("mass", m[order]), ("pass", p[order]), ("weight", w[order])):
             h5.create_dataset(name, data=arr, **COMPRESSION)
-        h5["offsets"] = offsets
+        h5.create_dataset("offsets", data=offsets, **CHECKSUM)
         h5.attrs["weighted"] = weighted
         h5.attrs["range"] = (lo, hi)
 
 
 def read_bin_candidates(path: str, index: int) -> BinCandidates:
     """Candidates of bin ``index`` from a file written by :func:`split_by_bin`."""
-    with h5py.File(path, "r") as h5:
+    with reading(path), h5py.File(path, "r") as h5:
         a, b = (int(x) for x in h5["offsets"][index : index + 2])
         lo, hi = (float(x) for x in h5.attrs["range"])
         return BinCandidates(h5["mass"][a:b], h5["pass"][a:b].astype(bool), h5["weight"][a:b],

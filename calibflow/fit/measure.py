@@ -2,7 +2,8 @@
 
 ``fit`` uses the bin's pass/fail mass histograms (binned) or its candidates (``fit.binned: false``);
 ``yield`` fits the mass of all the bin's candidates (pass and fail together) for a signal yield, with no
-efficiency; ``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass
+efficiency; ``sideband`` subtracts the sidebands of the bin's histograms (``fit.sideband``, symmetric
+errors); ``count`` and ``sweighted`` use the histogram sums; ``sweights`` fits the bin's candidates' mass
 (once for all pass columns, see ``splot_cache``) and sums their sWeights, with the sandwich variance by
 default (``fit.sweights_variance``). The result is a JSON-ready dict with efficiency, err_down, err_up, the
 signal yields with their errors (:data:`YIELD_FIELDS`), status, the bin's candidates per category
@@ -24,11 +25,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from calibflow.config import FitConfig
+from calibflow.config import SIDEBAND, FitConfig
 from calibflow.fit.counting import CountResult, count_efficiency, sweighted_efficiency_from_sums
 from calibflow.fit.diagnostics import FitQuality
 from calibflow.fit.histograms import BinCandidates, BinHistograms
@@ -50,6 +52,8 @@ EMPTY_BIN = "empty_bin"
 NEGATIVE_WEIGHTS = "negative_weights"
 NONPOSITIVE_WEIGHT_SUM = "nonpositive_weight_sum"
 OUTSIDE_0_1 = "efficiency_outside_0_1"
+NO_SIGNAL = "no_signal_after_subtraction"
+"""Method sideband: the subtracted signal yield of pass and fail together is not positive (no efficiency)."""
 
 
 def needs_candidates(method: str, fit: FitConfig) -> bool:
@@ -69,7 +73,9 @@ def _fit_options(fit: FitConfig) -> dict[str, Any]:
         "parameters": {k: v.model_dump() for k, v in fit.parameters.items()},
         "strategy": fit.strategy,
         "fail_width_shift": fit.fail_width_shift,
-        "quality": FitQuality(max_chi2_ndof=fit.max_chi2_ndof, min_significance=fit.min_significance),
+        "fail_gauss": fit.fail_gauss,
+        "quality": FitQuality(max_chi2_ndof=fit.max_chi2_ndof, min_significance=fit.min_significance,
+                              min_pvalue=fit.gof.min_pvalue),
     }
 
 
@@ -120,6 +126,22 @@ def _without_efficiency(out: dict[str, Any]) -> dict[str, Any]:
     nan = float("nan")
     return {**out, "efficiency": nan, "err_down": nan, "err_up": nan, "n_pass": nan, "n_pass_err": nan,
             "n_fail": nan, "n_fail_err": nan}
+
+
+def _sideband(fit: FitConfig, hist: BinHistograms | None) -> dict[str, Any]:
+    """Result of method ``sideband`` (:mod:`calibflow.fit.sideband`) on the bin's histograms."""
+    from calibflow.fit.sideband import sideband_subtract
+
+    if hist is None or fit.sideband is None:
+        raise ValueError("method sideband needs the bin's histograms and fit.sideband")
+    sb = fit.sideband
+    r = sideband_subtract(hist, sb.signal, sb.sidebands, sb.background)
+    tags = [] if r.n_pass + r.n_fail > 0 else [NO_SIGNAL]
+    tags += [OUTSIDE_0_1] if math.isfinite(r.efficiency) and not 0.0 <= r.efficiency <= 1.0 else []
+    return {"method": SIDEBAND, "efficiency": r.efficiency, "err_down": r.error, "err_up": r.error,
+            "n_sig": r.n_pass + r.n_fail, "n_sig_err": math.sqrt(r.var_pass + r.var_fail), "n_pass": r.n_pass,
+            "n_pass_err": math.sqrt(r.var_pass), "n_fail": r.n_fail, "n_fail_err": math.sqrt(r.var_fail),
+            "alpha": r.alpha, "alpha_err": math.sqrt(r.var_alpha), "status": ",".join(tags) or "ok"}
 
 
 def _count(method: str, c: CountResult, sums: tuple[float, float, float, float], tags: list[str]) -> dict[str, Any]:
@@ -174,6 +196,8 @@ def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: Bin
     """The result of :func:`measure_bin` before the low-statistics check."""
     if (hist is not None and hist.empty) or (cands is not None and cands.mass.size == 0):
         return _not_measured(method, EMPTY_BIN)
+    if method == SIDEBAND:
+        return _sideband(fit, hist)
     if method in ("count", "sweighted"):
         assert hist is not None
         sums = weight_sums(hist)
@@ -203,7 +227,7 @@ def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: Bin
         opts = _fit_options(fit)
         sp, reused = cached_splot_fit(splot_cache, lambda: splot_fit(
             cands.mass, opts["signal"], opts["background"], cands.lo, cands.hi, parameters=opts["parameters"],
-            strategy=fit.strategy, quality=opts["quality"]))
+            strategy=fit.strategy, quality=replace(opts["quality"], min_pvalue=0.0)))  # gof: not in its cache key
         weight = cands.weight if cands.weighted else None
         c = sweights_efficiency(sp, cands.mass, cands.passed, weight, variance=fit.sweights_variance)
         status = sp.status if 0.0 <= c.efficiency <= 1.0 else f"{sp.status},{OUTSIDE_0_1}"
@@ -216,6 +240,7 @@ def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: Bin
     opts = _fit_options(fit)
     if method == YIELD:
         opts.pop("fail_width_shift")
+        opts.pop("fail_gauss")
         if cands is not None:
             from calibflow.fit.unbinned import fit_extended
 

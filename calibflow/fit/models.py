@@ -11,9 +11,10 @@ Shapes whose definition depends on the fit range (polynomials live on [lo, hi]; 
 referred to ``lo`` for numerical stability; the Voigt primitive is integrated numerically from ``lo``)
 are re-bound with :meth:`Shape.on`; the registry holds them on a canonical domain.
 
-The common shapes (gauss, double_gauss, crystalball, double_crystalball, exponential, linear,
-chebyshevN, bernsteinN) are evaluated by one numba kernel, selected by ``Shape.code``; the fits fuse it
-with their cost function. Units: ``x`` and every location/width parameter are in the unit of the mass
+The common shapes (gauss, double_gauss, crystalball, double_crystalball, cb_gauss, exponential, linear,
+chebyshevN, bernsteinN, cms, dstar_threshold, argus) are evaluated by one numba kernel, selected by
+``Shape.code``; the fits fuse it with their cost function. The Voigt profiles (voigt, double_voigt) and
+johnsonsu are numpy/scipy only (scipy's Faddeeva function has no numba counterpart here). Units: ``x`` and every location/width parameter are in the unit of the mass
 variable; slopes in 1/unit; shape exponents and coefficients are dimensionless.
 """
 
@@ -32,8 +33,8 @@ Start = dict[str, tuple[float, tuple[float, float]]]
 StartFn = Callable[[float, float, float, float], Start]
 
 # kernel codes (Shape.code); -1: no fused kernel
-GAUSS, CRYSTALBALL, DOUBLE_GAUSS, DOUBLE_CRYSTALBALL = 0, 1, 2, 3
-EXPONENTIAL, CHEBYSHEV, BERNSTEIN = 10, 11, 12
+GAUSS, CRYSTALBALL, DOUBLE_GAUSS, DOUBLE_CRYSTALBALL, CB_GAUSS = 0, 1, 2, 3, 4
+EXPONENTIAL, CHEBYSHEV, BERNSTEIN, CMS, THRESHOLD, ARGUS = 10, 11, 12, 13, 14, 15
 MAX_POLY_ORDER = 8
 
 _SQRT2 = math.sqrt(2.0)
@@ -133,6 +134,86 @@ def _cb_logdensity(z: float, alpha: float, n: float) -> float:
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
+def _cb_total(alpha: float, n: float) -> float:
+    """∫_ℝ of the Crystal Ball density in units of σ: (n/α)e^(−α²/2)/(n−1) + √(π/2)·(1 + erf(α/√2))."""
+    return math.exp(-0.5 * alpha * alpha) * (n / alpha) / (n - 1.0) + _SQRT_HALF_PI * (1.0 + math.erf(alpha / _SQRT2))
+
+
+@nb.njit(cache=True, error_model="numpy")
+def erfcx(x: float) -> float:
+    """Scaled complementary error function e^(x²)·erfc(x) for x ≥ 0 (relative error ≲ 1e-13; reference:
+    scipy.special.erfcx): e^(x²)·erfc(x) below 26, the asymptotic series to 7 terms above."""
+    if x < 26.0:
+        return math.exp(x * x) * math.erfc(x)
+    u = 1.0 / (2.0 * x * x)
+    term, total = 1.0, 1.0
+    for k in range(1, 8):
+        term *= -(2 * k - 1) * u
+        total += term
+    return total / (x * math.sqrt(math.pi))
+
+
+@nb.njit(cache=True, error_model="numpy")
+def gamma_integral(s: float, b: float, y: float) -> float:
+    """∫_0^y t^(s−1)·e^(−b·t) dt = Γ(s)·b^(−s)·P(s, b·y) for s > 0, b ≥ 0, y ≥ 0 (unit of y^s; reference:
+    scipy.special.gammainc). Series y^s·e^(−by)/s·Σ (by)^n/((s+1)…(s+n)) for by < s + 1 (exact at b = 0),
+    else Γ(s)·b^(−s) − y^s·e^(−by)·h with h the continued fraction of the upper incomplete gamma (Lentz)."""
+    if y <= 0.0:
+        return 0.0
+    x = b * y
+    if x < s + 1.0:
+        term, total = 1.0, 1.0
+        for n in range(1, 500):
+            term *= x / (s + n)
+            total += term
+            if term < 1e-17 * total:
+                break
+        return math.exp(s * math.log(y) - x) / s * total
+    tiny = 1e-300
+    bb = x + 1.0 - s
+    c, d = 1.0 / tiny, 1.0 / bb
+    h = d
+    for n in range(1, 500):
+        an = -n * (n - s)
+        bb += 2.0
+        d = an * d + bb
+        d = tiny if abs(d) < tiny else d
+        c = bb + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-16:
+            break
+    return math.exp(math.lgamma(s) - s * math.log(b)) - math.exp(s * math.log(y) - x) * h
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _cms_log_density(y: float, beta: float, gamma: float) -> float:
+    """ln[(γ/2)·erfc(−β·y)·e^(−γ·y)], y = x − α: RooCMSShape with peak = α, times γ/2 (erfc through erfcx below 0)."""
+    log_erfc = math.log(math.erfc(-beta * y)) if y >= 0.0 else -(beta * y) ** 2 + math.log(erfcx(-beta * y))
+    return log_erfc - gamma * y + math.log(0.5 * gamma)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _cms_log_survival(y: float, beta: float, gamma: float) -> float:
+    """ln ∫_y^∞ (γ/2)·erfc(−β·t)·e^(−γ·t) dt = ln[e^c·(½erfc(z) + ½e^(−c−γy)·erfc(−βy))], c = (γ/2β)², z = βy + γ/(2β)
+    (y = x − α), each term in log form through erfcx so that nothing over- or underflows: e^(c−z²) = e^(−β²y²−γy)."""
+    c = 0.25 * (gamma / beta) ** 2
+    z = beta * y + 0.5 * gamma / beta
+    if z >= 0.0:
+        a1 = -(beta * y) ** 2 - gamma * y + math.log(0.5 * erfcx(z))
+    else:
+        a1 = c + math.log(0.5 * math.erfc(z))
+    if y >= 0.0:
+        a2 = -gamma * y + math.log(0.5 * math.erfc(-beta * y))
+    else:
+        a2 = -(beta * y) ** 2 - gamma * y + math.log(0.5 * erfcx(-beta * y))
+    top = max(a1, a2)
+    return top + math.log1p(math.exp(-abs(a1 - a2)))
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _chebyshev_terms(t: float, c: np.ndarray, off: int, order: int) -> tuple[float, float]:
     """(1 + Σ c_k T_k(t), its primitive in t) with the coefficients c[off:off+order].
 
@@ -183,6 +264,10 @@ def cdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi:
     if code == CRYSTALBALL:
         s = p[off + 1]
         return s * _cb_primitive((x - p[off]) / s, p[off + 2], p[off + 3])
+    if code == CB_GAUSS:  # frac·CB + (1−frac)·Gauss(μ, σ_gauss), each of unit integral on ℝ
+        s, al, n, f = p[off + 1], p[off + 2], p[off + 3], p[off + 5]
+        return (f * _cb_primitive((x - p[off]) / s, al, n) / _cb_total(al, n)
+                + (1.0 - f) * 0.5 * math.erfc(-(x - p[off]) / (p[off + 4] * _SQRT2)))
     if code == DOUBLE_CRYSTALBALL:
         s, al, nl, ar, nr = p[off + 1], p[off + 2], p[off + 3], p[off + 4], p[off + 5]
         z = (x - p[off]) / s
@@ -200,6 +285,15 @@ def cdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi:
         return half * _chebyshev_terms((x - lo) / half - 1.0, p, off, npar)[1]
     if code == BERNSTEIN:
         return (hi - lo) * _bernstein_value((x - lo) / (hi - lo), p, off, npar, True)
+    if code == CMS:  # −∫_x^∞ (γ/2)·erfc(−β(t−α))·e^(−γ(t−α)) dt, divided by its value at lo (_cms_log_survival)
+        a, be, ga = p[off], p[off + 1], p[off + 2]
+        return -math.exp(_cms_log_survival(x - a, be, ga) - _cms_log_survival(lo - a, be, ga))
+    if code == THRESHOLD:
+        return gamma_integral(p[off + 1] + 1.0, p[off + 2], x - p[off])
+    if code == ARGUS:  # with y = 1 − x²/m0²: dy = −2x/m0² dx
+        m0, chi, pw = p[off], p[off + 1], p[off + 2]
+        xc = min(max(x, 0.0), m0)
+        return -0.5 * m0 * m0 * gamma_integral(pw + 1.0, 0.5 * chi * chi, 1.0 - (xc / m0) ** 2)
     return math.nan
 
 
@@ -216,6 +310,12 @@ def logpdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, 
         return math.log(max(v, 1e-300)) - _LOG_SQRT_2PI
     if code == CRYSTALBALL:
         return _cb_logdensity((x - p[off]) / p[off + 1], p[off + 2], p[off + 3])
+    if code == CB_GAUSS:
+        s, al, n, sg, f = p[off + 1], p[off + 2], p[off + 3], p[off + 4], p[off + 5]
+        zg = (x - p[off]) / sg
+        v = (f * math.exp(_cb_logdensity((x - p[off]) / s, al, n)) / (s * _cb_total(al, n))
+             + (1.0 - f) * math.exp(-0.5 * zg * zg - _LOG_SQRT_2PI) / sg)
+        return math.log(max(v, 1e-300))
     if code == DOUBLE_CRYSTALBALL:
         z = (x - p[off]) / p[off + 1]
         if z < 0.0:
@@ -230,6 +330,16 @@ def logpdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, 
     if code == BERNSTEIN:
         v = _bernstein_value((x - lo) / (hi - lo), p, off, npar, False)
         return math.log(max(v, 1e-300))
+    if code == CMS:  # same scale as cdf1
+        a, be, ga = p[off], p[off + 1], p[off + 2]
+        return _cms_log_density(x - a, be, ga) - _cms_log_survival(lo - a, be, ga)
+    if code == THRESHOLD:
+        y = x - p[off]
+        return p[off + 1] * math.log(y) - p[off + 2] * y if y > 0.0 else -math.inf
+    if code == ARGUS:
+        m0, chi, pw = p[off], p[off + 1], p[off + 2]
+        y = 1.0 - (x / m0) ** 2
+        return math.log(x) + pw * math.log(y) - 0.5 * chi * chi * y if x > 0.0 and y > 0.0 else -math.inf
     return math.nan
 
 
@@ -363,17 +473,26 @@ def add_density(code: int, x: np.ndarray, p: np.ndarray, off: int, npar: int, lo
     n = x.size
     if code == GAUSS:
         _add_gauss_core(x, p[off], p[off + 1], c / (p[off + 1] * math.sqrt(2.0 * math.pi)), out)
-    elif code in (CRYSTALBALL, DOUBLE_CRYSTALBALL):
+    elif code in (CRYSTALBALL, DOUBLE_CRYSTALBALL, CB_GAUSS):
         mu, s, al, nl = p[off], p[off + 1], p[off + 2], p[off + 3]
+        c_cb = c
+        if code == CB_GAUSS:  # frac·CB/(σ·∫CB) + (1 − frac)·Gauss(μ, σ_gauss), see cdf1
+            sg, f = p[off + 4], p[off + 5]
+            _add_gauss_core(x, mu, sg, c * (1.0 - f) / (sg * math.sqrt(2.0 * math.pi)), out)
+            c_cb = c * f / (s * _cb_total(al, nl))
         i0 = np.searchsorted(x, mu - al * s, side="right")
         i1 = n
         if code == DOUBLE_CRYSTALBALL:
             i1 = max(np.searchsorted(x, mu + p[off + 4] * s, side="left"), i0)
-            _add_cb_tail(x[i1:], mu, s, p[off + 4], p[off + 5], -1.0, c, out[i1:])
-        _add_cb_tail(x[:i0], mu, s, al, nl, 1.0, c, out[:i0])
-        _add_gauss_core(x[i0:i1], mu, s, c, out[i0:i1])
+            _add_cb_tail(x[i1:], mu, s, p[off + 4], p[off + 5], -1.0, c_cb, out[i1:])
+        _add_cb_tail(x[:i0], mu, s, al, nl, 1.0, c_cb, out[:i0])
+        _add_gauss_core(x[i0:i1], mu, s, c_cb, out[i0:i1])
     elif code == EXPONENTIAL:
         _add_exponential(x, p[off], lo, c, out)
+    elif code == CMS:  # the scale of the primitive once, not per candidate
+        k = _cms_log_survival(lo - p[off], p[off + 1], p[off + 2])
+        for i in range(n):
+            out[i] += c * math.exp(_cms_log_density(x[i] - p[off], p[off + 1], p[off + 2]) - k)
     else:
         for i in range(n):
             out[i] += c * math.exp(logpdf1(code, x[i], p, off, npar, lo, hi))
@@ -468,6 +587,37 @@ def _voigt_binder(lo: float, hi: float) -> Shape:
     return replace(SIGNALS["voigt"], cdf=_voigt_cdf(lo), domain=(lo, hi))
 
 
+def _double_voigt_density(x: np.ndarray, mu: float, sigma: float, sigma_wide: float, gamma: float,
+                          frac: float) -> np.ndarray:
+    """frac·V(x; μ, σ, γ) + (1−frac)·V(x; μ, σ_wide, γ): two Voigt profiles of one natural width γ (the Z's)
+    and two resolutions, unit integral on the real line (1/unit of x)."""
+    t = np.asarray(x, dtype=float) - mu
+    return frac * special.voigt_profile(t, sigma, gamma) + (1.0 - frac) * special.voigt_profile(t, sigma_wide, gamma)
+
+
+def _double_voigt_logpdf(x: np.ndarray, mu: float, sigma: float, sigma_wide: float, gamma: float,
+                         frac: float) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(_double_voigt_density(x, mu, sigma, sigma_wide, gamma, frac))
+
+
+def _double_voigt_cdf(ref: float | None) -> Callable[..., np.ndarray]:
+    """Numerical primitive of the double Voigtian from ``ref`` (None: from μ), cells of a quarter of the
+    narrower profile's FWHM."""
+
+    def cdf(x: np.ndarray, mu: float, sigma: float, sigma_wide: float, gamma: float, frac: float) -> np.ndarray:
+        fwhm = 0.5346 * 2.0 * gamma + math.sqrt(0.2166 * (2.0 * gamma) ** 2
+                                                 + (2.3548200450309493 * min(sigma, sigma_wide)) ** 2)
+        return primitive_by_quadrature(lambda t: _double_voigt_density(t, mu, sigma, sigma_wide, gamma, frac), x,
+                                       mu if ref is None else ref, fwhm / 4.0)
+
+    return cdf
+
+
+def _double_voigt_binder(lo: float, hi: float) -> Shape:
+    return replace(SIGNALS["double_voigt"], cdf=_double_voigt_cdf(lo), domain=(lo, hi))
+
+
 def _johnsonsu_z(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
     return (np.asarray(x, dtype=float) - mu) / sigma
 
@@ -481,54 +631,6 @@ def _johnsonsu_logpdf(x: np.ndarray, mu: float, sigma: float, gamma: float, delt
     z = _johnsonsu_z(x, mu, sigma)
     u = gamma + delta * np.arcsinh(z)
     return np.log(delta / sigma) - _LOG_SQRT_2PI - 0.5 * np.log1p(z * z) - 0.5 * u * u
-
-
-def _cms_cdf(x: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
-    from numba_stats import cmsshape
-
-    return cmsshape.cdf(np.asarray(x, dtype=float), beta, gamma, alpha)
-
-
-def _cms_logpdf(x: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
-    """RooCMSShape: erfc(β(α−x))·exp(−γ(x−α)) (its redundant ``peak`` absorbed), unit integral on ℝ."""
-    from numba_stats import cmsshape
-
-    return cmsshape.logpdf(np.asarray(x, dtype=float), beta, gamma, alpha)
-
-
-def _argus_cdf(x: np.ndarray, m0: float, chi: float, p: float) -> np.ndarray:
-    """Primitive of the generalised ARGUS density: with y = 1 − x²/m0² and a = χ²/2,
-    (m0²/2)·Γ(p+1)/a^(p+1)·[P(p+1, a) − P(p+1, a·y)] on [0, m0] (constant outside)."""
-    xa = np.clip(np.asarray(x, dtype=float), 0.0, m0)
-    a = 0.5 * chi * chi
-    y = 1.0 - (xa / m0) ** 2
-    scale = 0.5 * m0 * m0 * math.exp(special.gammaln(p + 1.0) - (p + 1.0) * math.log(a))
-    return scale * (special.gammainc(p + 1.0, a) - special.gammainc(p + 1.0, a * y))
-
-
-def _argus_logpdf(x: np.ndarray, m0: float, chi: float, p: float) -> np.ndarray:
-    """Generalised ARGUS ln[x·y^p·exp(−χ²y/2)], y = 1 − x²/m0², on [0, m0] (p = ½: scipy.stats.argus)."""
-    xa = np.asarray(x, dtype=float)
-    y = 1.0 - (xa / m0) ** 2
-    ok = (xa > 0) & (y > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ok, np.log(np.where(ok, xa, 1.0)) + p * np.log(np.where(ok, y, 1.0)) - 0.5 * chi * chi * y,
-                        -np.inf)
-
-
-def _threshold_cdf(x: np.ndarray, m0: float, a: float, b: float) -> np.ndarray:
-    """Primitive of (x−m0)^a·exp(−b(x−m0)): Γ(a+1)·P(a+1, b·y)/b^(a+1), y = max(x−m0, 0)."""
-    y = np.clip(np.asarray(x, dtype=float) - m0, 0.0, None)
-    if b * float(np.max(y, initial=0.0)) < 1e-8:
-        return y ** (a + 1.0) / (a + 1.0) * (1.0 - b * y * (a + 1.0) / (a + 2.0))
-    return special.gammainc(a + 1.0, b * y) * math.exp(special.gammaln(a + 1.0) - (a + 1.0) * math.log(b))
-
-
-def _threshold_logpdf(x: np.ndarray, m0: float, a: float, b: float) -> np.ndarray:
-    """D* ΔM threshold background log((x−m0)^a·exp(−b(x−m0))); −inf below the threshold m0."""
-    y = np.asarray(x, dtype=float) - m0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(y > 0, a * np.log(np.where(y > 0, y, 1.0)) - b * y, -np.inf)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -613,6 +715,7 @@ def _signal_start(lo: float, hi: float, peak: float, width: float) -> Start:
         "alpha_r": (2.0, (0.3, 10.0)),
         "n_r": (5.0, (1.01, 100.0)),
         "gamma": (0.3 * width, (w / 1e5, w / 4.0)),
+        "sigma_gauss": (2.0 * width, (w / 1000.0, w / 2.0)),
     }
 
 
@@ -665,6 +768,8 @@ def _signal(name: str, code: int, params: tuple[str, ...], widths: tuple[str, ..
 _VOIGT = Shape("voigt", ("mu", "sigma", "gamma"), _voigt_cdf(None), _pick(_signal_start, ("mu", "sigma", "gamma")),
                _voigt_logpdf, widths=("sigma",), simpler="gauss", binder=_voigt_binder)
 
+_DOUBLE_VOIGT_PARAMS = ("mu", "sigma", "sigma_wide", "gamma", "frac")
+
 SIGNALS: dict[str, Shape] = {
     "gauss": _signal("gauss", GAUSS, ("mu", "sigma"), ("sigma",), None),
     "double_gauss": _signal("double_gauss", DOUBLE_GAUSS, ("mu", "sigma", "sigma_wide", "frac"),
@@ -673,6 +778,12 @@ SIGNALS: dict[str, Shape] = {
     "double_crystalball": _signal("double_crystalball", DOUBLE_CRYSTALBALL,
                                   ("mu", "sigma", "alpha_l", "n_l", "alpha_r", "n_r"), ("sigma",), "crystalball"),
     "voigt": _VOIGT,
+    "double_voigt": Shape("double_voigt", _DOUBLE_VOIGT_PARAMS, _double_voigt_cdf(None),
+                          _pick(_signal_start, _DOUBLE_VOIGT_PARAMS), _double_voigt_logpdf,
+                          widths=("sigma", "sigma_wide"), bounded=("frac",), simpler="voigt",
+                          binder=_double_voigt_binder),
+    "cb_gauss": _signal("cb_gauss", CB_GAUSS, ("mu", "sigma", "alpha", "n", "sigma_gauss", "frac"),
+                        ("sigma", "sigma_gauss"), "crystalball", bounded=("frac",)),
     "johnsonsu": Shape("johnsonsu", ("mu", "sigma", "gamma", "delta"), _johnsonsu_cdf, _johnsonsu_start,
                        _johnsonsu_logpdf, widths=("sigma",), simpler="gauss"),
 }
@@ -693,10 +804,10 @@ BACKGROUNDS: dict[str, Shape] = {
        for k in range(1, MAX_POLY_ORDER + 1)},
     **{f"bernstein{k}": _poly(f"bernstein{k}", BERNSTEIN, "b", k, 1.0, (0.0, 100.0), True)
        for k in range(1, MAX_POLY_ORDER + 1)},
-    "cms": Shape("cms", ("alpha", "beta", "gamma"), _cms_cdf, _cms_start, _cms_logpdf),
-    "argus": Shape("argus", ("m0", "chi", "p"), _argus_cdf, _argus_start, _argus_logpdf, fixed=("m0", "p")),
-    "dstar_threshold": Shape("dstar_threshold", ("m0", "a", "b"), _threshold_cdf, _threshold_start,
-                             _threshold_logpdf, fixed=("m0",), bounded=("b",)),
+    "cms": _kernel_shape("cms", CMS, ("alpha", "beta", "gamma"), _cms_start, (0.0, 1.0), True),
+    "argus": _kernel_shape("argus", ARGUS, ("m0", "chi", "p"), _argus_start, (0.0, 1.0), False, fixed=("m0", "p")),
+    "dstar_threshold": _kernel_shape("dstar_threshold", THRESHOLD, ("m0", "a", "b"), _threshold_start, (0.0, 1.0),
+                                     False, fixed=("m0",), bounded=("b",)),
 }
 
 

@@ -7,7 +7,9 @@ Model per category c ∈ {pass, fail}, expected counts in mass bin j:
 
 with S_j, B_j the fractions of the normalised signal and background shapes in bin j. The signal shape θ
 is shared (θ' = θ, or θ with its widths shifted by ``dsigma_fail`` when ``fail_width_shift``), the
-efficiency ε is a fit parameter. The cost is the Baker-Cousins Poisson χ²; weighted histograms use the
+efficiency ε is a fit parameter. With ``fail_gauss`` (egm_tnp_analysis's ``--addGaus``) the fail signal is
+(1−f)·S_j(θ') + f·G_j(μ_g, σ_g), a Gaussian of its own in the fail category only (parameters
+:data:`FAIL_GAUSS`; such models use the numpy path, not the fused kernel). The cost is the Baker-Cousins Poisson χ²; weighted histograms use the
 scaled-Poisson approximation (counts and expectations scaled by Σw/Σw² per bin), which gives correct
 uncertainties for weighted data. For the common shapes the expectation and the χ² are one numba kernel.
 
@@ -20,19 +22,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numba as nb
 import numpy as np
 from iminuit import Minuit
 
-from calibflow.fit.diagnostics import FitQuality, at_limit, fit_problems
-from calibflow.fit.models import EXPONENTIAL, Shape, cdf1, get_shape, normalised_cdf
+from calibflow.fit.diagnostics import FitQuality, at_limit, chi2_pvalue, fit_problems
+from calibflow.fit.models import EXPONENTIAL, SIGNALS, Shape, cdf1, get_shape, normalised_cdf
 
 SIDEBAND_FRACTION = 0.15
 SIGNAL_WINDOW = 3.0  # half-width of the signal window excluded from sideband fits, in units of the width
 YIELDS = ("n_sig", "eff", "n_bkg_pass", "n_bkg_fail")
+FAIL_GAUSS = ("mu_gauss_fail", "sigma_gauss_fail", "frac_gauss_fail")
+"""Parameters of the extra fail-signal Gaussian (``fit.fail_gauss``): mean, width (unit of x), fraction."""
 MINIMUM_ERROR_POSDEF = 1  # Minuit2 MinimumError::MnPosDef
 SHIFTED_LEVEL = 10.0  # value of a shifted cost at its start (:func:`shifted`)
 
@@ -47,7 +51,10 @@ class FitResult:
     ``n_pass``/``n_fail`` = N_sig·ε and N_sig·(1−ε), their errors propagated from the covariance of N_sig
     and ε; ``errors``: HESSE (or SumW2) errors of every parameter, 0 for fixed ones. ``attempts``: one dict
     per attempt (label, signal model, status, χ², ndof); ``accepted``: index of the attempt reported (the
-    first good one, else the best); ``signal_model``: its signal shape.
+    first good one, else the best); ``signal_model``: its signal shape. ``chi2_pvalue``: P(χ²_ndof ≥ χ²)
+    (:func:`calibflow.fit.diagnostics.chi2_pvalue`); ``ks``: unbinned fits' Kolmogorov-Smirnov statistics
+    ``d_pass``, ``pvalue_pass``, ``d_fail``, ``pvalue_fail`` (:func:`calibflow.fit.diagnostics.ks_test`; empty
+    for binned fits).
     """
 
     efficiency: float
@@ -68,18 +75,23 @@ class FitResult:
     signal_model: str = ""
     n_pass_err: float = math.nan
     n_fail_err: float = math.nan
+    chi2_pvalue: float = math.nan
+    ks: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
 
 
-def parameter_names(signal: Shape, background: Shape, fail_width_shift: bool = False) -> list[str]:
+def parameter_names(signal: Shape, background: Shape, fail_width_shift: bool = False,
+                    fail_gauss: bool = False) -> list[str]:
     """Names of a pass/fail model's parameters (``fit.parameters`` keys), in the order of its parameter
     vector: the yields and ε (:data:`YIELDS`), the signal's (shared by both categories), the background's
-    per category (``slope_pass``, ``slope_fail``), then ``dsigma_fail`` with a fail width shift."""
+    per category (``slope_pass``, ``slope_fail``), the fail Gaussian's (:data:`FAIL_GAUSS`) with
+    ``fail_gauss``, then ``dsigma_fail`` with a fail width shift (always last)."""
     bkg = [f"{p}_{c}" for c in ("pass", "fail") for p in background.params]
-    return [*YIELDS, *signal.params, *bkg, *(["dsigma_fail"] if fail_width_shift else [])]
+    return [*YIELDS, *signal.params, *bkg, *(FAIL_GAUSS if fail_gauss else ()),
+            *(["dsigma_fail"] if fail_width_shift else [])]
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,8 @@ class PassFailModel:
     """Parameter layout and expectation of a simultaneous pass/fail model on [lo, hi].
 
     Parameter vector: n_sig, eff, n_bkg_pass, n_bkg_fail, signal params, background params of the
-    pass then the fail category (suffixed ``_pass``/``_fail``), then ``dsigma_fail`` if
-    ``fail_width_shift``.
+    pass then the fail category (suffixed ``_pass``/``_fail``), the fail Gaussian's if ``fail_gauss``, then
+    ``dsigma_fail`` if ``fail_width_shift``.
     """
 
     signal: Shape
@@ -96,18 +108,19 @@ class PassFailModel:
     lo: float
     hi: float
     fail_width_shift: bool = False
+    fail_gauss: bool = False
 
     @classmethod
     def create(cls, signal: str | Shape, background: str | Shape, lo: float, hi: float,
-               fail_width_shift: bool = False) -> PassFailModel:
+               fail_width_shift: bool = False, fail_gauss: bool = False) -> PassFailModel:
         """Model with the named shapes bound to [lo, hi]."""
         return cls(get_shape("signal", signal).on(lo, hi), get_shape("background", background).on(lo, hi),
-                   float(lo), float(hi), fail_width_shift)
+                   float(lo), float(hi), fail_width_shift, fail_gauss)
 
     @property
     def names(self) -> list[str]:
         """Parameter names, in the order of the parameter vector."""
-        return parameter_names(self.signal, self.background, self.fail_width_shift)
+        return parameter_names(self.signal, self.background, self.fail_width_shift, self.fail_gauss)
 
     @property
     def shape_names(self) -> list[str]:
@@ -124,12 +137,19 @@ class PassFailModel:
     def bounded(self) -> set[str]:
         """Parameters allowed to sit at a limit."""
         bkg = {f"{p}_{c}" for c in ("pass", "fail") for p in self.background.bounded}
-        return set(self.signal.bounded) | bkg
+        return set(self.signal.bounded) | bkg | ({"frac_gauss_fail"} if self.fail_gauss else set())
 
     @property
     def fused(self) -> bool:
-        """Whether both shapes have a numba kernel."""
-        return self.signal.code >= 0 and self.background.code >= 0
+        """Whether both shapes have a numba kernel (and there is no fail Gaussian)."""
+        return self.signal.code >= 0 and self.background.code >= 0 and not self.fail_gauss
+
+    def fail_gauss_params(self, x: np.ndarray) -> tuple[float, float, float]:
+        """(μ, σ, fraction) of the fail Gaussian in ``x`` ((0, 1, 0): none)."""
+        if not self.fail_gauss:
+            return 0.0, 1.0, 0.0
+        i = self.names.index(FAIL_GAUSS[0])
+        return float(x[i]), float(x[i + 1]), float(x[i + 2])
 
     @property
     def width_mask(self) -> np.ndarray:
@@ -150,6 +170,10 @@ class PassFailModel:
         ps, psf, pbp, pbf = self.split(x)
         sp = np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *ps))
         sf = sp if psf is ps else np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *psf))
+        if self.fail_gauss:
+            mu_g, sigma_g, f_g = self.fail_gauss_params(x)
+            gauss = np.diff(normalised_cdf(SIGNALS["gauss"], edges, self.lo, self.hi, mu_g, sigma_g))
+            sf = (1.0 - f_g) * sf + f_g * gauss
         bp = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *pbp))
         bf = np.diff(normalised_cdf(self.background, edges, self.lo, self.hi, *pbf))
         return n_sig * eff * sp, nbp * bp, n_sig * (1.0 - eff) * sf, nbf * bf
@@ -316,6 +340,11 @@ def starting_values(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf:
     start["eff"] = (float(np.clip(sig_counts[0] / (sig_counts[0] + sig_counts[1]), 0.02, 0.98)), (0.0, 1.0))
     if model.fail_width_shift:
         start["dsigma_fail"] = (0.0, (-0.5 * width, 2.0 * width))
+    if model.fail_gauss:
+        w = model.hi - model.lo
+        start.update({"mu_gauss_fail": (peak, (model.lo, model.hi)),
+                      "sigma_gauss_fail": (3.0 * width, (0.5 * width, 0.5 * w)),
+                      "frac_gauss_fail": (0.1, (0.0, 1.0))})
     return start
 
 
@@ -547,8 +576,7 @@ def run_attempts(
     peak, width = peak_estimate(edges, hp, hf)
     attempts: list[Attempt] = []
     for label, signal, strat, mode in attempt_plan(model0.signal, strategy, quality.retry):
-        model = PassFailModel(signal.on(model0.lo, model0.hi), model0.background, model0.lo, model0.hi,
-                              model0.fail_width_shift)
+        model = replace(model0, signal=signal.on(model0.lo, model0.hi))
         if mode == "sideband":
             prev = attempts[-1].minuit
             if "mu" in prev.parameters and "sigma" in prev.parameters and not at_limit(prev, ["mu", "sigma"]):
@@ -636,6 +664,7 @@ def build_result(attempts: list[Attempt], accepted: int, minos: bool, errors: di
         status=",".join(problems) or "ok",
         chi2=a.chi2,
         ndof=a.ndof,
+        chi2_pvalue=chi2_pvalue(a.chi2, a.ndof),
         values={n: float(m.values[n]) for n in names},
         errors=errs,
         n_attempts=len(attempts),
@@ -658,18 +687,20 @@ def fit_pass_fail(
     minos: bool = True,
     fail_width_shift: bool = False,
     quality: FitQuality | None = None,
+    fail_gauss: bool = False,
 ) -> FitResult:
     """Fit pass and fail histograms (same ``edges``) simultaneously; ε with asymmetric MINOS errors.
 
     ``parameters`` overrides starts: name -> {"value": v, "limits": (lo, hi), "fixed": bool}; names are
     those of :attr:`PassFailModel.names`. Parameters a shape fixes by default (e.g. the ARGUS endpoint)
     float when given limits. ``fail_width_shift`` adds ``dsigma_fail`` to the signal widths of the fail
-    category. ``quality`` sets the checks and whether failing fits are retried. Status is ``ok`` or a
-    comma-separated list of the problems of the reported attempt.
+    category, ``fail_gauss`` a Gaussian to the fail signal (:data:`FAIL_GAUSS`). ``quality`` sets the checks
+    and whether failing fits are retried. Status is ``ok`` or a comma-separated list of the problems of the
+    reported attempt.
     """
     edges = np.asarray(edges, dtype=float)
     hp, hf = np.asarray(pass_w, dtype=float), np.asarray(fail_w, dtype=float)
-    model0 = PassFailModel.create(signal, background, edges[0], edges[-1], fail_width_shift)
+    model0 = PassFailModel.create(signal, background, edges[0], edges[-1], fail_width_shift, fail_gauss)
     sp, sf = _scale(hp, pass_w2), _scale(hf, fail_w2)
 
     def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:

@@ -180,7 +180,8 @@ def categories(hist: BinHistograms, result: Mapping[str, Any], background: str, 
     model = x = comps = None
     fine = np.linspace(lo, hi, fine_bins + 1)
     if "values" in result:
-        model = PassFailModel.create(result["signal_model"], background, lo, hi, fail_width_shift)
+        model = PassFailModel.create(result["signal_model"], background, lo, hi, fail_width_shift,
+                                     fail_gauss="mu_gauss_fail" in result["values"])  # fit.fail_gauss
         x = np.array([result["values"][n] for n in model.names])
         comps = model.components(fine, x)
     out = []
@@ -389,7 +390,8 @@ class _Panel:
         self.set_ylim(1.45 * top if top > 0 else 1.0)
         self.ylabel.set_text(ylabel)
         low = cat.candidates < min_candidates
-        self.note.set_text(f"{cat.candidates:.0f} candidates" + (f" < {min_candidates}: low statistics" if low else ""))
+        self.note.set_text("no candidates" if cat.candidates == 0 else
+                           f"{cat.candidates:.0f} candidates" + (f" < {min_candidates}: low statistics" if low else ""))
         self.note.set_color(FLAG_COLOUR if low else "k")
 
 
@@ -488,6 +490,8 @@ class FitFigure:
 def summary_line(result: Mapping[str, Any]) -> str:
     """``ε = 0.8612 −0.0170 +0.0140   N(sig) = 1234 ± 40   χ²/ndof = 95.3/191`` and, when the fit was
     retried, the accepted attempt and its signal model."""
+    if result.get("efficiency") is None or not math.isfinite(result["efficiency"]):  # None: NaN read from JSON
+        return "ε: no measurement" + (" (no candidates)" if result.get("status") == "empty_bin" else "")
     parts = [f"ε = {result['efficiency']:.4f} −{result['err_down']:.4f} +{result['err_up']:.4f}"]
     if "n_sig" in result:
         parts.append(f"N(sig) = {result['n_sig']:.0f} ± {result.get('n_sig_err', float('nan')):.0f}")

@@ -17,7 +17,7 @@ shape parameters floating) and returns the sandwich variance A⁻¹BA⁻ᵀ of �
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -32,7 +32,7 @@ from calibflow.fit.models import Shape, normalised_logpdf
 from calibflow.fit.passfail import PassFailModel, apply_overrides, one_category
 from calibflow.fit.unbinned import ExtendedFit, fit_extended
 from calibflow.io import jsonio
-from calibflow.io.store import atomic_path
+from calibflow.io.integrity import CorruptIntermediate
 
 Pdf = Callable[[np.ndarray], np.ndarray]
 VARIANCES = ("sandwich", "pidcalib2")
@@ -430,10 +430,11 @@ def cached_splot_fit(path: str | None, make: Callable[[], SPlotFit]) -> tuple[SP
     """(the fit stored at ``path``, True) if there is one, else (``make()``, False) after storing it at
     ``path`` (JSON, written atomically). ``path=None``: no cache."""
     if path and os.path.exists(path):
-        with open(path) as f:
-            return SPlotFit.from_dict(json.load(f)), True
+        try:
+            return SPlotFit.from_dict(jsonio.read_record(path)), True
+        except CorruptIntermediate as exc:  # refitted and replaced below
+            logging.getLogger("calibflow.task").warning("corrupt intermediate removed and rebuilt: %s", exc)
     fit = make()
     if path:
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            jsonio.dump(fit.to_dict(), f, indent=1)
+        jsonio.write_record(path, fit.to_dict(), indent=1)
     return fit, False

@@ -12,20 +12,23 @@ use their ``logpdf`` in numpy. Weighted fits report the covariance V·H₂·V (V
 w-weighted cost, H₂: Hessian of the w²-weighted cost; RooFit's SumW2Error), without MINOS. Starting values,
 retries and quality checks are those of the binned fit (:mod:`calibflow.fit.passfail`), applied to
 histograms of the candidates; the χ² reported is that of these histograms against the fitted model.
+Goodness of fit: a one-sample Kolmogorov-Smirnov test per category of the candidates against the fitted
+distribution of that category (:func:`category_ks`), its p-value checked against ``quality.min_pvalue``
+instead of the histograms' χ² p-value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numba as nb
 import numpy as np
 from iminuit import Minuit
 
-from calibflow.fit.diagnostics import FitQuality
-from calibflow.fit.models import VECTOR, Shape, add_density, cdf1, normalised_logpdf, vlog
+from calibflow.fit.diagnostics import LOW_GOF_PVALUE, FitQuality, ks_test
+from calibflow.fit.models import SIGNALS, VECTOR, Shape, add_density, cdf1, normalised_logpdf, vlog
 from calibflow.fit.passfail import (
     Cost,
     FitResult,
@@ -78,9 +81,29 @@ def log_intensity(model: PassFailModel, m: np.ndarray, x: np.ndarray, category: 
     n_sig, eff, nbp, nbf = x[:4]
     n_s, n_b, sig, bkg = (n_sig * eff, nbp, ps, pbp) if category == "pass" else (n_sig * (1 - eff), nbf, psf, pbf)
     with np.errstate(divide="ignore"):
-        ls = np.log(n_s) + normalised_logpdf(model.signal, m, model.lo, model.hi, *sig)
+        ls = normalised_logpdf(model.signal, m, model.lo, model.hi, *sig)
+        if category == "fail" and model.fail_gauss:
+            mu_g, sigma_g, f_g = model.fail_gauss_params(x)
+            lg = normalised_logpdf(SIGNALS["gauss"], m, model.lo, model.hi, mu_g, sigma_g)
+            ls = np.logaddexp(np.log1p(-f_g) + ls, np.log(f_g) + lg)
         lb = np.log(n_b) + normalised_logpdf(model.background, m, model.lo, model.hi, *bkg)
-    return np.logaddexp(ls, lb)
+    return np.logaddexp(np.log(n_s) + ls, lb)
+
+
+def category_ks(model: PassFailModel, x: np.ndarray, m: np.ndarray, w: np.ndarray | None,
+                category: str) -> tuple[float, float]:
+    """(D, p-value) of the Kolmogorov-Smirnov test of a category's sorted candidates ``m`` (weights ``w``)
+    against the fitted distribution of that category, (ν_s·S(m) + ν_b·B(m))/(ν_s + ν_b), with S and B the
+    normalised cumulative distributions on [lo, hi] (:func:`calibflow.fit.diagnostics.ks_test`)."""
+    c = 0 if category == "pass" else 2
+
+    def expected_below(edges: np.ndarray) -> np.ndarray:  # expected candidates in [lo, edge) for every edge
+        parts = model.components(edges, x)
+        return np.cumsum(parts[c] + parts[c + 1])
+
+    total = float(expected_below(np.array([model.lo, model.hi]))[-1])
+    cdf = expected_below(np.concatenate([[model.lo], m])) / total if total > 0 else np.full(m.size, np.nan)
+    return ks_test(cdf, w)
 
 
 def _ascending(m: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,13 +212,15 @@ def fit_pass_fail_unbinned(
     fail_width_shift: bool = False,
     quality: FitQuality | None = None,
     goodness_fail: bool = True,
+    fail_gauss: bool = False,
 ) -> FitResult:
     """Simultaneous extended unbinned fit of passing and failing candidates' masses on [lo, hi].
 
     Candidates outside [lo, hi] are ignored. Same parameters, retries and result as
     :func:`calibflow.fit.passfail.fit_pass_fail`; ε errors from MINOS for unweighted candidates and
     from the SumW2 covariance (:func:`sumw2_errors`) for weighted ones. ``goodness_fail=False`` leaves the fail histogram
-    out of the reported χ² (single-sample fits).
+    out of the reported χ² and the KS test (single-sample fits). The KS p-values (:func:`category_ks`), not the
+    histograms' χ² p-value, are checked against ``quality.min_pvalue`` (status ``low_gof_pvalue``).
     """
     lo, hi = float(lo), float(hi)
     mp, wp = _prepare(mass_pass, weights_pass, lo, hi)
@@ -205,7 +230,8 @@ def fit_pass_fail_unbinned(
     hp, hf = np.histogram(mp, edges, weights=wp)[0], np.histogram(mf, edges, weights=wf)[0]
     sp = _scale(hp, np.histogram(mp, edges, weights=wp**2)[0]) if weighted else np.ones_like(hp)
     sf = _scale(hf, np.histogram(mf, edges, weights=wf**2)[0]) if weighted else np.ones_like(hf)
-    model0 = PassFailModel.create(signal, background, lo, hi, fail_width_shift)
+    model0 = PassFailModel.create(signal, background, lo, hi, fail_width_shift, fail_gauss)
+    quality = quality or FitQuality()
 
     def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
         nu_p, nu_f = model.expected(edges, np.array(m.values))
@@ -217,13 +243,21 @@ def fit_pass_fail_unbinned(
         return chi2, int(n - m.nfit)
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: unbinned_cost(mdl, mp, wp, mf, wf),
-                                      goodness, parameters, strategy, quality or FitQuality(), prefit=True,
+                                      goodness, parameters, strategy, replace(quality, min_pvalue=0.0), prefit=True,
                                       shift=True)
-    if not weighted:
-        return build_result(attempts, accepted, minos)
     a = attempts[accepted]
-    errors, cov_n_eff = sumw2_errors(a.model, a.minuit, mp, wp, mf, wf)
-    return build_result(attempts, accepted, False, errors, cov_n_eff)
+    if not weighted:
+        r = build_result(attempts, accepted, minos)
+    else:
+        errors, cov_n_eff = sumw2_errors(a.model, a.minuit, mp, wp, mf, wf)
+        r = build_result(attempts, accepted, False, errors, cov_n_eff)
+    x = np.array(a.minuit.values)
+    for cat, m, w in (("pass", mp, wp), ("fail", mf, wf))[: 2 if goodness_fail else 1]:
+        r.ks[f"d_{cat}"], r.ks[f"pvalue_{cat}"] = category_ks(a.model, x, m, w if weighted else None, cat)
+    p_min = min((v for k, v in r.ks.items() if k.startswith("pvalue") and np.isfinite(v)), default=np.nan)
+    if quality.min_pvalue > 0 and p_min < quality.min_pvalue:
+        r.status = ",".join([*(t for t in r.status.split(",") if t != "ok"), f"{LOW_GOF_PVALUE}:ks_p={p_min:.2g}"])
+    return r
 
 
 @dataclass

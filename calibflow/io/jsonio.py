@@ -6,6 +6,10 @@ Convention: a NaN is written as ``null``; +inf and -inf as the strings ``"inf"``
 (correctionlib's spelling of infinite bin edges). Readers of calibflow's own numeric records (per-bin
 results, cached sPlot fits), in which ``null`` only ever stands for a NaN, map both back with
 :func:`numbers` before computing.
+
+Intermediate records (binning, per-bin results, sPlot caches) are written with :func:`write_record`, which
+adds their SHA-256 digest, and read with :func:`read_record` or :func:`load_numbers`, which check it
+(:mod:`calibflow.io.integrity`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import os
 from typing import IO, Any
 
 import numpy as np
+
+from calibflow.io.integrity import read_json, seal
 
 INF, NEG_INF = "inf", "-inf"
 """How +inf and -inf are written."""
@@ -61,7 +67,23 @@ def numbers(value: Any) -> Any:
     return value
 
 
+def write_record(path: str | os.PathLike[str], record: dict[str, Any], **kwargs: Any) -> None:
+    """Write the JSON object ``record`` (strict, :func:`dump`'s ``kwargs``) to ``path`` atomically, with the
+    digest of its content (:func:`calibflow.io.integrity.seal`)."""
+    from calibflow.io.store import atomic_path
+
+    plain = json.loads(dumps(record, default=kwargs.pop("default", None)))  # the digest: of what a reader parses
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(seal(plain), f, allow_nan=False, **kwargs)
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record written by :func:`write_record` at ``path``, its digest checked and left out
+    (CorruptIntermediate naming the path if it does not match, is missing or the file is not JSON)."""
+    return read_json(path)
+
+
 def load_numbers(path: str | os.PathLike[str]) -> Any:
-    """The numeric record at ``path`` (written by :func:`dump`), NaN and ±inf restored (:func:`numbers`)."""
-    with open(path) as f:
-        return numbers(json.load(f))
+    """The numeric record at ``path`` (written by :func:`write_record`), its digest checked
+    (:func:`read_record`), NaN and ±inf restored (:func:`numbers`)."""
+    return numbers(read_record(path))

@@ -12,13 +12,18 @@ import h5py
 import hdf5plugin  # registers the Blosc filter of PREP_COMPRESSION for every reader of these files
 import numpy as np
 
+from calibflow.io.integrity import h5_options, reading
+
 COLUMNS = "columns"
-COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-PREP_COMPRESSION: dict[str, Any] = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+COMPRESSION: dict[str, Any] = h5_options({"compression": "gzip", "compression_opts": 1, "shuffle": True})
+"""Datasets of intermediates (and of calibflow's other HDF5 files): gzip-1 with byte shuffle, and a Fletcher32
+checksum per chunk (:mod:`calibflow.io.integrity`), as every option set here."""
+PREP_COMPRESSION: dict[str, Any] = h5_options(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
 """Prepared numeric columns: Blosc-LZ4 with byte shuffle. About 12x faster to write than gzip-1, and
 Blosc compresses 2x faster with byte than with bit shuffle, for 2% more bytes (docs/prep.md). Reading
 needs ``import hdf5plugin`` (done here)."""
-PREP_FLAG_COMPRESSION: dict[str, Any] = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+PREP_FLAG_COMPRESSION: dict[str, Any] = h5_options(
+    hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
 """Prepared boolean columns (pass decisions): bit shuffle packs them 8 to a byte before LZ4."""
 Compression = Mapping[str, Any] | Callable[[np.dtype], Mapping[str, Any]]
 """Dataset compression options (h5py keywords), or a function of the column's dtype giving them."""
@@ -129,8 +134,8 @@ def write_metadata(h5: h5py.File, metadata: Mapping[str, Any]) -> None:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON metadata stored by :func:`write_metadata`."""
-    with h5py.File(path, "r") as h5:
+    """The JSON metadata stored by :func:`write_metadata` (CorruptIntermediate if the file is damaged)."""
+    with reading(path), h5py.File(path, "r") as h5:
         return json.loads(h5.attrs.get("metadata", "{}"))
 
 
@@ -138,8 +143,9 @@ def read_columns(path: str | os.PathLike[str], names: Sequence[str] | None = Non
     """Read named columns (all when ``names`` is None); a missing column raises KeyError naming the file.
 
     float32 columns (stored as read from float32 branches) come back as float64, exactly as every
-    consumer computes with them."""
-    with h5py.File(path, "r") as h5:
+    consumer computes with them. A damaged file (truncated, a chunk failing its checksum) raises
+    :class:`calibflow.io.integrity.CorruptIntermediate` naming it."""
+    with reading(path), h5py.File(path, "r") as h5:
         group = h5[COLUMNS]
         wanted = list(group) if names is None else list(names)
         missing = [n for n in wanted if n not in group]

@@ -164,8 +164,10 @@ def start(port: int = DEFAULT_PORT, state_dir: str | None = None, timeout: float
                 raise SetupError(f"luigid did not answer on port {port} within {timeout:.0f} s: "
                                  f"{_last_line(logs)}") from None
             time.sleep(0.1)
-    with open(_pid_file(state_dir), "w") as f:
+    tmp = f"{_pid_file(state_dir)}.tmp-{os.getpid()}"  # atomic (no calibflow.io.store here: it imports h5py)
+    with open(tmp, "w") as f:
         json.dump({"pid": srv.pid, "host": srv.host, "port": srv.port}, f)
+    os.replace(tmp, _pid_file(state_dir))
     return srv
 
 

@@ -23,6 +23,7 @@ import uproot
 
 from calibflow.expr import ExprError
 from calibflow.hashing import file_identity
+from calibflow.io.integrity import LIBVER
 from calibflow.io.root import use_fast_zlib
 from calibflow.io.store import TableWriter, atomic_path, prep_compression, read_metadata, write_metadata
 from calibflow.prep.spec import STAGE_ORDER, PrepError, PrepExpressionError, PrepSpec, is_flag
@@ -133,7 +134,7 @@ def prepare_file(
         jagged = _check_input(path, tree, spec)
         library = "ak" if jagged or spec.pairing is not None or spec.hit_matches else "np"
         # no chunk cache: TableWriter writes whole chunks, which then go straight to the filter (15% faster)
-        with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver="v110", rdcc_nbytes=0) as h5:
+        with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver=LIBVER, rdcc_nbytes=0) as h5:
             writer = TableWriter(h5, compression=prep_compression)
             fusable = library == "np" and spec.pairing is None and not spec.hit_matches and fused_enabled()
             fused: FusedSelection | None = None

@@ -21,7 +21,9 @@ from calibflow.hashing import content_key, file_identity
 if TYPE_CHECKING:
     from calibflow.io.lumi import LumiMask
 
-PREP_VERSION = 1
+PREP_VERSION = 2
+"""Version of prepared tuples, in every prep key. 2 (issue 17): expression semantics (boolean addition counts,
+integers never wrap, constants beyond 64 bits are floats) and checksummed HDF5 (Fletcher32, v110 metadata)."""
 MASS, PASS, WEIGHT, TRUE_EFF, IS_SIGNAL = "_mass", "_pass", "_weight", "_true_eff", "_is_signal"
 LUMI_BRANCHES = ("run", "luminosityBlock")
 """Event-level branches the lumi mask is applied to (CMS NanoAOD names)."""

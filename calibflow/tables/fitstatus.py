@@ -10,12 +10,13 @@ fast): :data:`LOW_STATISTICS` is ``calibflow.fit.measure.LOW_STATISTICS``, check
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from calibflow.io.integrity import CorruptIntermediate
+from calibflow.io.jsonio import read_record
 from calibflow.plan import Plan
 from calibflow.variants import NOMINAL
 
@@ -84,13 +85,12 @@ def count_statuses(variant: str, sample: str, statuses: Iterable[str | None]) ->
 def result_status(path: str) -> str | None:
     """The status of the result at ``path``: None if there is none, ``unreadable`` if it is not a result."""
     try:
-        with open(path) as f:
-            result = json.load(f)
+        result = read_record(path)
     except FileNotFoundError:
         return None
-    except ValueError:
+    except (CorruptIntermediate, ValueError):
         return UNREADABLE
-    return str(result.get("status", UNREADABLE)) if isinstance(result, dict) else UNREADABLE
+    return str(result.get("status", UNREADABLE))
 
 
 def fit_status_counts(plan: Plan) -> list[StatusCounts]:

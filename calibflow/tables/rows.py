@@ -33,12 +33,29 @@ YIELD_COLUMNS = ("n_sig", "n_sig_err", "n_pass", "n_pass_err", "n_fail", "n_fail
 """Signal yields with their errors, per row of ``efficiencies.csv`` (``calibflow.fit.measure.YIELD_FIELDS``)."""
 YIELD_METHOD = "yield"
 """The method of rows holding a signal yield and no efficiency (``calibflow.fit.measure.YIELD``)."""
+GOF_COLUMNS = ("chi2", "ndof", "chi2_pvalue", "ks_pvalue")
+"""Goodness of fit per row (docs/fits.md, "Goodness of fit"): the fit's χ² and ndof, P(χ²_ndof ≥ χ²), and the
+smaller Kolmogorov-Smirnov p-value of the pass and fail categories (unbinned fits); NaN where not measured."""
+
+
+def gof_columns(r: Mapping[str, Any]) -> Row:
+    """:data:`GOF_COLUMNS` of a per-bin result; results written before the p-values existed get the χ² p-value
+    from their χ² and ndof."""
+    chi2, ndof = float(r.get("chi2", math.nan)), r.get("ndof", math.nan)
+    p = r.get("chi2_pvalue")
+    if p is None and math.isfinite(chi2) and isinstance(ndof, int) and ndof > 0:
+        from scipy.special import chdtrc
+
+        p = float(chdtrc(ndof, max(chi2, 0.0)))
+    ks = [float(v) for k, v in (r.get("ks") or {}).items() if k.startswith("pvalue") and math.isfinite(float(v))]
+    return {"chi2": chi2, "ndof": ndof, "chi2_pvalue": math.nan if p is None else float(p),
+            "ks_pvalue": min(ks, default=math.nan)}
 
 
 def efficiency_rows(scheme: BinningScheme, results: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Row]:
     """One row per (sample, bin) from per-bin results with the signal yields and their errors
-    (:data:`YIELD_COLUMNS`: fitted, or Σw ± √Σw² when counted), efficiency, err_down/up and status; a row of
-    method ``yield`` has NaN efficiency, errors and pass/fail yields."""
+    (:data:`YIELD_COLUMNS`: fitted, or Σw ± √Σw² when counted), efficiency, err_down/up, status and the goodness of
+    fit (:data:`GOF_COLUMNS`); a row of method ``yield`` has NaN efficiency, errors and pass/fail yields."""
     rows = []
     for (sample, index), r in sorted(results.items()):
         rows.append(
@@ -52,6 +69,7 @@ def efficiency_rows(scheme: BinningScheme, results: Mapping[tuple[str, int], Map
                 "err_down": r["err_down"],
                 "err_up": r["err_up"],
                 "fit_status": r["status"],
+                **gof_columns(r),
             }
         )
     return rows

@@ -19,6 +19,7 @@ GENERATORS: dict[str, str] = {
     "jpsi_tag_and_probe": "calibflow.toys.jpsi:write_jpsi_file",
     "belle2_dstar": "calibflow.toys.belle2:write_dstar_file",
     "belle2_v0": "calibflow.toys.belle2:write_v0_file",
+    "belle2_dstar_sweighted": "calibflow.toys.sweighted:write_dstar_sweighted_file",
     "classifier_tracks": "calibflow.toys.classifier:write_classifier_file",
     "lhcb_tracking_jpsi": "calibflow.toys.lhcb:write_tracking_file",
     "z_mumu_nanoaod": "calibflow.toys.nanoaod:write_z_mumu_file",
