@@ -229,9 +229,11 @@ def publish_set(workdir: str, key: str, links: Mapping[str, str], manifest: Mapp
     except BaseException:  # a full disk, say: the published set stays as it was
         shutil.rmtree(building, ignore_errors=True)
         raise
+    _sync_tree(building)  # the set's bytes on disk before any name points at it (an OS crash: old or new set)
     _fault("publish:built")
     final = building[: building.rindex(".tmp-")]
     os.rename(building, final)  # complete: a set without .tmp- in its name is whole
+    _sync(root)
     _switch(workdir, os.path.basename(final), _top_names(final))
     return final
 
@@ -330,6 +332,20 @@ def _stable_link(workdir: str, name: str) -> None:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _sync_tree(folder: str) -> None:
+    """fsync every file and folder under ``folder`` (hard links included: their data are the exports'), so
+    that a crash of the machine after the switch cannot leave empty published files (docs/operations.md,
+    "Guarantees": ~0.1 s for 400 files here)."""
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(base, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _sync(base)
 
 
 def _sync(folder: str) -> None:
