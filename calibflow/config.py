@@ -157,7 +157,8 @@ class Sample(_Strict):
     ``interval``), ``sweighted`` (counts of the per-candidate ``weight``, e.g. an sWeight column, with the
     PIDCalib2 variance), ``sweights`` (per-bin sPlot from an unbinned mass fit, then as ``sweighted``) or
     ``yield`` (a signal yield from a mass fit of all the bin's candidates: no pass/fail, no efficiency) or
-    ``sideband`` (sideband-subtracted pass and fail yields in the windows of ``fit.sideband``).
+    ``sideband`` (sideband-subtracted pass and fail yields in the windows of ``fit.sideband``) or ``tistos``
+    (TIS/TOS trigger efficiencies from the counts of ``fit.tistos``; no ``pass`` needed).
     """
 
     role: Literal["data", "mc"]
@@ -165,7 +166,7 @@ class Sample(_Strict):
     tree: str = "DecayTree"
     weight: str | None = None
     cut: str | None = None
-    method: Literal["fit", "count", "sweighted", "sweights", "yield", "sideband"] = "fit"
+    method: Literal["fit", "count", "sweighted", "sweights", "yield", "sideband", "tistos"] = "fit"
     interval: Literal["clopper_pearson", "wilson", "jeffreys"] = "clopper_pearson"
     lumi_mask: str | None = None
     """CMS certification ("golden") JSON, relative to the config file; keeps certified ``run`` and
@@ -293,6 +294,10 @@ MASS_METHODS = ("fit", "sweights", "yield")
 """Methods that fit the mass (they need the ``mass`` section)."""
 SIDEBAND = "sideband"
 """The method subtracting sidebands of the mass histogram (needs ``mass`` and ``fit.sideband``, fits nothing)."""
+TISTOS = "tistos"
+"""The method counting TIS and TOS candidates (needs ``fit.tistos``; weighted by the sample's ``weight``)."""
+NO_PASS_METHODS = ("yield", TISTOS)
+"""Methods that need no ``pass`` expression."""
 EVERY_CANDIDATE_PASSES = "True"
 """Stand-in ``pass`` of yield-only calibrations (every candidate in the pass category)."""
 
@@ -554,13 +559,59 @@ class SidebandConfig(_Strict):
                                      f"({mass.bins} bins in [{lo:g}, {hi:g}]: nearest {near:g} or {near + width:g})")
 
 
+class TisTosConfig(_Strict):
+    """Method ``tistos`` (LHCb-PUB-2014-039): per-candidate expressions of ``tis`` (triggered independently of
+    the signal), ``tos`` (triggered on the signal) and the ``trigger`` decision whose efficiency is wanted (None:
+    TIS or TOS); ``efficiency``: the one the tables report, ``tos`` (N_TIS&TOS/N_TIS), ``tis`` (N_TIS&TOS/N_TOS)
+    or ``trigger`` (N_Trig·N_TIS&TOS/(N_TIS·N_TOS)); docs/fits.md, "TIS/TOS"."""
+
+    tis: str
+    tos: str
+    trigger: str | None = None
+    efficiency: Literal["tos", "tis", "trigger"] = "tos"
+
+
+class TemplateConfig(_Strict):
+    """``fit.signal: template``: the signal of each category is the ``from`` sample's (truth-matched simulation,
+    its own ``cut``) mass histogram of that category and bin, convolved with a Gaussian (``shift_pass``,
+    ``smear_pass``, ``shift_fail``, ``smear_fail``); ``smooth`` first spreads templates by a Gaussian of that
+    width (mass units), or ``auto`` (Silverman's bandwidth of each template), 0: not (docs/fits.md)."""
+
+    from_: str = Field(alias="from")
+    smooth: float | Literal["auto"] = Field(default=0.0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
+
+    @field_validator("smooth")
+    @classmethod
+    def _non_negative(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError(f"smooth: {v:g} is negative (0: no smoothing, or a width in mass units, or auto)")
+        return v
+
+
+class ConstrainConfig(_Strict):
+    """``fit.constrain``: fit the ``from`` sample (simulation) per bin first with the same fit section (without
+    ``constrain``), then constrain ``parameters`` in every other fit to its values: Gaussian terms of width
+    ``scale`` × its errors, or fixed to its values with ``fix`` (docs/fits.md)."""
+
+    from_: str = Field(alias="from")
+    parameters: list[str] = Field(min_length=1)
+    scale: float = Field(default=1.0, gt=0)
+    fix: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
+
+
 class FitConfig(_Strict):
     """Per-bin fit model: signal and background shapes by name, parameter starts and limits.
 
     ``fail_gauss`` adds a Gaussian to the fail signal shape only (egm_tnp_analysis's ``--addGaus``),
-    ``overrides`` per-bin ``parameters`` (:class:`FitOverride`), ``gof`` the goodness-of-fit thresholds. These
-    three are left out of the dump (and so of every content key) while at their defaults (:data:`FIT_NEW_DEFAULTS`),
-    so that configs without them keep their keys.
+    ``overrides`` per-bin ``parameters`` (:class:`FitOverride`), ``gof`` the goodness-of-fit thresholds,
+    ``template`` the simulation of ``signal: template`` (:class:`TemplateConfig`), ``constrain`` constraints from
+    a fit of the simulation (:class:`ConstrainConfig`). These are left out of the dump (and so of every content
+    key) while at their defaults (:data:`FIT_NEW_DEFAULTS`), so that configs without them keep their keys;
+    fit keys leave ``template`` out while the signal is not a template (:meth:`keyed`).
     """
 
     signal: str = "crystalball"
@@ -574,12 +625,25 @@ class FitConfig(_Strict):
     overrides: list[FitOverride] = Field(default_factory=list)
     gof: GofConfig = GofConfig()
     sideband: SidebandConfig | None = None  # method sideband: its windows
+    tistos: TisTosConfig | None = None  # method tistos: TIS, TOS and trigger expressions
+    template: TemplateConfig | None = None  # fit.signal template: the reference simulation
+    constrain: ConstrainConfig | None = None  # constraints from a fit of the simulation
     max_chi2_ndof: float = Field(default=3.0, gt=0)
     min_candidates: int = Field(default=50, ge=0)  # fewer in pass or fail: status low_statistics
     min_significance: float = Field(default=3.0, ge=0)
     plots: Literal["none", "flagged", "all"] = Field(default="all", json_schema_extra=PRESENTATION)
     # fit figures of every bin, flagged bins only, or none: which figures are drawn never changes a fit
     sweights_variance: Literal["sandwich", "pidcalib2"] = "sandwich"  # method sweights: see docs/fits.md
+
+    @model_validator(mode="after")
+    def _template_given(self) -> FitConfig:
+        if self.signal == "template" and self.template is None:
+            raise ValueError("fit.template: required by signal template: give from: <simulation sample> (and "
+                             "optionally smooth:)")
+        if self.signal == "template" and self.fail_width_shift:
+            raise ValueError("fit.fail_width_shift: the template signal has a width per category already "
+                             "(smear_pass, smear_fail)")
+        return self
 
     @model_serializer(mode="wrap")
     def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -588,6 +652,11 @@ class FitConfig(_Strict):
             if getattr(self, name) == default:
                 data.pop(name, None)
         return data
+
+    def keyed(self) -> FitConfig:
+        """This section as fit keys see it: ``template`` left out while the signal is not a template (a variation
+        to an analytic signal keeps it unused, and its changes refit nothing there)."""
+        return self if self.signal == "template" or self.template is None else self.model_copy(update={"template": None})
 
     def for_bin(self, index: int, bounds: Sequence[tuple[str, float, float]]) -> FitConfig:
         """The fit of bin ``index`` (``bounds``: (variable, low, high) per variable): ``parameters`` with every
@@ -603,7 +672,8 @@ class FitConfig(_Strict):
         return self.model_copy(update={"parameters": params, "overrides": []})
 
 
-FIT_NEW_DEFAULTS: dict[str, Any] = {"fail_gauss": False, "overrides": [], "gof": GofConfig(), "sideband": None}
+FIT_NEW_DEFAULTS: dict[str, Any] = {"fail_gauss": False, "overrides": [], "gof": GofConfig(), "sideband": None,
+                                   "tistos": None, "template": None, "constrain": None}
 """Fit options added after the first results: left out of :class:`FitConfig`'s dump while at these defaults."""
 
 
@@ -716,6 +786,7 @@ class RocConfig(_Strict):
 
 TASK_FAMILIES = (
     "GenerateToys", "PrepareTuple", "MakeBinning", "FillHistograms", "FitBin", "EfficiencyTable", "ExportTables",
+    "CoverageBin",
 )
 """Task families of the calibflow graph: the keys of ``resources`` besides ``default``."""
 
@@ -819,7 +890,11 @@ class CalibrationConfig(_Strict):
                              "signal: [low, high] and sidebands: [[low, high], ...]")
         if subtracted and self.mass is not None and self.fit.sideband is not None:
             self.fit.sideband.check_edges(self.mass)
-        pass_fraction = [n for n, smp in self.samples.items() if smp.method != "yield"]
+        pass_fraction = [n for n, smp in self.samples.items() if smp.method not in NO_PASS_METHODS]
+        counted = [n for n, smp in self.samples.items() if smp.method == TISTOS]
+        if counted and self.fit.tistos is None:
+            raise ValueError(f"fit.tistos: required by method tistos (samples {', '.join(counted)}): give tis: and "
+                             "tos: expressions (and optionally trigger:, efficiency: tos|tis|trigger)")
         if self.pass_ is None and pass_fraction:
             raise ValueError(f"pass: required key is missing (samples {', '.join(pass_fraction)} measure a pass "
                              "fraction; only method yield needs none)")

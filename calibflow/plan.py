@@ -36,6 +36,7 @@ from calibflow.binning.scheme import Bin, BinningScheme
 from calibflow.config import (
     MASS_METHODS,
     SIDEBAND,
+    TISTOS,
     CalibrationConfig,
     ConfigError,
     FitConfig,
@@ -70,6 +71,8 @@ LEGACY_MODE_FILES = ("SKIP_BAD_FILES", "LIMITS.json")
 """Under ``prep/``: where the run modes were once shared by every run; ignored, removed by ``calibflow run``."""
 RUN_VERSION = 1
 FIT_VERSION = 2  # 2: yields with errors in every result, fixed parameters with error 0 (issue 16)
+CONSTRAINT_VERSION = 1
+"""Version of the simulation fits giving ``fit.constrain``'s constraints (``constraints/<sample>/<key>.json``)."""
 HIST_VERSION = 1
 TABLE_VERSION = 3  # 2: yield columns (n_sig, n_sig_err, n_pass_err, n_fail_err), method yield (issue 16); 3: the
 # goodness-of-fit columns chi2, ndof, chi2_pvalue, ks_pvalue (issue 18)
@@ -211,6 +214,15 @@ _RUN_DATA: dict[str, dict[str, Any]] = {}
 """Run file path -> its JSON, for the runs started by this process (:meth:`Plan.record_run` writes it)."""
 
 
+def _read_json(path: str) -> object:
+    """The JSON in ``path``; None when it is missing or not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _load_run(path: str) -> Run:
     """The run of the run file ``path`` (read once per process)."""
     run = _RUNS.get(path)
@@ -246,8 +258,9 @@ def _cached_fit_keys(path: str, mtime_ns: int, variant: str, sample: str, pass_c
     # bin_fit: JSON of the bins' own fit section (fit.overrides, Plan.fit_config); "": the config's
     cfg = _cached_variant(path, mtime_ns, variant).config
     s = cfg.samples[sample]
-    model = (json.loads(bin_fit) if bin_fit else cfg.fit) if s.method in MASS_METHODS else None
+    model = (json.loads(bin_fit) if bin_fit else cfg.fit.keyed()) if s.method in MASS_METHODS else None
     model = cfg.fit.sideband if s.method == SIDEBAND else model  # its windows only: the fit model is not used
+    model = cfg.fit.tistos if s.method == TISTOS else model
     interval = s.interval if s.method == "count" else None
     pass_col = None if s.method == "yield" else pass_col  # a yield has no pass/fail: working points reuse it
     # pydantic models dumped once, as content_key would dump them: the keys are those of one-bin calls
@@ -331,7 +344,7 @@ class Plan:
         and point ``runs/latest.json`` to it: ``calibflow run`` does so once its config passed the checks, so a
         bad config leaves no result folder behind."""
         path = self.run_file
-        if not os.path.exists(path):
+        if _read_json(path) != _RUN_DATA[path]:  # missing, or emptied by a crash of the machine: (re)written
             _write_json(path, _RUN_DATA[path])
         if self.latest_run_file() != path:
             _write_json(os.path.join(self.runs_dir, LATEST_RUN), {"run_file": os.path.basename(path)})
@@ -444,23 +457,49 @@ class Plan:
             cfg = self.with_variant(v).config
             fit, methods = cfg.fit, sorted({s.method for s in cfg.samples.values()} & set(MASS_METHODS))
             given = [*fit.parameters, *(n for o in fit.overrides for n in o.parameters)]  # overrides: same names
+            refs = [fit.template, fit.constrain] if fit.template or fit.constrain else []  # other keys unchanged
             key = content_key(fit.signal, fit.background, fit.fail_width_shift, fit.fail_gauss, sorted(set(given)),
-                              methods)
+                              methods, *refs)
             if key in seen:
                 continue
             seen.add(key)
             try:
-                signal = get_shape("signal", fit.signal)
+                signal, signal_fail = self._check_references(cfg, methods)
+                signal = signal or get_shape("signal", fit.signal)
                 background = get_shape("background", fit.background)
                 model = f"{signal.name} + {background.name}"
                 for method in methods or ["fit"]:  # sweights and yield fits have no fail width shift
                     names = parameter_names(signal, background, fit.fail_width_shift and method == "fit",
-                                            fit.fail_gauss and method == "fit")
+                                            fit.fail_gauss and method == "fit", signal_fail)
+                    constrained = list(fit.constrain.parameters) if fit.constrain and method == "fit" else []
+                    for n in constrained:
+                        if n not in names:
+                            raise ConfigError(f"fit.constrain.parameters: {n!r} is not a parameter of {model}"
+                                              f"{suggestion(n, names, 'parameters')}")
                     unknown = [n for n in given if n not in names]
                     if unknown:
                         raise ConfigError(_unknown_parameter(unknown[0], names, model, fit.fail_width_shift))
             except (ValueError, ConfigError) as exc:
                 raise self._in_variant(exc, v) from None
+
+    @staticmethod
+    def _check_references(cfg: CalibrationConfig, methods: Sequence[str]) -> tuple[Any, Any]:
+        """Check ``fit.template`` and ``fit.constrain`` against the samples (ConfigError); the (pass, fail)
+        template shapes with their parameter names when the signal is a template, else (None, None)."""
+        from calibflow.fit.templates import TEMPLATE, placeholder_signals
+
+        fit = cfg.fit
+        for key, ref in (("template", fit.template), ("constrain", fit.constrain)):
+            if ref is not None and ref.from_ not in cfg.samples:
+                hint = suggestion(ref.from_, cfg.samples, "samples")
+                raise ConfigError(f"fit.{key}.from: unknown sample {ref.from_!r}{hint}")
+        if fit.signal != TEMPLATE:
+            return None, None
+        other = [m for m in methods if m != "fit"]
+        if other:
+            raise ConfigError(f"fit.signal: template is for method fit only (samples of method {other[0]} fit the "
+                              "same fit section)")
+        return placeholder_signals()
 
     def _in_variant(self, exc: Exception, variant: str) -> ConfigError:
         """``exc``, found in ``variant``, as a ConfigError naming the config and the keys of the variant."""
@@ -717,8 +756,61 @@ class Plan:
         return self.fit_keys(sample, [bin_key])[0]
 
     def fit_keys(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
-        """Content keys of the fits of several bins of ``sample`` (cached per process while the config and the
-        prepared-tuple keys are unchanged: a chunk of bins asks for its keys several times per run)."""
+        """Content keys of the fits of several bins of ``sample``: :meth:`own_fit_keys` and, for fits using the
+        reference simulation (:meth:`uses_template`, :meth:`uses_constraints`), its histograms' key and the
+        keys of its constraint fits (new simulation: new keys, refit)."""
+        keys = self.own_fit_keys(sample, bin_keys)
+        reference = self.config.fit.template
+        template = [["template", self.hist_key(reference.from_)]] if reference and self.uses_template(sample) else []
+        cons = self.constraint_keys(bin_keys) if self.uses_constraints(sample) else None
+        if not template and cons is None:
+            return keys
+        return [content_key(k, *template, *([["constraint", cons[i]]] if cons else [])) for i, k in enumerate(keys)]
+
+    # --- the reference simulation of the fits (fit.template, fit.constrain) ---------------------------
+    def uses_template(self, sample: str) -> bool:
+        """Whether the fits of ``sample`` use simulation templates (``fit.signal: template``, method ``fit``)."""
+        from calibflow.fit.templates import TEMPLATE
+
+        return self.config.fit.signal == TEMPLATE and self.config.samples[sample].method == "fit"
+
+    def uses_constraints(self, sample: str) -> bool:
+        """Whether the fits of ``sample`` are constrained by simulation fits (``fit.constrain``, method ``fit``,
+        not the ``from`` sample itself)."""
+        c = self.config.fit.constrain
+        return c is not None and self.config.samples[sample].method == "fit" and sample != c.from_
+
+    def constraint_fit_config(self, bin_key: str) -> FitConfig:
+        """The fit of the simulation of bin ``bin_key`` for ``fit.constrain``: the bin's fit section without
+        ``constrain`` (the whole section for a key that is no bin)."""
+        try:
+            fit = self.fit_config(bin_key)
+        except (KeyError, FileNotFoundError):
+            fit = self.config.fit
+        return fit.model_copy(update={"constrain": None})
+
+    def constraint_keys(self, bin_keys: Sequence[str]) -> list[str]:
+        """Content keys of the simulation fits (``fit.constrain.from``, its histograms) of several bins (none
+        without ``fit.constrain``)."""
+        fit = self.config.fit
+        if fit.constrain is None:
+            return []
+        hist = self.hist_key(fit.constrain.from_)
+        template = [self.hist_key(fit.template.from_)] if fit.signal == "template" and fit.template else []
+        return [content_key(k, hist, key_dump(self.constraint_fit_config(k).keyed()), self.config.mass_spec, FIT_VERSION,
+                            CONSTRAINT_VERSION, *template) for k in bin_keys]
+
+    def constraint_paths(self, bin_keys: Sequence[str]) -> list[str]:
+        """Result JSONs of the simulation fits of several bins: ``constraints/<sample>/<key>.json``."""
+        fit = self.config.fit
+        assert fit.constrain is not None
+        folder = os.path.join(self.workdir, "constraints", fit.constrain.from_)
+        return [os.path.join(folder, f"{k}.json") for k in self.constraint_keys(bin_keys)]
+
+    def own_fit_keys(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
+        """Content keys of the fits of several bins of ``sample`` from their own inputs and fit section (cached
+        per process while the config and the prepared-tuple keys are unchanged: a chunk of bins asks for its
+        keys several times per run)."""
         args = (self.config_path, self._mtime(), self.variant, sample, self.pass_column, tuple(self.prep_keys(sample)))
         if not self.config.fit.overrides or self.config.samples[sample].method not in MASS_METHODS:
             return list(_cached_fit_keys(*args, tuple(bin_keys)))
@@ -727,7 +819,7 @@ class Plan:
             bins = self._bins_by_key()
         except FileNotFoundError:  # no binning yet: no bin keys either
             bins = {}
-        base = json.dumps(key_dump(fit.model_copy(update={"overrides": []})), sort_keys=True)
+        base = json.dumps(key_dump(fit.keyed().model_copy(update={"overrides": []})), sort_keys=True)
         keys = list(_cached_fit_keys(*args, tuple(bin_keys), base))
         for i, k in enumerate(bin_keys):
             if k not in bins:  # not a bin (the "" of the variants' shared-content probe): the whole section
@@ -735,7 +827,7 @@ class Plan:
                 continue
             own = self.fit_config(k, bins)  # the bins whose own parameters differ: one key each
             if own.parameters != fit.parameters:
-                keys[i] = _cached_fit_keys(*args, (k,), json.dumps(key_dump(own), sort_keys=True))[0]
+                keys[i] = _cached_fit_keys(*args, (k,), json.dumps(key_dump(own.keyed()), sort_keys=True))[0]
         return keys
 
     def fit_config(self, bin_key: str, bins: Mapping[str, Bin] | None = None) -> FitConfig:

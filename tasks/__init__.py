@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from tasks.tables import CombineTables, EfficiencyTable, ExportTables
 
 _MODULE_OF = {
-    "FillHistograms": "tasks.fit", "FitBin": "tasks.fit", "MakeBinning": "tasks.fit", "SplitByBin": "tasks.fit",
+    "CoverageBin": "tasks.coverage", "CoverageTable": "tasks.coverage",
+    "ConstraintFit": "tasks.fit", "FillHistograms": "tasks.fit", "FitBin": "tasks.fit", "MakeBinning": "tasks.fit", "SplitByBin": "tasks.fit",
     "GenerateToys": "tasks.prep", "PrepareTuple": "tasks.prep",
     "CombineTables": "tasks.tables", "EfficiencyTable": "tasks.tables", "ExportTables": "tasks.tables",
 }

@@ -1,6 +1,7 @@
 """The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone, ``inspect`` a ROOT
-file, ``apply`` corrections, and the operations commands ``scheduler start|stop|status`` (a user's luigid),
-``status`` (task states per stage) and ``verify`` (checksums of every intermediate of a result folder)."""
+file, ``apply`` corrections, ``kde`` PID templates of a KDE config, and the operations commands ``scheduler
+start|stop|status`` (a user's luigid), ``status`` (task states per stage) and ``verify`` (checksums of every
+intermediate of a result folder); ``coverage`` checks the per-bin intervals with toys."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ EXAMPLES = """examples:
     calibflow status task_configs/my.yaml
   check every intermediate of the result folder against its checksums (--repair removes corrupt ones):
     calibflow verify task_configs/my.yaml
+  PID templates by kernel density estimation, their cut-scan closure and report (a KDE config):
+    calibflow kde task_configs/kde/belle2_pid_resample.yaml
   refit bin 12 of two samples after changing the fit model:
     calibflow fit-bin task_configs/my.yaml --bin 12 --sample data mc
   a central scheduler with a web UI, then a run that reports to it:
@@ -138,6 +141,16 @@ def _parser() -> _Parser:
     ap.add_argument("inputs", nargs="+", metavar="TUPLE", help="ROOT or HDF5 tuples")
     ap.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the output copies")
     ap.add_argument("--data", action="store_true", help="inputs are data: skip simulation-only steps")
+    kde = sub.add_parser("kde", help="PID templates by kernel density estimation, their closure and report "
+                         "(docs/kde.md)", epilog=EXIT_CODES,
+                         description="Build the templates and closures of a KDE config not done yet, write "
+                         "report.html, then list the outputs.")
+    kde.add_argument("config", metavar="CONFIG", help="KDE config YAML (e.g. task_configs/kde/belle2_pid_resample.yaml)")
+    kde.add_argument("--result-dir", metavar="DIR",
+                     help="result folder (default: result_dir of settings.json, else results)")
+    kde.add_argument("--workers", type=int, metavar="N", help="parallel local workers (default: the number of cores)")
+    kde.add_argument("--quiet", action="store_true",
+                     help="no progress (else a live bar on a terminal, one line per task otherwise)")
     sch = sub.add_parser("scheduler", help="start, stop or check a central luigi scheduler (luigid) on localhost")
     sch.add_argument("action", choices=["start", "stop", "status"])
     sch.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
@@ -156,6 +169,16 @@ def _parser() -> _Parser:
     vf.add_argument("--result-dir", metavar="DIR", help="result folder of that calibration")
     vf.add_argument("--repair", action="store_true",
                     help="remove the corrupt intermediates, so that the next run rebuilds them")
+    cv = sub.add_parser("coverage", epilog=COVERAGE_EPILOG, help="coverage of the per-bin intervals: toys "
+                        "from each bin's fitted model, refitted the same way (after run: reuses its fits)")
+    cv.add_argument("config", metavar="CONFIG", help="calibration YAML")
+    cv.add_argument("--toys", type=_positive, default=100, metavar="N", help="toys per bin (default 100)")
+    cv.add_argument("--seed", type=int, default=1, metavar="N", help="seed, combined with each bin's key "
+                    "(default 1)")
+    cv.add_argument("--workers", type=_positive, metavar="N", help="parallel local workers (default: the "
+                    "number of cores)")
+    cv.add_argument("--result-dir", metavar="DIR", help="result folder")
+    cv.add_argument("--quiet", action="store_true", help="no progress")
     return p
 
 
@@ -180,6 +203,19 @@ exit codes:
   1  a corrupt intermediate (with --repair: removed, so that 'calibflow run' rebuilds it) or a missing
      published file
   2  a bad config or command line, or no result folder: one line saying what to fix"""
+
+
+COVERAGE_EPILOG = """\
+Per bin of every sample: N parametric toys from the fitted model with the observed yields (binomial toys for
+counted bins), each measured as the bin was; coverage.csv (pull mean and width, coverage of the efficiency and
+scale-factor intervals, failed toys, coverage_off), coverage.png and coverage.html in
+<result_dir>/<name>/coverage/<key>/. Records are kept per bin: a rerun with the same N and seed refits nothing.
+Methods fit and count only (docs/fits.md, "Coverage").
+
+exit codes:
+  0  done (bins flagged coverage_off are results, not failures)
+  1  a task failed (one line per failure)
+  2  a bad config or command line, or no binning yet (run 'calibflow run' first)"""
 
 
 def _positive(text: str) -> int:
@@ -394,6 +430,35 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coverage(args: argparse.Namespace) -> int:
+    """Toys of every bin, refitted; the coverage table, figure and page; one line per sample."""
+    from calibflow.export.coverage import verdicts
+    from calibflow.tables.rows import read_csv
+    from tasks.coverage import CoverageTable
+    from tasks.runner import build
+
+    plan = _plan(args.config, args.result_dir).in_latest_modes()
+    if not os.path.exists(plan.binning_path()):
+        raise ConfigError(f"{plan.config_path}: no binning yet in {plan.workdir}; run 'calibflow run' first")
+    plan.check_inputs()
+    top = CoverageTable(toys=args.toys, seed=args.seed, config=plan.config_path, result_dir=plan.result_dir,
+                        run_file=plan.run_file)
+    workers = args.workers or os.cpu_count() or 1
+    if not top.complete() and workers > 1:
+        from calibflow.ops.warmup import warm_up
+
+        warm_up()  # forked workers start with the kernels loaded
+    t0 = time.perf_counter()
+    report = build(plan, [top], workers, progress=None if args.quiet else sys.stdout)
+    _report(plan.config.name, report, time.perf_counter() - t0)
+    if not report.ok:
+        return 1
+    for line in verdicts(read_csv(top.output().path)):
+        print(f"  {line}")
+    print(f"coverage in {_shown(os.path.dirname(top.output().path))}: coverage.csv, coverage.png, coverage.html")
+    return 0
+
+
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """Start, stop or report the user's luigid (pid file, state and logs in the state folder)."""
     from calibflow.ops import scheduler
@@ -524,32 +589,45 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"CORRUPT {_shown(path)}: {exc.reason}")
             if args.repair:
                 os.remove(path)
-    missing = _missing_published(plan.workdir)
+    missing, changed = _published_problems(plan.workdir)
     for rel in missing:
         print(f"MISSING {_shown(os.path.join(plan.workdir, rel))}: listed in manifest.json")
+    for rel in changed:
+        print(f"CORRUPT {_shown(os.path.join(plan.workdir, rel))}: published file differs from its SHA-256 in "
+              "manifest.json")
     name = plan.config.name
     if bad:
         fix = "removed: 'calibflow run' rebuilds them" if args.repair else "rerun with --repair to remove them"
         print(f"calibflow: {name}: {bad} of {checked} intermediate file(s) corrupt ({fix})")
     else:
         print(f"calibflow: {name}: {checked} intermediate file(s) intact")
-    if missing:
-        print(f"calibflow: {name}: {len(missing)} published file(s) missing ('calibflow run' publishes them again)")
-    return 1 if bad or missing else 0
+    if missing or changed:
+        current = os.path.join(plan.workdir, "current")
+        if args.repair and os.path.islink(current):
+            os.remove(current)  # nothing counts as published now: the next run publishes a new set
+        fix = "unpublished: 'calibflow run' publishes them again" if args.repair else "rerun with --repair"
+        print(f"calibflow: {name}: {len(missing)} published file(s) missing, {len(changed)} changed ({fix})")
+    return 1 if bad or missing or changed else 0
 
 
-def _missing_published(workdir: str) -> list[str]:
-    """The files the manifest of the published set lists that do not exist (paths relative to ``workdir``)."""
-    from calibflow.export.publish import published_dir
+def _published_problems(workdir: str) -> tuple[list[str], list[str]]:
+    """The files the manifest of the published set lists that do not exist, and those whose SHA-256 differs
+    from the manifest's (paths relative to ``workdir``)."""
+    from calibflow.export.publish import SHA256, published_dir
+    from calibflow.io.integrity import sha256_file
 
     folder = published_dir(workdir) or workdir
     try:
         with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f).get("files", [])
+            manifest = json.load(f)
     except (OSError, ValueError):
-        return []
-    return [os.path.relpath(os.path.join(folder, rel), workdir) for rel in files
-            if not os.path.isfile(os.path.join(folder, rel))]
+        return [], []
+    rel = {p: os.path.relpath(os.path.join(folder, p), workdir) for p in manifest.get("files", [])}
+    missing = [rel[p] for p in rel if not os.path.isfile(os.path.join(folder, p))]
+    digests = manifest.get(SHA256, {})
+    changed = [rel.get(p, p) for p, d in sorted(digests.items())
+               if os.path.isfile(os.path.join(folder, p)) and sha256_file(os.path.join(folder, p)) != d]
+    return missing, changed
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -568,6 +646,33 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"{dst}: added {len(cols)} column(s): {', '.join(cols)}")
     except (ConfigError, ExprError) as exc:
         raise located(exc, args.apply_config) from None
+    return 0
+
+
+def cmd_kde(args: argparse.Namespace) -> int:
+    """Build the templates, closures and report of a KDE config (tasks/kde.py); print the closures' verdicts
+    and the outputs."""
+    from calibflow.kde.plan import KdePlan
+    from tasks.kde import KdeReport
+    from tasks.runner import build
+
+    if args.workers is not None and args.workers < 1:
+        raise SetupError(f"--workers {args.workers}: give at least 1")
+    t0 = time.perf_counter()
+    plan = KdePlan.create(args.config, args.result_dir or default_result_dir())
+    top = KdeReport(config=plan.config_path, result_dir=plan.result_dir)
+    report = build(plan, [top], args.workers or os.cpu_count() or 1,  # type: ignore[arg-type]
+                   progress=None if args.quiet else sys.stdout)
+    _report(plan.config.name, report, time.perf_counter() - t0)
+    if not report.ok:
+        return 1
+    with open(plan.report_paths()["manifest"]) as f:
+        manifest = json.load(f)
+    for line in manifest.get("closure", []):
+        print(f"closure {line}")
+    print(f"outputs in {_shown(plan.workdir)}:")
+    for line in _listing(manifest["files"]):
+        print(f"  {line}")
     return 0
 
 
@@ -594,8 +699,8 @@ def _error(exc: Exception) -> int:
     return 2
 
 
-COMMANDS = {"run": cmd_run, "fit-bin": cmd_fit_bin, "inspect": cmd_inspect, "apply": cmd_apply,
-            "scheduler": cmd_scheduler, "status": cmd_status, "verify": cmd_verify}
+COMMANDS = {"run": cmd_run, "fit-bin": cmd_fit_bin, "inspect": cmd_inspect, "apply": cmd_apply, "kde": cmd_kde,
+            "scheduler": cmd_scheduler, "status": cmd_status, "verify": cmd_verify, "coverage": cmd_coverage}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace | None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import b2luigi
 
 from calibflow.io import jsonio
 from tasks.base import RESULTS_MADE, CalibTask
 from tasks.prep import PrepareTuple
+
+if TYPE_CHECKING:
+    from calibflow.fit.histograms import BinHistograms
+    from calibflow.plan import Plan
 
 
 class MakeBinning(CalibTask):
@@ -128,6 +133,7 @@ class FitBin(CalibTask):
             yield SplitByBin(sample=self.sample, **per_sample)
         else:
             yield FillHistograms(sample=self.sample, **per_sample)
+        yield from reference_tasks(self, self.sample, self.bin_index, self.bin_count)
 
     def bin_indices(self) -> range:
         """The bins of this task."""
@@ -166,6 +172,7 @@ class FitBin(CalibTask):
         hists = None
         if todo and not self._candidates():  # one read for the chunk
             hists = read_bins(plan.hist_path(self.sample), self.bin_index, self.bin_index + len(bins))
+        references = reference_inputs(plan, self.sample, self.bin_index, [b.key for b in bins]) if todo else []
         self._made = 0
         failures = []
         drawn, plot_errors, plot_time, plot_cpu = 0, 0, 0.0, 0.0
@@ -175,6 +182,8 @@ class FitBin(CalibTask):
                           else {"cands": read_bin_candidates(plan.split_path(self.sample), b.index)})
             if sample.method == "sweights":
                 data["splot_cache"] = plan.splot_path(self.sample, b.key)
+            if references and references[k]:
+                data["reference"] = references[k]
             try:
                 result = measure_bin(sample.method, plan.fit_config(b.key), interval=sample.interval, **data)
             except Exception as exc:  # fit the other bins, then fail with the first reason
@@ -206,11 +215,98 @@ class FitBin(CalibTask):
         return {RESULTS_MADE: getattr(self, "_made", 0)}
 
     def _figures(self, method: str, bin_keys: list[str]) -> list[str]:
-        """Figure paths of the bins (none when the method is not a pass/fail fit or ``fit.plots`` is none)."""
+        """Figure paths of the bins (none when the method is neither a pass/fail fit nor sideband subtraction, or
+        ``fit.plots`` is none)."""
         cfg = self.plan.config
-        if method != "fit" or cfg.fit.plots == "none":
+        if method not in ("fit", "sideband") or cfg.fit.plots == "none":
             return []
         return self.plan.figure_paths(self.sample, bin_keys)
+
+
+class ConstraintFit(CalibTask):
+    """Fits of the simulation ``fit.constrain.from`` in bins ``bin_index`` to ``bin_index + bin_count - 1`` (the
+    bins' fit sections without ``constrain``), one result per bin keyed by :meth:`calibflow.plan.Plan.constraint_keys`:
+    the constraints of the data fits of those bins."""
+
+    pool_preload = ("calibflow.fit.measure",)
+    bin_index = b2luigi.IntParameter(description="first bin")
+    bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
+
+    def requires(self):
+        fit = self.plan.config.fit
+        assert fit.constrain is not None
+        yield FillHistograms(sample=fit.constrain.from_, **self.same_content(lambda p: p.hist_key(fit.constrain.from_)))
+        if fit.signal == "template" and fit.template is not None:
+            src = fit.template.from_
+            yield FillHistograms(sample=src, **self.same_content(lambda p: p.hist_key(src)))
+
+    def _keys(self) -> list[str]:
+        return list(self.plan.bin_keys()[self.bin_index : self.bin_index + self.bin_count])
+
+    def output(self):
+        """The targets of the bins' simulation fits (a placeholder while the binning does not exist)."""
+        try:
+            keys = self._keys()
+        except FileNotFoundError:
+            keys = ["unknown-binning-not-yet-made"]
+        return [self.target(p) for p in self.plan.constraint_paths(keys)]
+
+    def run(self) -> None:
+        from calibflow.fit.histograms import read_bins
+        from calibflow.fit.measure import measure_bin
+
+        plan = self.plan
+        fit = plan.config.fit
+        assert fit.constrain is not None
+        bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
+        paths = plan.constraint_paths([b.key for b in bins])
+        hists = read_bins(plan.hist_path(fit.constrain.from_), self.bin_index, self.bin_index + len(bins))
+        templates = _templates(plan, self.bin_index, len(bins))
+        for k, b in enumerate(bins):
+            if os.path.exists(paths[k]):
+                continue
+            reference = {"template": templates[k]} if templates else None
+            result = measure_bin("fit", plan.constraint_fit_config(b.key), hist=hists[k], reference=reference)
+            result["bin"] = b.label()
+            jsonio.write_record(paths[k], result, indent=1)
+
+
+def _templates(plan: Plan, start: int, count: int) -> list[BinHistograms]:
+    """The template sample's histograms of bins ``start`` to ``start + count - 1`` (``fit.signal: template``;
+    else [])."""
+    from calibflow.fit.histograms import read_bins
+
+    fit = plan.config.fit
+    if fit.signal != "template" or fit.template is None:
+        return []
+    return read_bins(plan.hist_path(fit.template.from_), start, start + count)
+
+
+def reference_tasks(task: CalibTask, sample: str, bin_index: int, bin_count: int) -> list[CalibTask]:
+    """What the fits of ``sample`` in these bins need of the reference simulation: its histograms
+    (``fit.signal: template``) and its constraint fits (``fit.constrain``)."""
+    plan = task.plan
+    fit = plan.config.fit
+    out: list[CalibTask] = []
+    if plan.uses_template(sample):
+        src = fit.template.from_  # type: ignore[union-attr]
+        out.append(FillHistograms(sample=src, **task.same_content(lambda p: p.hist_key(src))))
+    if plan.uses_constraints(sample):
+        out.append(ConstraintFit(bin_index=bin_index, bin_count=bin_count,
+                                 **task.same_content(lambda p: (p.constraint_keys([""]), p.binning_key()))))
+    return out
+
+
+def reference_inputs(plan: Plan, sample: str, start: int, bin_keys: list[str]) -> list[dict[str, Any]]:
+    """Per bin, the ``reference`` of :func:`calibflow.fit.measure.measure_bin`: the template sample's histograms
+    and the simulation fit's result, as ``sample``'s fits use them ([] when they use neither)."""
+    templates = _templates(plan, start, len(bin_keys)) if plan.uses_template(sample) else []
+    constraints = [jsonio.read_record(p) for p in plan.constraint_paths(bin_keys)] \
+        if plan.uses_constraints(sample) else []
+    if not templates and not constraints:
+        return []
+    return [{**({"template": templates[k]} if templates else {}),
+             **({"constraint": constraints[k]} if constraints else {})} for k in range(len(bin_keys))]
 
 
 def fit_tasks(task: CalibTask, chunk: int | None = None) -> list[FitBin]:

@@ -1,93 +1,86 @@
-"""KDE templates and their closure as tasks (issue 19), from a KDE config (:mod:`calibflow.kde.pipeline`).
+"""KDE templates, their closure and report as tasks (issue 19), from a KDE config (:mod:`calibflow.kde.config`);
+keys and paths from :class:`calibflow.kde.plan.KdePlan`, run by ``calibflow kde`` (:func:`tasks.cli.cmd_kde`).
 
-* ``GenerateKdeToy``: the files of one toy of the config (``<out_dir>/toys/<name>_<i>.root``).
+* ``GenerateKdeToy``: the files of one toy of the config (``<workdir>/toys/<name>_<i>.root``).
 * ``BuildTemplates``: one keyed task per template (calibration sample, PID variable, data or simulation):
-  ``<out_dir>/kde/<name>-<key>.h5`` and its ROOT export (up to 3 axes), and a copy under the fixed name
-  ``<out_dir>/kde/<name>.h5`` for apply configs. The key (:func:`calibflow.kde.pipeline.template_key`) covers
-  the spec, tree, aliases and the inputs (toy specs, or the files' path, size and mtime): a changed spec or
-  input builds a new file, an unchanged one is found complete.
-* ``KdeClosure``: the cut-scan closure of one ``closure`` entry, ``<out_dir>/closure/<name>/closure.*``.
+  ``<workdir>/kde/<name>-<key>.h5`` and its ROOT export (up to 3 axes), and a copy under the fixed name
+  ``<workdir>/kde/<name>.h5`` for apply configs. A changed spec or input builds a new keyed file, an unchanged
+  one is found complete.
+* ``KdeClosure``: the cut-scan closure of one ``closure`` entry, ``<workdir>/closure/<name>/``, redone when a
+  template it uses changes key.
+* ``KdeReport``: ``report.html``, ``report.md`` and ``manifest.json`` in the workdir, requiring every template
+  and closure; redone when any key or the config file changes.
 
-``python -m tasks.kde CONFIG --output-dir DIR`` runs every closure (or every template when there is none).
+The tasks are :class:`tasks.base.CalibTask` s whose ``config`` is the KDE config and whose ``plan`` is its
+:class:`~calibflow.kde.plan.KdePlan`: per-task logs under ``<workdir>/logs/``, one-line failure records for the
+run summary, as in ``calibflow run``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
-from typing import TYPE_CHECKING
 
 import b2luigi
 import luigi
 
-if TYPE_CHECKING:
-    from calibflow.kde.pipeline import KdeConfig
+from calibflow.kde.plan import KdePlan
+from tasks.base import CalibTask, intact
 
 
-class _KdeTask(b2luigi.Task):
-    kde_config = b2luigi.Parameter(description="absolute path of the KDE config YAML")
-    name = b2luigi.Parameter(description="toy, template or closure name in the config")
-    out_dir = b2luigi.Parameter(description="absolute path of the output folder")
+class _KdeTask(CalibTask):
+    name = b2luigi.Parameter(default="", description="toy, template or closure name in the KDE config")
 
     @property
-    def cfg(self) -> KdeConfig:
-        """The KDE config (read at each use: tasks are rebuilt from parameters)."""
-        from calibflow.kde.pipeline import load_kde_config
+    def plan(self) -> KdePlan:  # type: ignore[override]
+        """Keys and paths of the KDE config."""
+        return KdePlan(self.config, self.result_dir)
 
-        return load_kde_config(self.kde_config)
+    def kde(self, family: type[_KdeTask], name: str) -> _KdeTask:
+        """Task ``family`` of ``name`` in the same config and result folder."""
+        return family(config=self.config, result_dir=self.result_dir, name=name)
+
+    def toys(self, entries: list[str]) -> list[_KdeTask]:
+        """The toy tasks of file entries ``entries``."""
+        return [self.kde(GenerateKdeToy, t) for t in self.plan.toys_of(entries)]
 
 
 class GenerateKdeToy(_KdeTask):
     """The files of toy ``name``."""
 
     def output(self) -> list[luigi.LocalTarget]:
-        from calibflow.kde.pipeline import toy_files
-
-        return [luigi.LocalTarget(p) for p in toy_files(self.out_dir, self.name, self.cfg.toys[self.name])]
+        return [self.target(p) for p in self.plan.toy_files(self.name)]
 
     def run(self) -> None:
         from calibflow.kde.pipeline import write_toy
 
-        write_toy(self.out_dir, self.name, self.cfg.toys[self.name])
+        write_toy(self.plan, self.name)
 
 
 class BuildTemplates(_KdeTask):
     """Template ``name`` (nominal and variants), keyed by content."""
 
-    def requires(self) -> list[GenerateKdeToy]:
-        from calibflow.kde.pipeline import TOY_PREFIX
-
-        files = self.cfg.templates[self.name].files
-        return [GenerateKdeToy(kde_config=self.kde_config, name=f[len(TOY_PREFIX):], out_dir=self.out_dir)
-                for f in files if f.startswith(TOY_PREFIX)]
+    def requires(self) -> list[_KdeTask]:
+        return self.toys(self.plan.config.templates[self.name].files)
 
     def key(self) -> str:
-        """Content key of the template (spec, aliases, inputs)."""
-        from calibflow.kde.pipeline import template_key
-
-        return template_key(self.kde_config, self.cfg, self.name)
-
-    def paths(self) -> dict[str, str]:
-        """Keyed HDF5 and ROOT files, and the fixed-name HDF5 copy."""
-        folder = os.path.join(self.out_dir, "kde")
-        stem = os.path.join(folder, f"{self.name}-{self.key()}")
-        return {"h5": f"{stem}.h5", "root": f"{stem}.root", "latest": os.path.join(folder, f"{self.name}.h5")}
+        """Content key of the template (spec, tree, aliases, inputs)."""
+        return self.plan.template_key(self.name)
 
     def output(self) -> dict[str, luigi.LocalTarget]:
-        return {k: luigi.LocalTarget(v) for k, v in self.paths().items() if k != "root"}
+        paths = self.plan.template_paths(self.name)
+        return {"h5": self.target(paths.h5), "latest": self.target(paths.latest)}
 
     def complete(self) -> bool:
-        """The keyed file exists and the fixed-name copy is of this key."""
+        """The keyed file is intact and the fixed-name copy is of this key."""
         import h5py
 
-        paths = self.paths()
-        if not (os.path.exists(paths["h5"]) and os.path.exists(paths["latest"])):
+        paths = self.plan.template_paths(self.name)
+        if not (intact(paths.h5) and intact(paths.latest)):
             return False
         try:
-            with h5py.File(paths["latest"], "r") as h5:
+            with h5py.File(paths.latest, "r") as h5:
                 return json.loads(h5.attrs["meta"]).get("key") == self.key()
         except (OSError, KeyError, ValueError):
             return False
@@ -96,76 +89,63 @@ class BuildTemplates(_KdeTask):
         from calibflow.io.store import atomic_path
         from calibflow.kde.pipeline import build_template_file
 
-        paths = self.paths()
-        build_template_file(self.kde_config, self.name, self.out_dir, paths["h5"], paths["root"])
-        with atomic_path(paths["latest"]) as tmp:
-            shutil.copyfile(paths["h5"], tmp)
+        build_template_file(self.plan, self.name)
+        paths = self.plan.template_paths(self.name)
+        with atomic_path(paths.latest) as tmp:
+            shutil.copyfile(paths.h5, tmp)
 
 
 class KdeClosure(_KdeTask):
-    """The cut-scan closure ``name``: closure.csv, closure.json (pulls, rank correlations), closure.png."""
+    """The cut-scan closure ``name``: closure.csv, closure.json (pulls, rank correlations, template keys),
+    closure.png and densities.png."""
 
-    def _templates(self) -> dict[str, BuildTemplates]:
-        c = self.cfg.closure[self.name]
-        return {k: BuildTemplates(kde_config=self.kde_config, name=getattr(c, k), out_dir=self.out_dir)
-                for k in ("data", "simulation")}
-
-    def requires(self) -> list[b2luigi.Task]:
-        from calibflow.kde.pipeline import TOY_PREFIX
-
-        toys = [GenerateKdeToy(kde_config=self.kde_config, name=f[len(TOY_PREFIX):], out_dir=self.out_dir)
-                for f in self.cfg.closure[self.name].files if f.startswith(TOY_PREFIX)]
-        return [*self._templates().values(), *toys]
-
-    def folder(self) -> str:
-        """Output folder of this closure."""
-        return os.path.join(self.out_dir, "closure", self.name)
+    def requires(self) -> list[_KdeTask]:
+        plan = self.plan
+        templates = [self.kde(BuildTemplates, t) for t in plan.closure_templates(self.name).values()]
+        return [*templates, *self.toys(plan.config.closure[self.name].files)]
 
     def output(self) -> dict[str, luigi.LocalTarget]:
-        return {ext: luigi.LocalTarget(os.path.join(self.folder(), f"closure.{ext}")) for ext in ("csv", "json", "png")}
+        return {k: self.target(p) for k, p in self.plan.closure_paths(self.name).items()}
 
     def complete(self) -> bool:
-        """Outputs exist and were made from the current templates (their keys in closure.json)."""
-        path = os.path.join(self.folder(), "closure.json")
-        if not all(os.path.exists(t.path) for t in self.output().values()):
+        """Outputs intact and made from the current templates (their keys in closure.json)."""
+        plan = self.plan
+        paths = plan.closure_paths(self.name)
+        if not all(intact(p) for p in paths.values()):
             return False
-        with open(path) as f:
+        with open(paths["json"]) as f:
             made = json.load(f).get("templates")
-        return made == {k: t.key() for k, t in self._templates().items()}
+        return made == plan.closure_keys(self.name)
 
     def run(self) -> None:
-        from calibflow.io.store import atomic_path
         from calibflow.kde.pipeline import run_closure
 
-        templates = self._templates()
-        result = run_closure(self.kde_config, self.name, self.out_dir, templates["data"].paths()["h5"],
-                             templates["simulation"].paths()["h5"], self.folder())
-        path = os.path.join(self.folder(), "closure.json")
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump({**result, "templates": {k: t.key() for k, t in templates.items()}}, f, indent=1, sort_keys=True)
+        run_closure(self.plan, self.name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build the templates and closures of a KDE config; print each closure's summary."""
-    ap = argparse.ArgumentParser(prog="python -m tasks.kde", description=main.__doc__)
-    ap.add_argument("config")
-    ap.add_argument("--output-dir", required=True)
-    ap.add_argument("--workers", type=int, default=1)
-    args = ap.parse_args(argv)
-    from calibflow.kde.pipeline import load_kde_config
+class KdeReport(_KdeTask):
+    """The report page of the config's outputs and their manifest (the top task of ``calibflow kde``)."""
 
-    config, out = os.path.abspath(args.config), os.path.abspath(args.output_dir)
-    cfg = load_kde_config(config)
-    common = {"kde_config": config, "out_dir": out}
-    tasks = ([KdeClosure(name=n, **common) for n in cfg.closure] if cfg.closure
-             else [BuildTemplates(name=n, **common) for n in cfg.templates])
-    ok = luigi.build(tasks, local_scheduler=True, workers=args.workers, log_level="WARNING")
-    for t in tasks:
-        if isinstance(t, KdeClosure) and t.complete():
-            with open(os.path.join(t.folder(), "closure.json")) as f:
-                print(t.name, json.dumps(json.load(f)["summary"]))
-    return 0 if ok else 1
+    def requires(self) -> list[_KdeTask]:
+        cfg = self.plan.config
+        return [*(self.kde(BuildTemplates, t) for t in cfg.templates), *(self.kde(KdeClosure, c) for c in cfg.closure)]
 
+    def output(self) -> dict[str, luigi.LocalTarget]:
+        return {k: self.target(p) for k, p in self.plan.report_paths().items()}
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def complete(self) -> bool:
+        """The report files intact, the manifest of the current report key and every file it lists there (a
+        template or closure removed since is made again, then the report)."""
+        plan = self.plan
+        paths = plan.report_paths()
+        if not all(intact(p) for p in paths.values()):
+            return False
+        with open(paths["manifest"]) as f:
+            manifest = json.load(f)
+        return manifest.get("key") == plan.report_key() and all(
+            os.path.isfile(os.path.join(plan.workdir, rel)) for rel in manifest.get("files", []))
+
+    def run(self) -> None:
+        from calibflow.kde.report import write_report
+
+        write_report(self.plan)

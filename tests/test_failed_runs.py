@@ -122,7 +122,9 @@ def test_a_failed_run_marks_the_published_files_stale_until_a_run_succeeds(count
     assert _stale_marks(work) == {"STALE.txt": True, "manifest": True, "report.md": True, "report.html": True}
     assert (work / "efficiencies.csv").read_bytes() == published["efficiencies.csv"]  # the files stay
     now = json.loads((work / "manifest.json").read_text())
-    assert {k: v for k, v in now.items() if k != "stale"} == manifest
+    assert {k: v for k, v in now.items() if k not in ("stale", "sha256")} == {k: v for k, v in manifest.items()
+                                                                            if k != "sha256"}
+    assert "STALE.txt" in now["sha256"] and now["sha256"]["report.md"] != manifest["sha256"]["report.md"]
     stale = now["stale"]
     assert stale["config"] == str(counted / "c.yaml") and stale["key"] not in (None, manifest["key"])
     assert stale["why"] == "same config file, changed inputs or run options"

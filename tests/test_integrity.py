@@ -4,6 +4,7 @@ rebuilt in the same run; ``calibflow verify`` checks a whole result folder."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -342,3 +343,35 @@ def test_corrupt_splot_cache_is_refitted(tmp_path: Path, caplog) -> None:
     assert not reused and back.values == {"n_sig": 5.25}
     assert f"corrupt intermediate removed and rebuilt: {path}: content does not match" in caplog.text
     assert cached_splot_fit(path, lambda: pytest.fail("the cache is read"))[1]
+
+
+def test_verify_checks_published_files_against_their_digests(tmp_path: Path, write_config, capsys) -> None:
+    """manifest.json holds the SHA-256 of every published file: a changed one is CORRUPT (exit 1); --repair
+    unpublishes the set and the next run publishes the same bytes again."""
+    from calibflow.export.publish import SHA256, published_dir
+
+    config = write_config(tiny_demo_dict())
+    res = tmp_path / "res"
+    args = [str(config), "--result-dir", str(res)]
+    plan = Plan.create(config, res)
+    top = [ExportTables(config=plan.config_path, result_dir=plan.result_dir)]
+    assert build(plan, top, 1).ok
+    folder = Path(published_dir(plan.workdir))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest[SHA256]) >= set(manifest["files"]) and "manifest.json" not in manifest[SHA256]
+    target = folder / "efficiencies.csv"
+    original = target.read_bytes()
+    changed = original.replace(b"data,0,", b"data,0,9", 1)
+    target.unlink()  # a new file: the hard-linked combined table keeps its bytes
+    target.write_bytes(changed)
+    capsys.readouterr()
+    assert main(["verify", *args]) == 1
+    out = capsys.readouterr().out
+    assert "CORRUPT " in out and "efficiencies.csv: published file differs from its SHA-256" in out, out
+    assert main(["verify", *args, "--repair"]) == 1
+    assert not (Path(plan.workdir) / "current").exists()
+    report = build(plan, top, 1)
+    assert report.ok and report.tasks_ran["ExportTables"] == 1 and not report.tasks_ran["FitBin"]
+    assert (Path(plan.workdir) / "efficiencies.csv").read_bytes() == original
+    capsys.readouterr()
+    assert main(["verify", *args]) == 0

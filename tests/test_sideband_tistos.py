@@ -3,6 +3,7 @@ error propagation, and toy closure against the generated truth (pull mean and wi
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -162,3 +163,83 @@ def test_sideband_windows_are_checked_at_load(sideband, message: str, write_conf
     with pytest.raises(ConfigError) as err:
         load_config(write_config(d, "sb.yaml"))
     assert message in str(err.value)
+
+
+# --- method tistos through the task graph ------------------------------------------------------------------
+def _tistos_file(path, n: int, seed: int) -> tuple[float, ...]:
+    """A flat tuple of n candidates: p in [2, 20] GeV, TIS (probability 0.4), TOS (0.5 + 0.02 p, independent of
+    TIS) and a trigger decision = TIS or TOS or (5 % of the rest); returns the true ε_TOS per p bin of EDGES_P."""
+    import uproot
+
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(2.0, 20.0, n)
+    tis = rng.random(n) < 0.4
+    tos = rng.random(n) < 0.5 + 0.02 * p
+    trig = tis | tos | (rng.random(n) < 0.05)
+    keep = trig  # only triggered candidates are recorded
+    with uproot.recreate(path) as f:
+        f["DecayTree"] = {"p": p[keep], "TIS": tis[keep].astype(np.int32), "TOS": tos[keep].astype(np.int32),
+                          "Dec": trig[keep].astype(np.int32)}
+    return tuple(0.5 + 0.02 * 0.5 * (lo + hi) for lo, hi in itertools.pairwise(EDGES_P))
+
+
+EDGES_P = [2.0, 5.0, 10.0, 20.0]
+
+
+def test_method_tistos_closes_through_the_graph(write_config, tmp_path) -> None:
+    from calibflow.plan import Plan
+    from calibflow.tables.rows import read_csv
+    from tasks import ExportTables
+    from tasks.runner import build
+
+    truth = _tistos_file(tmp_path / "data.root", 60000, 1)
+    _tistos_file(tmp_path / "mc.root", 60000, 2)
+    d = {"name": "tistos", "samples": {
+        "data": {"role": "data", "files": ["data.root"], "method": "tistos"},
+        "mc": {"role": "mc", "files": ["mc.root"], "method": "tistos"}},
+        "selection": {"probe": "p > 2"},
+        "binning": {"variables": [{"name": "p", "edges": EDGES_P}]},
+        "fit": {"tistos": {"tis": "TIS == 1", "tos": "TOS == 1", "trigger": "Dec == 1"}},
+        "methods": {"trig": {"fit": {"tistos": {"tis": "TIS == 1", "tos": "TOS == 1", "trigger": "Dec == 1",
+                                                "efficiency": "trigger"}}}},
+        "outputs": {"plots": False, "report": False, "root": False, "latex": False, "markdown": False}}
+    plan = Plan.create(write_config(d, "tistos.yaml"), tmp_path / "res")
+    report = build(plan, [ExportTables(config=plan.config_path, result_dir=plan.result_dir)], workers=1)
+    assert report.ok, report.failed
+    rows = [r for r in read_csv(plan.workdir + "/efficiencies.csv") if r["sample"] == "data"]
+    assert [r["method"] for r in rows] == ["tistos"] * 3 and all(r["fit_status"] == "ok" for r in rows)
+    pulls = [(r["efficiency"] - t) / r["err_up"] for r, t in zip(rows, truth, strict=True)]
+    # the bin-averaged truth of a linear efficiency is its value at the bin centre for a flat p
+    assert all(abs(x) < 3.5 for x in pulls), pulls
+    sf = read_csv(plan.workdir + "/scale_factors.csv")
+    assert len(sf) == 3 and all(abs(r["scale_factor"] - 1) < 5 * r["err_up"] for r in sf)
+    trig = [r for r in read_csv(plan.workdir + "/methods/trig/efficiencies.csv") if r["sample"] == "data"]
+    true_trig = [1 - 0.6 * (1 - t) * 0.95 for t in truth]  # not TIS, not TOS, not the 5 %: untriggered
+    pulls = [(r["efficiency"] - t) / r["err_up"] for r, t in zip(trig, true_trig, strict=True)]
+    assert all(abs(x) < 3.5 for x in pulls), pulls
+
+
+def test_method_tistos_needs_its_expressions(write_config) -> None:
+    from calibflow.config import ConfigError, load_config
+
+    d = {"name": "t", "samples": {"data": {"role": "data", "files": ["x.root"], "method": "tistos"}},
+         "binning": {"variables": [{"name": "p", "edges": EDGES_P}]}}
+    with pytest.raises(ConfigError, match=r"fit\.tistos: required by method tistos \(samples data\): give tis: and tos:"):
+        load_config(write_config(d, "t.yaml"))
+
+
+def test_sideband_bins_get_a_figure_with_their_windows(tmp_path) -> None:
+    from calibflow.config import SidebandConfig
+    from calibflow.fit.plots import FigureText, plot_bin_fit, summary_line
+
+    hist = _toy(np.random.default_rng(3), 0.8, 2000, 2000)
+    r = sideband_subtract(hist, SIGNAL, SIDEBANDS)
+    result = {"method": "sideband", "efficiency": r.efficiency, "err_down": r.error, "err_up": r.error,
+              "n_sig": r.n_pass + r.n_fail, "n_sig_err": 50.0, "alpha": r.alpha, "alpha_err": 0.0, "status": "ok"}
+    sb = SidebandConfig(signal=SIGNAL, sidebands=SIDEBANDS)
+    text = FigureText("data, bin 0", "m", "MeV", windows=(tuple(sb.signal), tuple(tuple(w) for w in sb.sidebands)))
+    with_windows, plain = tmp_path / "sb.png", tmp_path / "plain.png"
+    plot_bin_fit(str(with_windows), hist, result, "exponential", False, text)
+    plot_bin_fit(str(plain), hist, result, "exponential", False, FigureText("data, bin 0", "m", "MeV"))
+    assert with_windows.stat().st_size > 10_000 and with_windows.read_bytes() != plain.read_bytes()
+    assert summary_line(result).endswith("α = 1.000 (flat background)")  # 54 MeV window, 2 x 27 MeV sidebands

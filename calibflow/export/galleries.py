@@ -109,7 +109,7 @@ def sample_gallery(plan: Plan, sample: str, folder: str) -> list[str]:
 
 
 def write_galleries(plan: Plan, out_dir: str) -> list[str]:
-    """The galleries of every variant and fitted sample (method ``fit``) under ``out_dir``, each at the
+    """The galleries of every variant and fitted sample (methods ``fit`` and ``sideband``) under ``out_dir``, each at the
     path ``Plan.gallery_dir`` has under the result folder; a variant whose results of a sample are an earlier
     variant's (same files) gets none. Returns the paths written."""
     t0 = time.perf_counter()
@@ -121,7 +121,7 @@ def write_galleries(plan: Plan, out_dir: str) -> list[str]:
         if cfg.fit.plots == "none":
             continue
         for sample, spec in cfg.samples.items():
-            if spec.method != "fit":
+            if spec.method not in ("fit", "sideband"):
                 continue
             paths = tuple(vplan.fit_paths(sample, vplan.bin_keys()))
             if paths in seen:

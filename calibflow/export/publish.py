@@ -36,6 +36,7 @@ from calibflow.export.galleries import write_galleries
 from calibflow.export.labels import VariableLabel, variable_labels
 from calibflow.export.report import with_banner, write_report
 from calibflow.io import jsonio
+from calibflow.io.integrity import folder_files, sha256_file
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
 from calibflow.tables.assemble import (
@@ -48,6 +49,8 @@ from calibflow.tables.rows import YIELD_METHOD, Row, read_csv
 from calibflow.tables.write import CORRECTIONS, EFFICIENCIES, ROC, ROOT_FILE, SCALE_FACTORS
 
 MANIFEST = "manifest.json"
+SHA256 = "sha256"
+"""Key of manifest.json: relative path -> SHA-256 of every other file of the set (``calibflow verify``)."""
 LIMITED = "LIMITED.txt"
 """Published with the outputs of a quick try (``calibflow run --limit/--max-files``): what was left out."""
 STALE = "STALE.txt"
@@ -224,8 +227,9 @@ def publish_set(workdir: str, key: str, links: Mapping[str, str], manifest: Mapp
         for rel, text in (texts or {}).items():
             with open(_made(os.path.join(building, rel)), "w", encoding="utf-8", newline="") as f:
                 f.write(text)
-        with open(os.path.join(building, MANIFEST), "w") as f:
-            jsonio.dump(dict(manifest), f, indent=1)
+        digests = {rel: sha256_file(os.path.join(building, rel)) for rel in sorted(folder_files(building))}
+        with open(os.path.join(building, MANIFEST), "w") as f:  # the digests of what it lists: calibflow verify
+            jsonio.dump({**manifest, SHA256: digests}, f, indent=1)
     except BaseException:  # a full disk, say: the published set stays as it was
         shutil.rmtree(building, ignore_errors=True)
         raise

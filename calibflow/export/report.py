@@ -149,17 +149,19 @@ Block = Table | Text | Figure | Code | Heading | Links
 @dataclass
 class Section:
     """One section: ``verdict`` is what a reader takes away, one line per sample or table (``\\n``-separated;
-    ``level`` ok, warn or bad)."""
+    ``level`` ok, warn or bad); ``heading`` for a page with other sections than :data:`SECTIONS` (the KDE
+    report, :mod:`calibflow.kde.report`)."""
 
     id: str
     verdict: str
     level: str = "ok"
     blocks: list[Block] = field(default_factory=list)
+    heading: str = ""
 
     @property
     def title(self) -> str:
         """The section's heading."""
-        return SECTIONS[self.id]
+        return self.heading or SECTIONS[self.id]
 
 
 # ---------------------------------------------------------------- formatting ----------------------------------

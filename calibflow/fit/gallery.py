@@ -30,7 +30,8 @@ MEANINGS = {
     "covariance_not_accurate": "the covariance matrix is not accurate",
     "at_limit": "a shape parameter sits at its limit",
     "bad_gof": "χ²/ndof above fit.max_chi2_ndof",
-    "no_signal_after_subtraction": "the sideband-subtracted signal yield (pass + fail) is not positive",
+    "no_signal_after_subtraction": "the sideband-subtracted signal yield (pass + fail) is not positive, or a TIS/TOS "
+                                   "count the efficiency divides by is zero",
     "low_gof_pvalue": "goodness-of-fit p-value (binned: χ², unbinned: Kolmogorov-Smirnov) below fit.gof.min_pvalue",
     "low_signal_significance": "signal yield below fit.min_significance standard deviations",
     "minos_failed": "MINOS failed: symmetric HESSE errors",
@@ -40,6 +41,8 @@ MEANINGS = {
                         "errors are those of method sweighted (Σw_pass/Σw, PIDCalib2 variance); set method: sweighted",
     "nonpositive_weight_sum": "the weights sum to ≤ 0: Σw_pass/Σw kept as PIDCalib2 keeps it (sweighted, count); "
                               "fits are not attempted",
+    "no_template": "fit.signal template: the reference simulation has no pass or no fail candidate in this bin",
+    "no_constraint": "fit.constrain: the simulation fit of this bin gives no value of a constrained parameter",
 }
 """What each status tag (the part before a ``:``) means, for the reader of the gallery."""
 

@@ -15,7 +15,7 @@ from calibflow.config import MassConfig
 from calibflow.io.integrity import CHECKSUM, LIBVER, reading
 from calibflow.io.store import COMPRESSION, atomic_path, read_columns
 from calibflow.kernels.histogram import fill_pass_fail
-from calibflow.prep.spec import IS_SIGNAL, MASS, PASS, TRUE_EFF, WEIGHT
+from calibflow.prep.spec import IS_SIGNAL, MASS, PASS, TISTOS_FLAGS, TRUE_EFF, WEIGHT
 
 
 @dataclass
@@ -124,6 +124,8 @@ class BinCandidates:
     weighted: bool
     lo: float
     hi: float
+    flags: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-candidate decisions of method ``tistos`` (``tis``, ``tos``, ``trigger``), when prepared."""
 
 
 def split_by_bin(
@@ -142,13 +144,15 @@ def split_by_bin(
         w = cols.get(WEIGHT)
         weighted |= w is not None
         w = np.ones_like(m) if w is None else w
-        parts.append((idx[keep], m[keep], cols[pass_column][keep], w[keep]))
-    idx, m, p, w = (np.concatenate([part[k] for part in parts]) for k in range(4))
+        flags = [cols[c][keep] for c in TISTOS_FLAGS.values() if c in cols]  # method tistos: all three
+        parts.append((idx[keep], m[keep], cols[pass_column][keep], w[keep], *flags))
+    idx, m, p, w, *flags = (np.concatenate([part[k] for part in parts]) for k in range(len(parts[0])))
     order = np.argsort(idx, kind="stable")
     offsets = np.concatenate([[0], np.cumsum(np.bincount(idx, minlength=len(scheme)))])
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as h5:
-        for name, arr in (("mass", m[order]), ("pass", p[order]), ("weight", w[order])):
-            h5.create_dataset(name, data=arr, **COMPRESSION)
+        named = [("mass", m), ("pass", p), ("weight", w), *zip(TISTOS_FLAGS, flags, strict=False)]
+        for name, arr in named:
+            h5.create_dataset(name, data=arr[order], **COMPRESSION)
         h5.create_dataset("offsets", data=offsets, **CHECKSUM)
         h5.attrs["weighted"] = weighted
         h5.attrs["range"] = (lo, hi)
@@ -159,5 +163,6 @@ def read_bin_candidates(path: str, index: int) -> BinCandidates:
     with reading(path), h5py.File(path, "r") as h5:
         a, b = (int(x) for x in h5["offsets"][index : index + 2])
         lo, hi = (float(x) for x in h5.attrs["range"])
+        flags = {k: h5[k][a:b].astype(bool) for k in TISTOS_FLAGS if k in h5}
         return BinCandidates(h5["mass"][a:b], h5["pass"][a:b].astype(bool), h5["weight"][a:b],
-                             bool(h5.attrs["weighted"]), lo, hi)
+                             bool(h5.attrs["weighted"]), lo, hi, flags)

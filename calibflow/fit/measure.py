@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from calibflow.config import SIDEBAND, FitConfig
+from calibflow.config import SIDEBAND, TISTOS, FitConfig
 from calibflow.fit.counting import CountResult, count_efficiency, sweighted_efficiency_from_sums
 from calibflow.fit.diagnostics import FitQuality
 from calibflow.fit.histograms import BinCandidates, BinHistograms
 
-NEEDS_CANDIDATES = ("sweights",)
+NEEDS_CANDIDATES = ("sweights", TISTOS)
 YIELD = "yield"
 """The method measuring a signal yield (one mass spectrum per bin, no pass/fail and no efficiency)."""
 YIELD_FIELDS = ("n_sig", "n_sig_err", "n_pass", "n_pass_err", "n_fail", "n_fail_err")
@@ -53,7 +54,8 @@ NEGATIVE_WEIGHTS = "negative_weights"
 NONPOSITIVE_WEIGHT_SUM = "nonpositive_weight_sum"
 OUTSIDE_0_1 = "efficiency_outside_0_1"
 NO_SIGNAL = "no_signal_after_subtraction"
-"""Method sideband: the subtracted signal yield of pass and fail together is not positive (no efficiency)."""
+"""Method sideband: the subtracted signal yield of pass and fail together is not positive (no efficiency);
+method tistos: a count the efficiency divides by is zero."""
 
 
 def needs_candidates(method: str, fit: FitConfig) -> bool:
@@ -144,6 +146,45 @@ def _sideband(fit: FitConfig, hist: BinHistograms | None) -> dict[str, Any]:
             "alpha": r.alpha, "alpha_err": math.sqrt(r.var_alpha), "status": ",".join(tags) or "ok"}
 
 
+def _tistos(fit: FitConfig, cands: BinCandidates | None, interval: str) -> dict[str, Any]:
+    """Result of method ``tistos`` (:mod:`calibflow.fit.tistos`) on the bin's candidates: the efficiency of
+    ``fit.tistos.efficiency`` with its error, all three efficiencies (propagated errors) and the class counts.
+    ε_TOS and ε_TIS are binomial ratios (TIS&TOS among TIS, among TOS): they get the sample's ``interval`` as
+    method ``count`` does (effective counts when weighted; propagated when a weight is negative); ε_Trig gets
+    the propagated, symmetric error. Yields: pass/fail are TIS&TOS and TIS-only (``tos``), TIS&TOS and TOS-only
+    (``tis``), triggered and the estimated untriggered N_Tot − N_Trig (``trigger``)."""
+    from calibflow.fit.tistos import TisTosCounts, tistos_efficiencies
+
+    if cands is None or fit.tistos is None or len(cands.flags) < 3:
+        raise ValueError("method tistos needs the bin's candidates with their TIS, TOS and trigger decisions")
+    weight = cands.weight if cands.weighted else None
+    counts = TisTosCounts.from_flags(cands.flags["tis"], cands.flags["tos"], cands.flags["trigger"], weight)
+    r = tistos_efficiencies(counts)
+    (a, b, c, d), (va, vb, vc, vd) = counts.sumw, counts.sumw2
+    which = fit.tistos.efficiency
+    eff, err = {"tos": (r.eff_tos, r.err_tos), "tis": (r.eff_tis, r.err_tis), "trigger": (r.eff_trig, r.err_trig)}[which]
+    err_down = err_up = err
+    if which != "trigger" and not (cands.weighted and np.any(cands.weight < 0)):
+        other, v_other = (a, va) if which == "tos" else (b, vb)
+        ci = count_efficiency(c, c + other, vc + v_other if cands.weighted else None, interval=interval)
+        err_down, err_up = ci.err_down, ci.err_up
+    if which == "trigger":
+        n_trig = a + b + c + d
+        n_tot = n_trig / r.eff_trig if r.eff_trig > 0 else math.nan
+        n_pass, v_pass, n_fail, v_fail = n_trig, va + vb + vc + vd, n_tot - n_trig, math.nan
+    else:
+        other, v_other = (a, va) if which == "tos" else (b, vb)
+        n_pass, v_pass, n_fail, v_fail = c, vc, other, v_other
+    tags = [] if math.isfinite(eff) else [NO_SIGNAL]
+    tags += [OUTSIDE_0_1] if math.isfinite(eff) and not 0.0 <= eff <= 1.0 else []
+    return {"method": TISTOS, "efficiency": eff, "err_down": err_down, "err_up": err_up,
+            "n_sig": n_pass + n_fail, "n_sig_err": math.sqrt(v_pass + v_fail), "n_pass": n_pass,
+            "n_pass_err": math.sqrt(v_pass), "n_fail": n_fail, "n_fail_err": math.sqrt(v_fail),
+            "eff_tos": r.eff_tos, "err_tos": r.err_tos, "eff_tis": r.eff_tis, "err_tis": r.err_tis,
+            "eff_trigger": r.eff_trig, "err_trigger": r.err_trig, "n_tis_only": a, "n_tos_only": b,
+            "n_tis_and_tos": c, "n_neither": d, "status": ",".join(tags) or "ok"}
+
+
 def _count(method: str, c: CountResult, sums: tuple[float, float, float, float], tags: list[str]) -> dict[str, Any]:
     """Result of a counted bin; ``tags``: its flag reasons (none: ``ok``)."""
     return {"method": method, "efficiency": c.efficiency, "err_down": c.err_down, "err_up": c.err_up,
@@ -175,8 +216,13 @@ def measure_bin(
     cands: BinCandidates | None = None,
     interval: str = "clopper_pearson",
     splot_cache: str | None = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Efficiency of one bin from its histograms (``hist``) or candidates (``cands``).
+
+    ``reference`` (method ``fit``): ``template``, the reference simulation's histograms of the bin
+    (``fit.signal: template``), and ``constraint``, its simulation fit's result (``fit.constrain``); see
+    :func:`calibflow.fit.constraints.reference_options`.
 
     ``splot_cache``: JSON path of the bin's sPlot mass fit (method ``sweights``), read if present, else
     written, so that working points differing only in the pass column fit the mass once. The result has
@@ -184,7 +230,7 @@ def measure_bin(
     ``fit.min_candidates`` in either is ``low_statistics``.
     """
     n_pass, n_fail = candidate_counts(hist, cands)
-    out = _measure(method, fit, hist, cands, interval, splot_cache)
+    out = _measure(method, fit, hist, cands, interval, splot_cache, reference)
     fewest = n_pass + n_fail if method == YIELD else min(n_pass, n_fail)
     if method in FITTED and out["status"] != EMPTY_BIN and fewest < fit.min_candidates:
         out["status"] = with_low_statistics(out["status"])
@@ -192,12 +238,14 @@ def measure_bin(
 
 
 def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: BinCandidates | None, interval: str,
-             splot_cache: str | None) -> dict[str, Any]:
+             splot_cache: str | None, reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The result of :func:`measure_bin` before the low-statistics check."""
     if (hist is not None and hist.empty) or (cands is not None and cands.mass.size == 0):
         return _not_measured(method, EMPTY_BIN)
     if method == SIDEBAND:
         return _sideband(fit, hist)
+    if method == TISTOS:
+        return _tistos(fit, cands, interval)
     if method in ("count", "sweighted"):
         assert hist is not None
         sums = weight_sums(hist)
@@ -253,6 +301,12 @@ def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: Bin
             r = fit_yield(hist.edges, hist.sumw.sum(axis=0), hist.sumw2.sum(axis=0) if hist.weighted else None,
                           **opts)
         return _clean(_without_efficiency({"method": method, **r.to_dict()}))
+    from calibflow.fit.constraints import reference_options
+
+    more, extra, problem = reference_options(fit, opts["parameters"], **(reference or {}))
+    if problem:
+        return {**_not_measured(method, problem, sums), **extra}
+    opts.update(more)
     if cands is not None:
         from calibflow.fit.unbinned import fit_pass_fail_unbinned
 
@@ -266,7 +320,7 @@ def _measure(method: str, fit: FitConfig, hist: BinHistograms | None, cands: Bin
         assert hist is not None
         r = fit_pass_fail(hist.edges, hist.sumw[0], hist.sumw[1], hist.sumw2[0] if hist.weighted else None,
                           hist.sumw2[1] if hist.weighted else None, minos=fit.minos, **opts)
-    return _clean({"method": method, **r.to_dict()})
+    return _clean({"method": method, **r.to_dict(), **extra})
 
 
 def _clean(out: dict[str, Any]) -> dict[str, Any]:

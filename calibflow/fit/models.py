@@ -40,6 +40,7 @@ MAX_POLY_ORDER = 8
 _SQRT2 = math.sqrt(2.0)
 _SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(10)
 
 
@@ -642,36 +643,59 @@ def _template_eval(x: np.ndarray, edges: np.ndarray, dens: np.ndarray, cum: np.n
     """Histogram density ``dens`` on ``edges``, shifted and convolved with N(0, smear): pdf or primitive.
 
     Primitive: Σ_k d_k·s·[G((y−e_k)/s) − G((y−e_{k+1})/s)], G(u) = u·Φ(u) + φ(u), y = x − shift; bins
-    further than 9 s from y contribute their full content (below) or nothing (above).
+    further than 9 s from y contribute their full content (below) or nothing (above). ``smear`` ≤ 0: the
+    shifted histogram itself (piecewise-constant density, piecewise-linear primitive).
     """
     out = np.empty(x.size)
     nb_ = dens.size
     for i in range(x.size):
         y = x[i] - shift
+        if smear <= 0.0:
+            k = min(max(np.searchsorted(edges, y, side="right") - 1, 0), nb_ - 1)
+            inside = edges[0] <= y < edges[nb_]
+            if integral:
+                out[i] = 0.0 if y < edges[0] else (1.0 if y >= edges[nb_] else cum[k] + dens[k] * (y - edges[k]))
+            else:
+                out[i] = dens[k] if inside else 0.0
+            continue
         k0 = np.searchsorted(edges, y - 9.0 * smear) - 1
         k1 = np.searchsorted(edges, y + 9.0 * smear)
         k0 = max(k0, 0)
         k1 = min(k1, nb_)
         acc = cum[k0] if integral else 0.0
+        if k0 >= k1:
+            out[i] = acc
+            continue
+        # each edge's Φ (and G) once: it closes one bin and opens the next
+        u0 = (y - edges[k0]) / smear
+        c0 = 0.5 * math.erfc(-u0 / _SQRT2)
+        g0 = u0 * c0 + math.exp(-0.5 * u0 * u0) * _INV_SQRT_2PI if integral else 0.0
         for k in range(k0, k1):
-            u0, u1 = (y - edges[k]) / smear, (y - edges[k + 1]) / smear
-            c0, c1 = 0.5 * math.erfc(-u0 / _SQRT2), 0.5 * math.erfc(-u1 / _SQRT2)
+            u1 = (y - edges[k + 1]) / smear
+            c1 = 0.5 * math.erfc(-u1 / _SQRT2)
             if integral:
-                g0 = u0 * c0 + math.exp(-0.5 * u0 * u0) / math.sqrt(2.0 * math.pi)
-                g1 = u1 * c1 + math.exp(-0.5 * u1 * u1) / math.sqrt(2.0 * math.pi)
+                g1 = u1 * c1 + math.exp(-0.5 * u1 * u1) * _INV_SQRT_2PI
                 acc += dens[k] * smear * (g0 - g1)
+                g0 = g1
             else:
                 acc += dens[k] * (c0 - c1)
+            c0 = c1
         out[i] = acc
     return out
 
 
-def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template") -> Shape:
+TEMPLATE_GRID_FROM = 1000
+"""Template densities at more points than this are interpolated from a grid (:func:`template_shape`)."""
+
+
+def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template",
+                   params: tuple[str, str] = ("shift", "smear")) -> Shape:
     """Signal shape from a simulated mass histogram (``counts`` on ``edges``) convolved with a Gaussian.
 
-    Parameters ``shift`` (moves the template, unit of x) and ``smear`` (σ of the Gaussian, unit of x).
-    Negative counts (weighted simulation) are set to 0; the density has unit integral on the template
-    range before smearing. Pass the returned Shape as ``signal=`` to the fits.
+    Parameters (named ``params``) ``shift`` (moves the template, unit of x) and ``smear`` (σ of the
+    Gaussian, unit of x; 0: the histogram itself). Negative counts (weighted simulation) are set to 0; the
+    density has unit integral on the template range before smearing. Pass the returned Shape as
+    ``signal=`` to the fits (:mod:`calibflow.fit.templates`: one per category from a sample's histograms).
     """
     e = np.ascontiguousarray(edges, dtype=float)
     c = np.clip(np.asarray(counts, dtype=float), 0.0, None)
@@ -687,14 +711,24 @@ def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template"
 
     def logpdf(x: np.ndarray, shift: float, smear: float) -> np.ndarray:
         xa = np.asarray(x, dtype=float)
-        v = _template_eval(np.ascontiguousarray(xa.ravel()), e, dens, cum, shift, smear, False)
+        flat = np.ascontiguousarray(xa.ravel())
+        if smear > 0.0 and flat.size > TEMPLATE_GRID_FROM and np.all(np.isfinite(flat)):
+            # many points (unbinned fits): the density on a grid of an eighth of the narrowest template bin,
+            # interpolated linearly (the convolution costs ~2 erfc per template bin within 9 σ of a point)
+            a, b = float(flat.min()), float(flat.max())
+            grid = np.linspace(a, b, math.ceil((b - a) / (0.125 * min_width)) + 2)
+            v = np.interp(flat, grid, _template_eval(grid, e, dens, cum, shift, smear, False))
+        else:
+            v = _template_eval(flat, e, dens, cum, shift, smear, False)
         return np.log(np.maximum(v, 1e-300)).reshape(xa.shape)
 
-    def start(lo: float, hi: float, peak: float, width: float) -> Start:
-        return {"shift": (0.0, (-(hi - lo) / 10.0, (hi - lo) / 10.0)),
-                "smear": (max(0.3 * width, min_width), (1e-3 * min_width, (hi - lo) / 5.0))}
+    shift_name, smear_name = params
 
-    return Shape(name, ("shift", "smear"), cdf, start, logpdf, widths=("smear",), bounded=("smear",))
+    def start(lo: float, hi: float, peak: float, width: float) -> Start:
+        return {shift_name: (0.0, (-(hi - lo) / 10.0, (hi - lo) / 10.0)),
+                smear_name: (max(0.3 * width, min_width), (0.0, (hi - lo) / 5.0))}
+
+    return Shape(name, params, cdf, start, logpdf, widths=(smear_name,), bounded=(smear_name,))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -814,14 +848,15 @@ BACKGROUNDS: dict[str, Shape] = {
 def get_shape(kind: str, name: str | Shape) -> Shape:
     """The signal or background shape called ``name`` (a Shape is returned as is).
 
-    ValueError lists the known names. Polynomials: ``chebyshevN``/``bernsteinN``, N = 1…8; a template
-    signal is built with :func:`template_shape`.
+    ValueError lists the known names. Polynomials: ``chebyshevN``/``bernsteinN``, N = 1…8; template
+    signals (``fit.signal: template``) are built per bin by :mod:`calibflow.fit.templates`.
     """
     if isinstance(name, Shape):
         return name
     table = SIGNALS if kind == "signal" else BACKGROUNDS
     if name not in table:
-        hint = "; for a simulation template use calibflow.fit.models.template_shape" if kind == "signal" else ""
+        hint = ("; a simulation template is signal: template with fit.template.from (calibflow.fit.templates)"
+                if kind == "signal" else "")
         if re.fullmatch(r"(chebyshev|bernstein)\d+", name):
             hint = f"; polynomial orders go from 1 to {MAX_POLY_ORDER}"
         raise ValueError(f"fit.{kind}: unknown {kind} model {name!r}; known: {', '.join(sorted(table))}{hint}")

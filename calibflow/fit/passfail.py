@@ -7,11 +7,15 @@ Model per category c ∈ {pass, fail}, expected counts in mass bin j:
 
 with S_j, B_j the fractions of the normalised signal and background shapes in bin j. The signal shape θ
 is shared (θ' = θ, or θ with its widths shifted by ``dsigma_fail`` when ``fail_width_shift``), the
-efficiency ε is a fit parameter. With ``fail_gauss`` (egm_tnp_analysis's ``--addGaus``) the fail signal is
+efficiency ε is a fit parameter. With ``signal_fail`` (simulation templates, :mod:`calibflow.fit.templates`)
+the fail category has a signal shape of its own, with its own parameters. With ``fail_gauss``
+(egm_tnp_analysis's ``--addGaus``) the fail signal is
 (1−f)·S_j(θ') + f·G_j(μ_g, σ_g), a Gaussian of its own in the fail category only (parameters
 :data:`FAIL_GAUSS`; such models use the numpy path, not the fused kernel). The cost is the Baker-Cousins Poisson χ²; weighted histograms use the
 scaled-Poisson approximation (counts and expectations scaled by Σw/Σw² per bin), which gives correct
 uncertainties for weighted data. For the common shapes the expectation and the χ² are one numba kernel.
+
+``constraints`` (:mod:`calibflow.fit.constraints`) add Gaussian penalty terms to the cost.
 
 Fits that fail the checks of :mod:`calibflow.fit.diagnostics` are retried: Migrad strategy 2 from
 starting values of a background-only fit of the sidebands, then with simpler signal models
@@ -29,6 +33,7 @@ import numba as nb
 import numpy as np
 from iminuit import Minuit
 
+from calibflow.fit.constraints import Constraints, constrained, penalty
 from calibflow.fit.diagnostics import FitQuality, at_limit, chi2_pvalue, fit_problems
 from calibflow.fit.models import EXPONENTIAL, SIGNALS, Shape, cdf1, get_shape, normalised_cdf
 
@@ -84,13 +89,15 @@ class FitResult:
 
 
 def parameter_names(signal: Shape, background: Shape, fail_width_shift: bool = False,
-                    fail_gauss: bool = False) -> list[str]:
+                    fail_gauss: bool = False, signal_fail: Shape | None = None) -> list[str]:
     """Names of a pass/fail model's parameters (``fit.parameters`` keys), in the order of its parameter
-    vector: the yields and ε (:data:`YIELDS`), the signal's (shared by both categories), the background's
-    per category (``slope_pass``, ``slope_fail``), the fail Gaussian's (:data:`FAIL_GAUSS`) with
-    ``fail_gauss``, then ``dsigma_fail`` with a fail width shift (always last)."""
+    vector: the yields and ε (:data:`YIELDS`), the signal's (shared by both categories, or the pass signal's
+    then ``signal_fail``'s), the background's per category (``slope_pass``, ``slope_fail``), the fail
+    Gaussian's (:data:`FAIL_GAUSS`) with ``fail_gauss``, then ``dsigma_fail`` with a fail width shift (always
+    last)."""
     bkg = [f"{p}_{c}" for c in ("pass", "fail") for p in background.params]
-    return [*YIELDS, *signal.params, *bkg, *(FAIL_GAUSS if fail_gauss else ()),
+    own = signal_fail.params if signal_fail is not None else ()
+    return [*YIELDS, *signal.params, *own, *bkg, *(FAIL_GAUSS if fail_gauss else ()),
             *(["dsigma_fail"] if fail_width_shift else [])]
 
 
@@ -98,9 +105,9 @@ def parameter_names(signal: Shape, background: Shape, fail_width_shift: bool = F
 class PassFailModel:
     """Parameter layout and expectation of a simultaneous pass/fail model on [lo, hi].
 
-    Parameter vector: n_sig, eff, n_bkg_pass, n_bkg_fail, signal params, background params of the
-    pass then the fail category (suffixed ``_pass``/``_fail``), the fail Gaussian's if ``fail_gauss``, then
-    ``dsigma_fail`` if ``fail_width_shift``.
+    Parameter vector: n_sig, eff, n_bkg_pass, n_bkg_fail, signal params (then ``signal_fail``'s, when the fail
+    category has a signal shape of its own), background params of the pass then the fail category (suffixed
+    ``_pass``/``_fail``), the fail Gaussian's if ``fail_gauss``, then ``dsigma_fail`` if ``fail_width_shift``.
     """
 
     signal: Shape
@@ -109,18 +116,27 @@ class PassFailModel:
     hi: float
     fail_width_shift: bool = False
     fail_gauss: bool = False
+    signal_fail: Shape | None = None
 
     @classmethod
     def create(cls, signal: str | Shape, background: str | Shape, lo: float, hi: float,
-               fail_width_shift: bool = False, fail_gauss: bool = False) -> PassFailModel:
+               fail_width_shift: bool = False, fail_gauss: bool = False,
+               signal_fail: Shape | None = None) -> PassFailModel:
         """Model with the named shapes bound to [lo, hi]."""
         return cls(get_shape("signal", signal).on(lo, hi), get_shape("background", background).on(lo, hi),
-                   float(lo), float(hi), fail_width_shift, fail_gauss)
+                   float(lo), float(hi), fail_width_shift, fail_gauss,
+                   None if signal_fail is None else signal_fail.on(lo, hi))
 
     @property
     def names(self) -> list[str]:
         """Parameter names, in the order of the parameter vector."""
-        return parameter_names(self.signal, self.background, self.fail_width_shift, self.fail_gauss)
+        return parameter_names(self.signal, self.background, self.fail_width_shift, self.fail_gauss,
+                               self.signal_fail)
+
+    @property
+    def fail_signal(self) -> Shape:
+        """The signal shape of the fail category (``signal_fail``, else the shared ``signal``)."""
+        return self.signal if self.signal_fail is None else self.signal_fail
 
     @property
     def shape_names(self) -> list[str]:
@@ -131,18 +147,20 @@ class PassFailModel:
     def default_fixed(self) -> set[str]:
         """Parameters fixed unless the caller gives them limits."""
         bkg = {f"{p}_{c}" for c in ("pass", "fail") for p in self.background.fixed}
-        return set(self.signal.fixed) | bkg
+        return set(self.signal.fixed) | set(self.fail_signal.fixed) | bkg
 
     @property
     def bounded(self) -> set[str]:
         """Parameters allowed to sit at a limit."""
         bkg = {f"{p}_{c}" for c in ("pass", "fail") for p in self.background.bounded}
-        return set(self.signal.bounded) | bkg | ({"frac_gauss_fail"} if self.fail_gauss else set())
+        return (set(self.signal.bounded) | set(self.fail_signal.bounded) | bkg
+                | ({"frac_gauss_fail"} if self.fail_gauss else set()))
 
     @property
     def fused(self) -> bool:
-        """Whether both shapes have a numba kernel (and there is no fail Gaussian)."""
-        return self.signal.code >= 0 and self.background.code >= 0 and not self.fail_gauss
+        """Whether both shapes have a numba kernel (and there is no fail Gaussian nor fail signal of its own)."""
+        return (self.signal.code >= 0 and self.background.code >= 0 and not self.fail_gauss
+                and self.signal_fail is None)
 
     def fail_gauss_params(self, x: np.ndarray) -> tuple[float, float, float]:
         """(μ, σ, fraction) of the fail Gaussian in ``x`` ((0, 1, 0): none)."""
@@ -161,6 +179,10 @@ class PassFailModel:
         ns, nb_ = len(self.signal.params), len(self.background.params)
         sig = np.asarray(x[4 : 4 + ns], dtype=float)
         sig_fail = sig + self.width_mask * x[-1] if self.fail_width_shift else sig
+        if self.signal_fail is not None:
+            nf = len(self.signal_fail.params)
+            sig_fail = np.asarray(x[4 + ns : 4 + ns + nf], dtype=float)
+            ns += nf
         return sig, sig_fail, np.asarray(x[4 + ns : 4 + ns + nb_]), np.asarray(x[4 + ns + nb_ : 4 + ns + 2 * nb_])
 
     def components(self, edges: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -169,7 +191,7 @@ class PassFailModel:
         n_sig, eff, nbp, nbf = x[:4]
         ps, psf, pbp, pbf = self.split(x)
         sp = np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *ps))
-        sf = sp if psf is ps else np.diff(normalised_cdf(self.signal, edges, self.lo, self.hi, *psf))
+        sf = sp if psf is ps else np.diff(normalised_cdf(self.fail_signal, edges, self.lo, self.hi, *psf))
         if self.fail_gauss:
             mu_g, sigma_g, f_g = self.fail_gauss_params(x)
             gauss = np.diff(normalised_cdf(SIGNALS["gauss"], edges, self.lo, self.hi, mu_g, sigma_g))
@@ -336,6 +358,8 @@ def starting_values(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf:
             start[f"slope_{cat}"] = (float(np.clip(slope, *lim)), lim)
     peak, width = peak_estimate(edges, hp, hf)
     start.update(model.signal.start(model.lo, model.hi, peak, width))
+    if model.signal_fail is not None:
+        start.update(model.signal_fail.start(model.lo, model.hi, peak, width))
     start["n_sig"] = (sig_counts[0] + sig_counts[1], (0.0, 2.0 * total))
     start["eff"] = (float(np.clip(sig_counts[0] / (sig_counts[0] + sig_counts[1]), 0.02, 0.98)), (0.0, 1.0))
     if model.fail_width_shift:
@@ -559,6 +583,7 @@ def run_attempts(
     quality: FitQuality,
     prefit: bool = False,
     shift: bool = False,
+    constraints: Constraints | None = None,
 ) -> tuple[list[Attempt], int]:
     """Fit until an attempt passes the checks; return all attempts and the index of the one to report.
 
@@ -567,7 +592,9 @@ def run_attempts(
     attempt from a binned fit of ``hp``/``hf``, its values and covariance (for unbinned costs: far fewer
     expensive calls; :func:`seed_covariance`). ``shift``: minimise the cost minus its value at the start
     (:func:`shifted`; for costs far from 0 at the minimum, whose HESSE would otherwise be inaccurate).
-    HESSE runs unless Migrad's closing HESSE already gave the covariance (:func:`minimise`).
+    ``constraints``: Gaussian penalties added to every attempt's cost
+    (:func:`calibflow.fit.constraints.constrained`; ``goodness`` sees the constrained minimum). HESSE runs
+    unless Migrad's closing HESSE already gave the covariance (:func:`minimise`).
     """
     names = model0.names
     for name in parameters or {}:
@@ -593,7 +620,7 @@ def run_attempts(
             if pre.valid:
                 start = {n: (float(pre.values[n]), start[n][1]) for n in start}
                 seed = pre
-        cost = make_cost(model)
+        cost = constrained(make_cost(model), model.names, constraints)
         if shift:
             cost = shifted(cost, np.array([np.clip(start[n][0], *start[n][1]) for n in model.names]))
         m = make_minuit(cost, model, start, fixed, strat)
@@ -688,6 +715,8 @@ def fit_pass_fail(
     fail_width_shift: bool = False,
     quality: FitQuality | None = None,
     fail_gauss: bool = False,
+    signal_fail: Shape | None = None,
+    constraints: Constraints | None = None,
 ) -> FitResult:
     """Fit pass and fail histograms (same ``edges``) simultaneously; ε with asymmetric MINOS errors.
 
@@ -695,19 +724,24 @@ def fit_pass_fail(
     those of :attr:`PassFailModel.names`. Parameters a shape fixes by default (e.g. the ARGUS endpoint)
     float when given limits. ``fail_width_shift`` adds ``dsigma_fail`` to the signal widths of the fail
     category, ``fail_gauss`` a Gaussian to the fail signal (:data:`FAIL_GAUSS`). ``quality`` sets the checks
-    and whether failing fits are retried. Status is ``ok`` or a comma-separated list of the problems of the
-    reported attempt.
+    and whether failing fits are retried. ``signal_fail``: a signal shape of the fail category's own
+    (templates); ``constraints``: Gaussian constraints name -> (value, σ) (:mod:`calibflow.fit.constraints`),
+    left out of the reported χ². Status is ``ok`` or a comma-separated list of the problems of the reported
+    attempt.
     """
     edges = np.asarray(edges, dtype=float)
     hp, hf = np.asarray(pass_w, dtype=float), np.asarray(fail_w, dtype=float)
-    model0 = PassFailModel.create(signal, background, edges[0], edges[-1], fail_width_shift, fail_gauss)
+    model0 = PassFailModel.create(signal, background, edges[0], edges[-1], fail_width_shift, fail_gauss, signal_fail)
     sp, sf = _scale(hp, pass_w2), _scale(hf, fail_w2)
 
     def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
-        return float(m.fval), int(hp.size + hf.size - m.nfit)
+        term = penalty(model.names, constraints)
+        chi2 = float(m.fval) - (term(np.array(m.values)) if term is not None else 0.0)
+        return chi2, int(hp.size + hf.size - m.nfit)
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: binned_cost(mdl, edges, hp, hf, sp, sf),
-                                      goodness, parameters, strategy, quality or FitQuality())
+                                      goodness, parameters, strategy, quality or FitQuality(),
+                                      constraints=constraints)
     return build_result(attempts, accepted, minos)
 
 

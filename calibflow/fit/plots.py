@@ -75,6 +75,8 @@ class FigureText:
     mass_label: str = "mass"
     mass_unit: str = ""
     brand: str = ""
+    windows: tuple[tuple[float, float], tuple[tuple[float, float], ...]] | None = None
+    """Method ``sideband``: the signal window and the sidebands, shaded (the legend then names them)."""
 
 
 def figure_text(cfg: CalibrationConfig, sample: str, b: Bin) -> FigureText:
@@ -82,8 +84,10 @@ def figure_text(cfg: CalibrationConfig, sample: str, b: Bin) -> FigureText:
     mass label and unit, and the brand of ``outputs.plot_style`` (experiment and label)."""
     style = cfg.outputs.plot_style
     brand = " ".join(t for t in (style.experiment, style.label) if t)
+    sb = cfg.fit.sideband if cfg.samples[sample].method == "sideband" else None
+    windows = None if sb is None else (tuple(sb.signal), tuple(tuple(w) for w in sb.sidebands))
     return FigureText(f"{sample}, bin {b.index}: {bin_title(b, cfg.binning.variables)}", cfg.mass_spec.label,
-                      cfg.mass_spec.unit, brand)
+                      cfg.mass_spec.unit, brand, windows)
 
 
 def plot_bin(cfg: CalibrationConfig, sample: str, b: Bin, data: BinHistograms | BinCandidates,
@@ -180,8 +184,14 @@ def categories(hist: BinHistograms, result: Mapping[str, Any], background: str, 
     model = x = comps = None
     fine = np.linspace(lo, hi, fine_bins + 1)
     if "values" in result:
-        model = PassFailModel.create(result["signal_model"], background, lo, hi, fail_width_shift,
-                                     fail_gauss="mu_gauss_fail" in result["values"])  # fit.fail_gauss
+        signal, signal_fail = result["signal_model"], None
+        if "template" in result:  # fit.signal template: the templates are stored with the result
+            from calibflow.fit.templates import template_signals
+
+            signal, signal_fail = template_signals(result["template"])
+        model = PassFailModel.create(signal, background, lo, hi, fail_width_shift,
+                                     fail_gauss="mu_gauss_fail" in result["values"],  # fit.fail_gauss
+                                     signal_fail=signal_fail)
         x = np.array([result["values"][n] for n in model.names])
         comps = model.components(fine, x)
     out = []
@@ -333,12 +343,16 @@ class _Panel:
         (self.total,) = ax.plot([], [], color="C0", lw=1.8, label="fit")
         (self.signal,) = ax.plot([], [], color="C3", ls="--", lw=1.3, label="signal")
         (self.background,) = ax.plot([], [], color="C2", ls=":", lw=1.6, label="background")
+        self.window = ax.stairs(np.zeros(1), np.arange(2.0), fill=True, color="C0", alpha=0.15, lw=0,
+                                label="signal window")
+        self.sides = ax.stairs(np.zeros(1), np.arange(2.0), fill=True, color="0.45", alpha=0.18, lw=0,
+                               label="sidebands")
         ax.text(0.03, 0.96, CATEGORIES[col], transform=ax.transAxes, va="top", ha="left", fontsize=11,
                 fontweight="bold")
         self.note = ax.text(0.03, 0.89, "", transform=ax.transAxes, va="top", ha="left", fontsize=10)
         # a text of its own rather than the axis label: no search of the tick labels' extent at every bin
         self.ylabel = ax.text(-0.125, 0.5, "", transform=ax.transAxes, rotation=90, va="center", ha="center")
-        ax.legend(loc="upper right", fontsize=9, frameon=False)
+        self.legend(windows=False)
         # the counts' scale changes with every bin: its ticks and labels are a few artists of their own, not
         # an Axis (whose tick objects and label extents cost more than the rest of the panel)
         ax.set_yticks([])
@@ -358,8 +372,27 @@ class _Panel:
     @property
     def dynamic(self) -> list[Any]:
         """The artists that change from bin to bin, in drawing order (the rest is the cached background)."""
-        return [self.ticks, self.tick_labels, self.ylabel, self.background, self.signal, self.total, self.errors,
-                self.data, self.note, self.pulls, self.zero]
+        return [self.window, self.sides, self.ticks, self.tick_labels, self.ylabel, self.background, self.signal,
+                self.total, self.errors, self.data, self.note, self.pulls, self.zero]
+
+    def legend(self, windows: bool) -> None:
+        """The legend of a fit (data, fit, signal, background) or of sideband subtraction (data, windows)."""
+        handles = [self.data, self.window, self.sides] if windows else [self.data, self.total, self.signal,
+                                                                         self.background]
+        self.ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+
+    def set_windows(self, windows: tuple[tuple[float, float], tuple[tuple[float, float], ...]] | None,
+                    top: float) -> None:
+        """Shade the signal window and the sidebands up to ``top`` (nothing without ``windows``)."""
+        if windows is None:
+            x = float(self.ax.get_xlim()[0])
+            self.window.set_data([0.0], [x, x + 1e-9])
+            self.sides.set_data([0.0], [x, x + 1e-9])
+            return
+        (a, b), sides = windows
+        self.window.set_data([top], [a, b])
+        edges = [x for w in sorted(sides) for x in w]
+        self.sides.set_data([top if i % 2 == 0 else 0.0 for i in range(len(edges) - 1)], edges)
 
     def set_ylim(self, top: float) -> None:
         """Counts from 0 to ``top``, with ticks where matplotlib's locator puts them."""
@@ -368,8 +401,9 @@ class _Panel:
         self.ticks.set_data([x for _ in values for x in (-TICK, 0.0, np.nan)], [y for v in values for y in (v, v, v)])
         self.tick_labels.set_ticks(values)
 
-    def update(self, cat: Category, min_candidates: int, ylabel: str) -> None:
-        """Show one category of one bin."""
+    def update(self, cat: Category, min_candidates: int, ylabel: str,
+               windows: tuple[tuple[float, float], tuple[tuple[float, float], ...]] | None = None) -> None:
+        """Show one category of one bin (``windows``: method sideband's, shaded)."""
         edges = cat.edges
         centres = 0.5 * (edges[1:] + edges[:-1])
         lo, hi = data_intervals(cat.sumw, cat.sumw2)
@@ -388,6 +422,7 @@ class _Panel:
             pulls = np.zeros_like(cat.sumw)
         self.pulls.set_data(pulls, edges)
         self.set_ylim(1.45 * top if top > 0 else 1.0)
+        self.set_windows(windows, 1.45 * top if top > 0 else 1.0)
         self.ylabel.set_text(ylabel)
         low = cat.candidates < min_candidates
         self.note.set_text("no candidates" if cat.candidates == 0 else
@@ -446,14 +481,15 @@ class FitFigure:
             a.set_animated(True)
         self._backgrounds: dict[tuple[Any, ...], Any] = {}
 
-    def _prepare(self, static: tuple[float, float, str, str]) -> None:
-        """Restore the background of ``static`` (mass range, mass axis label, brand), rendered first if it
-        is not among the last :data:`BACKGROUNDS` ones."""
+    def _prepare(self, static: tuple[float, float, str, str, bool]) -> None:
+        """Restore the background of ``static`` (mass range, mass axis label, brand, sideband legend), rendered
+        first if it is not among the last :data:`BACKGROUNDS` ones."""
         if static not in self._backgrounds:
-            lo, hi, xlabel, brand = static
+            lo, hi, xlabel, brand, windows = static
             for p in self.panels:
                 p.ax.set_xlim(lo, hi)
                 p.pax.set_xlabel(xlabel)
+                p.legend(windows)
             self.brand.set_text(brand)
             self.canvas.draw()
             if len(self._backgrounds) >= BACKGROUNDS:
@@ -467,14 +503,14 @@ class FitFigure:
         import matplotlib
 
         for cat, panel in zip(cats, self.panels, strict=True):
-            panel.update(cat, min_candidates, ylabel(cat, text.mass_unit, weighted))
+            panel.update(cat, min_candidates, ylabel(cat, text.mass_unit, weighted), text.windows)
         status = str(result.get("status", ""))
         self.title.set_text(text.title, self.canvas.get_renderer())
         self.summary.set_text(summary_line(result))
         self.status.set_text(f"status: {status}")
         self.status.set_color(OK_COLOUR if status == "ok" else FLAG_COLOUR)
         lo, hi = float(cats[0].edges[0]), float(cats[0].edges[-1])
-        static = (lo, hi, axis_label(text.mass_label, text.mass_unit), text.brand)
+        static = (lo, hi, axis_label(text.mass_label, text.mass_unit), text.brand, text.windows is not None)
         hinting = matplotlib.rcParams["text.hinting"]
         matplotlib.rcParams["text.hinting"] = "no_hinting"
         try:
@@ -497,6 +533,9 @@ def summary_line(result: Mapping[str, Any]) -> str:
         parts.append(f"N(sig) = {result['n_sig']:.0f} ± {result.get('n_sig_err', float('nan')):.0f}")
     if "chi2" in result:
         parts.append(f"χ²/ndof = {result['chi2']:.1f}/{result['ndof']}")
+    if "alpha" in result:  # method sideband
+        err = result.get("alpha_err") or 0.0
+        parts.append(f"α = {result['alpha']:.3f}" + (f" ± {err:.3f}" if err > 0 else " (flat background)"))
     n = result.get("n_attempts", 1)
     if n > 1:
         parts.append(f"attempt {result.get('accepted', 0) + 1} of {n}: {result.get('signal_model', '')}")

@@ -27,6 +27,7 @@ import numba as nb
 import numpy as np
 from iminuit import Minuit
 
+from calibflow.fit.constraints import Constraints
 from calibflow.fit.diagnostics import LOW_GOF_PVALUE, FitQuality, ks_test
 from calibflow.fit.models import SIGNALS, VECTOR, Shape, add_density, cdf1, normalised_logpdf, vlog
 from calibflow.fit.passfail import (
@@ -81,7 +82,8 @@ def log_intensity(model: PassFailModel, m: np.ndarray, x: np.ndarray, category: 
     n_sig, eff, nbp, nbf = x[:4]
     n_s, n_b, sig, bkg = (n_sig * eff, nbp, ps, pbp) if category == "pass" else (n_sig * (1 - eff), nbf, psf, pbf)
     with np.errstate(divide="ignore"):
-        ls = normalised_logpdf(model.signal, m, model.lo, model.hi, *sig)
+        shape = model.signal if category == "pass" else model.fail_signal
+        ls = normalised_logpdf(shape, m, model.lo, model.hi, *sig)
         if category == "fail" and model.fail_gauss:
             mu_g, sigma_g, f_g = model.fail_gauss_params(x)
             lg = normalised_logpdf(SIGNALS["gauss"], m, model.lo, model.hi, mu_g, sigma_g)
@@ -141,7 +143,9 @@ def unbinned_cost(model: PassFailModel, mp: np.ndarray, wp: np.ndarray, mf: np.n
 
     def cost(x: np.ndarray) -> float:
         n_total = x[0] + x[2] + x[3]
-        ll = float(np.dot(wp, log_intensity(model, mp, x, "pass")) + np.dot(wf, log_intensity(model, mf, x, "fail")))
+        # numba sums, not np.dot: BLAS's threads cost milliseconds per call on a loaded machine
+        ll = float(_weighted_sum(wp, log_intensity(model, mp, x, "pass"))
+                   + _weighted_sum(wf, log_intensity(model, mf, x, "fail")))
         v = 2.0 * (n_total - ll)
         return v if np.isfinite(v) else 1e30 + sw
 
@@ -213,13 +217,17 @@ def fit_pass_fail_unbinned(
     quality: FitQuality | None = None,
     goodness_fail: bool = True,
     fail_gauss: bool = False,
+    signal_fail: Shape | None = None,
+    constraints: Constraints | None = None,
 ) -> FitResult:
     """Simultaneous extended unbinned fit of passing and failing candidates' masses on [lo, hi].
 
     Candidates outside [lo, hi] are ignored. Same parameters, retries and result as
     :func:`calibflow.fit.passfail.fit_pass_fail`; ε errors from MINOS for unweighted candidates and
     from the SumW2 covariance (:func:`sumw2_errors`) for weighted ones. ``goodness_fail=False`` leaves the fail histogram
-    out of the reported χ² and the KS test (single-sample fits). The KS p-values (:func:`category_ks`), not the
+    out of the reported χ² and the KS test (single-sample fits). ``signal_fail`` and ``constraints``: as in
+    :func:`calibflow.fit.passfail.fit_pass_fail` (the χ² and the KS test are of the data alone). The KS
+    p-values (:func:`category_ks`), not the
     histograms' χ² p-value, are checked against ``quality.min_pvalue`` (status ``low_gof_pvalue``).
     """
     lo, hi = float(lo), float(hi)
@@ -230,7 +238,7 @@ def fit_pass_fail_unbinned(
     hp, hf = np.histogram(mp, edges, weights=wp)[0], np.histogram(mf, edges, weights=wf)[0]
     sp = _scale(hp, np.histogram(mp, edges, weights=wp**2)[0]) if weighted else np.ones_like(hp)
     sf = _scale(hf, np.histogram(mf, edges, weights=wf**2)[0]) if weighted else np.ones_like(hf)
-    model0 = PassFailModel.create(signal, background, lo, hi, fail_width_shift, fail_gauss)
+    model0 = PassFailModel.create(signal, background, lo, hi, fail_width_shift, fail_gauss, signal_fail)
     quality = quality or FitQuality()
 
     def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
@@ -244,7 +252,7 @@ def fit_pass_fail_unbinned(
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: unbinned_cost(mdl, mp, wp, mf, wf),
                                       goodness, parameters, strategy, replace(quality, min_pvalue=0.0), prefit=True,
-                                      shift=True)
+                                      shift=True, constraints=constraints)
     a = attempts[accepted]
     if not weighted:
         r = build_result(attempts, accepted, minos)

@@ -178,7 +178,8 @@ SEALED = "# sealed: sha256 size path"
 """Second line of a done marker that seals its folder (:func:`seal_text`)."""
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """SHA-256 (hex) of the bytes of ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -211,7 +212,7 @@ def seal_text(marker: str | os.PathLike[str], first_line: str, before: Mapping[s
     for rel, inode in sorted(folder_files(folder, marker).items()):
         if (before or {}).get(rel) != inode:
             path = os.path.join(folder, rel)
-            lines.append(f"{_sha256_file(path)} {os.path.getsize(path)} {rel}")
+            lines.append(f"{sha256_file(path)} {os.path.getsize(path)} {rel}")
     text = "\n".join(lines) + "\n"
     return f"{text}{DIGEST} {hashlib.sha256(text.encode()).hexdigest()}\n"
 
@@ -238,7 +239,7 @@ def _check_seal(marker: str, full: bool) -> None:
             raise CorruptIntermediate(marker, f"{rel}: sealed here, missing") from None
         if actual != int(size):
             raise CorruptIntermediate(marker, f"{rel}: {actual} bytes, sealed with {size}")
-        if full and _sha256_file(path) != digest:
+        if full and sha256_file(path) != digest:
             raise CorruptIntermediate(marker, f"{rel}: content does not match its sealed {DIGEST}")
 
 

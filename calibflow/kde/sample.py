@@ -255,7 +255,7 @@ def _gather(kin: np.ndarray, val: np.ndarray, order: np.ndarray, start: int, sto
         vc[i - start] = val[r]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)  # serial: OpenMP threads are not fork-safe (docs/kde.md)
 def _resample(cdf: np.ndarray, guide: np.ndarray, lo: np.ndarray, inv_h: np.ndarray, shape: np.ndarray,
               kin: np.ndarray, u: np.ndarray, lo0: float, h0: float, out: np.ndarray) -> None:
     n = u.size
@@ -276,7 +276,7 @@ def _resample(cdf: np.ndarray, guide: np.ndarray, lo: np.ndarray, inv_h: np.ndar
             out[order[i]] = uc[i - start]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)  # serial: OpenMP threads are not fork-safe (docs/kde.md)
 def _transform(cdf_sim: np.ndarray, lo_s: np.ndarray, inv_h_s: np.ndarray, shape_s: np.ndarray, lo0_s: float,
                h0_s: float, cdf: np.ndarray, guide: np.ndarray, lo: np.ndarray, inv_h: np.ndarray,
                shape: np.ndarray, lo0: float, h0: float, kin: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:

@@ -213,12 +213,14 @@ def build_templates(
 
 def write_templates(path: str | os.PathLike[str], templates: Mapping[str, Template],
                     meta: Mapping[str, Any] | None = None) -> None:
-    """Store ``templates`` (variant -> template) in the HDF5 file ``path``, atomically."""
+    """Store ``templates`` (variant -> template) in the HDF5 file ``path``, atomically, with checksums
+    (superblock 3, Fletcher32 per chunk: :mod:`calibflow.io.integrity`)."""
     import h5py
 
+    from calibflow.io.integrity import LIBVER
     from calibflow.io.store import COMPRESSION, atomic_path
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as h5:
         h5.attrs.update(format=FORMAT, version=VERSION, meta=json.dumps(dict(meta or {}), sort_keys=True),
                         variants=json.dumps(list(templates)))
         for variant, t in templates.items():

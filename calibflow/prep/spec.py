@@ -25,6 +25,8 @@ PREP_VERSION = 2
 """Version of prepared tuples, in every prep key. 2 (issue 17): expression semantics (boolean addition counts,
 integers never wrap, constants beyond 64 bits are floats) and checksummed HDF5 (Fletcher32, v110 metadata)."""
 MASS, PASS, WEIGHT, TRUE_EFF, IS_SIGNAL = "_mass", "_pass", "_weight", "_true_eff", "_is_signal"
+TISTOS_FLAGS = {"tis": "_tis", "tos": "_tos", "trigger": "_trig"}
+"""Prepared columns of method ``tistos`` (``fit.tistos`` key -> column)."""
 LUMI_BRANCHES = ("run", "luminosityBlock")
 """Event-level branches the lumi mask is applied to (CMS NanoAOD names)."""
 PAIR_COLUMNS = ("pair_mass", "pair_charge", "pair_dr")
@@ -47,7 +49,7 @@ def pass_column(working_point: str) -> str:
 
 def is_flag(column: str) -> bool:
     """Whether a prepared column holds booleans (pass decisions and the signal flag)."""
-    return column in (IS_SIGNAL, PASS) or column.startswith(PASS + ":")
+    return column in (IS_SIGNAL, PASS, *TISTOS_FLAGS.values()) or column.startswith(PASS + ":")
 
 
 class PrepError(RuntimeError):
@@ -319,6 +321,11 @@ def prep_spec(config: CalibrationConfig, sample: str, base_dir: str | None = Non
         columns[pass_column(wp)] = c(text, f"working_points.{wp}")
     if s.weight:
         columns[WEIGHT] = c(s.weight, f"samples.{sample}.weight")
+    tistos = config.fit.tistos
+    if s.method == "tistos" and tistos is not None:
+        for key, column in TISTOS_FLAGS.items():
+            text = getattr(tistos, key) or f"({tistos.tis}) or ({tistos.tos})"  # no trigger given: TIS or TOS
+            columns[column] = c(text, f"fit.tistos.{key}")
     if config.closure:
         columns[TRUE_EFF] = c(config.closure.true_efficiency, "closure.true_efficiency")
         columns[IS_SIGNAL] = c(config.closure.signal, "closure.signal")

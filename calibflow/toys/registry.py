@@ -22,6 +22,7 @@ GENERATORS: dict[str, str] = {
     "belle2_dstar_sweighted": "calibflow.toys.sweighted:write_dstar_sweighted_file",
     "classifier_tracks": "calibflow.toys.classifier:write_classifier_file",
     "lhcb_tracking_jpsi": "calibflow.toys.lhcb:write_tracking_file",
+    "lhcb_trigger_tistos": "calibflow.toys.tistos:write_tistos_file",
     "z_mumu_nanoaod": "calibflow.toys.nanoaod:write_z_mumu_file",
     "emu_nanoaod": "calibflow.toys.nanoaod:write_emu_file",
 }

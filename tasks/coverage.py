@@ -1,0 +1,141 @@
+"""Coverage of the per-bin intervals (``calibflow coverage``): toys per bin, then the table, figure and page.
+
+* ``CoverageBin``: the toys of bins ``bin_index`` to ``bin_index + bin_count - 1`` of ``sample``, one record
+  per bin, ``<workdir>/coverage/<sample>/<key>.json``, keyed by the bin's fit key, the number of toys, the
+  seed and :data:`calibflow.fit.coverage.COVERAGE_VERSION` (a rerun reuses them; the toys' seed comes from
+  that key). Chunks of :data:`COVERAGE_CHUNK` bins, like FitBin.
+* ``CoverageTable``: every bin of every sample (nominal variant), ``<workdir>/coverage/<key>/coverage.csv``,
+  ``coverage.png``, ``coverage.html`` and ``coverage.md`` (:mod:`calibflow.export.coverage`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import b2luigi
+
+from calibflow.hashing import content_key
+from calibflow.io import jsonio
+from tasks.base import RESULTS_MADE, CalibTask
+from tasks.fit import FillHistograms, FitBin, MakeBinning, SplitByBin, fit_tasks
+
+COVERAGE_CHUNK = 5
+"""Bins per CoverageBin task (each bin: ``toys`` fits, about 1 s per 100 toys of a binned fit)."""
+
+
+def coverage_key(fit_key: str, toys: int, seed: int) -> str:
+    """Key of a bin's coverage record: its fit, the number of toys, the seed and the record's version."""
+    from calibflow.fit.coverage import COVERAGE_VERSION
+
+    return content_key(fit_key, toys, seed, COVERAGE_VERSION)
+
+
+class CoverageBin(CalibTask):
+    """Toys of a chunk of bins of ``sample``, refitted; one coverage record per bin."""
+
+    pool_preload = ("calibflow.fit.coverage", "calibflow.fit.measure", "calibflow.kernels.warm:warm_up")
+    sample = b2luigi.Parameter()
+    bin_index = b2luigi.IntParameter(description="first bin")
+    bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
+    toys = b2luigi.IntParameter(description="toys per bin")
+    seed = b2luigi.IntParameter(default=1, description="seed, combined with each bin's key")
+
+    def requires(self):
+        stop = self.bin_index + self.bin_count
+        for t in fit_tasks(self):  # the chunks of fits holding this chunk's bins (the tables' own tasks)
+            if t.sample == self.sample and t.bin_index < stop and self.bin_index < t.bin_index + t.bin_count:
+                yield t
+        per_sample = self.same_content(lambda p: p.hist_key(self.sample))
+        yield (SplitByBin if self._candidates() else FillHistograms)(sample=self.sample, **per_sample)
+
+    _candidates = FitBin._candidates  # whether the sample's fits read candidates (else histograms)
+
+    def keys(self) -> list[str]:
+        """Coverage keys of the bins of this task."""
+        plan = self.plan
+        bins = plan.bin_keys()[self.bin_index : self.bin_index + self.bin_count]
+        return [coverage_key(k, self.toys, self.seed) for k in plan.fit_keys(self.sample, bins)]
+
+    def record_paths(self) -> list[str]:
+        """The bins' coverage records."""
+        folder = os.path.join(self.plan.workdir, "coverage", self.sample)
+        return [os.path.join(folder, f"{k}.json") for k in self.keys()]
+
+    def output(self):
+        return [self.target(p) for p in self.record_paths()]
+
+    def results(self) -> int:
+        """Bins of this task (the run report counts bins)."""
+        return len(self.plan.bin_keys()[self.bin_index : self.bin_index + self.bin_count])
+
+    def run(self) -> None:
+        from calibflow.fit.coverage import bin_coverage, toy_seed
+        from calibflow.fit.histograms import read_bin_candidates, read_bins
+
+        plan = self.plan
+        sample = plan.config.samples[self.sample]
+        bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
+        fits = plan.fit_paths(self.sample, [b.key for b in bins])
+        todo = [k for k, p in enumerate(self.record_paths()) if not os.path.exists(p)]
+        hists = None
+        if todo and not self._candidates():
+            hists = read_bins(plan.hist_path(self.sample), self.bin_index, self.bin_index + len(bins))
+        keys = self.keys()
+        self._made = 0
+        for k in todo:
+            b = bins[k]
+            data = ({"hist": hists[k]} if hists is not None
+                    else {"cands": read_bin_candidates(plan.split_path(self.sample), b.index)})
+            record = bin_coverage(sample.method, plan.fit_config(b.key), jsonio.load_numbers(fits[k]), self.toys,
+                                  toy_seed(keys[k]), interval=sample.interval, **data)
+            jsonio.write_record(self.record_paths()[k], {**record, "bin": b.label()})
+            self._made += 1
+
+    def on_success(self) -> dict[str, int]:
+        """Send the number of bins done to the run report."""
+        super().on_success()
+        return {RESULTS_MADE: getattr(self, "_made", 0)}
+
+
+class CoverageTable(CalibTask):
+    """coverage.csv, coverage.png and the page of every bin and sample, from ``toys`` toys per bin."""
+
+    toys = b2luigi.IntParameter(description="toys per bin")
+    seed = b2luigi.IntParameter(default=1, description="seed, combined with each bin's key")
+
+    def requires(self):
+        yield MakeBinning(**self.same_content(lambda p: p.binning_key()))
+
+    def folder(self) -> str:
+        """``<workdir>/coverage/<key>/``: the key of the tables (every fit's content), toys and seed."""
+        from calibflow.fit.coverage import COVERAGE_VERSION
+
+        key = content_key(self.plan.table_key(), self.toys, self.seed, COVERAGE_VERSION)
+        return os.path.join(self.plan.workdir, "coverage", key)
+
+    def output(self):
+        from calibflow.export.coverage import CSV
+
+        return self.target(os.path.join(self.folder(), CSV))
+
+    def bin_tasks(self) -> list[CoverageBin]:
+        """CoverageBin tasks of every sample and bin (the binning must exist)."""
+        n = len(self.plan.load_scheme())
+        return [CoverageBin(sample=s, bin_index=i, bin_count=min(COVERAGE_CHUNK, n - i), toys=self.toys,
+                            seed=self.seed, **self.common())
+                for s in self.plan.config.samples for i in range(0, n, COVERAGE_CHUNK)]
+
+    def run(self):
+        from calibflow.export.coverage import write_coverage
+
+        plan = self.plan
+        tasks = self.bin_tasks()
+        yield tasks  # dynamic dependencies: the bins are known once the binning exists
+        results, records = {}, {}
+        for t in tasks:
+            fits = plan.fit_paths(t.sample, plan.bin_keys()[t.bin_index : t.bin_index + t.bin_count])
+            for i, fit, rec in zip(range(t.bin_index, t.bin_index + t.bin_count), fits, t.record_paths(), strict=True):
+                results[(t.sample, i)] = jsonio.load_numbers(fit)
+                records[(t.sample, i)] = jsonio.load_numbers(rec)
+        write_coverage(self.folder(), f"Coverage of {plan.config.name}", plan.load_scheme(), results, records,
+                       plan.scale_factor_pairs())
