@@ -31,6 +31,7 @@ from b2luigi.batch.workers import BatchSystems, SendJobWorker
 from luigi.execution_summary import _summary_dict
 
 from calibflow.io.integrity import CorruptIntermediate
+from calibflow.io.store import pid_alive
 from calibflow.ops.scheduler import SetupError
 from calibflow.plan import Plan
 from tasks import batch
@@ -84,23 +85,6 @@ class RunReport:
 
 
 # --- stale temporaries ------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 def clean_stale_temporaries(root: str) -> list[str]:
     """Remove ``<path>.tmp-<pid>`` files under ``root`` whose writer (``pid`` on this host) is gone.
 
@@ -111,7 +95,7 @@ def clean_stale_temporaries(root: str) -> list[str]:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             m = _TMP.search(name)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 path = os.path.join(dirpath, name)
                 try:
                     os.remove(path)

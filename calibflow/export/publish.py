@@ -37,7 +37,7 @@ from calibflow.export.labels import VariableLabel, variable_labels
 from calibflow.export.report import with_banner, write_report
 from calibflow.io import jsonio
 from calibflow.io.integrity import folder_files, sha256_file
-from calibflow.io.store import atomic_path
+from calibflow.io.store import atomic_path, pid_alive
 from calibflow.plan import Plan
 from calibflow.tables.assemble import (
     base_folders,
@@ -369,31 +369,18 @@ def _collect(workdir: str, keep: set[str | None]) -> None:
         path = os.path.join(workdir, entry)
         m = _TMP.search(entry)
         if os.path.islink(path) and ((os.readlink(path).startswith(CURRENT + os.sep) and not os.path.exists(path))
-                                     or (m and not _alive(int(m.group(1))))):
+                                     or (m and not pid_alive(int(m.group(1))))):
             os.remove(path)
     root = os.path.join(workdir, PUBLISHED)
     for entry in os.listdir(root):
         m = _TMP.search(entry)
-        if entry in keep or (m and _alive(int(m.group(1)))):
+        if entry in keep or (m and pid_alive(int(m.group(1)))):
             continue
         path = os.path.join(root, entry)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.remove(path)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fault(point: str) -> None:

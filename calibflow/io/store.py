@@ -48,6 +48,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
             os.remove(tmp)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie (the writer of a ``<path>.tmp-<pid>``
+    of :func:`atomic_path` may still be writing it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
 class TableWriter:
     """Append chunks of named 1-D columns to an open HDF5 file (resizable, compressed datasets).
 
