@@ -141,8 +141,7 @@ def _sideband(fit: FitConfig, hist: BinHistograms | None) -> dict[str, Any]:
     tags = [] if r.n_pass + r.n_fail > 0 else [NO_SIGNAL]
     tags += [OUTSIDE_0_1] if math.isfinite(r.efficiency) and not 0.0 <= r.efficiency <= 1.0 else []
     return {"method": SIDEBAND, "efficiency": r.efficiency, "err_down": r.error, "err_up": r.error,
-            "n_sig": r.n_pass + r.n_fail, "n_sig_err": math.sqrt(r.var_pass + r.var_fail), "n_pass": r.n_pass,
-            "n_pass_err": math.sqrt(r.var_pass), "n_fail": r.n_fail, "n_fail_err": math.sqrt(r.var_fail),
+            **_sum_yields((r.n_pass, r.var_pass, r.n_fail, r.var_fail)),
             "alpha": r.alpha, "alpha_err": math.sqrt(r.var_alpha), "status": ",".join(tags) or "ok"}
 
 
@@ -178,8 +177,7 @@ def _tistos(fit: FitConfig, cands: BinCandidates | None, interval: str) -> dict[
     tags = [] if math.isfinite(eff) else [NO_SIGNAL]
     tags += [OUTSIDE_0_1] if math.isfinite(eff) and not 0.0 <= eff <= 1.0 else []
     return {"method": TISTOS, "efficiency": eff, "err_down": err_down, "err_up": err_up,
-            "n_sig": n_pass + n_fail, "n_sig_err": math.sqrt(v_pass + v_fail), "n_pass": n_pass,
-            "n_pass_err": math.sqrt(v_pass), "n_fail": n_fail, "n_fail_err": math.sqrt(v_fail),
+            **_sum_yields((n_pass, v_pass, n_fail, v_fail)),
             "eff_tos": r.eff_tos, "err_tos": r.err_tos, "eff_tis": r.eff_tis, "err_tis": r.err_tis,
             "eff_trigger": r.eff_trig, "err_trigger": r.err_trig, "n_tis_only": a, "n_tos_only": b,
             "n_tis_and_tos": c, "n_neither": d, "status": ",".join(tags) or "ok"}
