@@ -361,14 +361,17 @@ def _pid_calibrator(s: PidStep, cfg: ApplyConfig, path: str, where: str, base: s
 
 
 def _categories(file: str, name: str) -> list[str]:
-    """Non-nominal keys of the top-level category node of correction ``name`` in ``file``."""
+    """Non-nominal keys of the top-level category node of correction ``name`` in ``file``; for calibflow's per-bin
+    form (a ``Transform`` around the category: :mod:`calibflow.export.correctionlib`) the merged keys, not the
+    per-bin ones (those are applied when listed in ``variations``)."""
     import correctionlib.schemav2 as cs
 
     with open(file) as f:
         cset = cs.CorrectionSet.model_validate_json(f.read())
     corr = next(c for c in cset.corrections if c.name == name)
-    if isinstance(corr.data, cs.Category):
-        return [str(item.key) for item in corr.data.content if item.key != "nominal"]
+    data = corr.data.content if isinstance(corr.data, cs.Transform) else corr.data
+    if isinstance(data, cs.Category):
+        return [str(item.key) for item in data.content if item.key != "nominal"]
     return []
 
 

@@ -684,6 +684,15 @@ class ClosureConfig(_Strict):
     signal: str
 
 
+class CoverageConfig(_Strict):
+    """Coverage of the nominal tables' intervals, part of ``calibflow run``: ``toys`` parametric toys per bin and
+    sample from the bin's own result, each measured as the bin was, with ``seed`` (combined with each bin's key);
+    the tables get coverage columns and the flag ``coverage_off`` (docs/fits.md, "Coverage")."""
+
+    toys: int = Field(default=100, ge=1)
+    seed: int = 1
+
+
 class PlotStyle(_Strict):
     """Experiment label of the figures (mplhep): ``experiment`` (``LHCb``, ``CMS``, ``ATLAS``, ``ALICE``,
     ``Belle II`` or any text), ``label`` (``Preliminary``, ``Simulation``, ...), integrated luminosity
@@ -695,11 +704,24 @@ class PlotStyle(_Strict):
     energy: str | None = None
 
 
+STAT_FORMS = ("merged", "per_bin", "both")
+"""How ``corrections.json`` carries the statistical uncertainty (``outputs.correctionlib.stat``): ``merged``
+(``statUp/Down``: every bin moves together), ``per_bin`` (``stat_data_bin<k>_up/down`` and
+``stat_mc_bin<k>_up/down``: bin k alone moves, by its data or its simulation statistical error) or ``both``."""
+
+
+class CorrectionlibOutput(_Strict):
+    """``outputs.correctionlib`` given as a mapping: ``stat`` is one of :data:`STAT_FORMS`."""
+
+    stat: Literal["merged", "per_bin", "both"] = "merged"
+
+
 class OutputsConfig(_Strict):
     """What to export besides the CSV tables and the master table; ``plot_style`` labels the figures and
-    ``plot_formats`` lists the figure files written (``png``, ``pdf``)."""
+    ``plot_formats`` lists the figure files written (``png``, ``pdf``). ``correctionlib``: ``true`` (the
+    merged statistical uncertainty), ``false`` (no ``corrections.json``) or ``{stat: merged|per_bin|both}``."""
 
-    correctionlib: bool = True
+    correctionlib: bool | CorrectionlibOutput = True
     root: bool = True
     markdown: bool = True
     latex: bool = True
@@ -711,6 +733,39 @@ class OutputsConfig(_Strict):
     plot_style: PlotStyle = PlotStyle()
     plot_formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"], min_length=1)
 
+    @field_validator("correctionlib", mode="before")
+    @classmethod
+    def _correctionlib_form(cls, v: Any) -> Any:
+        if isinstance(v, bool | CorrectionlibOutput):
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"give true, false or a mapping {{stat: {'|'.join(STAT_FORMS)}}}, not {v!r}")
+        _check_names(v, ["stat"], "{key} is not an option of outputs.correctionlib", "options")
+        if v.get("stat", "merged") not in STAT_FORMS:
+            raise ValueError(f"stat: {v['stat']!r} is not one of {', '.join(STAT_FORMS)}"
+                             f"{suggestion(str(v['stat']), STAT_FORMS, None)}")
+        out = CorrectionlibOutput(**v)
+        return True if out.stat == "merged" else out  # the same outputs as true, and the same export key
+
+    @property
+    def correctionlib_stat(self) -> str | None:
+        """How ``corrections.json`` carries the statistical uncertainty (:data:`STAT_FORMS`); None: no
+        ``corrections.json``."""
+        if isinstance(self.correctionlib, CorrectionlibOutput):
+            return self.correctionlib.stat
+        return "merged" if self.correctionlib else None
+
+
+QUANTITIES = ("data", "mc", "sf")
+"""What a systematic source may apply to (``applies_to``): data efficiencies, simulation efficiencies, scale
+factors."""
+EGM_ROLES = {"altSig": "data", "altBkg": "data", "altSigBkg": "data", "altMC": "mc", "altTag": "mc"}
+"""EGM roles of systematic sources and the efficiency each one's deviation is measured on (data or simulation)."""
+EGM_CONVENTIONS = {
+    "egm_classic": (("altSig", "altBkg", "altMC", "altTag"), ()),
+    "egm_2023": (("altSig", "altBkg", "altSigBkg", "altMC"), ("altSig", "altBkg", "altSigBkg")),
+}
+"""Per EGM convention (``systematics.combine``): the roles it knows and those it needs."""
 
 VARIABLE_KEYS = ("aliases", "selection", "pass", "mass", "binning", "fit", "samples", "working_points",
                  "pairing")
@@ -739,8 +794,34 @@ class Variation(_Strict):
     vary: dict[str, Any] | None = None
     up: dict[str, Any] | None = None
     down: dict[str, Any] | None = None
+    role: Literal["altSig", "altBkg", "altSigBkg", "altMC", "altTag"] | None = None
+    """The source's part in the EGM conventions (:data:`EGM_ROLES`); default: the name when it is a role."""
+    applies_to: list[Literal["data", "mc", "sf"]] = Field(default_factory=lambda: list(QUANTITIES), min_length=1)
+    """Quantities whose systematic counts this source (spark_tnp's split): ``data`` (efficiencies of data
+    samples), ``mc`` (efficiencies of simulation samples), ``sf`` (scale factors); default all three."""
 
     _check = field_validator("vary", "up", "down")(_check_overrides)
+
+    @field_validator("applies_to")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) < len(v):
+            raise ValueError(f"{v}: name each of data, mc, sf at most once")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.role is None:
+            data.pop("role", None)
+        if set(self.applies_to) == set(QUANTITIES):
+            data.pop("applies_to", None)
+        return data
+
+    @property
+    def egm_role(self) -> str | None:
+        """``role``, else the name when it is one of :data:`EGM_ROLES`, else None."""
+        return self.role or (self.name if self.name in EGM_ROLES else None)
 
     @model_validator(mode="after")
     def _one_or_two_sided(self) -> Variation:
@@ -757,15 +838,22 @@ class Variation(_Strict):
 
 
 class SystematicsConfig(_Strict):
-    """Systematic sources and how they combine into a total.
+    """Systematic sources and how they combine into a total (docs/tables.md, "Uncertainty model").
 
-    ``quadrature_max`` (default): per source the larger of |up − nominal| and |down − nominal|, summed
-    in quadrature over sources. ``egm_rms``: the root mean square of all variations' deviations from
-    nominal (every Up, Down and one-sided value counts once), as in CMS EGM tag-and-probe tables.
+    ``quadrature_max`` (default; ``quadrature`` is the same): per source the larger of |up − nominal| and
+    |down − nominal|, summed in quadrature over sources. ``egm_rms``: the root mean square of all variations'
+    deviations from nominal (every Up, Down and one-sided value counts once; not what EGM's code computes).
+    ``egm_classic`` and ``egm_2023``: egm_tnp_analysis' ``combineSyst`` (classic forks, and cms-egamma's 2023
+    proposal), from sources with an EGM ``role``.
     """
 
-    combine: Literal["quadrature_max", "egm_rms"] = "quadrature_max"
+    combine: Literal["quadrature_max", "egm_rms", "egm_classic", "egm_2023"] = "quadrature_max"
     sources: list[Variation] = Field(default_factory=list)
+
+    @field_validator("combine", mode="before")
+    @classmethod
+    def _alias(cls, v: Any) -> Any:
+        return "quadrature_max" if v == "quadrature" else v
 
     @field_validator("sources")
     @classmethod
@@ -775,6 +863,33 @@ class SystematicsConfig(_Strict):
         if dup:
             raise ValueError(f"duplicate source names {dup}")
         return v
+
+    @model_validator(mode="after")
+    def _egm_roles(self) -> SystematicsConfig:
+        if self.combine not in EGM_CONVENTIONS:
+            return self
+        allowed, required = EGM_CONVENTIONS[self.combine]
+        seen: dict[str, Variation] = {}
+        for i, src in enumerate(self.sources):
+            where, role = f"sources[{i}] ({src.name})", src.egm_role
+            if role is None:
+                raise ValueError(f"{where}.role: combine {self.combine} needs the EGM role of every source "
+                                 f"(one of {', '.join(allowed)}), or name the source after its role")
+            if role not in allowed:
+                raise ValueError(f"{where}.role: {role} is not part of {self.combine} (roles: {', '.join(allowed)})")
+            if role in seen:
+                raise ValueError(f"{where}.role: {role} is the role of {seen[role].name!r} already (one source each)")
+            if src.vary is None:
+                raise ValueError(f"{where}: an EGM role takes one alternative: give 'vary', not 'up'/'down'")
+            seen[role] = src
+        missing = [r for r in required if r not in seen]
+        if missing:
+            raise ValueError(f"sources: combine {self.combine} needs a source of each role {', '.join(required)}; "
+                             f"missing: {', '.join(missing)}")
+        if self.combine == "egm_2023" and len({tuple(sorted(seen[r].applies_to)) for r in required}) > 1:
+            raise ValueError(f"sources: the {', '.join(required)} sources of egm_2023 are averaged together: give "
+                             "them the same applies_to")
+        return self
 
 
 class RocConfig(_Strict):
@@ -829,6 +944,7 @@ class CalibrationConfig(_Strict):
     binning: BinningConfig
     fit: FitConfig = FitConfig()
     closure: ClosureConfig | None = None
+    coverage: CoverageConfig | None = None
     reference: str | dict[str, str] | None = None
     outputs: OutputsConfig = OutputsConfig()
     systematics: SystematicsConfig = SystematicsConfig()

@@ -39,6 +39,7 @@ from calibflow.config import (
     TISTOS,
     CalibrationConfig,
     ConfigError,
+    CoverageConfig,
     FitConfig,
     load_config,
     located,
@@ -73,6 +74,9 @@ RUN_VERSION = 1
 FIT_VERSION = 2  # 2: yields with errors in every result, fixed parameters with error 0 (issue 16)
 CONSTRAINT_VERSION = 1
 """Version of the simulation fits giving ``fit.constrain``'s constraints (``constraints/<sample>/<key>.json``)."""
+CONSTRAINED_FIT_VERSION = 2
+"""Version of the fits constrained by them, in their keys and (with ``fit.constrain``) the tables' key (2: χ² and ndof
+count each constraint as a measurement)."""
 HIST_VERSION = 1
 TABLE_VERSION = 3  # 2: yield columns (n_sig, n_sig_err, n_pass_err, n_fail_err), method yield (issue 16); 3: the
 # goodness-of-fit columns chi2, ndof, chi2_pvalue, ks_pvalue (issue 18)
@@ -82,7 +86,8 @@ NEGATIVE_COUNTS = "negative_counts"
 """In the histogram key of weighted samples: their files hold the candidates with a negative weight per bin."""
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
 EXPORT_VERSION = 2  # 2: the exact config (path and SHA-256) in the key; master tables written at export
-FIGURE_VERSION = 2  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes (2: empty bins say so)
+FIGURE_VERSION = 3  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes (2: empty bins say so;
+# 3: sideband figures show the background and the sideband pulls, constraint fits get figures); in the export key
 
 
 @functools.lru_cache(maxsize=16)
@@ -765,7 +770,8 @@ class Plan:
         cons = self.constraint_keys(bin_keys) if self.uses_constraints(sample) else None
         if not template and cons is None:
             return keys
-        return [content_key(k, *template, *([["constraint", cons[i]]] if cons else [])) for i, k in enumerate(keys)]
+        return [content_key(k, *template, *([["constraint", cons[i], CONSTRAINED_FIT_VERSION]] if cons else []))
+                for i, k in enumerate(keys)]
 
     # --- the reference simulation of the fits (fit.template, fit.constrain) ---------------------------
     def uses_template(self, sample: str) -> bool:
@@ -872,8 +878,17 @@ class Plan:
     def figure_paths(self, sample: str, bin_keys: Sequence[str]) -> list[str]:
         """Fit figures (PNG) of several bins of ``sample``, beside their results: ``<fit key>.<figure key>.png``;
         a figure that could not be drawn leaves its reason instead (:meth:`plot_error_path`)."""
+        return self._figures_of(self.fit_paths(sample, bin_keys))
+
+    def constraint_figure_paths(self, bin_keys: Sequence[str]) -> list[str]:
+        """Figures of the simulation fits of several bins (``fit.constrain``), beside their results as
+        :meth:`figure_paths` are: ``constraints/<sample>/<key>.<figure key>.png``."""
+        return self._figures_of(self.constraint_paths(bin_keys))
+
+    def _figures_of(self, results: Sequence[str]) -> list[str]:
+        """The figure of each result JSON in ``results``: ``<stem>.<figure key>.png``."""
         fig = self.figure_key()
-        return [f"{p[: -len('.json')]}.{fig}.png" for p in self.fit_paths(sample, bin_keys)]
+        return [f"{p[: -len('.json')]}.{fig}.png" for p in results]
 
     @staticmethod
     def plot_error_path(figure_path: str) -> str:
@@ -894,13 +909,32 @@ class Plan:
         (variant ``nominal`` for the nominal run), with ``index.html``."""
         return os.path.join(self.workdir, "gallery", self.variant or "nominal", sample)
 
+    def constraint_gallery_dir(self) -> str:
+        """Published gallery of the simulation fits of ``fit.constrain`` in this variant:
+        ``<workdir>/gallery/<variant>/_constraints/<sample>/`` (no sample name starts with ``_``)."""
+        assert self.config.fit.constrain is not None
+        return os.path.join(self.workdir, "gallery", self.variant or "nominal", "_constraints",
+                            self.config.fit.constrain.from_)
+
     # --- tables -------------------------------------------------------------------------------------
     def table_key(self) -> str:
-        """Content key of the tables and exports."""
+        """Content key of the tables and exports; with :meth:`coverage`, its toys, seed and the record version
+        too (tables without coverage keep their keys); with ``fit.constrain``, :data:`CONSTRAINED_FIT_VERSION`."""
         cfg = self.config
         per_sample = {s: [self.prep_keys(s), cfg.samples[s].method] for s in cfg.samples}
+        cov, coverage = self.coverage(), []
+        constrained = [["constrained", CONSTRAINED_FIT_VERSION]] if cfg.fit.constrain is not None else []
+        if cov is not None:
+            from calibflow.fit.coverage import COVERAGE_VERSION
+
+            coverage = [["coverage", cov.toys, cov.seed, COVERAGE_VERSION]]
         return content_key(self.binning_key(), per_sample, cfg.mass_spec, cfg.fit, cfg.closure, cfg.reference,
-                           self.pass_column, TABLE_VERSION)
+                           self.pass_column, TABLE_VERSION, *coverage, *constrained)
+
+    def coverage(self) -> CoverageConfig | None:
+        """The config's ``coverage`` when this plan's tables carry coverage columns: the nominal variant only
+        (working points, methods and systematic variations have none)."""
+        return self.config.coverage if self.variant == NOMINAL else None
 
     def table_dir(self) -> str:
         """Folder of the tables of this configuration."""
@@ -926,7 +960,8 @@ class Plan:
         nothing else reruns)."""
         config = {"path": self.config_path, "sha256": self.config_sha256()}
         limits = [self.limits.describe()] if self.limits else []  # quick tries only: full keys unchanged
-        return content_key(self.combined_key(), self.nominal_config.outputs, config, EXPORT_VERSION, *limits)
+        return content_key(self.combined_key(), self.nominal_config.outputs, config, EXPORT_VERSION, FIGURE_VERSION,
+                           *limits)
 
     def published_config(self) -> str | None:
         """Path of the config whose outputs are published under :attr:`workdir` (None: nothing published,

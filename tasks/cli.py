@@ -172,9 +172,10 @@ def _parser() -> _Parser:
     cv = sub.add_parser("coverage", epilog=COVERAGE_EPILOG, help="coverage of the per-bin intervals: toys "
                         "from each bin's fitted model, refitted the same way (after run: reuses its fits)")
     cv.add_argument("config", metavar="CONFIG", help="calibration YAML")
-    cv.add_argument("--toys", type=_positive, default=100, metavar="N", help="toys per bin (default 100)")
-    cv.add_argument("--seed", type=int, default=1, metavar="N", help="seed, combined with each bin's key "
-                    "(default 1)")
+    cv.add_argument("--toys", type=_positive, metavar="N", help="toys per bin (default: the config's "
+                    "coverage.toys, else 100)")
+    cv.add_argument("--seed", type=int, metavar="N", help="seed, combined with each bin's key (default: the "
+                    "config's coverage.seed, else 1)")
     cv.add_argument("--workers", type=_positive, metavar="N", help="parallel local workers (default: the "
                     "number of cores)")
     cv.add_argument("--result-dir", metavar="DIR", help="result folder")
@@ -209,8 +210,9 @@ COVERAGE_EPILOG = """\
 Per bin of every sample: N parametric toys from the fitted model with the observed yields (binomial toys for
 counted bins), each measured as the bin was; coverage.csv (pull mean and width, coverage of the efficiency and
 scale-factor intervals, failed toys, coverage_off), coverage.png and coverage.html in
-<result_dir>/<name>/coverage/<key>/. Records are kept per bin: a rerun with the same N and seed refits nothing.
-Methods fit and count only (docs/fits.md, "Coverage").
+<result_dir>/<name>/coverage/<key>/. Records are kept per bin: a rerun with the same N and seed refits nothing,
+and with the config's coverage section (N and seed by default from it) 'calibflow run' has made them already.
+Every method but yield (docs/fits.md, "Coverage").
 
 exit codes:
   0  done (bins flagged coverage_off are results, not failures)
@@ -292,6 +294,17 @@ def _fit_summary(plan: Plan) -> None:
         print(f"  {f'{c.variant} {c.sample}:':<{width + 1}} {c.line()}{gallery}")
 
 
+def _coverage_summary(plan: Plan) -> None:
+    """With the config's ``coverage``: one line per sample and scale factor of the published tables' coverage."""
+    from calibflow.export.coverage import folder_rows, verdicts
+
+    if plan.config.coverage is None:
+        return
+    print("coverage of the ±1σ intervals by toys (coverage columns of the tables, report #coverage):")
+    for line in verdicts(folder_rows(plan.workdir)):
+        print(f"  {line}")
+
+
 LISTED_PER_FOLDER = 30
 """A published folder with more files is one line of the closing list (a fit gallery: a figure per bin)."""
 
@@ -370,6 +383,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"outputs in {plan.workdir}:")
     for line in _listing(manifest["files"]):
         print(f"  {line}")
+    _coverage_summary(plan)
     excluded = [e for entries in plan.excluded_files().values() for e in entries]
     if excluded:
         print(f"calibflow: {len(excluded)} bad input file(s) left out (--skip-bad-files), as excluded_files.txt says:")
@@ -432,6 +446,7 @@ def cmd_fit_bin(args: argparse.Namespace) -> int:
 
 def cmd_coverage(args: argparse.Namespace) -> int:
     """Toys of every bin, refitted; the coverage table, figure and page; one line per sample."""
+    from calibflow.config import CoverageConfig
     from calibflow.export.coverage import verdicts
     from calibflow.tables.rows import read_csv
     from tasks.coverage import CoverageTable
@@ -441,8 +456,9 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     if not os.path.exists(plan.binning_path()):
         raise ConfigError(f"{plan.config_path}: no binning yet in {plan.workdir}; run 'calibflow run' first")
     plan.check_inputs()
-    top = CoverageTable(toys=args.toys, seed=args.seed, config=plan.config_path, result_dir=plan.result_dir,
-                        run_file=plan.run_file)
+    own = plan.config.coverage or CoverageConfig()  # the run's toys and seed: their records are shared
+    top = CoverageTable(toys=args.toys or own.toys, seed=own.seed if args.seed is None else args.seed,
+                        config=plan.config_path, result_dir=plan.result_dir, run_file=plan.run_file)
     workers = args.workers or os.cpu_count() or 1
     if not top.complete() and workers > 1:
         from calibflow.ops.warmup import warm_up

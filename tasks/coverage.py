@@ -6,6 +6,10 @@
   that key). Chunks of :data:`COVERAGE_CHUNK` bins, like FitBin.
 * ``CoverageTable``: every bin of every sample (nominal variant), ``<workdir>/coverage/<key>/coverage.csv``,
   ``coverage.png``, ``coverage.html`` and ``coverage.md`` (:mod:`calibflow.export.coverage`).
+
+With the config's ``coverage`` section the nominal ``EfficiencyTable`` of ``calibflow run`` requires the same
+``CoverageBin`` tasks (:func:`coverage_tasks`), so the run and ``calibflow coverage`` with the same toys and seed
+share their records.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ import b2luigi
 from calibflow.hashing import content_key
 from calibflow.io import jsonio
 from tasks.base import RESULTS_MADE, CalibTask
-from tasks.fit import FillHistograms, FitBin, MakeBinning, SplitByBin, fit_tasks
+from tasks.fit import (
+    FillHistograms,
+    FitBin,
+    MakeBinning,
+    SplitByBin,
+    fit_tasks,
+    reference_inputs,
+    reference_tasks,
+)
 
 COVERAGE_CHUNK = 5
 """Bins per CoverageBin task (each bin: ``toys`` fits, about 1 s per 100 toys of a binned fit)."""
@@ -47,6 +59,7 @@ class CoverageBin(CalibTask):
                 yield t
         per_sample = self.same_content(lambda p: p.hist_key(self.sample))
         yield (SplitByBin if self._candidates() else FillHistograms)(sample=self.sample, **per_sample)
+        yield from reference_tasks(self, self.sample, self.bin_index, self.bin_count)  # templates, constraints
 
     _candidates = FitBin._candidates  # whether the sample's fits read candidates (else histograms)
 
@@ -81,13 +94,15 @@ class CoverageBin(CalibTask):
         if todo and not self._candidates():
             hists = read_bins(plan.hist_path(self.sample), self.bin_index, self.bin_index + len(bins))
         keys = self.keys()
+        references = reference_inputs(plan, self.sample, self.bin_index, [b.key for b in bins]) if todo else []
         self._made = 0
         for k in todo:
             b = bins[k]
             data = ({"hist": hists[k]} if hists is not None
                     else {"cands": read_bin_candidates(plan.split_path(self.sample), b.index)})
             record = bin_coverage(sample.method, plan.fit_config(b.key), jsonio.load_numbers(fits[k]), self.toys,
-                                  toy_seed(keys[k]), interval=sample.interval, **data)
+                                  toy_seed(keys[k]), interval=sample.interval,
+                                  reference=references[k] if references else None, **data)
             jsonio.write_record(self.record_paths()[k], {**record, "bin": b.label()})
             self._made += 1
 
@@ -118,24 +133,32 @@ class CoverageTable(CalibTask):
 
         return self.target(os.path.join(self.folder(), CSV))
 
-    def bin_tasks(self) -> list[CoverageBin]:
-        """CoverageBin tasks of every sample and bin (the binning must exist)."""
-        n = len(self.plan.load_scheme())
-        return [CoverageBin(sample=s, bin_index=i, bin_count=min(COVERAGE_CHUNK, n - i), toys=self.toys,
-                            seed=self.seed, **self.common())
-                for s in self.plan.config.samples for i in range(0, n, COVERAGE_CHUNK)]
-
     def run(self):
         from calibflow.export.coverage import write_coverage
 
         plan = self.plan
-        tasks = self.bin_tasks()
+        tasks = coverage_tasks(self, self.toys, self.seed)
         yield tasks  # dynamic dependencies: the bins are known once the binning exists
-        results, records = {}, {}
-        for t in tasks:
-            fits = plan.fit_paths(t.sample, plan.bin_keys()[t.bin_index : t.bin_index + t.bin_count])
-            for i, fit, rec in zip(range(t.bin_index, t.bin_index + t.bin_count), fits, t.record_paths(), strict=True):
-                results[(t.sample, i)] = jsonio.load_numbers(fit)
-                records[(t.sample, i)] = jsonio.load_numbers(rec)
+        results, records = coverage_outputs(tasks)
         write_coverage(self.folder(), f"Coverage of {plan.config.name}", plan.load_scheme(), results, records,
                        plan.scale_factor_pairs())
+
+
+def coverage_tasks(task: CalibTask, toys: int, seed: int) -> list[CoverageBin]:
+    """CoverageBin tasks of every sample and bin of ``task``'s plan (the binning must exist)."""
+    n = len(task.plan.load_scheme())
+    return [CoverageBin(sample=s, bin_index=i, bin_count=min(COVERAGE_CHUNK, n - i), toys=toys, seed=seed,
+                        **task.common())
+            for s in task.plan.config.samples for i in range(0, n, COVERAGE_CHUNK)]
+
+
+def coverage_outputs(tasks: list[CoverageBin]) -> tuple[dict[tuple[str, int], dict], dict[tuple[str, int], dict]]:
+    """(fit results, coverage records) of every (sample, bin) of ``tasks`` (done)."""
+    results, records = {}, {}
+    for t in tasks:
+        plan = t.plan
+        fits = plan.fit_paths(t.sample, plan.bin_keys()[t.bin_index : t.bin_index + t.bin_count])
+        for i, fit, rec in zip(range(t.bin_index, t.bin_index + t.bin_count), fits, t.record_paths(), strict=True):
+            results[(t.sample, i)] = jsonio.load_numbers(fit)
+            records[(t.sample, i)] = jsonio.load_numbers(rec)
+    return results, records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import b2luigi
@@ -14,7 +15,8 @@ from tasks.base import RESULTS_MADE, CalibTask
 from tasks.prep import PrepareTuple
 
 if TYPE_CHECKING:
-    from calibflow.fit.histograms import BinHistograms
+    from calibflow.binning.scheme import Bin
+    from calibflow.fit.histograms import BinCandidates, BinHistograms
     from calibflow.plan import Plan
 
 
@@ -101,6 +103,39 @@ FIGURES_DRAWN = "fit figures drawn:"
 """Start of the log line of a FitBin task that drew figures: ``fit figures drawn: <n>, <k> failed, in <t> s
 (cpu <c> s)`` (read by ``benchmarks/plots.py``)."""
 
+@dataclass
+class Figures:
+    """The fit figures a task draws right after its fits (``fit.plots``: every bin, or only those not ``ok``),
+    counted for the task's log line (:data:`FIGURES_DRAWN`): ``drawn``, ``failed``, ``wall`` and ``cpu`` (s)."""
+
+    drawn: int = 0
+    failed: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def draw(self, plan: Plan, sample: str, b: Bin, data: BinHistograms | BinCandidates, result: dict[str, Any],
+             figure: str, constraint: bool = False) -> None:
+        """Draw bin ``b``'s figure into ``figure`` if ``fit.plots`` asks for it (``constraint``: the simulation
+        fit of ``fit.constrain``); a failure is logged and left beside it, never raised."""
+        from calibflow.fit.plots import plot_bin
+
+        if plan.config.fit.plots != "all" and result["status"] == "ok":
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        error = plot_bin(plan.config, sample, b, data, result, figure, plan.plot_error_path(figure), constraint)
+        self.wall, self.cpu = self.wall + time.perf_counter() - t0, self.cpu + time.process_time() - c0
+        self.drawn += 1
+        if error is not None:  # reported, never fatal: the gallery shows it
+            self.failed += 1
+            logging.getLogger("calibflow.task").warning("bin %d (%s): figure failed: %s", b.index, b.label(), error)
+
+    def log(self) -> None:
+        """The task's log line, if it drew any figure."""
+        if self.drawn:
+            logging.getLogger("calibflow.task").info("%s %d, %d failed, in %.3f s (cpu %.3f s)", FIGURES_DRAWN,
+                                                     self.drawn, self.failed, self.wall, self.cpu)
+
+
 FIT_CHUNK = 20
 """Bins per FitBin task of the tables. luigi's cost per task (several ms in the scheduling process, growing
 with the number of tasks in the graph, plus the task process's own checks and log) is that of a binned
@@ -160,7 +195,6 @@ class FitBin(CalibTask):
     def run(self) -> None:
         from calibflow.fit.histograms import read_bin_candidates, read_bins
         from calibflow.fit.measure import measure_bin
-        from calibflow.fit.plots import plot_bin
 
         plan = self.plan
         cfg = plan.config
@@ -175,7 +209,7 @@ class FitBin(CalibTask):
         references = reference_inputs(plan, self.sample, self.bin_index, [b.key for b in bins]) if todo else []
         self._made = 0
         failures = []
-        drawn, plot_errors, plot_time, plot_cpu = 0, 0, 0.0, 0.0
+        drawing = Figures()
         for k in todo:
             b = bins[k]
             data: dict = ({"hist": hists[k]} if hists is not None
@@ -193,19 +227,10 @@ class FitBin(CalibTask):
             result["bin"] = b.label()
             jsonio.write_record(paths[k], result, indent=1)
             self._made += 1
-            if figures and (cfg.fit.plots == "all" or result["status"] != "ok"):
-                t0, c0 = time.perf_counter(), time.process_time()
-                shown = data["hist"] if "hist" in data else data["cands"]
-                error = plot_bin(cfg, self.sample, b, shown, result, figures[k], plan.plot_error_path(figures[k]))
-                plot_time, plot_cpu = plot_time + time.perf_counter() - t0, plot_cpu + time.process_time() - c0
-                drawn += 1
-                if error is not None:  # reported, never fatal: the gallery shows it
-                    plot_errors += 1
-                    logging.getLogger("calibflow.task").warning("bin %d (%s): figure failed: %s", b.index,
-                                                                b.label(), error)
-        if drawn:
-            logging.getLogger("calibflow.task").info("%s %d, %d failed, in %.3f s (cpu %.3f s)", FIGURES_DRAWN, drawn,
-                                                     plot_errors, plot_time, plot_cpu)
+            if figures:
+                drawing.draw(plan, self.sample, b, data["hist"] if "hist" in data else data["cands"], result,
+                             figures[k])
+        drawing.log()
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(todo)} bin(s) failed; " + failures[0])
 
@@ -226,9 +251,11 @@ class FitBin(CalibTask):
 class ConstraintFit(CalibTask):
     """Fits of the simulation ``fit.constrain.from`` in bins ``bin_index`` to ``bin_index + bin_count - 1`` (the
     bins' fit sections without ``constrain``), one result per bin keyed by :meth:`calibflow.plan.Plan.constraint_keys`:
-    the constraints of the data fits of those bins."""
+    the constraints of the data fits of those bins. Each fit gets its figure as ``FitBin``'s do
+    (:meth:`calibflow.plan.Plan.constraint_figure_paths`, ``fit.plots``), shown in the gallery
+    :meth:`calibflow.plan.Plan.constraint_gallery_dir`."""
 
-    pool_preload = ("calibflow.fit.measure",)
+    pool_preload = ("calibflow.fit.measure", "calibflow.fit.plots")
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
 
@@ -260,8 +287,10 @@ class ConstraintFit(CalibTask):
         assert fit.constrain is not None
         bins = plan.load_scheme().bins[self.bin_index : self.bin_index + self.bin_count]
         paths = plan.constraint_paths([b.key for b in bins])
+        figures = plan.constraint_figure_paths([b.key for b in bins]) if fit.plots != "none" else []
         hists = read_bins(plan.hist_path(fit.constrain.from_), self.bin_index, self.bin_index + len(bins))
         templates = _templates(plan, self.bin_index, len(bins))
+        drawing = Figures()
         for k, b in enumerate(bins):
             if os.path.exists(paths[k]):
                 continue
@@ -269,6 +298,9 @@ class ConstraintFit(CalibTask):
             result = measure_bin("fit", plan.constraint_fit_config(b.key), hist=hists[k], reference=reference)
             result["bin"] = b.label()
             jsonio.write_record(paths[k], result, indent=1)
+            if figures:
+                drawing.draw(plan, fit.constrain.from_, b, hists[k], result, figures[k], constraint=True)
+        drawing.log()
 
 
 def _templates(plan: Plan, start: int, count: int) -> list[BinHistograms]:

@@ -15,7 +15,8 @@ DONE = "tables.done"
 
 
 class EfficiencyTable(CalibTask):
-    """Collect every per-bin result of one variant into efficiencies/scale_factors/closure CSVs."""
+    """Collect every per-bin result of one variant into efficiencies/scale_factors/closure CSVs; with the config's
+    ``coverage`` (nominal variant), the toys of every bin first and their columns in the tables."""
 
     def requires(self):
         yield MakeBinning(**self.same_content(lambda p: p.binning_key()))
@@ -44,13 +45,20 @@ class EfficiencyTable(CalibTask):
         for t in fits:
             for i, path in zip(t.bin_indices(), t.result_paths(), strict=True):
                 results[(t.sample, i)] = load_numbers(path)
+        coverage = None
+        if plan.coverage() is not None:  # the config's coverage section: toys of every bin, then the columns
+            from tasks.coverage import coverage_outputs, coverage_tasks
+
+            toys = coverage_tasks(self, plan.coverage().toys, plan.coverage().seed)
+            yield toys
+            coverage = coverage_outputs(toys)[1]
         truth = {}
         hists = self.closure_histograms()
         if hists:
             yield hists
             truth = {h.sample: read_truth(h.output().path) for h in hists}
         before = folder_files(plan.table_dir())
-        write_tables(plan.table_dir(), plan.load_scheme(), results, plan.scale_factor_pairs(), truth)
+        write_tables(plan.table_dir(), plan.load_scheme(), results, plan.scale_factor_pairs(), truth, coverage)
         seal(self, plan.table_key(), before)
 
 

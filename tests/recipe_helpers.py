@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe(name: str) -> dict[str, Any]:
-    """``task_configs/<name>.yaml`` as a dict (a fresh copy)."""
-    return copy.deepcopy(yaml.safe_load((ROOT / "task_configs" / f"{name}.yaml").read_text()))
+    """``task_configs/<name>.yaml`` as a dict (a fresh copy), its relative lumi masks made absolute."""
+    d = copy.deepcopy(yaml.safe_load((ROOT / "task_configs" / f"{name}.yaml").read_text()))
+    for s in d["samples"].values():
+        if s.get("lumi_mask"):
+            s["lumi_mask"] = str(ROOT / "task_configs" / s["lumi_mask"])
+    return d
 
 
 def shrink(d: dict[str, Any], candidates: dict[str, int], edges: dict[str, list[float]]) -> dict[str, Any]:

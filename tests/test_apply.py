@@ -113,3 +113,17 @@ def test_apply_config_errors(tmp_path: Path, demo_run: Path) -> None:
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=r"no expression for correction input\(s\) \['eta'\]"):
         load_apply_config(tmp_path / "a.yaml")
+
+
+def test_default_variations_of_a_per_bin_correction_are_the_merged_ones(tmp_path: Path) -> None:
+    """A correction with per-bin statistical categories (issue 20): by default every merged category is applied,
+    the per-bin ones only when listed in ``variations``."""
+    from calibflow.apply import _categories
+    from calibflow.binning.scheme import BinningScheme
+    from calibflow.export.correctionlib import build_correction, write_correction_set
+
+    scheme = BinningScheme.product([("pt", [10, 20, 50])])
+    cats = {"nominal": {0: 1.0, 1: 0.9}, "up": {0: 1.1, 1: 1.0}, "down": {0: 0.9, 1: 0.8}}
+    corr = build_correction("c", scheme, cats, per_bin={"stat_data_bin{k}_up": {0: 1.05, 1: 0.95}})
+    write_correction_set(tmp_path / "c.json", [corr])
+    assert _categories(str(tmp_path / "c.json"), "c") == ["up", "down"]

@@ -209,3 +209,68 @@ def test_methods_and_the_sections_they_need() -> None:
     assert parse_config(d).scale_factor_pairs == []  # the only simulation measures a yield
     d["reference"] = "mc"
     assert "reference: sample 'mc' has method yield, which measures no efficiency" in _error(d)
+
+
+def _with_sources(combine: str, *sources: dict) -> dict:
+    d = demo_dict()
+    d["systematics"] = {"combine": combine, "sources": list(sources)}
+    return d
+
+
+def _alt(name: str, **extra: object) -> dict:
+    return {"name": name, "vary": {"fit": {"background": "chebyshev2"}}, **extra}
+
+
+def test_combination_conventions_and_their_roles() -> None:
+    """quadrature is quadrature_max; an EGM convention needs the EGM role of every source (given, or the
+    source's name), one source per role, one-sided, and egm_2023 its three alternative fits (issue 20)."""
+    assert parse_config(_with_sources("quadrature")).systematics.combine == "quadrature_max"
+    fits = [_alt("altSig"), _alt("altBkg"), _alt("bkgsig", role="altSigBkg")]
+    cfg = parse_config(_with_sources("egm_2023", *fits, _alt("altMC")))
+    assert [s.egm_role for s in cfg.systematics.sources] == ["altSig", "altBkg", "altSigBkg", "altMC"]
+    assert ("systematics: sources[0] (sigmodel).role: combine egm_classic needs the EGM role of every source"
+            in _error(_with_sources("egm_classic", _alt("sigmodel"))))
+    assert ("systematics: sources[2] (bkgsig).role: altSigBkg is not part of egm_classic"
+            in _error(_with_sources("egm_classic", *fits)))
+    assert ("systematics: sources[1] (other).role: altSig is the role of 'altSig' already"
+            in _error(_with_sources("egm_classic", _alt("altSig"), _alt("other", role="altSig"))))
+    two_sided = {"name": "altMC", "up": {"fit": {}}, "down": {"fit": {}}}
+    assert "sources[0] (altMC): an EGM role takes one alternative" in _error(_with_sources("egm_classic", two_sided))
+    assert ("systematics: sources: combine egm_2023 needs a source of each role altSig, altBkg, altSigBkg; "
+            "missing: altSigBkg" in _error(_with_sources("egm_2023", *fits[:2])))
+    mixed = [*fits[:2], _alt("bkgsig", role="altSigBkg", applies_to=["data"])]
+    assert "give them the same applies_to" in _error(_with_sources("egm_2023", *mixed))
+    assert "systematics.combine: Input should be" in _error(_with_sources("egm"))
+    assert "systematics.sources[0].role: Input should be 'altSig'" in _error(
+        _with_sources("quadrature_max", _alt("x", role="altsig")))
+
+
+def test_applies_to() -> None:
+    cfg = parse_config(_with_sources("quadrature_max", _alt("a", applies_to=["sf", "data"])))
+    assert cfg.systematics.sources[0].applies_to == ["sf", "data"]
+    assert "systematics.sources[0].applies_to: ['mc', 'mc']: name each of data, mc, sf at most once" in _error(
+        _with_sources("quadrature_max", _alt("a", applies_to=["mc", "mc"])))
+    assert "systematics.sources[0].applies_to[0]: Input should be 'data', 'mc' or 'sf'" in _error(
+        _with_sources("quadrature_max", _alt("a", applies_to=["simulation"])))
+    assert "systematics.sources[0].applies_to: List should have at least 1 item" in _error(
+        _with_sources("quadrature_max", _alt("a", applies_to=[])))
+
+
+def test_correctionlib_output_forms() -> None:
+    """outputs.correctionlib: true/false as before, or {stat: merged|per_bin|both}; {stat: merged} is true."""
+    for given, stat in ((True, "merged"), (False, None), ({"stat": "merged"}, "merged"), ({}, "merged"),
+                        ({"stat": "per_bin"}, "per_bin"), ({"stat": "both"}, "both")):
+        d = demo_dict()
+        d["outputs"]["correctionlib"] = given
+        outputs = parse_config(d).outputs
+        assert outputs.correctionlib_stat == stat, given
+        if stat == "merged":
+            assert outputs.correctionlib is True  # the same dump, and export key, as true
+    for given, msg in (({"stat": "perbin"}, "outputs.correctionlib: stat: 'perbin' is not one of merged, per_bin, "
+                                            "both (did you mean 'per_bin'?)"),
+                       ({"stats": "both"}, "outputs.correctionlib: 'stats' is not an option of outputs.correctionlib "
+                                           "(did you mean 'stat'?)"),
+                       ("yes", "outputs.correctionlib: give true, false or a mapping {stat: merged|per_bin|both}")):
+        d = demo_dict()
+        d["outputs"]["correctionlib"] = given
+        assert msg in _error(d), given

@@ -17,7 +17,9 @@ not (the new fit options ``fail_gauss``, ``overrides`` and ``gof`` are left out 
 defaults, and readers of older results compute the χ² p-value from their χ² and ndof). Issue 17 bumped
 ``PREP_VERSION`` to 2 (expression semantics: boolean addition counts, integers never wrap, constants beyond 64 bits
 are floats; and checksummed HDF5): every prepared tuple and everything after it changed (histograms, fits, tables);
-toy inputs and the given binning did not. The export key holds the config file's path and
+toy inputs and the given binning did not. Issue 20 added ``applies_to`` and ``role`` per systematic source (left out of
+the source's dump at their defaults), the alias ``quadrature`` (stored as ``quadrature_max``) and
+``outputs.correctionlib: {stat: ...}`` (``{stat: merged}`` is stored as ``true``): no key changed. The export key holds the config file's path and
 bytes, so it is not pinned by value but by what changes it.
 """
 
@@ -130,3 +132,22 @@ def test_export_key_follows_the_config_file_not_the_result_folder(write_config, 
     assert Plan.create(path, tmp_path / "r2").export_key() == key
     path.write_text(path.read_text() + "# a comment\n")
     assert Plan.create(path, tmp_path / "r1").export_key() != key
+
+
+def test_uncertainty_options_at_their_defaults_keep_the_keys(write_config, tmp_path: Path) -> None:
+    """Issue 20's options at their defaults (``applies_to`` all three quantities, no ``role``, ``quadrature`` for
+    ``quadrature_max``, ``outputs.correctionlib: {stat: merged}`` for ``true``) leave every key unchanged; a
+    used option changes the combined key only."""
+    from tests.conftest import demo_dict
+
+    d = demo_dict()
+    d["systematics"]["combine"] = "quadrature"
+    d["systematics"]["sources"][0].update(applies_to=["sf", "mc", "data"], role=None)
+    d["outputs"]["correctionlib"] = {"stat": "merged"}
+    path = write_config(d, "defaults.yaml")
+    assert demo_keys(path, tmp_path / "r") == RECORDED
+    assert Plan.create(path, tmp_path / "r").nominal_config.outputs == Plan.create(DEMO, tmp_path / "r").nominal_config.outputs
+    d["systematics"]["sources"][0]["applies_to"] = ["sf"]
+    keys = demo_keys(write_config(d, "used.yaml"), tmp_path / "r")
+    assert keys["combined"] != RECORDED["combined"]
+    assert {k: v for k, v in keys.items() if k != "combined"} == {k: v for k, v in RECORDED.items() if k != "combined"}

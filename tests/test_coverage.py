@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from calibflow.config import FitConfig
+from calibflow.config import ConstrainConfig, FitConfig
 from calibflow.export.coverage import CSV, HTML, MARKDOWN, PNG, is_flagged, sf_summary
 from calibflow.fit.coverage import (
     NOMINAL,
@@ -24,6 +24,9 @@ from calibflow.fit.coverage import (
     toy_counts,
     toy_histograms,
     toy_seed,
+    toy_sideband,
+    toy_sweights,
+    toy_tistos,
 )
 from calibflow.fit.histograms import BinCandidates, BinHistograms
 from calibflow.fit.measure import measure_bin
@@ -189,13 +192,16 @@ def test_unbinned_fit_toys_are_refitted_unbinned() -> None:
     assert seen == ["cands"] * 4 and rec["eff_n_failed"] == 0 and sum(rec["toy_statuses"].values()) == 4
 
 
-def test_methods_without_a_model_are_skipped_with_the_reason() -> None:
-    rec = bin_coverage("sideband", FitConfig(), {"efficiency": 0.5, "status": "ok"}, 10, 1)
-    assert rec["n_toys"] == 0 and "sideband" in rec["skipped"] and not rec["eff_off"]
+def test_bins_without_a_model_are_skipped_with_the_reason() -> None:
+    rec = bin_coverage("yield", FitConfig(), {"efficiency": math.nan, "status": "ok"}, 10, 1)
+    assert rec["n_toys"] == 0 and "method yield" in rec["skipped"] and not rec["eff_off"]
     rec = bin_coverage("fit", FitConfig(), {"efficiency": math.nan, "status": "empty_bin"}, 10, 1)
     assert "empty_bin" in rec["skipped"]
-    template = FitConfig.model_construct(**{**dict(FitConfig()), "signal": "template"})
-    assert "template" in bin_coverage("fit", template, {"efficiency": 0.5, "status": "ok"}, 10, 1)["skipped"]
+    rec = bin_coverage("sideband", FitConfig(), {"efficiency": 0.5, "status": "ok"}, 10, 1)  # no histograms given
+    assert rec["skipped"] == "no generative model: ValueError: method sideband needs the bin's histograms"
+    rec = bin_coverage("sweights", GAUSS, {"efficiency": 0.5, "status": "ok", "values": {}}, 10, 1,
+                       cands=BinCandidates(np.ones(3), np.ones(3, bool), np.ones(3), True, 0.0, 2.0))
+    assert "weighted candidates" in rec["skipped"]
     assert toy_seed("a") != toy_seed("b") and toy_seed("a") == toy_seed("a")
 
 
@@ -270,3 +276,278 @@ def test_a_failing_bin_fails_the_command_with_exit_1(small_run: tuple[Path, Path
     cfg, res = small_run
     assert main(["coverage", str(cfg), "--toys", "3", "--workers", "1", "--result-dir", str(res), "--quiet"]) == 1
     assert "toy generator broken" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ every method
+def covers(rec: dict[str, Any], n: int) -> None:
+    """The record of ``n`` toys covers 68.27 % within 3 binomial σ, no toy failed, pulls of unit width."""
+    assert rec["skipped"] == "" and rec["eff_n_toys"] == n and rec["eff_n_failed"] == 0, rec["skipped"]
+    assert within_3_sigma(rec["eff_coverage"], n), rec["eff_coverage"]
+    assert 0.8 < rec["eff_pull_width"] < 1.2 and not rec["eff_off"], (rec["eff_pull_width"], rec["eff_reason"])
+
+
+def test_sweighted_bin_covers() -> None:
+    """Method sweighted: binomial toys of the effective counts, measured with the sWeighted (PIDCalib2) variance."""
+    hist = counted_bin(5000, 3500)
+    rec = bin_coverage("sweighted", FitConfig(), measure_bin("sweighted", FitConfig(), hist=hist), 300, 4, hist=hist)
+    covers(rec, 300)
+
+
+SIDEBAND_EDGES = np.linspace(2950.0, 3250.0, 101)
+
+
+@pytest.mark.parametrize("background", ["flat", "fitted"])
+def test_sideband_bin_covers(background: str) -> None:
+    """A Gaussian peak on a falling background, subtracted in the windows: Poisson toys of the observed counts."""
+    rng = np.random.default_rng(6)
+    sig = rng.normal(3097.0, 12.0, 4000)
+    bkg = 2950.0 + rng.exponential(400.0, 12000)
+    bkg = bkg[bkg < 3250.0]
+    h = np.zeros((2, 100))
+    for m, eff in ((sig, 0.8), (bkg, 0.4)):
+        passed = rng.random(m.size) < eff
+        h += np.stack([np.histogram(m[passed], SIDEBAND_EDGES)[0], np.histogram(m[~passed], SIDEBAND_EDGES)[0]])
+    hist = BinHistograms(SIDEBAND_EDGES, h, h.copy(), False)
+    fit = FitConfig(sideband={"signal": [3070, 3124], "sidebands": [[2962, 3016], [3178, 3232]],
+                              "background": background})
+    result = measure_bin("sideband", fit, hist=hist)
+    assert result["status"] == "ok"
+    covers(bin_coverage("sideband", fit, result, 300, 2, hist=hist), 300)
+    toy = next(iter(toy_sideband(hist, 1, np.random.default_rng(0))))
+    assert toy.sumw.shape == hist.sumw.shape and np.all(toy.sumw[hist.sumw == 0] == 0)
+
+
+def tistos_bin(n: int = 6000, weight: float | None = None, seed: int = 3) -> BinCandidates:
+    """Triggered candidates: TIS with probability 0.4, TOS 0.7, independent; 5 % triggered by neither."""
+    rng = np.random.default_rng(seed)
+    tis, tos = rng.random(n) < 0.4, rng.random(n) < 0.7
+    trig = tis | tos | (rng.random(n) < 0.05)
+    tis, tos = tis[trig], tos[trig]
+    k = int(trig.sum())
+    w = np.full(k, weight if weight else 1.0)
+    return BinCandidates(np.full(k, 3100.0), tis & tos, w, weight is not None, 2950.0, 3250.0,
+                         {"tis": tis, "tos": tos, "trigger": np.ones(k, bool)})
+
+
+@pytest.mark.parametrize("which, weight", [("tos", None), ("tis", None), ("trigger", None), ("tos", 0.5)])
+def test_tistos_bin_covers(which: str, weight: float | None) -> None:
+    """Poisson toys of the four disjoint classes, for each efficiency of the method (weighted: scaled Poisson)."""
+    cands = tistos_bin(weight=weight)
+    fit = FitConfig(tistos={"tis": "TIS", "tos": "TOS", "efficiency": which})
+    result = measure_bin("tistos", fit, cands=cands)
+    assert result["status"] == "ok"
+    rec = bin_coverage("tistos", fit, result, 400, 8, cands=cands)
+    covers(rec, 400)
+    if weight is not None:  # each toy candidate weighs 1/s = 0.5, the class sums keep the observed scale
+        toy = next(iter(toy_tistos(cands, 1, np.random.default_rng(0))))
+        assert np.allclose(toy.weight, 0.5) and abs(toy.weight.sum() - cands.weight.sum()) < 5 * math.sqrt(cands.weight.size)
+
+
+def test_sweights_bin_covers() -> None:
+    """Method sweights: candidates of the sPlot fit's signal and background, passing with ε and the observed
+    background pass fraction; every toy fitted for its sWeights again (sandwich variance)."""
+    rng = np.random.default_rng(5)
+    sig, bkg = rng.normal(3097.0, 12.0, 1500), 2900.0 + rng.exponential(300.0, 3000)
+    bkg = bkg[bkg < 3300.0]
+    mass = np.concatenate([sig, bkg])
+    passed = np.concatenate([rng.random(sig.size) < 0.75, rng.random(bkg.size) < 0.3])
+    cands = BinCandidates(mass, passed, np.ones(mass.size), False, 2900.0, 3300.0)
+    result = measure_bin("sweights", GAUSS, cands=cands)
+    assert result["status"] == "ok"
+    toys = list(toy_sweights(result, GAUSS, cands, 20, np.random.default_rng(1)))
+    n_pass = np.mean([t.passed.sum() for t in toys])
+    assert abs(n_pass - passed.sum()) < 4 * math.sqrt(passed.sum() / 20)  # the background pass fraction kept
+    covers(bin_coverage("sweights", GAUSS, result, 150, 3, cands=cands), 150)
+
+
+def _template_bin(seed: int = 4) -> tuple[BinHistograms, BinHistograms]:
+    """(data, simulation) histograms: a radiative-tail peak (simulation: 100k pass, 50k fail) and in the data the
+    same peak smeared by 3 MeV, ε = 0.8, on exponential backgrounds."""
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(2950.0, 3250.0, 101)
+
+    def peak(n: int) -> np.ndarray:
+        return np.where(rng.random(n) < 0.75, rng.normal(3097.0, 9.0, n), 3097.0 - rng.exponential(30.0, n))
+
+    mc = np.stack([np.histogram(peak(k), edges)[0] for k in (100_000, 50_000)]).astype(float)
+    sig = peak(8000) + rng.normal(0.0, 3.0, 8000)
+    passed = rng.random(8000) < 0.8
+    data = np.stack([np.histogram(np.concatenate([sig[passed], 2950.0 + rng.exponential(250.0, 2000)]), edges)[0],
+                     np.histogram(np.concatenate([sig[~passed], 2950.0 + rng.exponential(150.0, 4000)]), edges)[0]])
+    return BinHistograms(edges, data.astype(float), data.astype(float), False), BinHistograms(edges, mc, mc.copy(), False)
+
+
+def test_template_fit_covers() -> None:
+    """fit.signal template: toys from the fitted model with the bin's templates, refitted with the same templates."""
+    hist, mc = _template_bin()
+    fit = FitConfig(signal="template", background="exponential", template={"from": "mc"})
+    reference = {"template": mc}
+    result = measure_bin("fit", fit, hist=hist, reference=reference)
+    assert result["status"] == "ok"
+    seen: list[bool] = []
+
+    def measure(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append(kwargs.get("reference") is reference)
+        return measure_bin(*args, **kwargs)
+
+    rec = bin_coverage("fit", fit, result, 150, 6, hist=hist, reference=reference, measure=measure)
+    assert all(seen) and len(seen) == 150
+    covers(rec, 150)
+
+
+def test_constrained_fit_covers() -> None:
+    """fit.constrain: the toys are refitted with the same constraint (centre and width of the simulation fit)."""
+    hist = fitted_bin(seed=9, n_sig=6000)
+    mc = fitted_bin(seed=10, n_sig=40000)
+    simulation = measure_bin("fit", GAUSS, hist=mc)
+    fit = GAUSS.model_copy(update={"constrain": ConstrainConfig(**{"from": "mc", "parameters": ["sigma"]})})
+    reference = {"constraint": simulation}
+    result = measure_bin("fit", fit, hist=hist, reference=reference)
+    assert result["status"] == "ok" and "sigma" in result["constraints"]
+    covers(bin_coverage("fit", fit, result, 200, 7, hist=hist, reference=reference), 200)
+
+
+# ------------------------------------------------------------------------------------------ the tables
+def _record(eff0: float, values: list[float], err: float) -> dict[str, Any]:
+    n = len(values)
+    rec = {"generating_efficiency": eff0, "efficiency": values, "err_down": [err] * n, "err_up": [err] * n,
+           "skipped": ""}
+    return {**rec, **summarise(eff0, np.array(values), np.full(n, err), np.full(n, err)).to_dict("eff_")}
+
+
+def test_table_columns_and_flags() -> None:
+    """Coverage columns in both tables; coverage_off in fit_status (ε) and as a status part (scale factor)."""
+    from calibflow.tables.coverage import COLUMNS, add_efficiency_coverage, add_scale_factor_coverage
+    from calibflow.tables.rows import scale_factor_rows
+
+    rng = np.random.default_rng(3)
+    good = list(rng.normal(0.8, 0.02, 400))
+    narrow = list(rng.normal(0.9, 0.02, 400))  # errors of 0.01 for a spread of 0.02: under-covering
+    records = {("data", 0): _record(0.8, good, 0.02), ("mc", 0): _record(0.9, narrow, 0.01),
+               ("data", 1): {**_record(0.8, [], 0.02), "eff_n_toys": 0, "skipped": "method yield"}}
+    eff = [{"sample": s, "bin": b, "efficiency": e, "err_down": 0.02, "err_up": 0.02, "fit_status": st}
+           for s, b, e, st in (("data", 0, 0.8, "ok"), ("mc", 0, 0.9, "chi2"), ("data", 1, 0.8, "ok"),
+                               ("mc", 1, 0.9, "ok"))]
+    add_efficiency_coverage(eff, records)
+    assert all(set(COLUMNS) <= r.keys() for r in eff)
+    assert eff[0]["fit_status"] == "ok" and within_3_sigma(eff[0]["coverage"], 400)
+    assert eff[1]["fit_status"] == "chi2,coverage_off:under_coverage+pull_width" and eff[1]["coverage_toys"] == 400
+    assert eff[2]["coverage_toys"] == 0 and math.isnan(eff[2]["coverage"]) and eff[3]["coverage_toys"] == 0
+    sf = scale_factor_rows(eff, "data", "mc")
+    add_scale_factor_coverage(sf, records)
+    assert sf[0]["status"].startswith("ok|chi2,coverage_off:under_coverage")  # the simulation's ε flag
+    assert sf[0]["status"].endswith("|coverage_off:sf_under_coverage+sf_pull_width") and sf[0]["coverage"] < 0.6
+    assert sf[1]["status"] == "ok" and sf[1]["coverage_toys"] == 0
+    from calibflow.export.coverage import off_reasons_of, table_rows
+
+    assert off_reasons_of(sf[0]["status"], scale_factor=True) == ["sf_under_coverage", "sf_pull_width"]
+    assert off_reasons_of(sf[0]["status"]) == ["under_coverage", "pull_width"]
+    rows = table_rows(eff, sf)
+    assert [r["sample"] for r in rows] == ["ε data", "ε mc", "ε data", "ε mc", "scale factor data/mc",
+                                          "scale factor data/mc"]
+    assert [r["coverage_off"] for r in rows] == [False, True, False, False, True, False]
+
+
+def test_coverage_keys_only_where_set(tmp_path: Path) -> None:
+    """Without coverage the table key is that of a config without the section; with it, only the nominal
+    table key (and what follows from it) changes, never a fit key."""
+    import yaml
+
+    from calibflow.plan import Plan
+
+    d = small_demo_dict()
+    d["working_points"] = {"tight": "probe_score > 0.5"}
+    keys = {}
+    for name, extra in (("plain", {}), ("with", {"coverage": {"toys": 50}}), ("seed", {"coverage": {"toys": 50,
+                                                                                                  "seed": 2}})):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({**d, **extra}, sort_keys=False))
+        plan = Plan.create(cfg, tmp_path / "res")
+        wp = plan.with_variant(plan.all_variants()[0])
+        keys[name] = (plan.table_key(), wp.table_key(), plan.fit_key("data", "b"), plan.coverage())
+    assert keys["plain"][3] is None and keys["with"][3].toys == 50
+    assert len({keys[n][0] for n in keys}) == 3  # nominal tables: toys and seed in the key
+    assert len({keys[n][1] for n in keys}) == 1 and len({keys[n][2] for n in keys}) == 1  # working point, fits
+
+
+# ------------------------------------------------------------------------------------------ calibflow run
+@pytest.fixture(scope="module")
+def run_with_coverage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The small demo with ``coverage: {toys: 6}``, run once (config path, published folder)."""
+    import yaml
+
+    from tasks.cli import main
+
+    tmp = tmp_path_factory.mktemp("run_coverage")
+    d = small_demo_dict()
+    d["coverage"] = {"toys": 6}
+    cfg = tmp / "small.yaml"
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    assert main(["run", str(cfg), "--workers", "2", "--result-dir", str(tmp / "res"), "--quiet"]) == 0
+    return cfg, tmp / "res" / "small_demo"
+
+
+def test_run_with_coverage_fills_tables_and_report(run_with_coverage: tuple[Path, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from calibflow.tables.coverage import COLUMNS
+    from tasks.cli import main
+
+    cfg, out = run_with_coverage
+    eff, sf = read_csv(out / "efficiencies.csv"), read_csv(out / "scale_factors.csv")
+    assert len(eff) == 12 and all(r["coverage_toys"] == 6 and set(COLUMNS) <= r.keys() for r in eff)
+    assert all(0 <= r["coverage"] <= 1 for r in eff) and all(r["coverage_toys"] == 6 for r in sf)
+    off = [r for r in eff if "coverage_off:" in str(r["fit_status"])]
+    assert all(r["coverage"] < 0.3 or r["coverage"] == 1 or r["coverage_pull_width"] > 1.2
+               or r["coverage_pull_width"] < 0.8 for r in off)
+    import json
+
+    master = json.loads((out / "calibration.json").read_text())
+    assert "coverage" in master["tables"]["efficiencies"][0]
+    page = (out / "report.html").read_text()
+    section = page[page.index('<section id="coverage">'):]
+    section = section[: section.index("</section>")]
+    assert "data: 6 bin(s) x 6 toys" in section and "scale factor data/mc" in section
+    assert "plots/coverage.png" in section and (out / "plots" / "coverage.png").is_file()
+    assert "## Coverage" in (out / "report.md").read_text()
+    capsys.readouterr()  # a rerun (nothing to do) closes with the coverage lines
+    assert main(["run", str(cfg), "--workers", "1", "--result-dir", str(out.parent), "--quiet"]) == 0
+    closing = capsys.readouterr().out
+    assert "coverage of the ±1σ intervals by toys" in closing and "  ε mc: 6 bin(s) x 6 toys" in closing
+    # calibflow coverage takes the config's toys and seed: the run's records, no toy made again
+    from calibflow.plan import Plan
+    from tasks.coverage import CoverageTable
+    from tasks.runner import build
+
+    plan = Plan.create(cfg, out.parent).in_latest_modes(record=False)
+    top = CoverageTable(toys=6, seed=1, config=plan.config_path, result_dir=plan.result_dir, run_file=plan.run_file)
+    report = build(plan, [top], 1)
+    assert report.ok and report.ran["CoverageBin"] == 0 and report.ran["CoverageTable"] == 1
+    capsys.readouterr()
+    assert main(["coverage", str(cfg), "--workers", "1", "--result-dir", str(out.parent), "--quiet"]) == 0
+    assert "data: 6 bin(s) x 6 toys" in capsys.readouterr().out
+
+
+def test_report_without_coverage_says_how(small_run: tuple[Path, Path]) -> None:
+    _, res = small_run
+    page = (res / "small_demo" / "report.html").read_text()
+    section = page[page.index('<section id="coverage">'):]
+    assert "no coverage columns (set coverage: {toys: N}" in section[: section.index("</section>")]
+    assert "coverage" not in read_csv(res / "small_demo" / "efficiencies.csv")[0]
+
+
+def test_run_covers_template_and_constrained_fits(tmp_path: Path) -> None:
+    """Through the graph: CoverageBin passes each data bin's templates and constraint fit to its toys' fits."""
+    import yaml
+
+    from tasks.cli import main
+
+    d = small_demo_dict()
+    d["fit"] = {"signal": "template", "background": "exponential", "template": {"from": "mc"},
+                "constrain": {"from": "mc", "parameters": ["smear_fail"]}}
+    d["outputs"]["plots"] = False
+    d["coverage"] = {"toys": 4}
+    cfg = tmp_path / "template.yaml"
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    assert main(["run", str(cfg), "--workers", "2", "--result-dir", str(tmp_path / "res"), "--quiet"]) == 0
+    data = [r for r in read_csv(tmp_path / "res" / "small_demo" / "efficiencies.csv") if r["sample"] == "data"]
+    assert len(data) == 6 and all(r["coverage_toys"] == 4 and r["coverage_failed"] == 0 for r in data)

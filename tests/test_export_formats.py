@@ -5,6 +5,7 @@ back; the LaTeX is compiled when pdflatex is there."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -393,3 +394,94 @@ def test_bin_without_a_row_is_empty(tmp_path: Path) -> None:
     with uproot.open(tmp_path / "corrections.root") as f:
         assert f["sf_data_2024"].values()[1, 1] == 0 and f["sf_data_2024"].values()[1, 2] == pytest.approx(
             sf[5]["scale_factor"], rel=1e-12)
+
+
+# --- per-bin statistical nuisances in corrections.json (issue 20) ---------------------------------------------
+
+PER_BIN = {"stat_data_bin{k}_up": ("stat_data_up", 1), "stat_data_bin{k}_down": ("stat_data_down", -1),
+           "stat_mc_bin{k}_up": ("stat_mc_up", 1), "stat_mc_bin{k}_down": ("stat_mc_down", -1)}
+ONLY_CORRECTIONS = {"plots": False, "root": False, "markdown": False, "latex": False}
+
+
+def _evaluator(tmp_path: Path, name: str = "calib_50%") -> object:
+    import correctionlib
+
+    return correctionlib.CorrectionSet.from_file(str(tmp_path / "corrections.json"))[name]
+
+
+def _centres(rows: Sequence[Row], variables: Sequence[str]) -> np.ndarray:
+    return np.array([[0.5 * (r[f"{v}_lo"] + r[f"{v}_hi"]) for v in variables] for r in rows])
+
+
+@pytest.mark.parametrize("scheme", [PRODUCT, NESTED], ids=["product", "nested"])
+@pytest.mark.parametrize("stat", ["per_bin", "both"])
+def test_per_bin_stat_moves_only_its_bin(tmp_path: Path, scheme: BinningScheme, stat: str) -> None:
+    """correctionlib's evaluator: every stat_<data|mc>_bin<k>_<up|down> is nominal ± that error in bin k and
+    nominal in every other bin; the merged categories stay (statUp/Down with ``both`` only); a misspelt name is
+    an error, not a silent nominal."""
+    _, _, sf = _export(tmp_path, scheme, outputs=OutputsConfig(**ONLY_CORRECTIONS, correctionlib={"stat": stat}))
+    ev = _evaluator(tmp_path)
+    x = _centres(sf, scheme.variables)
+    nominal = np.array([r["scale_factor"] for r in sf])
+    assert np.allclose(ev.evaluate(*x.T, "nominal"), nominal)
+    assert np.allclose(ev.evaluate(*x.T, "up"), nominal + np.array([r["total_up"] for r in sf]))
+    assert np.allclose(ev.evaluate(*x.T, "sigmodelDown"), [r["sigmodelDown"] for r in sf])
+    for r in sf:
+        for template, (col, sign) in PER_BIN.items():
+            expected = nominal.copy()
+            expected[[s["bin"] == r["bin"] for s in sf]] += sign * r[col]
+            assert np.allclose(ev.evaluate(*x.T, template.format(k=r["bin"])), expected), (template, r["bin"])
+    if stat == "both":
+        assert np.allclose(ev.evaluate(*x.T, "statUp"), nominal + np.array([r["err_up"] for r in sf]))
+    with pytest.raises(Exception, match="Index not available"):
+        ev.evaluate(*x[0], "statUp" if stat == "per_bin" else "stat_data_bin_up")
+    with pytest.raises(Exception, match="Index not available"):
+        ev.evaluate(*x[0], f"stat_data_bin{len(sf)}_up")
+
+
+def test_merged_stat_has_no_per_bin_categories(tmp_path: Path) -> None:
+    _export(tmp_path, PRODUCT, outputs=OutputsConfig(**ONLY_CORRECTIONS))
+    ev = _evaluator(tmp_path)
+    assert "stat_data_bin" not in ev.inputs[-1].description
+    with pytest.raises(Exception, match="Index not available"):
+        ev.evaluate(15.0, 0.5, "stat_data_bin0_up")
+
+
+def test_per_bin_json_stays_compact_for_a_thousand_bins(tmp_path: Path) -> None:
+    """1000 bins: the per-bin form grows linearly with the bins (a full binning per category would be ~4000 times
+    the merged content, ~0.2 GB); sizes as written are in docs/tables.md."""
+    sizes = {}
+    for n_pt in (40, 80):
+        scheme = BinningScheme.product([("pt", list(np.linspace(10, 200, n_pt + 1))), ("abseta", list(np.linspace(0, 2.5, 26)))])
+        for stat in ("merged", "per_bin") if n_pt == 40 else ("per_bin",):
+            folder = tmp_path / f"{n_pt}_{stat}"
+            folder.mkdir()
+            _export(folder, scheme, outputs=OutputsConfig(**ONLY_CORRECTIONS, correctionlib={"stat": stat}))
+            sizes[len(scheme), stat] = (folder / "corrections.json").stat().st_size
+    assert sizes[1000, "per_bin"] < 2.5e6 and sizes[1000, "per_bin"] < 3.5 * sizes[1000, "merged"]
+    assert sizes[2000, "per_bin"] < 2.1 * sizes[1000, "per_bin"]
+    ev = _evaluator(tmp_path / "40_per_bin")
+    assert ev.evaluate(15.0, 1.0, "stat_mc_bin999_up") == ev.evaluate(15.0, 1.0, "nominal")
+
+
+def test_per_bin_with_missing_unity_and_products(tmp_path: Path) -> None:
+    """A bin without a scale factor (outputs.missing: unity) holds 1, its own per-bin ups 2 and downs 0; a table
+    without the data and simulation parts of the error (a product of methods) keeps the merged form and says so."""
+    from calibflow.export.correctionlib import build_correction, write_correction_set
+
+    scheme = BinningScheme.product([("pt", [10, 20, 50])])
+    per_bin = {t: {0: 1.0 + sign * 0.1, 1: math.nan} for t, (_, sign) in PER_BIN.items()}
+    corr = build_correction("c", scheme, {"nominal": {0: 1.0, 1: math.nan}}, missing="unity", per_bin=per_bin)
+    write_correction_set(tmp_path / "corrections.json", [corr])
+    ev = _evaluator(tmp_path, "c")
+    assert [ev.evaluate(x, "stat_mc_bin1_up") for x in (15.0, 30.0)] == [1.0, 2.0]
+    assert [ev.evaluate(x, "stat_data_bin1_down") for x in (15.0, 30.0)] == [1.0, 0.0]
+    assert [ev.evaluate(x, "stat_data_bin0_up") for x in (15.0, 30.0)] == [1.1, 1.0]
+    eff, sf = _tables(PRODUCT, SOURCES)
+    write_csv(tmp_path / "efficiencies.csv", eff)
+    write_csv(tmp_path / "scale_factors.csv", [{k: v for k, v in r.items() if not k.startswith("stat_")} for r in sf])
+    export_tables(str(tmp_path), PRODUCT, "prod", OutputsConfig(**ONLY_CORRECTIONS, correctionlib={"stat": "per_bin"}),
+                  SOURCES)
+    ev = _evaluator(tmp_path, "prod")
+    assert "no per-bin parts" in ev.description
+    assert ev.evaluate(15.0, 0.5, "statUp") == pytest.approx(sf[0]["scale_factor"] + sf[0]["err_up"])

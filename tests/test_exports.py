@@ -27,6 +27,7 @@ def syst_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = small_demo_dict()
     d["name"] = "syst_demo"
     d["systematics"] = {"sources": SOURCES}
+    d["outputs"]["correctionlib"] = {"stat": "both"}  # merged and per-bin statistical categories (issue 20)
     tmp = tmp_path_factory.mktemp("syst")
     (tmp / "c.yaml").write_text(yaml.safe_dump(d))
     assert main(["run", str(tmp / "c.yaml"), "--workers", "2", "--result-dir", str(tmp / "res")]) == 0
@@ -69,6 +70,47 @@ def test_correctionlib_round_trip_every_bin_and_variation(syst_run: Path) -> Non
         p, eta = 0.5 * (r["p_lo"] + r["p_hi"]), 0.5 * (r["eta_lo"] + r["eta_hi"])
         for cat, f in expected.items():
             assert corr.evaluate(p, eta, cat) == pytest.approx(f(r), rel=1e-12), (cat, r["bin"])
+
+
+def test_correctionlib_per_bin_stat_of_a_run(syst_run: Path) -> None:
+    """outputs.correctionlib: {stat: both}: bin k of stat_<data|mc>_bin<k>_<up|down> moves by that sample's
+    statistical error of the scale factor, every other bin is nominal."""
+    corr = correctionlib.CorrectionSet.from_file(str(syst_run / "corrections.json"))["syst_demo"]
+    sf = read_csv(syst_run / "scale_factors.csv")
+    p, eta = (np.array([0.5 * (r[f"{v}_lo"] + r[f"{v}_hi"]) for r in sf]) for v in ("p", "eta"))
+    nominal = np.array([r["scale_factor"] for r in sf])
+    for r in sf:
+        for sample in ("data", "mc"):
+            for side, sign in (("up", 1), ("down", -1)):
+                expected = np.where([s["bin"] == r["bin"] for s in sf], r["scale_factor"] + sign * r[f"stat_{sample}_{side}"],
+                                    nominal)
+                got = corr.evaluate(p, eta, f"stat_{sample}_bin{r['bin']}_{side}")
+                np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_egm_classic_through_the_graph(syst_run: Path) -> None:
+    """The same runs combined by egm_classic (sigmodel as altSig: a data-side role) only recombine and re-export:
+    the data efficiency's systematic is |altSig − nominal|, the simulation's 0, and the scale factor's total is
+    EGM's sqrt(stat_data² + stat_mc² + d²)/eff_mc, computed here from efficiencies.csv. The fixture's own
+    outputs are published again afterwards (nothing reruns)."""
+    tmp = syst_run.parent.parent
+    d = yaml.safe_load((tmp / "c.yaml").read_text())
+    d["systematics"] = {"combine": "egm_classic", "sources": [{**SOURCES[0], "role": "altSig"}]}
+    (tmp / "egm.yaml").write_text(yaml.safe_dump(d))
+    try:
+        assert main(["run", str(tmp / "egm.yaml"), "--workers", "2", "--result-dir", str(tmp / "res"), "--overwrite"]) == 0
+        eff = {(r["sample"], r["bin"]): r for r in read_csv(syst_run / "efficiencies.csv")}
+        sf = read_csv(syst_run / "scale_factors.csv")
+    finally:
+        assert main(["run", str(tmp / "c.yaml"), "--workers", "2", "--result-dir", str(tmp / "res"), "--overwrite"]) == 0
+    for r in sf:
+        data, mc = eff["data", r["bin"]], eff["mc", r["bin"]]
+        dev = data["sigmodelUp"] - data["efficiency"]
+        assert data["syst"] == pytest.approx(abs(dev)) and mc["syst"] == 0
+        stat_d, stat_m = max(data["err_down"], data["err_up"]), max(mc["err_down"], mc["err_up"])
+        assert r["total_up"] == r["total_down"] == pytest.approx(np.sqrt(stat_d**2 + stat_m**2 + dev**2) / mc["efficiency"])
+        assert r["syst"] == pytest.approx(abs(dev) / mc["efficiency"])
+    assert any(r["syst"] > 0 for r in sf)
 
 
 def test_root_export_equals_table(syst_run: Path) -> None:

@@ -204,11 +204,8 @@ def test_constraint_pulls_with_the_right_weight() -> None:
         wd, wc = sd**-2, sc**-2
         assert r.values["sigma"] == pytest.approx((x * wd + v * wc) / (wd + wc), abs=0.05 * sd)
         assert r.errors["sigma"] == pytest.approx((wd + wc) ** -0.5, rel=0.05)
-        # the reported χ² is the data's alone
         model = PassFailModel.create("gauss", "exponential", LO, HI)
-        xs = np.array([r.values[n] for n in model.names])
         cost = binned_cost(model, EDGES, hp, hf, np.ones_like(hp), np.ones_like(hf))
-        assert r.chi2 == pytest.approx(cost(xs), rel=1e-9)
         # iminuit directly on the data cost plus the penalty: the same minimum
         def direct(p: np.ndarray, cost: Any = cost, v: float = v, sc: float = sc) -> float:
             return cost(p) + ((p[5] - v) / sc) ** 2
@@ -219,6 +216,60 @@ def test_constraint_pulls_with_the_right_weight() -> None:
         m.migrad()
         assert m.values["sigma"] == pytest.approx(r.values["sigma"], abs=0.02 * sd)
         assert m.values["eff"] == pytest.approx(r.efficiency, abs=0.02 * r.errors["eff"])
+
+
+def _baker_cousins(model: PassFailModel, edges: np.ndarray, counts: list[np.ndarray], x: np.ndarray) -> float:
+    """2Σ[ν − n + n ln(n/ν)] over the pass and fail bins, by hand from the model's expected counts."""
+    total = 0.0
+    for n, nu in zip(counts, model.expected(edges, x), strict=True):
+        log = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0) / nu), 0.0)
+        total += 2.0 * float(np.sum(nu - n + log))
+    return total
+
+
+def test_constraints_count_in_chi2_and_ndof() -> None:
+    """The reported χ² of a constrained fit is the data's Baker-Cousins χ² plus each constraint's ((x − v)/σ)², its
+    ndof the mass bins plus the constraints less the free parameters (RooFit's convention: a constraint is one more
+    measurement), checked against a hand computation, binned and unbinned; fixed instead of constrained, a parameter
+    leaves both χ² and ndof as the data's."""
+    from scipy import stats
+
+    from calibflow.fit.unbinned import N_START_BINS
+
+    hp, hf = _gauss_histograms()
+    model = PassFailModel.create("gauss", "exponential", LO, HI)  # n_sig, eff, 2 bkg yields, mu, sigma, 2 slopes
+    free_params = 8
+    free = fit_pass_fail(EDGES, hp, hf, signal="gauss", minos=False)
+    assert free.ndof == 200 - free_params and "n_constraints" not in free.to_dict()
+    cons = {"sigma": (free.values["sigma"] + 1.0, 0.5), "mu": (3096.0, 0.8)}
+    r = fit_pass_fail(EDGES, hp, hf, signal="gauss", minos=False, constraints=cons)
+    x = np.array([r.values[n] for n in model.names])
+    data_chi2 = _baker_cousins(model, EDGES, [hp, hf], x)
+    hand = ((r.values["sigma"] - cons["sigma"][0]) / 0.5) ** 2 + ((r.values["mu"] - 3096.0) / 0.8) ** 2
+    assert hand > 1.0  # the constraints pull: their part is no rounding error
+    assert r.chi2 == pytest.approx(data_chi2 + hand, rel=1e-9)
+    assert r.chi2_constraints == pytest.approx(hand, rel=1e-9)
+    assert (r.ndof, r.n_constraints) == (200 + 2 - free_params, 2)
+    assert r.chi2_pvalue == pytest.approx(stats.chi2.sf(data_chi2 + hand, 200 + 2 - free_params), rel=1e-9)
+    assert r.attempts[r.accepted]["ndof"] == r.ndof and r.to_dict()["n_constraints"] == 2
+    # a constraint on a parameter the model has not counts nothing
+    assert fit_pass_fail(EDGES, hp, hf, signal="gauss", minos=False, constraints={"alpha": (1.0, 0.1)}).ndof == 192
+    # fixed to v instead: the data's χ² at that value, one free parameter fewer
+    fixed = fit_pass_fail(EDGES, hp, hf, signal="gauss", minos=False,
+                          parameters={"sigma": {"value": cons["sigma"][0], "fixed": True}})
+    assert fixed.ndof == 200 - (free_params - 1) and "n_constraints" not in fixed.to_dict()
+    # unbinned: the χ² of the 100-bin histograms of the candidates plus the constraints
+    rng = np.random.default_rng(3)
+    mp = np.concatenate([rng.normal(3097.0, 12.0, 2800), LO + rng.exponential(300.0, 800)])
+    mf = np.concatenate([rng.normal(3097.0, 12.0, 1200), LO + rng.exponential(200.0, 1500)])
+    u = fit_pass_fail_unbinned(mp, mf, LO, HI, signal="gauss", minos=False, constraints=cons)
+    edges = np.linspace(LO, HI, N_START_BINS + 1)
+    counts = [np.histogram(m[(m >= LO) & (m <= HI)], edges)[0].astype(float) for m in (mp, mf)]
+    xu = np.array([u.values[n] for n in model.names])
+    hand_u = ((u.values["sigma"] - cons["sigma"][0]) / 0.5) ** 2 + ((u.values["mu"] - 3096.0) / 0.8) ** 2
+    data_u = _baker_cousins(model, edges, counts, xu)
+    assert u.chi2 == pytest.approx(data_u + hand_u, rel=1e-6)
+    assert (u.ndof, u.n_constraints) == (2 * N_START_BINS + 2 - free_params, 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,6 +396,29 @@ def test_small_demo_template_and_egm_sequence(write_config: Any, tmp_path: Path)
     assert (pulls.abs() < 4).all(), pulls.tolist()
     figures = out / "gallery" / "nominal" / "data"
     assert len(list(figures.glob("*.png"))) == 6, (figures / "index.html").read_text()[:2000]  # template fits' figures
+    for r in alt:  # χ² and ndof count the constraints the reported model has (a gauss fallback: none)
+        free_params, applied = sum(e > 0 for e in r["errors"].values()), len(set(r["constraints"]) & set(r["values"]))
+        assert r.get("n_constraints", 0) == applied and r["ndof"] == 200 + applied - free_params
+    # the simulation fits giving the constraints have figures too, named as the fits' (result key, figure key)
+    pngs = sorted((out / "constraints" / "mc").glob("*.png"))
+    assert len(pngs) == 12 and all(p.stat().st_size > 10_000 for p in pngs)
+    assert {p.name.split(".")[0] for p in pngs} == {p.stem for p in (out / "constraints" / "mc").glob("*.json")}
+    assert len({p.name.split(".")[1] for p in pngs}) == 1  # one figure key
+    for variant in ("altSig", "altSigBkg"):
+        gallery = out / "gallery" / variant / "_constraints" / "mc"
+        page = (gallery / "index.html").read_text()
+        shown = sorted(gallery.glob("*.png"))
+        assert len(shown) == 6 and all(f'src="{p.name}"' in page for p in shown), page[:2000]
+        assert "simulation fits of mc for fit.constrain" in page
+    assert not (out / "gallery" / "nominal" / "_constraints").exists()  # the nominal fit has no constraints
+    # relabelled: nothing is refitted, the export draws the simulation fits' figures of the new figure key
+    d["mass"]["label"] = "$m_{\\mu\\mu}$"
+    assert main(["run", str(write_config(d)), "--workers", "2", "--result-dir", str(tmp_path / "res")]) == 0
+    assert len(list((out / "constraints" / "mc").glob("*.json"))) == 12
+    again = sorted(set((out / "constraints" / "mc").glob("*.png")) - set(pngs))
+    assert len(again) == 12 and all(p.stat().st_size > 10_000 for p in again)
+    gallery = out / "gallery" / "altSig" / "_constraints" / "mc"
+    assert {p.read_bytes() for p in gallery.glob("*.png")} <= {p.read_bytes() for p in again}  # the new ones
 
 
 def test_measure_bin_with_references(templates: dict[str, Any]) -> None:
@@ -376,6 +450,9 @@ def test_measure_bin_with_references(templates: dict[str, Any]) -> None:
     source = {"values": {"smear_fail": 6.0}, "errors": {"smear_fail": 0.2}, "status": "ok"}
     r = measure_bin("fit", constrained_fit, hist=hist, reference={"template": mc, "constraint": source})
     assert r["constraints"] == {"smear_fail": [6.0, 0.1]} and r["constraint_status"] == "ok"
+    free_params = sum(e > 0 for e in r["errors"].values())  # fixed parameters have error 0
+    assert (r["n_constraints"], r["ndof"]) == (1, 2 * 100 + 1 - free_params)
+    assert r["chi2_constraints"] == pytest.approx(((r["values"]["smear_fail"] - 6.0) / 0.1) ** 2, rel=1e-9)
     assert abs(r["values"]["smear_fail"] - 6.0) < abs(binned["values"]["smear_fail"] - 6.0)  # pulled towards 6
     source["values"]["smear_fail"] = float("nan")
     bad = measure_bin("fit", constrained_fit, hist=hist, reference={"template": mc, "constraint": source})

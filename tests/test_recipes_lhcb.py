@@ -35,20 +35,15 @@ from calibflow.toys.lhcb import generate_tracking, match_probability, min_shared
 from calibflow.toys.nanoaod import write_tree
 
 from .conftest import ROOT
-from .recipe_helpers import assert_closes, assert_closes_widened
+from .recipe_helpers import assert_closes, assert_closes_widened, recipe
 
 RECIPES = ROOT / "task_configs"
 OFF = {k: False for k in ("correctionlib", "root", "markdown", "latex", "plots", "report")}
 
 
 # --- helpers shared with tests/test_recipes_cms.py ------------------------------------------------------
-def recipe_dict(name: str) -> dict[str, Any]:
-    """A shipped recipe as a dict (fresh copy), its relative lumi masks made absolute."""
-    d = copy.deepcopy(yaml.safe_load((RECIPES / f"{name}.yaml").read_text()))
-    for s in d["samples"].values():
-        if s.get("lumi_mask"):
-            s["lumi_mask"] = str(RECIPES / s["lumi_mask"])
-    return d
+recipe_dict = recipe
+"""A shipped recipe as a dict (fresh copy), its relative lumi masks made absolute."""
 
 
 def run_recipe(d: Mapping[str, Any], folder: Path) -> Path:

@@ -243,3 +243,67 @@ def test_sideband_bins_get_a_figure_with_their_windows(tmp_path) -> None:
     plot_bin_fit(str(plain), hist, result, "exponential", False, FigureText("data, bin 0", "m", "MeV"))
     assert with_windows.stat().st_size > 10_000 and with_windows.read_bytes() != plain.read_bytes()
     assert summary_line(result).endswith("α = 1.000 (flat background)")  # 54 MeV window, 2 x 27 MeV sidebands
+
+
+@pytest.mark.parametrize("background, slope", [("flat", 0.0), ("fitted", -0.006)])
+def test_sideband_figure_shows_the_subtracted_background_and_the_sideband_pulls(background: str, slope: float,
+                                                                               tmp_path) -> None:
+    """The sideband figure's background is what the subtraction assumes: over the window α·N_S of the category
+    (what is subtracted), over the sidebands their counts, flat at N_S·(3 MeV)/(54 MeV) per bin for ``flat``; the
+    pull panel shows the sideband bins' Baker-Cousins pulls against it (by hand) and nothing elsewhere."""
+    from calibflow.fit.plots import FigureText, plot_bin_fit, sideband_categories
+
+    hist = _toy(np.random.default_rng(3), 0.8, 2000, 4000, slope)
+    r = sideband_subtract(hist, SIGNAL, SIDEBANDS, background)
+    result = {"method": "sideband", "efficiency": r.efficiency, "err_down": r.error, "err_up": r.error,
+              "alpha": r.alpha, "alpha_err": math.sqrt(r.var_alpha), "status": "ok"}
+    cats = sideband_categories(hist, result, (SIGNAL, tuple(SIDEBANDS)), background)
+    lo, hi = EDGES[:-1], EDGES[1:]
+    side = np.zeros(lo.size, dtype=bool)
+    for a, b in SIDEBANDS:
+        side |= (lo >= a) & (hi <= b)
+    window = (lo >= SIGNAL[0]) & (hi <= SIGNAL[1])
+    for c, cat in enumerate(cats):
+        n = hist.sumw[c]
+        assert cat.expected is not None and cat.pull_mask is not None and len(cat.edges) == len(EDGES)
+        assert cat.expected[window].sum() == pytest.approx(r.alpha * n[side].sum(), rel=1e-9)
+        assert cat.expected[side].sum() == pytest.approx(n[side].sum(), rel=1e-9)
+        if background == "flat":
+            assert cat.expected == pytest.approx(np.full(lo.size, n[side].sum() * 3.0 / 54.0))
+        assert (cat.pull_mask == side).all()
+        nu = cat.expected[side]
+        hand = np.sign(n[side] - nu) * np.sqrt(2 * (nu - n[side] + np.where(n[side] > 0, n[side] * np.log(n[side] / nu), 0)))
+        assert np.abs(hand).max() > 0.5  # real pulls, not zeros
+        from calibflow.fit.diagnostics import poisson_pulls
+
+        assert poisson_pulls(n, cat.expected)[side] == pytest.approx(hand)
+        assert cat.total is None and cat.background is not None and cat.fine_x is not None
+        assert cat.fine_x.min() > SIDEBANDS[0][0] and cat.fine_x.max() < SIDEBANDS[1][1]  # sidebands and window only
+    path = tmp_path / "sb.png"
+    plot_bin_fit(str(path), hist, result, "exponential", False,
+                 FigureText("data, bin 0", "m", "MeV", windows=(SIGNAL, tuple(SIDEBANDS)), sideband_background=background))
+    assert path.stat().st_size > 10_000
+
+
+def test_a_sideband_figure_leaves_the_next_fit_figure_unchanged(tmp_path) -> None:
+    """One reused figure draws fits and sideband subtractions: a fit figure drawn after a sideband one (shaded
+    windows, solid background line, their legend) is byte for byte the one a fresh figure draws."""
+    from calibflow.config import FitConfig
+    from calibflow.fit import plots
+    from calibflow.fit.measure import measure_bin
+
+    hist = _toy(np.random.default_rng(4), 0.8, 2000, 2000)
+    fit = measure_bin("fit", FitConfig(signal="gauss"), hist=hist)
+    sb = {"method": "sideband", "efficiency": 0.8, "err_down": 0.01, "err_up": 0.01, "alpha": 1.0, "status": "ok"}
+    text = plots.FigureText("data, bin 0", "m", "MeV")
+    windows = plots.FigureText("data, bin 0", "m", "MeV", windows=(SIGNAL, tuple(SIDEBANDS)))
+    plots._FIGURE = None
+    plots.plot_bin_fit(str(tmp_path / "fresh.png"), hist, fit, "exponential", False, text)
+    plots.plot_bin_fit(str(tmp_path / "sb.png"), hist, sb, "exponential", False, windows)
+    plots.plot_bin_fit(str(tmp_path / "cached.png"), hist, fit, "exponential", False, text)  # cached background
+    plots._FIGURE = None
+    plots.plot_bin_fit(str(tmp_path / "sb2.png"), hist, sb, "exponential", False, windows)
+    plots.plot_bin_fit(str(tmp_path / "redrawn.png"), hist, fit, "exponential", False, text)  # rendered after sb
+    fresh = (tmp_path / "fresh.png").read_bytes()
+    assert (tmp_path / "cached.png").read_bytes() == fresh and (tmp_path / "redrawn.png").read_bytes() == fresh
+    assert (tmp_path / "sb.png").read_bytes() == (tmp_path / "sb2.png").read_bytes()

@@ -1,11 +1,12 @@
-"""The coverage table, figure and page of ``calibflow coverage`` (docs/fits.md, "Coverage").
+"""The coverage table, figure and page of ``calibflow coverage`` (docs/fits.md, "Coverage"), and the coverage
+rows of the nominal tables for the report and the closing lines of ``calibflow run`` (config ``coverage``).
 
 From the per-bin coverage records (:func:`calibflow.fit.coverage.bin_coverage`) and the bins' results:
-``coverage.csv`` (one row per sample and bin, with ``coverage_off``), ``coverage.png`` (coverage of ε per bin
+``coverage.csv`` (one row per sample and bin, with ``coverage_off``), ``coverage.png`` (coverage per bin
 against 68.27 % with binomial errors, and the pull widths) and ``coverage.html``/``coverage.md``. The
-scale-factor coverage pairs toy i of the data sample with toy i of the simulation sample: the toy scale
-factor ε_d,i/ε_m,i with the interval the tables give it (:func:`calibflow.tables.rows.ratio_errors`) against
-the generating ε₀_d/ε₀_m; it is in the data sample's row.
+scale-factor coverage (:func:`calibflow.tables.coverage.sf_summary`) pairs toy i of the data sample with toy i of
+the simulation sample; it is in the data sample's row. :func:`table_rows` reads the same quantities back from
+the coverage columns of ``efficiencies.csv`` and ``scale_factors.csv`` (:mod:`calibflow.tables.coverage`).
 """
 
 from __future__ import annotations
@@ -19,28 +20,19 @@ from typing import Any
 import numpy as np
 
 from calibflow.binning.scheme import BinningScheme
-from calibflow.fit.coverage import MAX_SIGMA, NOMINAL, WIDTH_RANGE, Summary, summarise
+from calibflow.fit.coverage import MAX_SIGMA, NOMINAL, WIDTH_RANGE
 from calibflow.io.store import atomic_path
-from calibflow.tables.rows import Row, bin_columns, ratio_errors, write_csv
+from calibflow.tables.coverage import COVERAGE_OFF, sf_summary
+from calibflow.tables.rows import Row, bin_columns, write_csv
 
 CSV, PNG, HTML, MARKDOWN = "coverage.csv", "coverage.png", "coverage.html", "coverage.md"
 Records = Mapping[tuple[str, int], Mapping[str, Any]]
-
-
-def sf_summary(data: Mapping[str, Any], mc: Mapping[str, Any]) -> Summary | None:
-    """Scale-factor coverage of paired toys of a data and a simulation bin (None when either has no toys)."""
-    n = min(len(data["efficiency"]), len(mc["efficiency"]))
-    eff_m0 = float(mc["generating_efficiency"])
-    if n == 0 or not eff_m0:
-        return None
-    sf, down, up = np.full(n, math.nan), np.full(n, math.nan), np.full(n, math.nan)
-    for i in range(n):
-        d = [float(data[k][i]) for k in ("efficiency", "err_down", "err_up")]
-        m = [float(mc[k][i]) for k in ("efficiency", "err_down", "err_up")]
-        if all(map(math.isfinite, d + m)) and m[0]:
-            sf[i] = d[0] / m[0]
-            down[i], up[i] = ratio_errors(*d, *m)
-    return summarise(float(data["generating_efficiency"]) / eff_m0, sf, down, up)
+MEANINGS = {
+    "under_coverage": f"the ±1σ intervals hold the generating value in fewer toys than {NOMINAL:.2%} (3 binomial σ)",
+    "over_coverage": f"the ±1σ intervals hold the generating value in more toys than {NOMINAL:.2%} (3 binomial σ)",
+    "pull_width": f"the pull width is outside [{WIDTH_RANGE[0]}, {WIDTH_RANGE[1]}] (and 3 of its errors from 1)",
+}
+"""What each ``coverage_off`` reason means (``sf_``: of the scale factor's toys)."""
 
 
 def coverage_rows(scheme: BinningScheme, results: Records, records: Records,
@@ -73,14 +65,53 @@ def coverage_rows(scheme: BinningScheme, results: Records, records: Records,
     return rows
 
 
+def off_reasons_of(status: object, scale_factor: bool = False) -> list[str]:
+    """The ``coverage_off`` reasons in a table row's status (:mod:`calibflow.tables.coverage`): of the ε toys, or
+    (``scale_factor``) of the scale factor's own toys (``sf_`` prefixed)."""
+    tags = [t for part in str(status).split("|") for t in part.split(",") if t.startswith(f"{COVERAGE_OFF}:")]
+    reasons = [r for t in tags for r in t.split(":", 1)[1].split("+") if r]
+    return [r for r in reasons if r.startswith("sf_") == scale_factor]
+
+
+def table_rows(eff: Sequence[Row], sf: Sequence[Row]) -> list[Row]:
+    """The rows of the nominal ``efficiencies.csv`` and ``scale_factors.csv`` with coverage columns in the shape of
+    :func:`coverage_rows`' (``sample``: ``ε <sample>`` or ``scale factor <data>/<mc>``, with the bin's bounds and
+    ``status``), for :func:`plot_coverage`, :func:`verdicts` and the report."""
+    out = []
+    for what, rows, status in (("ε", eff, "fit_status"), ("scale factor", sf, "status")):
+        for r in rows:
+            if "coverage_toys" not in r:
+                continue
+            reasons = off_reasons_of(r[status], what != "ε")
+            out.append({"sample": f"{what} {r['sample'] if what == 'ε' else r['data'] + '/' + r['mc']}",
+                        "bin": r["bin"], **{k: v for k, v in r.items() if k.endswith(("_lo", "_hi"))},
+                        "n_toys": r["coverage_toys"], "failed": r["coverage_failed"],
+                        "coverage_eff": r["coverage"], "coverage_eff_err": r["coverage_err"],
+                        "pull_mean": r["coverage_pull_mean"], "pull_width": r["coverage_pull_width"],
+                        "pull_width_err": r["coverage_pull_width_err"], "coverage_sf": math.nan,
+                        "coverage_off": bool(reasons), "off_reason": ",".join(reasons), "status": r[status]})
+    return out
+
+
+def folder_rows(folder: str) -> list[Row]:
+    """:func:`table_rows` of the ``efficiencies.csv`` and ``scale_factors.csv`` in ``folder`` (none missing)."""
+    from calibflow.tables.rows import read_csv
+    from calibflow.tables.write import EFFICIENCIES, SCALE_FACTORS
+
+    paths = [os.path.join(folder, t) for t in (EFFICIENCIES, SCALE_FACTORS)]
+    eff, sf = (read_csv(p) if os.path.exists(p) else [] for p in paths)
+    return table_rows(eff, sf)
+
+
 def plot_coverage(rows: Sequence[Row], path: str) -> None:
-    """Coverage of ε per bin (binomial errors) against 68.27 %, and the pull widths against [0.8, 1.2]."""
+    """Coverage per bin (binomial errors) against 68.27 %, and the pull widths against [0.8, 1.2]: one series per
+    ``sample`` of ``rows`` (ε of a sample, or a scale factor), bins off crossed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for k, sample in enumerate(dict.fromkeys(r["sample"] for r in rows)):
         mine = [r for r in rows if r["sample"] == sample and r["n_toys"]]
         x = np.array([r["bin"] for r in mine]) + 0.15 * k
@@ -94,8 +125,8 @@ def plot_coverage(rows: Sequence[Row], path: str) -> None:
     if n:  # the coverage test's band for the typical number of toys
         half = MAX_SIGMA * math.sqrt(NOMINAL * (1.0 - NOMINAL) / float(np.median(n)))
         top.axhspan(NOMINAL - half, NOMINAL + half, color="0.85", zorder=0, label="3 binomial σ")
-    top.set_ylabel("coverage of ε (±1σ)")
-    top.legend(title="× coverage_off", fontsize="small")
+    top.set_ylabel("coverage of ±1σ")
+    top.legend(title="× coverage_off", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for w in (*WIDTH_RANGE, 1.0):
         bottom.axhline(w, color="k", lw=1, ls="-" if w == 1.0 else ":")
     bottom.set_ylabel("pull width")
@@ -135,7 +166,7 @@ def verdicts(rows: Sequence[Row]) -> list[str]:
         sf = f", scale factor {np.mean(sfs):.3f}" if sfs else ""
         off = [r for r in mine if is_flagged(r)]
         under = sum("under_coverage" in str(r["off_reason"]) for r in off)
-        out.append(f"{sample}: {len(mine)} bin(s) x {mine[0]['n_toys']} toys, mean coverage of ε {cov:.3f}{sf} "
+        out.append(f"{sample}: {len(mine)} bin(s) x {mine[0]['n_toys']} toys, mean coverage {cov:.3f}{sf} "
                    f"(nominal {NOMINAL}); {len(off)} bin(s) coverage_off, {under} of them under-covering")
     return out
 

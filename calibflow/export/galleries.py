@@ -1,5 +1,6 @@
 """Every fit gallery of a plan, assembled at export: per variant and fitted sample, the figures of the
-current binning under readable names and an ``index.html`` (:mod:`calibflow.fit.gallery`).
+current binning under readable names and an ``index.html`` (:mod:`calibflow.fit.gallery`); with ``fit.constrain``
+also one of the simulation fits giving the constraints (``Plan.constraint_gallery_dir``).
 
 Figures are drawn where the data are in memory, by ``FitBin`` right after each fit, and kept beside the
 results under a key of what they show (``Plan.figure_paths``). A figure missing here (labels changed,
@@ -54,9 +55,10 @@ def _error(path: str) -> str | None:
 
 
 def _draw_missing(plan: Plan, sample: str, todo: list[int], results: list[dict[str, Any] | None],
-                  figures: list[str]) -> dict[int, str]:
+                  figures: list[str], constraint: bool = False) -> dict[int, str]:
     """Draw the figures of bins ``todo`` of ``sample`` from its histograms (or candidates), errors written
-    beside the figures as by ``FitBin``; returns the bins whose inputs are gone, with the reason."""
+    beside the figures as by ``FitBin`` (``constraint``: of its binned simulation fits, as by ``ConstraintFit``);
+    returns the bins whose inputs are gone, with the reason."""
     from calibflow.fit.histograms import read_bin_candidates, read_bins
     from calibflow.fit.measure import needs_candidates
     from calibflow.fit.plots import plot_bin
@@ -65,7 +67,7 @@ def _draw_missing(plan: Plan, sample: str, todo: list[int], results: list[dict[s
     bins = plan.load_scheme().bins
     gone: dict[int, str] = {}
     try:
-        hists = None if needs_candidates(cfg.samples[sample].method, cfg.fit) else \
+        hists = None if not constraint and needs_candidates(cfg.samples[sample].method, cfg.fit) else \
             read_bins(plan.hist_path(sample), 0, len(bins))
     except OSError as exc:  # the histograms were removed
         return dict.fromkeys(todo, f"no histograms to draw from: {type(exc).__name__}: {exc}")
@@ -75,17 +77,37 @@ def _draw_missing(plan: Plan, sample: str, todo: list[int], results: list[dict[s
         except OSError as exc:
             gone[k] = f"no candidates to draw from: {type(exc).__name__}: {exc}"
             continue
-        plot_bin(cfg, sample, bins[k], data, results[k] or {}, figures[k], plan.plot_error_path(figures[k]))
+        plot_bin(cfg, sample, bins[k], data, results[k] or {}, figures[k], plan.plot_error_path(figures[k]),
+                 constraint)
     return gone
 
 
 def sample_gallery(plan: Plan, sample: str, folder: str) -> list[str]:
     """The gallery of ``sample`` in ``plan``'s variant, written to ``folder``; returns the paths written."""
+    keys = plan.bin_keys()
+    title = f"{plan.config.name}: fits of {sample} ({plan.variant or 'nominal'})"
+    return _gallery(plan, sample, folder, plan.fit_paths(sample, keys), plan.figure_paths(sample, keys), title)
+
+
+def constraint_gallery(plan: Plan, folder: str) -> list[str]:
+    """The gallery of the simulation fits of ``fit.constrain`` (``ConstraintFit``) in ``plan``'s variant, written
+    to ``folder``; returns the paths written."""
+    fit = plan.config.fit
+    assert fit.constrain is not None
+    keys = plan.bin_keys()
+    title = (f"{plan.config.name}: simulation fits of {fit.constrain.from_} for fit.constrain "
+             f"({plan.variant or 'nominal'})")
+    return _gallery(plan, fit.constrain.from_, folder, plan.constraint_paths(keys),
+                    plan.constraint_figure_paths(keys), title, constraint=True)
+
+
+def _gallery(plan: Plan, sample: str, folder: str, paths: list[str], figures: list[str], title: str,
+             constraint: bool = False) -> list[str]:
+    """A gallery of the fits of ``sample`` whose results are at ``paths`` and figures at ``figures`` (one per bin;
+    missing figures drawn now), written to ``folder`` under ``title``; returns the paths written."""
     cfg = plan.config
     scheme = plan.load_scheme()
-    keys = plan.bin_keys()
-    results = [_read(p) for p in plan.fit_paths(sample, keys)]
-    figures = plan.figure_paths(sample, keys)
+    results = [_read(p) for p in paths]
     errors = [plan.plot_error_path(f) for f in figures]
     todo = [k for k, r in enumerate(results)
             if r is not None and (cfg.fit.plots == "all" or r.get("status") != "ok")
@@ -93,7 +115,7 @@ def sample_gallery(plan: Plan, sample: str, folder: str) -> list[str]:
     gone: dict[int, str] = {}
     if todo:
         LOG.info("drawing %d missing fit figure(s) of %s (%s)", len(todo), sample, plan.variant or "nominal")
-        gone = _draw_missing(plan, sample, todo, results, figures)
+        gone = _draw_missing(plan, sample, todo, results, figures, constraint)
     units = {v.name: v.display_unit for v in cfg.binning.variables}
     entries = []
     nan = float("nan")
@@ -104,14 +126,14 @@ def sample_gallery(plan: Plan, sample: str, folder: str) -> list[str]:
         entries.append(GalleryEntry(b.index, plain_label(b, units), name, str(r["status"]), float(r["efficiency"]),
                                     float(r["err_down"]), float(r["err_up"]), r.get("candidates_pass"),
                                     r.get("candidates_fail"), figure, error))
-    title = f"{cfg.name}: fits of {sample} ({plan.variant or 'nominal'})"
     return write_gallery(folder, title, entries, no_figure=f"no figure (fit.plots: {cfg.fit.plots})")
 
 
 def write_galleries(plan: Plan, out_dir: str) -> list[str]:
-    """The galleries of every variant and fitted sample (methods ``fit`` and ``sideband``) under ``out_dir``, each at the
-    path ``Plan.gallery_dir`` has under the result folder; a variant whose results of a sample are an earlier
-    variant's (same files) gets none. Returns the paths written."""
+    """The galleries of every variant and fitted sample (methods ``fit`` and ``sideband``) and of the simulation fits of
+    ``fit.constrain`` under ``out_dir``, each at the path ``Plan.gallery_dir`` (``Plan.constraint_gallery_dir``) has
+    under the result folder; a variant whose results of a sample are an earlier variant's (same files) gets none.
+    Returns the paths written."""
     t0 = time.perf_counter()
     written: list[str] = []
     seen: set[tuple[str, ...]] = set()
@@ -129,5 +151,11 @@ def write_galleries(plan: Plan, out_dir: str) -> list[str]:
             seen.add(paths)
             folder = os.path.join(out_dir, os.path.relpath(vplan.gallery_dir(sample), vplan.workdir))
             written += sample_gallery(vplan, sample, folder)
+        if cfg.fit.constrain is not None and any(vplan.uses_constraints(s) for s in cfg.samples):
+            paths = tuple(vplan.constraint_paths(vplan.bin_keys()))
+            if paths not in seen:
+                seen.add(paths)
+                folder = os.path.join(out_dir, os.path.relpath(vplan.constraint_gallery_dir(), vplan.workdir))
+                written += constraint_gallery(vplan, folder)
     LOG.info("%s %d file(s) in %.3f s", GALLERY_TIME, len(written), time.perf_counter() - t0)
     return written

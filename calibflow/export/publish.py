@@ -65,7 +65,17 @@ KILL_AT = "CALIBFLOW_KILL_AT"
 _TMP = re.compile(r"\.tmp-(\d+)$")
 
 
-def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, dict[int, float]]:
+PER_BIN_STAT = {
+    "stat_data_bin{k}_up": ("stat_data_up", 1.0), "stat_data_bin{k}_down": ("stat_data_down", -1.0),
+    "stat_mc_bin{k}_up": ("stat_mc_up", 1.0), "stat_mc_bin{k}_down": ("stat_mc_down", -1.0),
+}
+"""Per-bin statistical categories of ``corrections.json``: template -> (error column of the scale-factor table,
+direction); bin k of ``template.format(k=k)`` is the scale factor moved by its own error, other bins nominal."""
+
+
+def _categories(rows: Sequence[Row], sources: Sequence[Variation], stat: str = "merged") -> dict[str, dict[int, float]]:
+    """Merged categories of ``corrections.json`` per bin: ``nominal``, total, statistical (unless ``stat`` is
+    ``per_bin``), systematic and per-source variations."""
     def col(f) -> dict[int, float]:
         return {r["bin"]: float(f(r)) for r in rows}
 
@@ -78,10 +88,21 @@ def _categories(rows: Sequence[Row], sources: Sequence[Variation]) -> dict[str, 
         "systUp": col(lambda r: r["scale_factor"] + r["syst"]),
         "systDown": col(lambda r: r["scale_factor"] - r["syst"]),
     }
+    if stat == "per_bin":
+        del cats["statUp"], cats["statDown"]
     for src in sources:
         for suffix in ("Up", "Down"):
             cats[f"{src.name}{suffix}"] = col(lambda r, k=f"{src.name}{suffix}": r[k])
     return cats
+
+
+def _per_bin(rows: Sequence[Row], stat: str) -> dict[str, dict[int, float]]:
+    """Per-bin statistical categories (:data:`PER_BIN_STAT`) when ``stat`` asks for them; none for tables without
+    the data and simulation parts of the statistical error (products of methods)."""
+    if stat == "merged" or not all(c in r for r in rows for c, _ in PER_BIN_STAT.values()):
+        return {}
+    return {t: {r["bin"]: float(r["scale_factor"]) + sign * float(r[c]) for r in rows}
+            for t, (c, sign) in PER_BIN_STAT.items()}
 
 
 def export_tables(
@@ -92,7 +113,7 @@ def export_tables(
     ``labels``: per binning variable its label and unit (default: the name, no unit); ``limited``: what a
     quick try left out (said in the correctionlib description)."""
     labels = {v: labels[v] if labels and v in labels else VariableLabel(v, "") for v in scheme.variables}
-    from calibflow.export.correctionlib import build_correction, write_correction_set
+    from calibflow.export.correctionlib import build_correction, default_description, write_correction_set
     from calibflow.export.grid import tables_of
     from calibflow.export.root import export_root
     from calibflow.export.text import write_text_tables
@@ -106,12 +127,17 @@ def export_tables(
     def cname(data: str, rows: Sequence[Row]) -> str:
         return f"{name}_{data}_over_{rows[0]['mc']}" if len(datas) > 1 else name
 
-    if outputs.correctionlib and sf:
+    stat = outputs.correctionlib_stat
+    if stat and sf:
         corrections = []
         for data in datas:
             rows = [r for r in sf if r["data"] == data]
-            corrections.append(build_correction(cname(data, rows), scheme, _categories(rows, sources), flow=outputs.flow,
-                                               missing=outputs.missing))
+            per_bin = _per_bin(rows, stat)
+            merged = "merged" if stat != "merged" and not per_bin else stat  # a product: no per-bin parts
+            note = "statistical uncertainty merged: a product of methods has no per-bin parts" if merged != stat else ""
+            corrections.append(build_correction(cname(data, rows), scheme, _categories(rows, sources, merged),
+                                               description=note and f"{default_description(scheme)}; {note}",
+                                               flow=outputs.flow, missing=outputs.missing, per_bin=per_bin))
         path = os.path.join(out_dir, CORRECTIONS)
         description = f"calibflow scale factors of {name}" + (f" (LIMITED: {limited})" if limited else "")
         write_correction_set(path, corrections, description=description)

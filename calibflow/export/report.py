@@ -6,7 +6,8 @@ a variant changes the selection), ``fits`` (ok / flagged by reason / failed per 
 flagged bins, links to the fit galleries), ``efficiencies`` and ``scale-factors`` (figures and grid tables
 with statistical and systematic uncertainties; no ``scale-factors`` without a data/simulation pair: the
 efficiencies section says why), ``uncertainties`` (each systematic source's size over the bins, largest
-first), ``closure`` (toy pulls: histogram, mean and width), ``inputs`` (files, files left
+first), ``closure`` (toy pulls: histogram, mean and width), ``coverage`` (config ``coverage``: per sample and scale
+factor the toys' coverage and pulls, ``plots/coverage.png``, the bins ``coverage_off``), ``inputs`` (files, files left
 out) and ``outputs`` (every published file). The HTML page is self-contained: inline CSS, no script, no
 font or file from the network; its links and images are relative to the published folder
 ``<result_dir>/<name>/`` (the gallery links work there only). Numbers are those of the tables, in the
@@ -54,6 +55,7 @@ SECTIONS = {
     "scale-factors": "Scale factors",
     "uncertainties": "Uncertainties",
     "closure": "Closure",
+    "coverage": "Coverage",
     "inputs": "Inputs",
     "outputs": "Published files",
 }
@@ -61,6 +63,8 @@ SECTIONS = {
 
 PULLS_PNG = os.path.join("plots", "closure_pulls.png")
 """The report's own figure, under each table folder with a closure table."""
+COVERAGE_PNG = os.path.join("plots", "coverage.png")
+"""The report's coverage figure, in the nominal folder when its tables have coverage columns."""
 
 MAX_LISTED = 100
 """Rows of the flagged-bin list shown before it is cut (the tables hold them all)."""
@@ -719,6 +723,66 @@ def closure_section(folders: Sequence[Folder], out_dir: str) -> tuple[Section, l
     return sec, written
 
 
+# ---------------------------------------------------------------- coverage ------------------------------------
+
+
+def coverage_section(folders: Sequence[Folder], out_dir: str) -> tuple[Section, list[str]]:
+    """Coverage of the nominal tables' ±1σ intervals by toys (config ``coverage``; docs/fits.md, "Coverage"):
+    one line per sample and scale factor, the figure (:data:`COVERAGE_PNG`), the reasons and the bins off;
+    returns the section and the PNG drawn."""
+    from calibflow.export.coverage import MEANINGS as WHY
+    from calibflow.export.coverage import folder_rows, is_flagged, plot_coverage, verdicts
+    from calibflow.fit.coverage import NOMINAL as COVERAGE
+
+    sec = Section("coverage", "")
+    nominal = folders[0]
+    rows = folder_rows(nominal.path)
+    if not rows:
+        sec.verdict = "no coverage columns (set coverage: {toys: N} in the config; calibflow coverage writes a page of its own)"
+        return sec, []
+    png = os.path.join(nominal.path, COVERAGE_PNG)
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    plot_coverage(rows, png)
+    off = [r for r in rows if is_flagged(r)]
+    sec.verdict, sec.level = "\n".join(verdicts(rows)), "warn" if off else "ok"
+    body = []
+    for group in dict.fromkeys(r["sample"] for r in rows):
+        mine = [r for r in rows if r["sample"] == group]
+        toys = [r for r in mine if r["n_toys"]]
+        mean = {k: _finite(r[k] for r in toys) for k in ("coverage_eff", "pull_mean", "pull_width")}
+        reasons = Counter(x for r in mine for x in str(r["off_reason"]).split(",") if x)
+        n_off = sum(is_flagged(r) for r in mine)
+        body.append([group, str(len(toys)), str(len(mine) - len(toys)), str(toys[0]["n_toys"] if toys else 0),
+                     *(f"{statistics.fmean(v):.3f}" if v else "—" for v in mean.values()),
+                     str(sum(int(r["failed"]) for r in toys)),
+                     Cell(str(n_off), _reasons_text(reasons), "flag" if n_off else "")])
+    sec.blocks += [Figure(os.path.relpath(png, out_dir), "coverage of the ±1σ intervals and pull widths per bin",
+                          "wide"),
+                   Table(["quantity", "bins with toys", "bins without", "toys per bin", "mean coverage",
+                          "mean pull mean", "mean pull width", "failed toys", "coverage_off"], body,
+                         f"Toys of each bin's own result, measured as the bin was; coverage: the share of toys whose "
+                         f"±1σ interval holds the generating value (nominal {COVERAGE}); pull = (toy − generating)/σ "
+                         "with σ the error on the side of the generating value. The scale factor's toys are the "
+                         "ratios of paired data and simulation toys. Per bin: the coverage columns of "
+                         f"{EFFICIENCIES} and {SCALE_FACTORS}.")]
+    if off:
+        reasons = Counter(x for r in off for x in str(r["off_reason"]).split(","))
+        sec.blocks += [Heading("Why"), Table(["reason", "bins", "meaning"], [
+            [r, str(n), WHY.get(r.removeprefix("sf_"), "") + (" (scale factor)" if r.startswith("sf_") else "")]
+            for r, n in sorted(reasons.items(), key=lambda rn: -rn[1])],
+            f"{MEANINGS.get('coverage_off', '')}")]
+        variables = variables_of(nominal.plan)
+        listed = [[r["sample"], bin_text(r, variables),
+                   f"{_number(r['coverage_eff'], 3)} ± {_number(r['coverage_eff_err'], 3)}",
+                   _number(r["pull_mean"], 2), _number(r["pull_width"], 2), f"{r['failed']}/{r['n_toys']}",
+                   Cell(str(r["status"]), css="flag")] for r in off[:MAX_LISTED]]
+        more = f" ({len(off) - MAX_LISTED} more in the tables)" if len(off) > MAX_LISTED else ""
+        sec.blocks += [Heading("Bins with coverage_off"),
+                       Table(["quantity", "bin", "coverage", "pull mean", "pull width", "failed toys", "status"],
+                             listed, f"{len(off)} bin(s){more}")]
+    return sec, [png]
+
+
 # ---------------------------------------------------------------- config, inputs, outputs ---------------------
 
 
@@ -1060,6 +1124,8 @@ def report_sections(plan: Plan, out_dir: str, files: Sequence[str]) -> tuple[lis
     counts = fit_status_counts(plan)
     variables = variables_of(plan)
     closure, drawn = closure_section(folders, out_dir)
+    coverage, coverage_png = coverage_section(folders, out_dir)
+    drawn += coverage_png
     efficiencies = values_section("efficiencies", folders, pngs, out_dir)
     why = no_scale_factors(plan.nominal_config)
     if why:  # no scale-factors section
@@ -1074,6 +1140,7 @@ def report_sections(plan: Plan, out_dir: str, files: Sequence[str]) -> tuple[lis
         *([] if why else [values_section("scale-factors", folders, pngs, out_dir)]),
         uncertainties_section(folders, [s.name for s in plan.nominal_config.systematics.sources]),
         closure,
+        coverage,
         inputs_section(plan),
         outputs_section([*files, *drawn], out_dir),
     ]

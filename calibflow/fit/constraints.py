@@ -55,6 +55,15 @@ def penalty(names: Sequence[str], constraints: Constraints | None) -> Callable[[
     return term
 
 
+def constraint_chi2(names: Sequence[str], constraints: Constraints | None, x: np.ndarray) -> tuple[float, int]:
+    """(Σ_k ((x_k − v_k)/σ_k)², number of terms) at the parameters ``x`` (``names``' order): what the constraints
+    add to a fit's χ² and to its ndof, each constraint a measurement of its parameter ((0, 0) without any)."""
+    term = penalty(names, constraints)
+    if term is None:
+        return 0.0, 0
+    return term(x), sum(n in names for n in constraints or {})
+
+
 def constrained(cost: Callable[[np.ndarray], float], names: Sequence[str],
                 constraints: Constraints | None) -> Callable[[np.ndarray], float]:
     """``cost`` plus the :func:`penalty` of ``constraints`` (``cost`` itself when none applies)."""

@@ -43,6 +43,9 @@ MEANINGS = {
                               "fits are not attempted",
     "no_template": "fit.signal template: the reference simulation has no pass or no fail candidate in this bin",
     "no_constraint": "fit.constrain: the simulation fit of this bin gives no value of a constrained parameter",
+    "coverage_off": "config coverage: toys of the bin's result show its ±1σ interval covering more than 3 binomial σ "
+                    "away from 68.27 %, or pulls of width outside [0.8, 1.2] (reasons after the ':', sf_ for the "
+                    "scale factor; docs/fits.md, \"Coverage\")",
 }
 """What each status tag (the part before a ``:``) means, for the reader of the gallery."""
 

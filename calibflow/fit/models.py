@@ -771,9 +771,13 @@ def _poly_start(prefix: str, order: int, start: float, limits: tuple[float, floa
 
 
 def _cms_start(lo: float, hi: float, peak: float, width: float) -> Start:
+    """egm_tnp_analysis's RooCMSShape starts for its 60–120 GeV window (acms 60, β 0.05 GeV⁻¹, γ 0.1 GeV⁻¹) and
+    its β ≤ 0.08 GeV⁻¹, scaled to the window's width w: the turn-on is never sharper than w/4.8, so the
+    background cannot take the shape of a peak. α may lie a window below it and β go to 0.001·60/w GeV⁻¹ (a
+    plain exponential), γ within ±2·60/w GeV⁻¹."""
     w = hi - lo
-    return {"alpha": (lo + 0.1 * w, (lo - w, hi)), "beta": (5.0 / w, (0.01 / w, 500.0 / w)),
-            "gamma": (2.0 / w, (1e-4 / w, 100.0 / w))}
+    return {"alpha": (lo, (lo - w, hi)), "beta": (3.0 / w, (0.06 / w, 4.8 / w)),
+            "gamma": (6.0 / w, (-120.0 / w, 120.0 / w))}
 
 
 def _argus_start(lo: float, hi: float, peak: float, width: float) -> Start:

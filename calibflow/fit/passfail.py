@@ -33,7 +33,7 @@ import numba as nb
 import numpy as np
 from iminuit import Minuit
 
-from calibflow.fit.constraints import Constraints, constrained, penalty
+from calibflow.fit.constraints import Constraints, constrained, constraint_chi2
 from calibflow.fit.diagnostics import FitQuality, at_limit, chi2_pvalue, fit_problems
 from calibflow.fit.models import EXPONENTIAL, SIGNALS, Shape, cdf1, get_shape, normalised_cdf
 
@@ -59,7 +59,8 @@ class FitResult:
     first good one, else the best); ``signal_model``: its signal shape. ``chi2_pvalue``: P(χ²_ndof ≥ χ²)
     (:func:`calibflow.fit.diagnostics.chi2_pvalue`); ``ks``: unbinned fits' Kolmogorov-Smirnov statistics
     ``d_pass``, ``pvalue_pass``, ``d_fail``, ``pvalue_fail`` (:func:`calibflow.fit.diagnostics.ks_test`; empty
-    for binned fits).
+    for binned fits). Constrained fits: ``chi2`` includes the constraints' ``chi2_constraints`` and ``ndof``
+    their number ``n_constraints`` (one measurement each, :func:`calibflow.fit.constraints.constraint_chi2`).
     """
 
     efficiency: float
@@ -82,10 +83,15 @@ class FitResult:
     n_fail_err: float = math.nan
     chi2_pvalue: float = math.nan
     ks: dict[str, float] = field(default_factory=dict)
+    chi2_constraints: float = 0.0
+    n_constraints: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
+        """JSON-ready dict (``chi2_constraints`` and ``n_constraints`` only for a constrained fit)."""
+        out = asdict(self)
+        if not self.n_constraints:
+            del out["chi2_constraints"], out["n_constraints"]
+        return out
 
 
 def parameter_names(signal: Shape, background: Shape, fail_width_shift: bool = False,
@@ -548,6 +554,8 @@ class Attempt:
     chi2: float
     ndof: int
     problems: list[str]
+    chi2_constraints: float = 0.0
+    n_constraints: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready record of the attempt."""
@@ -556,12 +564,43 @@ class Attempt:
                 "valid": bool(self.minuit.valid)}
 
 
+FREEZE_LABEL = "background_shape_fixed"
+"""Label of the attempt that fixes unconstrained background shapes (:func:`frozen_background`)."""
+FREEZE_MAX_FRACTION = 0.1
+"""A category's background shape is fixed only when its fitted yield is below this fraction of its candidates."""
+FREEZE_NONE = 0.5
+"""A background yield below this (candidates) sits at its bound 0: the retry fixes it to 0 with its shape."""
+
+
+def frozen_background(prev: Attempt, counts: Mapping[str, float]) -> dict[str, float]:
+    """Background shape parameters to fix, with their values, after attempt ``prev``: in each category whose fitted
+    background yield is below :data:`FREEZE_MAX_FRACTION` of its candidates (``counts``: category → Σw) and
+    either a background shape parameter ran to a limit or the yield sits at 0 (< :data:`FREEZE_NONE`): the shape
+    parameters, and a yield at 0 fixed to 0. Such a category holds too little background to constrain its shape;
+    with the shape free, Minuit's minimum or covariance is invalid (the flat directions, a yield at its bound), and
+    with it fixed where the data drove it, the errors of ε and the yields are those of the data. Empty: no
+    retry."""
+    m, model = prev.minuit, prev.model
+    hit = set(at_limit(m, model.shape_names, model.bounded))
+    out: dict[str, float] = {}
+    for cat, n in counts.items():
+        names = [f"{p}_{cat}" for p in model.background.params]
+        n_bkg = float(m.values[f"n_bkg_{cat}"])
+        none = n_bkg < FREEZE_NONE and not m.fixed[f"n_bkg_{cat}"]
+        if n_bkg < FREEZE_MAX_FRACTION * n and (none or hit.intersection(names)):
+            out.update({k: float(m.values[k]) for k in names if not m.fixed[k]})
+            if none:
+                out[f"n_bkg_{cat}"] = 0.0
+    return out
+
+
 def attempt_plan(signal: Shape, strategy: int, retry: bool) -> list[tuple[str, Shape, int, str]]:
     """(label, signal shape, strategy, start mode) of each attempt, in order."""
     plan = [("initial", signal, strategy, "excess")]
     if not retry:
         return plan
     plan.append(("strategy2_sideband_starts", signal, 2, "sideband"))
+    plan.append((FREEZE_LABEL, signal, 2, "freeze"))
     seen = {signal.name}
     shape = signal
     while shape.simpler and shape.simpler not in seen:
@@ -588,12 +627,13 @@ def run_attempts(
     """Fit until an attempt passes the checks; return all attempts and the index of the one to report.
 
     ``hp``/``hf`` are histograms on ``edges`` used for the starting values (the data themselves for
-    binned fits); ``goodness(model, minuit)`` gives (χ², ndof) of a minimum. ``prefit``: start each
+    binned fits); ``goodness(model, minuit)`` gives the data's (χ², ndof) at a minimum. ``prefit``: start each
     attempt from a binned fit of ``hp``/``hf``, its values and covariance (for unbinned costs: far fewer
     expensive calls; :func:`seed_covariance`). ``shift``: minimise the cost minus its value at the start
     (:func:`shifted`; for costs far from 0 at the minimum, whose HESSE would otherwise be inaccurate).
     ``constraints``: Gaussian penalties added to every attempt's cost
-    (:func:`calibflow.fit.constraints.constrained`; ``goodness`` sees the constrained minimum). HESSE runs
+    (:func:`calibflow.fit.constraints.constrained`), and to the data's χ² and ndof as one measurement each
+    (:func:`calibflow.fit.constraints.constraint_chi2`); the checks see the sums. HESSE runs
     unless Migrad's closing HESSE already gave the covariance (:func:`minimise`).
     """
     names = model0.names
@@ -604,7 +644,15 @@ def run_attempts(
     attempts: list[Attempt] = []
     for label, signal, strat, mode in attempt_plan(model0.signal, strategy, quality.retry):
         model = replace(model0, signal=signal.on(model0.lo, model0.hi))
-        if mode == "sideband":
+        freeze: dict[str, float] = {}
+        if mode == "freeze":
+            prev = min(attempts, key=lambda a: a.minuit.fval)  # from the best minimum found so far
+            freeze = frozen_background(prev, {"pass": float(hp.sum()), "fail": float(hf.sum())})
+            if not freeze:
+                continue
+            raw = {n: (float(prev.minuit.values[n]), (prev.minuit.limits[n][0], prev.minuit.limits[n][1]))
+                   for n in model.names}
+        elif mode == "sideband":
             prev = attempts[-1].minuit
             if "mu" in prev.parameters and "sigma" in prev.parameters and not at_limit(prev, ["mu", "sigma"]):
                 peak, width = float(prev.values["mu"]), float(prev.values["sigma"])
@@ -612,6 +660,8 @@ def run_attempts(
         else:
             raw = starting_values(model, edges, hp, hf)
         start, fixed = apply_overrides(model, raw, parameters)
+        start.update({k: (v, start[k][1]) for k, v in freeze.items()})
+        fixed |= set(freeze)
         seed: Minuit | None = None
         if prefit:
             pre = make_minuit(binned_cost(model, edges, hp, hf, np.ones_like(hp), np.ones_like(hf)), model, start,
@@ -626,12 +676,17 @@ def run_attempts(
         m = make_minuit(cost, model, start, fixed, strat)
         minimise(m, seed)
         chi2, ndof = goodness(model, m)
+        chi2_c, n_c = constraint_chi2(model.names, constraints, np.array(m.values))
+        chi2, ndof = chi2 + chi2_c, ndof + n_c
         problems = fit_problems(m, model.shape_names, model.bounded, chi2, ndof, quality)
-        attempts.append(Attempt(label, model, m, chi2, ndof, problems))
+        if freeze:
+            label = f"{FREEZE_LABEL}:{'+'.join(sorted(freeze))}"
+        attempts.append(Attempt(label, model, m, chi2, ndof, problems, chi2_c, n_c))
         if not problems:
             return attempts, len(attempts) - 1
-    best = min(range(len(attempts)),
-               key=lambda i: (not attempts[i].minuit.valid, len(attempts[i].problems), i))
+    best = min(range(len(attempts)),  # an inaccurate covariance makes every error meaningless: avoid it next
+               key=lambda i: (not attempts[i].minuit.valid, not attempts[i].minuit.accurate,
+                              len(attempts[i].problems), i))
     return attempts, best
 
 
@@ -698,6 +753,8 @@ def build_result(attempts: list[Attempt], accepted: int, minos: bool, errors: di
         accepted=accepted,
         attempts=[x.summary() for x in attempts],
         signal_model=a.model.signal.name,
+        chi2_constraints=a.chi2_constraints,
+        n_constraints=a.n_constraints,
     )
 
 
@@ -726,7 +783,7 @@ def fit_pass_fail(
     category, ``fail_gauss`` a Gaussian to the fail signal (:data:`FAIL_GAUSS`). ``quality`` sets the checks
     and whether failing fits are retried. ``signal_fail``: a signal shape of the fail category's own
     (templates); ``constraints``: Gaussian constraints name -> (value, σ) (:mod:`calibflow.fit.constraints`),
-    left out of the reported χ². Status is ``ok`` or a comma-separated list of the problems of the reported
+    each a measurement in the reported χ² and ndof (:func:`run_attempts`). Status is ``ok`` or a comma-separated list of the problems of the reported
     attempt.
     """
     edges = np.asarray(edges, dtype=float)
@@ -734,10 +791,9 @@ def fit_pass_fail(
     model0 = PassFailModel.create(signal, background, edges[0], edges[-1], fail_width_shift, fail_gauss, signal_fail)
     sp, sf = _scale(hp, pass_w2), _scale(hf, fail_w2)
 
-    def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:
-        term = penalty(model.names, constraints)
-        chi2 = float(m.fval) - (term(np.array(m.values)) if term is not None else 0.0)
-        return chi2, int(hp.size + hf.size - m.nfit)
+    def goodness(model: PassFailModel, m: Minuit) -> tuple[float, int]:  # the data's: the cost less the penalty
+        return float(m.fval) - constraint_chi2(model.names, constraints, np.array(m.values))[0], \
+            int(hp.size + hf.size - m.nfit)
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: binned_cost(mdl, edges, hp, hf, sp, sf),
                                       goodness, parameters, strategy, quality or FitQuality(),

@@ -11,7 +11,9 @@ plot style) arrives as :class:`FigureText`, so it never enters a fit key (``Plan
 Data intervals are Garwood's central 68.27 % Poisson intervals (an empty mass bin reaches 1.84, never
 below 0); weighted histograms use them on the effective counts n_eff = (Σw)²/Σw² scaled back by Σw/n_eff.
 Sparse categories are shown in merged mass bins (:func:`display_factor`); the fit used the histogram's own.
-Units: masses in the unit of the mass variable (``mass.unit``).
+Method sideband's figures (:func:`sideband_categories`) shade the window and the sidebands and show the background
+the subtraction assumes, with the pulls of the sideband bins against it. Units: masses in the unit of the mass
+variable (``mass.unit``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ SPACE_EM = 0.5
 BACKGROUNDS = 4
 """Rendered backgrounds a figure keeps (one per mass range, mass label and brand)."""
 OK_COLOUR, FLAG_COLOUR = "#1a7f37", "#c0392b"
+WINDOW_COLOUR, SIDEBAND_COLOUR = "C0", "0.45"
+"""Shading of method sideband's signal window and sidebands (mass and pull panels)."""
+
+Windows = tuple[tuple[float, float], tuple[tuple[float, float], ...]]
+"""Method sideband's signal window and sidebands: ((lo, hi), ((lo, hi), ...)), in the mass unit."""
 
 
 @dataclass(frozen=True)
@@ -75,27 +82,38 @@ class FigureText:
     mass_label: str = "mass"
     mass_unit: str = ""
     brand: str = ""
-    windows: tuple[tuple[float, float], tuple[tuple[float, float], ...]] | None = None
-    """Method ``sideband``: the signal window and the sidebands, shaded (the legend then names them)."""
+    windows: Windows | None = None
+    """Method ``sideband``: the signal window and the sidebands, shaded; the panels then show the background
+    the subtraction assumes and the pulls of the sideband bins against it (:func:`sideband_categories`)."""
+    sideband_background: str = "flat"
+    """Method ``sideband``: ``flat`` or ``fitted`` (``fit.sideband.background``)."""
 
 
-def figure_text(cfg: CalibrationConfig, sample: str, b: Bin) -> FigureText:
+CONSTRAINT_FIT = "constraint fit"
+"""Said after the sample in the title of a simulation fit giving ``fit.constrain``'s constraints."""
+
+
+def figure_text(cfg: CalibrationConfig, sample: str, b: Bin, constraint: bool = False) -> FigureText:
     """The texts of the figure of bin ``b`` of ``sample``: ``data, bin 12: $p$ ∈ [10, 20) GeV, ...``, the
-    mass label and unit, and the brand of ``outputs.plot_style`` (experiment and label)."""
+    mass label and unit, and the brand of ``outputs.plot_style`` (experiment and label). ``constraint``: the
+    figure of the sample's simulation fit for ``fit.constrain`` (``mc (constraint fit), bin 12: ...``; a
+    pass/fail fit whatever the sample's method)."""
     style = cfg.outputs.plot_style
     brand = " ".join(t for t in (style.experiment, style.label) if t)
-    sb = cfg.fit.sideband if cfg.samples[sample].method == "sideband" else None
+    sb = cfg.fit.sideband if cfg.samples[sample].method == "sideband" and not constraint else None
     windows = None if sb is None else (tuple(sb.signal), tuple(tuple(w) for w in sb.sidebands))
-    return FigureText(f"{sample}, bin {b.index}: {bin_title(b, cfg.binning.variables)}", cfg.mass_spec.label,
-                      cfg.mass_spec.unit, brand, windows)
+    name = f"{sample} ({CONSTRAINT_FIT})" if constraint else sample
+    return FigureText(f"{name}, bin {b.index}: {bin_title(b, cfg.binning.variables)}", cfg.mass_spec.label,
+                      cfg.mass_spec.unit, brand, windows, sb.background if sb is not None else "flat")
 
 
 def plot_bin(cfg: CalibrationConfig, sample: str, b: Bin, data: BinHistograms | BinCandidates,
-             result: Mapping[str, Any], path: str, error: str) -> str | None:
-    """Draw the figure of bin ``b`` of ``sample`` (config ``cfg``) into ``path`` without ever raising: the
-    reason of a failure is written to ``error`` and returned (see :func:`safe_plot_bin_fit`)."""
+             result: Mapping[str, Any], path: str, error: str, constraint: bool = False) -> str | None:
+    """Draw the figure of bin ``b`` of ``sample`` (config ``cfg``; ``constraint``: its simulation fit for
+    ``fit.constrain``, :func:`figure_text`) into ``path`` without ever raising: the reason of a failure is
+    written to ``error`` and returned (see :func:`safe_plot_bin_fit`)."""
     return safe_plot_bin_fit(path, error, data, result, cfg.fit.background, cfg.fit.fail_width_shift,
-                             figure_text(cfg, sample, b), cfg.mass_spec.bins, cfg.fit.min_candidates)
+                             figure_text(cfg, sample, b, constraint), cfg.mass_spec.bins, cfg.fit.min_candidates)
 
 
 def bin_title(b: Bin, variables: Sequence[BinVariable] = ()) -> str:
@@ -154,7 +172,8 @@ def display_factor(candidates: float, bins: int) -> int:
 class Category:
     """What one panel shows: the ``name`` (pass or fail), the shown mass ``edges``, the data (``sumw``,
     ``sumw2`` for weighted data), the candidates, and the fitted model (None without a fit): ``fine_x`` and
-    the total, signal and background per shown bin width there, and the total in the shown bins."""
+    the total, signal and background per shown bin width there, and the ``expected`` counts in the shown bins
+    that the pulls compare the data with (where ``pull_mask`` is true; None: every bin)."""
 
     name: str
     edges: np.ndarray
@@ -166,6 +185,7 @@ class Category:
     signal: np.ndarray | None = None
     background: np.ndarray | None = None
     expected: np.ndarray | None = None
+    pull_mask: np.ndarray | None = None
 
     @property
     def width(self) -> float:
@@ -194,20 +214,52 @@ def categories(hist: BinHistograms, result: Mapping[str, Any], background: str, 
                                      signal_fail=signal_fail)
         x = np.array([result["values"][n] for n in model.names])
         comps = model.components(fine, x)
-    out = []
-    for c, name in enumerate(CATEGORIES):
-        n = float(result.get(f"candidates_{name}", hist.sumw[c].sum()))
-        k = display_factor(n, len(edges) - 1)
-        shown = edges[::k]
-        cat = Category(name, shown, hist.sumw[c].reshape(-1, k).sum(axis=1),
-                       hist.sumw2[c].reshape(-1, k).sum(axis=1) if hist.weighted else None, n)
-        if model is not None and comps is not None:
+    out = shown_data(hist, result)
+    if model is not None and comps is not None:
+        for c, cat in enumerate(out):
             scale = cat.width / (fine[1] - fine[0])
             cat.signal, cat.background = comps[2 * c] * scale, comps[2 * c + 1] * scale
             cat.total = cat.signal + cat.background
             cat.fine_x = 0.5 * (fine[1:] + fine[:-1])
-            cat.expected = model.expected(shown, x)[c]
-        out.append(cat)
+            cat.expected = model.expected(cat.edges, x)[c]
+    return out
+
+
+def shown_data(hist: BinHistograms, result: Mapping[str, Any]) -> list[Category]:
+    """The pass and fail data of a bin as shown: merged by :func:`display_factor` of the result's candidate
+    counts (the histogram's sums without them), no model."""
+    out = []
+    for c, name in enumerate(CATEGORIES):
+        n = float(result.get(f"candidates_{name}", hist.sumw[c].sum()))
+        k = display_factor(n, len(hist.edges) - 1)
+        out.append(Category(name, hist.edges[::k], hist.sumw[c].reshape(-1, k).sum(axis=1),
+                            hist.sumw2[c].reshape(-1, k).sum(axis=1) if hist.weighted else None, n))
+    return out
+
+
+def sideband_categories(hist: BinHistograms, result: Mapping[str, Any], windows: Windows, background: str,
+                        fine_bins: int = FINE_BINS) -> list[Category]:
+    """The pass and fail panels of method sideband: the data (:func:`shown_data`), the background the
+    subtraction assumes (:func:`calibflow.fit.sideband.background_counts`: flat, or the fitted exponential, at
+    the level of each category's sideband counts) drawn over the sidebands and the window, and as ``expected``
+    in the shown bins; pulls only in the shown bins lying wholly inside the sidebands (where the background
+    was measured; in the window it is what is subtracted)."""
+    from calibflow.fit.sideband import background_counts, window_mask
+
+    signal, sidebands = windows
+    lo = min(signal[0], *(a for a, _ in sidebands))
+    hi = max(signal[1], *(b for _, b in sidebands))
+    fine = np.linspace(lo, hi, fine_bins + 1)
+    counts = background_counts(hist, signal, sidebands, background)
+    curve = counts(fine[:-1], fine[1:])
+    side = window_mask(hist.edges, sidebands)
+    out = shown_data(hist, result)
+    for c, cat in enumerate(out):
+        k = (len(hist.edges) - 1) // (len(cat.edges) - 1)
+        cat.fine_x = 0.5 * (fine[1:] + fine[:-1])
+        cat.background = curve[c] * cat.width / (fine[1] - fine[0])
+        cat.expected = counts(cat.edges[:-1], cat.edges[1:])[c]
+        cat.pull_mask = side.reshape(-1, k).all(axis=1)
     return out
 
 
@@ -343,16 +395,13 @@ class _Panel:
         (self.total,) = ax.plot([], [], color="C0", lw=1.8, label="fit")
         (self.signal,) = ax.plot([], [], color="C3", ls="--", lw=1.3, label="signal")
         (self.background,) = ax.plot([], [], color="C2", ls=":", lw=1.6, label="background")
-        self.window = ax.stairs(np.zeros(1), np.arange(2.0), fill=True, color="C0", alpha=0.15, lw=0,
-                                label="signal window")
-        self.sides = ax.stairs(np.zeros(1), np.arange(2.0), fill=True, color="0.45", alpha=0.18, lw=0,
-                               label="sidebands")
+        self.spans: list[Any] = []  # method sideband's shaded windows: static, in the cached background
         ax.text(0.03, 0.96, CATEGORIES[col], transform=ax.transAxes, va="top", ha="left", fontsize=11,
                 fontweight="bold")
         self.note = ax.text(0.03, 0.89, "", transform=ax.transAxes, va="top", ha="left", fontsize=10)
         # a text of its own rather than the axis label: no search of the tick labels' extent at every bin
         self.ylabel = ax.text(-0.125, 0.5, "", transform=ax.transAxes, rotation=90, va="center", ha="center")
-        self.legend(windows=False)
+        self.set_windows(None, "")
         # the counts' scale changes with every bin: its ticks and labels are a few artists of their own, not
         # an Axis (whose tick objects and label extents cost more than the rest of the panel)
         ax.set_yticks([])
@@ -372,27 +421,29 @@ class _Panel:
     @property
     def dynamic(self) -> list[Any]:
         """The artists that change from bin to bin, in drawing order (the rest is the cached background)."""
-        return [self.window, self.sides, self.ticks, self.tick_labels, self.ylabel, self.background, self.signal,
-                self.total, self.errors, self.data, self.note, self.pulls, self.zero]
+        return [self.ticks, self.tick_labels, self.ylabel, self.background, self.signal, self.total, self.errors,
+                self.data, self.note, self.pulls, self.zero]
 
-    def legend(self, windows: bool) -> None:
-        """The legend of a fit (data, fit, signal, background) or of sideband subtraction (data, windows)."""
-        handles = [self.data, self.window, self.sides] if windows else [self.data, self.total, self.signal,
-                                                                         self.background]
-        self.ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
-
-    def set_windows(self, windows: tuple[tuple[float, float], tuple[tuple[float, float], ...]] | None,
-                    top: float) -> None:
-        """Shade the signal window and the sidebands up to ``top`` (nothing without ``windows``)."""
+    def set_windows(self, windows: Windows | None, background: str) -> None:
+        """The static part of a panel's figure: for method sideband (``windows``) the signal window and the
+        sidebands shaded over the mass and pull panels and a legend of data, the ``background`` (flat or
+        fitted) and the windows; for a fit (None) no shading and a legend of data, fit, signal, background."""
+        for span in self.spans:
+            span.remove()
+        self.spans = []
+        self.background.set_linestyle(":" if windows is None else "-")  # sideband: the one curve, solid (update)
         if windows is None:
-            x = float(self.ax.get_xlim()[0])
-            self.window.set_data([0.0], [x, x + 1e-9])
-            self.sides.set_data([0.0], [x, x + 1e-9])
+            self.ax.legend(handles=[self.data, self.total, self.signal, self.background],
+                           labels=["data", "fit", "signal", "background"], loc="upper right", fontsize=9,
+                           frameon=False)
             return
         (a, b), sides = windows
-        self.window.set_data([top], [a, b])
-        edges = [x for w in sorted(sides) for x in w]
-        self.sides.set_data([top if i % 2 == 0 else 0.0 for i in range(len(edges) - 1)], edges)
+        for ax in (self.ax, self.pax):
+            self.spans.append(ax.axvspan(a, b, color=WINDOW_COLOUR, alpha=0.15, lw=0, zorder=0))
+            self.spans += [ax.axvspan(lo, hi, color=SIDEBAND_COLOUR, alpha=0.18, lw=0, zorder=0) for lo, hi in sides]
+        self.ax.legend(handles=[self.data, self.background, *self.spans[:2]],
+                       labels=["data", f"background ({background})", "signal window", "sidebands"],
+                       loc="upper right", fontsize=9, frameon=False)
 
     def set_ylim(self, top: float) -> None:
         """Counts from 0 to ``top``, with ticks where matplotlib's locator puts them."""
@@ -401,9 +452,8 @@ class _Panel:
         self.ticks.set_data([x for _ in values for x in (-TICK, 0.0, np.nan)], [y for v in values for y in (v, v, v)])
         self.tick_labels.set_ticks(values)
 
-    def update(self, cat: Category, min_candidates: int, ylabel: str,
-               windows: tuple[tuple[float, float], tuple[tuple[float, float], ...]] | None = None) -> None:
-        """Show one category of one bin (``windows``: method sideband's, shaded)."""
+    def update(self, cat: Category, min_candidates: int, ylabel: str) -> None:
+        """Show one category of one bin: the data, the model's curves and the pulls where ``cat`` has them."""
         edges = cat.edges
         centres = 0.5 * (edges[1:] + edges[:-1])
         lo, hi = data_intervals(cat.sumw, cat.sumw2)
@@ -414,15 +464,18 @@ class _Panel:
         lines = ((self.total, cat.total), (self.signal, cat.signal), (self.background, cat.background))
         for line, y in lines:
             line.set_data(([], []) if y is None else (cat.fine_x, y))
-        if cat.total is not None and cat.expected is not None:
-            top = max(top, float(np.nanmax(cat.total)))
+        self.background.set_linestyle(":" if cat.total is not None else "-")  # as in the legend (set_windows)
+        drawn = cat.total if cat.total is not None else cat.background
+        if drawn is not None and drawn.size:
+            top = max(top, float(np.nanmax(drawn)))
+        pulls = np.zeros_like(cat.sumw)
+        if cat.expected is not None:
             scale = None if cat.sumw2 is None else _scale(cat.sumw, cat.sumw2)
-            pulls = np.clip(poisson_pulls(cat.sumw, cat.expected, scale), -0.98 * PULL_RANGE, 0.98 * PULL_RANGE)
-        else:
-            pulls = np.zeros_like(cat.sumw)
+            shown = np.ones(pulls.shape, dtype=bool) if cat.pull_mask is None else cat.pull_mask
+            pulls[shown] = np.clip(poisson_pulls(cat.sumw, cat.expected, scale)[shown], -0.98 * PULL_RANGE,
+                                   0.98 * PULL_RANGE)
         self.pulls.set_data(pulls, edges)
         self.set_ylim(1.45 * top if top > 0 else 1.0)
-        self.set_windows(windows, 1.45 * top if top > 0 else 1.0)
         self.ylabel.set_text(ylabel)
         low = cat.candidates < min_candidates
         self.note.set_text("no candidates" if cat.candidates == 0 else
@@ -481,15 +534,15 @@ class FitFigure:
             a.set_animated(True)
         self._backgrounds: dict[tuple[Any, ...], Any] = {}
 
-    def _prepare(self, static: tuple[float, float, str, str, bool]) -> None:
-        """Restore the background of ``static`` (mass range, mass axis label, brand, sideband legend), rendered
-        first if it is not among the last :data:`BACKGROUNDS` ones."""
+    def _prepare(self, static: tuple[float, float, str, str, Windows | None, str]) -> None:
+        """Restore the background of ``static`` (mass range, mass axis label, brand, method sideband's windows
+        and background), rendered first if it is not among the last :data:`BACKGROUNDS` ones."""
         if static not in self._backgrounds:
-            lo, hi, xlabel, brand, windows = static
+            lo, hi, xlabel, brand, windows, background = static
             for p in self.panels:
                 p.ax.set_xlim(lo, hi)
                 p.pax.set_xlabel(xlabel)
-                p.legend(windows)
+                p.set_windows(windows, background)
             self.brand.set_text(brand)
             self.canvas.draw()
             if len(self._backgrounds) >= BACKGROUNDS:
@@ -503,17 +556,18 @@ class FitFigure:
         import matplotlib
 
         for cat, panel in zip(cats, self.panels, strict=True):
-            panel.update(cat, min_candidates, ylabel(cat, text.mass_unit, weighted), text.windows)
+            panel.update(cat, min_candidates, ylabel(cat, text.mass_unit, weighted))
         status = str(result.get("status", ""))
-        self.title.set_text(text.title, self.canvas.get_renderer())
         self.summary.set_text(summary_line(result))
         self.status.set_text(f"status: {status}")
         self.status.set_color(OK_COLOUR if status == "ok" else FLAG_COLOUR)
         lo, hi = float(cats[0].edges[0]), float(cats[0].edges[-1])
-        static = (lo, hi, axis_label(text.mass_label, text.mass_unit), text.brand, text.windows is not None)
+        static = (lo, hi, axis_label(text.mass_label, text.mass_unit), text.brand, text.windows,
+                  text.sideband_background if text.windows is not None else "")
         hinting = matplotlib.rcParams["text.hinting"]
         matplotlib.rcParams["text.hinting"] = "no_hinting"
-        try:
+        try:  # the title's pieces measured as they are drawn: without hinting (hinted, long pieces overlap)
+            self.title.set_text(text.title, self.canvas.get_renderer())
             self._prepare(static)
             for a in self.dynamic:
                 self.fig.draw_artist(a)
@@ -557,9 +611,11 @@ def plot_bin_fit(path: str, data: BinHistograms | BinCandidates, result: Mapping
                  fail_width_shift: bool, text: FigureText, mass_bins: int = 100, min_candidates: int = 0) -> None:
     """Draw one bin's pass/fail fit (``result`` of ``measure_bin``; ``data`` its histograms or candidates, the
     latter histogrammed in ``mass_bins``) into the PNG ``path``; a result without parameters (an empty bin)
-    shows the data alone. ``min_candidates``: below it a category is marked as low statistics."""
+    shows the data alone; with ``text.windows`` (method sideband) the panels are :func:`sideband_categories`.
+    ``min_candidates``: below it a category is marked as low statistics."""
     hist = histograms_of(data, mass_bins)
-    cats = categories(hist, result, background, fail_width_shift)
+    cats = categories(hist, result, background, fail_width_shift) if text.windows is None else \
+        sideband_categories(hist, result, text.windows, text.sideband_background)
     fit_figure().draw(path, cats, result, text, hist.weighted, min_candidates)
 
 

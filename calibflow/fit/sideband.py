@@ -14,12 +14,13 @@ Var(N_sig) = Σw²_W + α²·Σw²_S (+ N_S²·Var α); ε = P/(P + F) with Var 
 2ε(1−ε)·Cov)/(P + F)², where pass and fail candidates are disjoint and only a fitted α correlates the two
 yields (Cov = N_S,pass·N_S,fail·Var α). Symmetric errors; an ε outside [0, 1] (a negative yield after
 subtraction) is kept and flagged by the caller. Window edges must be edges of the mass histogram.
+:func:`background_counts` gives the background assumed, in any mass interval (the figures draw it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,19 +69,18 @@ def _exp_integral(c: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return (np.exp(c * hi) - np.exp(c * lo)) / c
 
 
-def fitted_alpha(edges: np.ndarray, counts: np.ndarray, signal: Window, sidebands: Sequence[Window]
+def fitted_slope(edges: np.ndarray, counts: np.ndarray, signal: Window, sidebands: Sequence[Window]
                  ) -> tuple[float, float]:
-    """α and Var α of an exponential background fitted to the sideband bins of ``counts`` (shape
-    (categories, mass bins)): one slope shared by the categories, a free normalisation each (binned Poisson
-    likelihood; masses taken relative to the window's centre)."""
+    """Slope c (per mass unit) and Var c of an exponential background exp(c·m) fitted to the sideband bins of
+    ``counts`` (shape (categories, mass bins)): one slope shared by the categories, a free normalisation each
+    (binned Poisson likelihood, the normalisations profiled out; masses relative to the window's centre)."""
     edges = np.asarray(edges, dtype=float)
     centre = 0.5 * (signal[0] + signal[1])
-    lo, hi = edges[:-1] - centre, edges[1:] - centre
     side = window_mask(edges, sidebands)
+    lo_s, hi_s = edges[:-1][side] - centre, edges[1:][side] - centre
     y = np.asarray(counts, dtype=float)[:, side]
-    lo_s, hi_s = lo[side], hi[side]
 
-    def nll(c: float) -> float:  # the normalisations profiled out: ν_k = N_k·shape/Σshape
+    def nll(c: float) -> float:  # ν_k = N_k·shape/Σshape
         shape = _exp_integral(c, lo_s, hi_s)
         p = shape / shape.sum()
         return -float(sum(np.sum(yk[yk > 0] * np.log(p[yk > 0])) for yk in y))
@@ -91,15 +91,47 @@ def fitted_alpha(edges: np.ndarray, counts: np.ndarray, signal: Window, sideband
     c = float(best.x)
     h = 1e-4 / width
     curvature = (nll(c + h) - 2 * nll(c) + nll(c - h)) / (h * h)
-    var_c = 1.0 / curvature if curvature > 0 else math.inf
+    return c, (1.0 / curvature if curvature > 0 else math.inf)
 
-    def alpha(c: float) -> float:
-        w = _exp_integral(c, np.array([signal[0] - centre]), np.array([signal[1] - centre])).sum()
-        s = sum(_exp_integral(c, np.array([a - centre]), np.array([b - centre])).sum() for a, b in sidebands)
-        return float(w / s)
 
-    da = (alpha(c + h) - alpha(c - h)) / (2 * h)
-    return alpha(c), da * da * var_c
+def _windows_integral(c: float, windows: Sequence[Window], centre: float) -> float:
+    """∫ exp(c·(m − centre)) dm over the union of ``windows`` (mass unit)."""
+    return sum(float(_exp_integral(c, np.array([a - centre]), np.array([b - centre]))[0]) for a, b in windows)
+
+
+def _alpha(c: float, signal: Window, sidebands: Sequence[Window]) -> float:
+    """∫_W exp(c·m) / ∫_S exp(c·m) (masses relative to the window's centre)."""
+    centre = 0.5 * (signal[0] + signal[1])
+    return _windows_integral(c, [signal], centre) / _windows_integral(c, sidebands, centre)
+
+
+def fitted_alpha(edges: np.ndarray, counts: np.ndarray, signal: Window, sidebands: Sequence[Window]
+                 ) -> tuple[float, float]:
+    """α and Var α of the exponential background of :func:`fitted_slope` (Var α from Var c, linearised)."""
+    c, var_c = fitted_slope(edges, counts, signal, sidebands)
+    h = 1e-4 / float(np.ptp(np.asarray(edges, dtype=float)))
+    da = (_alpha(c + h, signal, sidebands) - _alpha(c - h, signal, sidebands)) / (2 * h)
+    return _alpha(c, signal, sidebands), da * da * var_c
+
+
+def background_counts(hist: BinHistograms, signal: Window, sidebands: Sequence[Window], background: str
+                      ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The background the subtraction assumes: a function of mass intervals [lo, hi] (arrays, mass unit)
+    giving per category (shape (2, len(lo))) N_S,k·∫exp(c·m)/∫_S exp(c·m), N_S,k the category's sideband counts
+    (Σw) and c = 0 (``flat``) or :func:`fitted_slope` (``fitted``). Over the window it is α·N_S,k: what is
+    subtracted."""
+    if background not in ("flat", "fitted"):
+        raise ValueError(f"sideband background {background!r}: use flat or fitted")
+    centre = 0.5 * (signal[0] + signal[1])
+    c = fitted_slope(hist.edges, hist.sumw, signal, sidebands)[0] if background == "fitted" else 0.0
+    n_side = hist.sumw[:, window_mask(hist.edges, sidebands)].sum(axis=1)
+    side = _windows_integral(c, sidebands, centre)
+
+    def counts(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        shape = _exp_integral(c, np.asarray(lo, dtype=float) - centre, np.asarray(hi, dtype=float) - centre) / side
+        return n_side[:, None] * shape[None, :]
+
+    return counts
 
 
 def sideband_subtract(hist: BinHistograms, signal: Window, sidebands: Sequence[Window],

@@ -226,7 +226,8 @@ def fit_pass_fail_unbinned(
     :func:`calibflow.fit.passfail.fit_pass_fail`; ε errors from MINOS for unweighted candidates and
     from the SumW2 covariance (:func:`sumw2_errors`) for weighted ones. ``goodness_fail=False`` leaves the fail histogram
     out of the reported χ² and the KS test (single-sample fits). ``signal_fail`` and ``constraints``: as in
-    :func:`calibflow.fit.passfail.fit_pass_fail` (the χ² and the KS test are of the data alone). The KS
+    :func:`calibflow.fit.passfail.fit_pass_fail` (the χ² of the histograms counts the constraints as that of
+    binned fits does; the KS test is of the data alone). The KS
     p-values (:func:`category_ks`), not the
     histograms' χ² p-value, are checked against ``quality.min_pvalue`` (status ``low_gof_pvalue``).
     """

@@ -72,7 +72,7 @@ def combine_all(plan: Plan) -> None:
     for base, folder in base_folders(plan):
         varied = {s: plan.with_variant(join(base, s)).table_dir() for s in systematic_variants(cfg)}
         combine_tables(folder, plan.with_variant(base).table_dir(), varied, cfg.systematics.sources,
-                       cfg.systematics.combine)
+                       cfg.systematics.combine, {n: s.role for n, s in plan.with_variant(base).config.samples.items()})
     for name, folder, _ in product_folders(plan):
         members = cfg.products[name]
         for table, value, keys in ((EFFICIENCIES, "efficiency", ("sample", "bin")),

@@ -34,11 +34,19 @@ def write_tables(
     results: Mapping[tuple[str, int], Mapping[str, Any]],
     pairs: Sequence[tuple[str, str]],
     truth: Mapping[str, np.ndarray | None],
+    coverage: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Write efficiencies.csv, scale_factors.csv (only with data/simulation ``pairs``) and (with toy truth)
-    closure.csv; return the files."""
+    closure.csv; return the files. ``coverage``: per (sample, bin) the coverage record, whose columns and
+    ``coverage_off`` flags the tables then carry (:mod:`calibflow.tables.coverage`)."""
+    from calibflow.tables.coverage import add_efficiency_coverage, add_scale_factor_coverage
+
     eff = efficiency_rows(scheme, results)
+    if coverage is not None:
+        add_efficiency_coverage(eff, coverage)
     sf = [row for d, m in pairs for row in scale_factor_rows(eff, d, m)]
+    if coverage is not None:
+        add_scale_factor_coverage(sf, coverage)
     written = [os.path.join(out_dir, EFFICIENCIES)]
     write_csv(written[0], eff)
     if sf:
@@ -53,9 +61,11 @@ def write_tables(
 
 
 def combine_tables(
-    out_dir: str, nominal_dir: str, varied_dirs: Mapping[str, str], sources: Sequence[Variation], method: str
+    out_dir: str, nominal_dir: str, varied_dirs: Mapping[str, str], sources: Sequence[Variation], method: str,
+    sides: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Nominal tables extended with the systematic columns of ``sources`` (runs in ``varied_dirs``); no
+    """Nominal tables extended with the systematic columns of ``sources`` (runs in ``varied_dirs``) combined by
+    ``method``; ``sides``: each sample's role (data, mc: what ``applies_to`` and the EGM roles count on); no
     scale factors where the nominal run has none."""
     written = []
     for name, keys, value in ((EFFICIENCIES, ("sample", "bin"), "efficiency"), (SCALE_FACTORS, ("data", "bin"), "scale_factor")):
@@ -65,7 +75,7 @@ def combine_tables(
             continue
         varied = {run: read_csv(os.path.join(d, name)) for run, d in varied_dirs.items()}
         path = os.path.join(out_dir, name)
-        write_csv(path, combine(nominal, varied, sources, method, value, keys))
+        write_csv(path, combine(nominal, varied, sources, method, value, keys, sides))
         written.append(path)
     if os.path.exists(os.path.join(nominal_dir, CLOSURE)):
         path = os.path.join(out_dir, CLOSURE)

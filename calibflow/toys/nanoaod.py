@@ -142,25 +142,29 @@ def _pt_eta_phi(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pt, np.arcsinh(p[:, 2] / pt), np.arctan2(p[:, 1], p[:, 0])
 
 
-def z_decays(rng: np.random.Generator, n: int, resolution_scale: float) -> tuple[np.ndarray, ...]:
-    """``n`` Z→μμ decays: Breit-Wigner mass on [50, 130] GeV, pT(Z) ~ Γ(1.5, 6 GeV), rapidity ~ N(0, 1.6),
-    isotropic decay, muon pT smeared by (1 + |η|)·1.1 %·``resolution_scale``. Returns pt, eta, phi, charge of
+def z_decays(rng: np.random.Generator, n: int, resolution_scale: float, lepton_mass: float = MUON_MASS,
+             resolution: float = 0.011, mass: np.ndarray | None = None,
+             pt_scale: float = 6.0) -> tuple[np.ndarray, ...]:
+    """``n`` Z→ℓℓ decays: Breit-Wigner mass on [50, 130] GeV (or the given ``mass`` per decay, GeV),
+    pT(Z) ~ Γ(1.5, ``pt_scale`` GeV), rapidity ~ N(0, 1.6), isotropic decay, lepton pT smeared by
+    (1 + |η|)·``resolution``·``resolution_scale`` (relative; 1.1 % for muons). Returns pt, eta, phi, charge of
     shape (n, 2)."""
-    lo, hi = (math.atan((m - Z_MASS) / Z_HALF_WIDTH) for m in (50.0, 130.0))
-    mass = Z_MASS + Z_HALF_WIDTH * np.tan(rng.uniform(lo, hi, n))
-    pt_z, y_z, phi_z = rng.gamma(1.5, 6.0, n), rng.normal(0.0, 1.6, n), rng.uniform(-math.pi, math.pi, n)
+    if mass is None:
+        lo, hi = (math.atan((m - Z_MASS) / Z_HALF_WIDTH) for m in (50.0, 130.0))
+        mass = Z_MASS + Z_HALF_WIDTH * np.tan(rng.uniform(lo, hi, n))
+    pt_z, y_z, phi_z = rng.gamma(1.5, pt_scale, n), rng.normal(0.0, 1.6, n), rng.uniform(-math.pi, math.pi, n)
     mt_z = np.hypot(mass, pt_z)
     e_z = mt_z * np.cosh(y_z)
     p_z = np.stack([pt_z * np.cos(phi_z), pt_z * np.sin(phi_z), mt_z * np.sinh(y_z)], axis=1)
     cos_t, phi_s = rng.uniform(-1.0, 1.0, n), rng.uniform(-math.pi, math.pi, n)
     sin_t = np.sqrt(1.0 - cos_t**2)
-    p_star = np.sqrt(mass**2 / 4.0 - MUON_MASS**2)
+    p_star = np.sqrt(mass**2 / 4.0 - lepton_mass**2)
     direction = np.stack([sin_t * np.cos(phi_s), sin_t * np.sin(phi_s), cos_t], axis=1)
     out = []
     for sign in (1.0, -1.0):
         _, p = _boost(mass / 2.0, sign * p_star[:, None] * direction, p_z / e_z[:, None])
         pt, eta, phi = _pt_eta_phi(p)
-        pt = pt * (1.0 + rng.normal(0.0, 0.011 * resolution_scale * (1.0 + np.abs(eta)), n))
+        pt = pt * (1.0 + rng.normal(0.0, resolution * resolution_scale * (1.0 + np.abs(eta)), n))
         out.append((pt, eta, phi))
     pt, eta, phi = (np.stack([a[i] for a in out], axis=1) for i in range(3))
     charge = np.stack([-np.ones(n), np.ones(n)], axis=1).astype(np.int32)
@@ -168,17 +172,19 @@ def z_decays(rng: np.random.Generator, n: int, resolution_scale: float) -> tuple
 
 
 def muon_trigger_objects(rng: np.random.Generator, event: np.ndarray, pt: np.ndarray, eta: np.ndarray,
-                         phi: np.ndarray, plateau: float, n_events: int) -> dict[str, np.ndarray]:
-    """HLT muon objects (id 13, filterBits 2|8) for muons firing IsoMu24 (probability turn-on in pT at
-    24 GeV), slightly smeared, plus unrelated electron (11) and jet (1) objects; per object with ``event``."""
-    fired = rng.uniform(size=len(pt)) < turn_on(pt, plateau, 25.0, 1.5)
+                         phi: np.ndarray, plateau: float, n_events: int, obj_id: int = 13,
+                         bits: int = TRIGGER_BITS["iso"] | TRIGGER_BITS["single_mu"], x50: float = 25.0,
+                         others: tuple[int, int] = (1, 11)) -> dict[str, np.ndarray]:
+    """HLT lepton objects (default: muons, id 13, filterBits 2|8) for leptons firing the single-lepton path
+    (probability turn-on in pT at ``x50`` GeV, default IsoMu24's), slightly smeared, plus unrelated objects of
+    the ids ``others`` (jets 1, electrons 11); per object with ``event``."""
+    fired = rng.uniform(size=len(pt)) < turn_on(pt, plateau, x50, 1.5)
     n_other = rng.poisson(1.0, n_events)
     ev_other = np.repeat(np.arange(n_events), n_other)
     m, k = int(fired.sum()), len(ev_other)
     o_eta, o_phi = _angles(rng, k, 2.5)
-    bits = TRIGGER_BITS["iso"] | TRIGGER_BITS["single_mu"]
     return {"event": np.concatenate([event[fired], ev_other]),
-            "id": np.concatenate([np.full(m, 13), rng.choice([1, 11], k)]).astype(np.int32),
+            "id": np.concatenate([np.full(m, obj_id), rng.choice(list(others), k)]).astype(np.int32),
             "filterBits": np.concatenate([np.full(m, bits), rng.integers(0, 64, k)]).astype(np.int32),
             "pt": np.concatenate([pt[fired] * rng.normal(1.0, 0.02, m),
                                   10.0 + rng.exponential(20.0, k)]).astype(np.float32),
@@ -198,10 +204,10 @@ def _muon_fields(rng: np.random.Generator, pt: np.ndarray, eta: np.ndarray, phi:
     return {**out, "toy_effId": eff_id, "toy_effIso": eff_iso, "toy_fromZ": from_z}
 
 
-def nonprompt_leptons(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
-    """``n`` non-prompt leptons: pt = 5 + Exp(10 GeV), |η| < 2.5, random charge."""
+def nonprompt_leptons(rng: np.random.Generator, n: int, scale: float = 10.0) -> tuple[np.ndarray, ...]:
+    """``n`` non-prompt leptons: pt = 5 + Exp(``scale`` GeV), |η| < 2.5, random charge."""
     eta, phi = _angles(rng, n, 2.5)
-    return 5.0 + rng.exponential(10.0, n), eta, phi, rng.choice(np.array([-1, 1], np.int32), n)
+    return 5.0 + rng.exponential(scale, n), eta, phi, rng.choice(np.array([-1, 1], np.int32), n)
 
 
 def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, **options: Any) -> None:

@@ -25,6 +25,7 @@ GENERATORS: dict[str, str] = {
     "lhcb_trigger_tistos": "calibflow.toys.tistos:write_tistos_file",
     "z_mumu_nanoaod": "calibflow.toys.nanoaod:write_z_mumu_file",
     "emu_nanoaod": "calibflow.toys.nanoaod:write_emu_file",
+    "z_ee_nanoaod": "calibflow.toys.egamma:write_z_ee_file",
 }
 """Toy generators by name: ``module:function`` of a :data:`ToyWriter` (imported on use)."""
 
