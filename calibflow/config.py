@@ -174,6 +174,24 @@ class Sample(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
     """Aliases of this sample only, merged over the global ``aliases`` (e.g. ``p: K_p`` for a kaon
     sample and ``p: pi_p`` for a pion sample read from the same ntuple)."""
+    event_id: str | None = None
+    """Expression identifying a candidate's event (e.g. ``eventNumber``, or ``runNumber * 2**32 + eventNumber``),
+    prepared as a column: methods ``count`` and ``sweighted`` then get the statistical correlation between bins by a
+    Poisson bootstrap over events (docs/tables.md, "Covariance"). Left out of the dump while unset."""
+
+    @model_validator(mode="after")
+    def _event_id_counts(self) -> Sample:
+        if self.event_id is not None and self.method not in ("count", "sweighted"):
+            raise ValueError(f"event_id: only methods count and sweighted use it (the bootstrap over events), not "
+                             f"method {self.method}; remove it (event_id: null in a variant that fits)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.event_id is None:
+            data.pop("event_id", None)
+        return data
 
 
 class Selection(_Strict):
@@ -592,15 +610,24 @@ class TemplateConfig(_Strict):
 
 class ConstrainConfig(_Strict):
     """``fit.constrain``: fit the ``from`` sample (simulation) per bin first with the same fit section (without
-    ``constrain``), then constrain ``parameters`` in every other fit to its values: Gaussian terms of width
-    ``scale`` × its errors, or fixed to its values with ``fix`` (docs/fits.md)."""
+    ``constrain``; with ``background: false`` its signal alone, the background yields fixed to 0, as for
+    truth-matched simulation), then constrain ``parameters`` in every other fit to its values: Gaussian terms of
+    width ``scale`` × its errors, or fixed to its values with ``fix`` (docs/fits.md)."""
 
     from_: str = Field(alias="from")
     parameters: list[str] = Field(min_length=1)
     scale: float = Field(default=1.0, gt=0)
     fix: bool = False
+    background: bool = True  # False: the simulation is fitted with its signal alone (egm_tnp_analysis's --mcSig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _without_default_background(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.background:  # the default: left out, so that earlier configs keep their keys
+            data.pop("background", None)
+        return data
 
 
 class FitConfig(_Strict):
@@ -684,6 +711,13 @@ class ClosureConfig(_Strict):
     signal: str
 
 
+class ClosureAfterApplyConfig(_Strict):
+    """Closure after applying the corrections (docs/tables.md): the simulation ``sample`` (default: each data
+    sample's reference) reweighted by the per-candidate scale factor of ``corrections.json`` and measured again."""
+
+    sample: str | None = None
+
+
 class CoverageConfig(_Strict):
     """Coverage of the nominal tables' intervals, part of ``calibflow run``: ``toys`` parametric toys per bin and
     sample from the bin's own result, each measured as the bin was, with ``seed`` (combined with each bin's key);
@@ -704,22 +738,76 @@ class PlotStyle(_Strict):
     energy: str | None = None
 
 
+MAX_REPLICAS = 100_000
+"""Largest ``outputs.replicas``."""
 STAT_FORMS = ("merged", "per_bin", "both")
 """How ``corrections.json`` carries the statistical uncertainty (``outputs.correctionlib.stat``): ``merged``
 (``statUp/Down``: every bin moves together), ``per_bin`` (``stat_data_bin<k>_up/down`` and
 ``stat_mc_bin<k>_up/down``: bin k alone moves, by its data or its simulation statistical error) or ``both``."""
 
 
+EIGEN_OF = ("total", "per_source")
+"""What ``outputs.correctionlib.eigen`` decomposes: the total covariance of a scale-factor table (``eig<i>_up/down``)
+or each part on its own (``<part>_eig<i>_up/down``; parts: ``stat_data``, ``stat_mc``, every source)."""
+
+
+class EigenOutput(_Strict):
+    """``outputs.correctionlib.eigen``: the leading ``count`` eigen-variations, or as many as explain ``fraction``
+    of the covariance's trace, of the covariance ``of`` (:data:`EIGEN_OF`); docs/tables.md, "Eigen-variations"."""
+
+    count: int | None = Field(default=None, ge=1)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    of: Literal["total", "per_source"] = "total"
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> EigenOutput:
+        if (self.count is None) == (self.fraction is None):
+            raise ValueError("outputs.correctionlib.eigen: give count (an integer >= 1) or fraction (0 < f <= 1), "
+                             "one of the two")
+        return self
+
+
+def _eigen_form(v: Any) -> EigenOutput:
+    """``outputs.correctionlib.eigen`` from a count (``eigen: 5``) or a mapping (``{fraction: 0.99}``), with errors
+    naming the key."""
+    where = "outputs.correctionlib.eigen"
+    if isinstance(v, bool) or not isinstance(v, int | dict):
+        raise ValueError(f"{where}: give a count (eigen: 5) or a mapping {{count: N}} or {{fraction: f}} "
+                         f"(and of: {'|'.join(EIGEN_OF)}), not {v!r}")
+    v = {"count": v} if isinstance(v, int) else v
+    _check_names(v, ["count", "fraction", "of"], f"{{key}} is not an option of {where}", "options")
+    count, fraction, of = v.get("count"), v.get("fraction"), v.get("of", "total")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"{where}.count: {count!r} is not an integer >= 1")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, int | float)
+                                 or not 0 < fraction <= 1):
+        raise ValueError(f"{where}.fraction: {fraction!r} is not a number in (0, 1]")
+    if of not in EIGEN_OF:
+        raise ValueError(f"{where}.of: {of!r} is not one of {', '.join(EIGEN_OF)}{suggestion(str(of), EIGEN_OF, None)}")
+    return EigenOutput(**v)
+
+
 class CorrectionlibOutput(_Strict):
-    """``outputs.correctionlib`` given as a mapping: ``stat`` is one of :data:`STAT_FORMS`."""
+    """``outputs.correctionlib`` given as a mapping: ``stat`` is one of :data:`STAT_FORMS`; ``eigen`` (optional,
+    :class:`EigenOutput`) adds eigen-variations of the scale factors' covariance. ``eigen`` is left out of the
+    dump while unset (keys of configs without it unchanged)."""
 
     stat: Literal["merged", "per_bin", "both"] = "merged"
+    eigen: EigenOutput | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.eigen is None:
+            data.pop("eigen", None)
+        return data
 
 
 class OutputsConfig(_Strict):
     """What to export besides the CSV tables and the master table; ``plot_style`` labels the figures and
     ``plot_formats`` lists the figure files written (``png``, ``pdf``). ``correctionlib``: ``true`` (the
-    merged statistical uncertainty), ``false`` (no ``corrections.json``) or ``{stat: merged|per_bin|both}``."""
+    merged statistical uncertainty), ``false`` (no ``corrections.json``) or ``{stat: merged|per_bin|both, eigen: ...}``;
+    ``replicas``: the number of toy scale-factor tables in ``calibration.h5`` (none by default)."""
 
     correctionlib: bool | CorrectionlibOutput = True
     root: bool = True
@@ -732,6 +820,9 @@ class OutputsConfig(_Strict):
     missing: Literal["fail", "unity"] = "fail"
     plot_style: PlotStyle = PlotStyle()
     plot_formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"], min_length=1)
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    """Toy scale-factor tables sampled from each scale-factor table's covariance, in ``calibration.h5``
+    (``replicas/<table>``); left out of the dump while None."""
 
     @field_validator("correctionlib", mode="before")
     @classmethod
@@ -740,12 +831,25 @@ class OutputsConfig(_Strict):
             return v
         if not isinstance(v, dict):
             raise ValueError(f"give true, false or a mapping {{stat: {'|'.join(STAT_FORMS)}}}, not {v!r}")
-        _check_names(v, ["stat"], "{key} is not an option of outputs.correctionlib", "options")
+        _check_names(v, ["stat", "eigen"], "{key} is not an option of outputs.correctionlib", "options")
         if v.get("stat", "merged") not in STAT_FORMS:
             raise ValueError(f"stat: {v['stat']!r} is not one of {', '.join(STAT_FORMS)}"
                              f"{suggestion(str(v['stat']), STAT_FORMS, None)}")
-        out = CorrectionlibOutput(**v)
-        return True if out.stat == "merged" else out  # the same outputs as true, and the same export key
+        eigen = _eigen_form(v["eigen"]) if v.get("eigen") is not None else None
+        out = CorrectionlibOutput(stat=v.get("stat", "merged"), eigen=eigen)
+        return True if out.stat == "merged" and eigen is None else out  # the same outputs as true, and export key
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.replicas is None:
+            data.pop("replicas", None)
+        return data
+
+    @property
+    def eigen(self) -> EigenOutput | None:
+        """The eigen-variations asked for in ``corrections.json`` (None: none)."""
+        return self.correctionlib.eigen if isinstance(self.correctionlib, CorrectionlibOutput) else None
 
     @property
     def correctionlib_stat(self) -> str | None:
@@ -945,6 +1049,8 @@ class CalibrationConfig(_Strict):
     fit: FitConfig = FitConfig()
     closure: ClosureConfig | None = None
     coverage: CoverageConfig | None = None
+    closure_after_apply: ClosureAfterApplyConfig | None = None
+    """``true`` or ``{sample: <mc sample>}``: the table ``closure_after_apply.csv`` (docs/tables.md)."""
     reference: str | dict[str, str] | None = None
     outputs: OutputsConfig = OutputsConfig()
     systematics: SystematicsConfig = SystematicsConfig()
@@ -957,6 +1063,20 @@ class CalibrationConfig(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     _resource_keys = field_validator("resources")(_check_resource_keys)
+
+    @field_validator("closure_after_apply", mode="before")
+    @classmethod
+    def _closure_after_apply_form(cls, v: Any) -> Any:
+        return ({} if v else None) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _closure_after_apply_sample(self) -> CalibrationConfig:
+        wanted = self.closure_after_apply.sample if self.closure_after_apply else None
+        mcs = [n for n, s in self.samples.items() if s.role == "mc"]
+        if wanted is not None and wanted not in mcs:
+            raise ValueError(f"closure_after_apply.sample: {wanted!r} is not a simulation sample"
+                             f"{suggestion(wanted, mcs, 'simulation samples')}")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -1154,13 +1274,14 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+    """One validation error of ``model`` (default :class:`CalibrationConfig`) as ``<key path>: <problem>``."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if err["type"] == "extra_forbidden":
-        allowed = _fields_of(CalibrationConfig, loc)
+        allowed = _fields_of(model or CalibrationConfig, loc)
         return f"{format_loc(loc)}: unknown key{suggestion(str(loc[-1]), sorted(allowed))}"
     if err["type"] == "missing":
         return f"{format_loc(loc)}: required key is missing"

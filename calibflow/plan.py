@@ -41,6 +41,7 @@ from calibflow.config import (
     ConfigError,
     CoverageConfig,
     FitConfig,
+    ParamSpec,
     load_config,
     located,
     resolve_files,
@@ -85,7 +86,8 @@ BINNING_VERSION = 1
 NEGATIVE_COUNTS = "negative_counts"
 """In the histogram key of weighted samples: their files hold the candidates with a negative weight per bin."""
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
-EXPORT_VERSION = 2  # 2: the exact config (path and SHA-256) in the key; master tables written at export
+EXPORT_VERSION = 3  # 2: the exact config (path and SHA-256) in the key; master tables written at export;
+# 3: covariances (and replicas) in calibration.h5, the report's correlations section
 FIGURE_VERSION = 3  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes (2: empty bins say so;
 # 3: sideband figures show the background and the sideband pulls, constraint fits get figures); in the export key
 
@@ -793,7 +795,16 @@ class Plan:
             fit = self.fit_config(bin_key)
         except (KeyError, FileNotFoundError):
             fit = self.config.fit
-        return fit.model_copy(update={"constrain": None})
+        signal_only = fit.constrain is not None and not fit.constrain.background
+        fit = fit.model_copy(update={"constrain": None})
+        if signal_only:  # no background: its yields fixed to 0 and its shape fixed (it no longer matters)
+            from calibflow.fit.models import get_shape
+
+            shape = get_shape("background", fit.background)
+            fixed = {f"{name}_{cat}": ParamSpec(value=0.0 if name == "n_bkg" else None, fixed=True)
+                     for cat in ("pass", "fail") for name in ("n_bkg", *shape.params)}
+            fit = fit.model_copy(update={"parameters": {**fit.parameters, **fixed}})
+        return fit
 
     def constraint_keys(self, bin_keys: Sequence[str]) -> list[str]:
         """Content keys of the simulation fits (``fit.constrain.from``, its histograms) of several bins (none

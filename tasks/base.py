@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import b2luigi
 import luigi
@@ -29,6 +29,26 @@ RESULTS_MADE = "results_made"
 made (the others existed already); the run report counts results, not tasks."""
 FOR_OUTPUTS = "for outputs "
 """Start of the second line of a failure record: the :meth:`CalibTask.outputs_key` the task failed to make."""
+
+
+class NamedConfig(Protocol):
+    """A config as the task layer needs it: its ``name`` (the result folder's)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@runtime_checkable
+class TaskPlan(Protocol):
+    """What running a task graph (:func:`tasks.runner.build`) and its failure records need of a plan: the result
+    folder ``workdir`` and the config's name. A calibration's :class:`calibflow.plan.Plan` and a KDE config's
+    :class:`calibflow.kde.plan.KdePlan` are both."""
+
+    @property
+    def workdir(self) -> str: ...
+
+    @property
+    def config(self) -> NamedConfig: ...
 
 
 class CalibTask(b2luigi.Task):
@@ -193,12 +213,12 @@ def record_id(task: CalibTask) -> str:
     return luigi.task.task_id_str(task.task_family, {**params, **({"run_modes": modes} if modes else {})})
 
 
-def failure_path(plan: Plan, task_id: str) -> str:
+def failure_path(plan: TaskPlan, task_id: str) -> str:
     """Where the one-line failure reason of ``task_id`` (:func:`record_id`) is kept."""
     return os.path.join(plan.workdir, "logs", "failed", f"{task_id}.txt")
 
 
-def recorded_failure(plan: Plan, task: luigi.Task) -> tuple[str, str | None] | None:
+def recorded_failure(plan: TaskPlan, task: luigi.Task) -> tuple[str, str | None] | None:
     """The recorded failure of ``task``: (one-line reason, key of the outputs it was to make, None when not
     recorded); None when no failure is recorded (or the task succeeded since)."""
     try:
@@ -210,7 +230,7 @@ def recorded_failure(plan: Plan, task: luigi.Task) -> tuple[str, str | None] | N
     return (lines[0].strip() if lines else "failed"), outputs
 
 
-def failure_reason(plan: Plan, task: luigi.Task, fallback: str | None = None) -> str:
+def failure_reason(plan: TaskPlan, task: luigi.Task, fallback: str | None = None) -> str:
     """The recorded failure reason of ``task``; when none was recorded (e.g. the disk was full), ``fallback``
     (the exception line luigi reported), else a pointer to the log."""
     recorded = recorded_failure(plan, task)

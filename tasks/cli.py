@@ -1,7 +1,8 @@
 """The ``calibflow`` command: ``run`` a calibration, ``fit-bin`` to refit one bin alone, ``inspect`` a ROOT
 file, ``apply`` corrections, ``kde`` PID templates of a KDE config, and the operations commands ``scheduler
 start|stop|status`` (a user's luigid), ``status`` (task states per stage) and ``verify`` (checksums of every
-intermediate of a result folder); ``coverage`` checks the per-bin intervals with toys."""
+intermediate of a result folder); ``coverage`` checks the per-bin intervals with toys; ``merge`` puts the
+calibrations of several eras and working points into one correction set (:mod:`calibflow.export.merge`)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ EXAMPLES = """examples:
     calibflow verify task_configs/my.yaml
   PID templates by kernel density estimation, their cut-scan closure and report (a KDE config):
     calibflow kde task_configs/kde/belle2_pid_resample.yaml
+  the published calibrations of two eras (and their working points) in one correction set (docs/tables.md):
+    calibflow merge merge_run3.yaml
   refit bin 12 of two samples after changing the fit model:
     calibflow fit-bin task_configs/my.yaml --bin 12 --sample data mc
   a central scheduler with a web UI, then a run that reports to it:
@@ -165,7 +168,8 @@ def _parser() -> _Parser:
     _scheduler_args(st)
     vf = sub.add_parser("verify", epilog=VERIFY_EPILOG, help="check every intermediate of a result folder "
                         "against its checksums (and that the published files exist)")
-    vf.add_argument("config", nargs="?", metavar="CONFIG", help=f"calibration YAML (default {DEFAULT_CONFIG})")
+    vf.add_argument("config", nargs="?", metavar="CONFIG",
+                    help=f"calibration or KDE config YAML (default {DEFAULT_CONFIG})")
     vf.add_argument("--result-dir", metavar="DIR", help="result folder of that calibration")
     vf.add_argument("--repair", action="store_true",
                     help="remove the corrupt intermediates, so that the next run rebuilds them")
@@ -180,6 +184,13 @@ def _parser() -> _Parser:
                     "number of cores)")
     cv.add_argument("--result-dir", metavar="DIR", help="result folder")
     cv.add_argument("--quiet", action="store_true", help="no progress")
+    mg = sub.add_parser("merge", epilog=EXIT_CODES, help="eras and working points of published calibrations in "
+                        "one correction set, with their luminosity-weighted combination and a consistency χ² "
+                        "(docs/tables.md)")
+    mg.add_argument("merge_config", metavar="MERGE_CONFIG", help="merge YAML: name, eras (result, lumi, run_range), "
+                    "working_points")
+    mg.add_argument("--result-dir", metavar="DIR", help="writes <DIR>/merged/<name>/ (default: result_dir of "
+                    "settings.json, else results)")
     return p
 
 
@@ -196,8 +207,9 @@ options of the latest 'calibflow run' (--skip-bad-files, --limit, --max-files).
 VERIFY_EPILOG = """\
 Reads every byte of the intermediates under <result_dir>/<name>/ (prepared tuples, histograms, binning, fit
 results, sPlot caches, tables): each HDF5 chunk against its Fletcher32 checksum, each JSON against its digest,
-each table file against the SHA-256 its done marker holds; checks that the published files exist. One line
-per corrupt or missing file.
+each table file against the SHA-256 its done marker holds; checks that the published files exist and hold the
+bytes whose SHA-256 manifest.json records. A KDE config (calibflow kde): its templates' HDF5 files and its
+published set. One line per corrupt or missing file.
 
 exit codes:
   0  every intermediate intact (one line counting them)
@@ -355,6 +367,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = args.workers or (BATCH_WORKERS if args.batch else os.cpu_count() or 1)
     scheduler = _scheduler(args)
     plan = _plan(args.config, args.result_dir)
+    _check_not_kde(plan)
     if not args.overwrite:
         plan.check_name_free()
     t0 = time.perf_counter()
@@ -392,6 +405,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plan.limits:
         print(f"calibflow: LIMITED: {plan.limits.note()} (LIMITED.txt, manifest.json, the report)")
     return 0
+
+
+def _check_not_kde(plan: Plan) -> None:
+    """ConfigError (one line, naming both configs) when ``plan``'s folder holds a KDE config's outputs:
+    ``calibflow run`` and ``calibflow kde`` never share a folder (not even with --overwrite)."""
+    from calibflow.kde.plan import kde_config_of
+
+    other = kde_config_of(plan.workdir)
+    if other is not None:
+        raise ConfigError(f"{plan.config_path}: name {plan.config.name!r} is taken: {plan.workdir} holds the KDE "
+                          f"outputs of {other} (calibflow kde); give this config another name or use another "
+                          "--result-dir (--overwrite replaces only another calibration's results)")
 
 
 def _mark_stale(plan: Plan, failed: Sequence[tuple[str, str]]) -> None:
@@ -593,12 +618,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check every intermediate of the calibration's result folder in full and that the published files
     exist; one line per corrupt or missing file (removed with --repair); exit 1 if there is any."""
     from calibflow.io.integrity import verify_folder
+    from calibflow.kde.config import is_kde_config
+    from calibflow.kde.plan import KdePlan
 
-    plan = _plan(args.config, args.result_dir)
+    kde = args.config is not None and is_kde_config(args.config)
+    plan: Plan | KdePlan = (KdePlan.create(args.config, args.result_dir or default_result_dir()) if kde
+                            else _plan(args.config, args.result_dir))
+    command = "calibflow kde" if kde else "calibflow run"
     if not os.path.isdir(plan.workdir):
-        raise SetupError(f"{plan.workdir}: no result folder of {plan.config.name}; run 'calibflow run' first")
+        raise SetupError(f"{plan.workdir}: no result folder of {plan.config.name}; run '{command}' first")
     checked, bad = 0, 0
-    for path, exc in verify_folder(plan.workdir):
+    for path, exc in verify_folder(plan.workdir, plan.intermediates() if isinstance(plan, KdePlan) else None):
         checked += 1
         if exc is not None:
             bad += 1
@@ -613,7 +643,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
               "manifest.json")
     name = plan.config.name
     if bad:
-        fix = "removed: 'calibflow run' rebuilds them" if args.repair else "rerun with --repair to remove them"
+        fix = f"removed: '{command}' rebuilds them" if args.repair else "rerun with --repair to remove them"
         print(f"calibflow: {name}: {bad} of {checked} intermediate file(s) corrupt ({fix})")
     else:
         print(f"calibflow: {name}: {checked} intermediate file(s) intact")
@@ -621,7 +651,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         current = os.path.join(plan.workdir, "current")
         if args.repair and os.path.islink(current):
             os.remove(current)  # nothing counts as published now: the next run publishes a new set
-        fix = "unpublished: 'calibflow run' publishes them again" if args.repair else "rerun with --repair"
+        fix = f"unpublished: '{command}' publishes them again" if args.repair else "rerun with --repair"
         print(f"calibflow: {name}: {len(missing)} published file(s) missing, {len(changed)} changed ({fix})")
     return 1 if bad or missing or changed else 0
 
@@ -665,6 +695,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the eras' published calibrations (:mod:`calibflow.export.merge`); one line per working point's χ²."""
+    from calibflow.export.merge import merge
+
+    try:
+        out, files, totals = merge(args.merge_config, args.result_dir or default_result_dir())
+    except (ConfigError, ExprError) as exc:
+        raise located(exc, args.merge_config) from None
+    for t in totals:
+        print(f"{t['working_point']}: per-era consistency chi2/ndof = {t['chi2']:.1f}/{t['ndof']}, "
+              f"p = {t['pvalue']:.3g}")
+    print(f"outputs in {_shown(out)}:")
+    for line in _listing([os.path.relpath(f, out) for f in files]):
+        print(f"  {line}")
+    return 0
+
+
 def cmd_kde(args: argparse.Namespace) -> int:
     """Build the templates, closures and report of a KDE config (tasks/kde.py); print the closures' verdicts
     and the outputs."""
@@ -676,13 +723,14 @@ def cmd_kde(args: argparse.Namespace) -> int:
         raise SetupError(f"--workers {args.workers}: give at least 1")
     t0 = time.perf_counter()
     plan = KdePlan.create(args.config, args.result_dir or default_result_dir())
+    plan.check_kind()  # a calibration's folder: one line, exit 2, before anything is written
+    plan.record()
     top = KdeReport(config=plan.config_path, result_dir=plan.result_dir)
-    report = build(plan, [top], args.workers or os.cpu_count() or 1,  # type: ignore[arg-type]
-                   progress=None if args.quiet else sys.stdout)
+    report = build(plan, [top], args.workers or os.cpu_count() or 1, progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)
     if not report.ok:
         return 1
-    with open(plan.report_paths()["manifest"]) as f:
+    with open(os.path.join(plan.workdir, "manifest.json")) as f:  # the published set's
         manifest = json.load(f)
     for line in manifest.get("closure", []):
         print(f"closure {line}")
@@ -716,7 +764,8 @@ def _error(exc: Exception) -> int:
 
 
 COMMANDS = {"run": cmd_run, "fit-bin": cmd_fit_bin, "inspect": cmd_inspect, "apply": cmd_apply, "kde": cmd_kde,
-            "scheduler": cmd_scheduler, "status": cmd_status, "verify": cmd_verify, "coverage": cmd_coverage}
+            "scheduler": cmd_scheduler, "status": cmd_status, "verify": cmd_verify, "coverage": cmd_coverage,
+            "merge": cmd_merge}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace | None:

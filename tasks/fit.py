@@ -294,7 +294,8 @@ class ConstraintFit(CalibTask):
         for k, b in enumerate(bins):
             if os.path.exists(paths[k]):
                 continue
-            reference = {"template": templates[k]} if templates else None
+            reference = {"template": templates[k]} if templates else {}
+            reference["keep"] = fit.constrain.parameters  # no fallback to a signal without them
             result = measure_bin("fit", plan.constraint_fit_config(b.key), hist=hists[k], reference=reference)
             result["bin"] = b.label()
             jsonio.write_record(paths[k], result, indent=1)

@@ -3,13 +3,15 @@ keys and paths from :class:`calibflow.kde.plan.KdePlan`, run by ``calibflow kde`
 
 * ``GenerateKdeToy``: the files of one toy of the config (``<workdir>/toys/<name>_<i>.root``).
 * ``BuildTemplates``: one keyed task per template (calibration sample, PID variable, data or simulation):
-  ``<workdir>/kde/<name>-<key>.h5`` and its ROOT export (up to 3 axes), and a copy under the fixed name
-  ``<workdir>/kde/<name>.h5`` for apply configs. A changed spec or input builds a new keyed file, an unchanged
+  ``<workdir>/work/kde/<name>-<key>.h5`` and its ROOT export (up to 3 axes), and a copy under the fixed name
+  ``work/kde/<name>.h5`` for apply configs. A changed spec or input builds a new keyed file, an unchanged
   one is found complete.
-* ``KdeClosure``: the cut-scan closure of one ``closure`` entry, ``<workdir>/closure/<name>/``, redone when a
+* ``KdeClosure``: the cut-scan closure of one ``closure`` entry, ``<workdir>/work/closure/<name>/``, redone when a
   template it uses changes key.
-* ``KdeReport``: ``report.html``, ``report.md`` and ``manifest.json`` in the workdir, requiring every template
-  and closure; redone when any key or the config file changes.
+* ``KdeReport``: ``work/report.html`` and ``report.md``, then every output published as one set under the workdir
+  (:func:`calibflow.kde.report.publish_outputs`: ``kde/``, ``closure/``, ``report.html``, ``manifest.json`` as
+  stable links into ``current``), requiring every template and closure; complete when the set of the current report
+  key is published whole, so redone when any key or the config file changes or a published file is gone.
 
 The tasks are :class:`tasks.base.CalibTask` s whose ``config`` is the KDE config and whose ``plan`` is its
 :class:`~calibflow.kde.plan.KdePlan`: per-task logs under ``<workdir>/logs/``, one-line failure records for the
@@ -19,7 +21,6 @@ run summary, as in ``calibflow run``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import b2luigi
@@ -124,7 +125,8 @@ class KdeClosure(_KdeTask):
 
 
 class KdeReport(_KdeTask):
-    """The report page of the config's outputs and their manifest (the top task of ``calibflow kde``)."""
+    """The report page of the config's outputs and their publication as one set (the top task of
+    ``calibflow kde``)."""
 
     def requires(self) -> list[_KdeTask]:
         cfg = self.plan.config
@@ -134,18 +136,15 @@ class KdeReport(_KdeTask):
         return {k: self.target(p) for k, p in self.plan.report_paths().items()}
 
     def complete(self) -> bool:
-        """The report files intact, the manifest of the current report key and every file it lists there (a
-        template or closure removed since is made again, then the report)."""
+        """The set of the current report key is published, every file it lists there (a published file removed
+        since publishes the set again, from the work folder; a removed template or closure is made again
+        first)."""
+        from calibflow.export.publish import is_published
+
         plan = self.plan
-        paths = plan.report_paths()
-        if not all(intact(p) for p in paths.values()):
-            return False
-        with open(paths["manifest"]) as f:
-            manifest = json.load(f)
-        return manifest.get("key") == plan.report_key() and all(
-            os.path.isfile(os.path.join(plan.workdir, rel)) for rel in manifest.get("files", []))
+        return is_published(plan.workdir, plan.report_key()) and all(t.complete() for t in self.requires())
 
     def run(self) -> None:
-        from calibflow.kde.report import write_report
+        from calibflow.kde.report import publish_outputs
 
-        write_report(self.plan)
+        publish_outputs(self.plan)

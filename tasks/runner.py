@@ -33,9 +33,8 @@ from luigi.execution_summary import _summary_dict
 from calibflow.io.integrity import CorruptIntermediate
 from calibflow.io.store import pid_alive
 from calibflow.ops.scheduler import SetupError
-from calibflow.plan import Plan
 from tasks import batch
-from tasks.base import RESULTS_MADE, describe, failure_reason
+from tasks.base import RESULTS_MADE, TaskPlan, describe, failure_reason
 from tasks.pool import TaskPool, preload_modules
 from tasks.progress import Progress, make_progress
 
@@ -316,9 +315,10 @@ def run_tasks(tasks: Sequence[luigi.Task], workers: int = 1, scheduler: Schedule
                            worker_scheduler_factory=_Factory(batch_mode, progress), **where)
 
 
-def build(plan: Plan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: SchedulerAddress | None = None,
+def build(plan: TaskPlan, tasks: Sequence[luigi.Task], workers: int = 1, scheduler: SchedulerAddress | None = None,
           batch_mode: bool = False, progress: TextIO | None = None) -> RunReport:
-    """Run ``tasks`` of ``plan``, removing stale temporaries of killed runs and jobs; return the report.
+    """Run ``tasks`` of ``plan`` (a calibration's or a KDE config's: :class:`tasks.base.TaskPlan`), removing stale
+    temporaries of killed runs and jobs; return the report.
 
     ``workers`` is the number of local processes, or of batch jobs in flight with ``batch_mode``.
     Progress goes to ``progress`` (None: silent): a live bar if it is a terminal, else plain lines.
@@ -372,7 +372,7 @@ MAX_REBUILDS = 5
 damaged prepared tuple may be found only once the histograms made from it were rebuilt."""
 
 
-def _corrupt_inputs(plan: Plan, result: luigi.LuigiRunResult) -> set[str]:
+def _corrupt_inputs(plan: TaskPlan, result: luigi.LuigiRunResult) -> set[str]:
     """The failures of a run caused by a corrupt intermediate (``<path>: <what is wrong>``)."""
     s = _summary_dict(result.worker)
     reasons = (failure_reason(plan, t, result.worker.failure_lines.get(t.task_id)) for t in s["failed"])

@@ -19,7 +19,9 @@ defaults, and readers of older results compute the χ² p-value from their χ² 
 are floats; and checksummed HDF5): every prepared tuple and everything after it changed (histograms, fits, tables);
 toy inputs and the given binning did not. Issue 20 added ``applies_to`` and ``role`` per systematic source (left out of
 the source's dump at their defaults), the alias ``quadrature`` (stored as ``quadrature_max``) and
-``outputs.correctionlib: {stat: ...}`` (``{stat: merged}`` is stored as ``true``): no key changed. The export key holds the config file's path and
+``outputs.correctionlib: {stat: ...}`` (``{stat: merged}`` is stored as ``true``), then ``outputs.correctionlib.eigen`` and
+``outputs.replicas`` (left out of the outputs' dump while unset): no key changed; covariances in ``calibration.h5``
+and the report's correlations section bumped ``EXPORT_VERSION`` to 3 (exports only). The export key holds the config file's path and
 bytes, so it is not pinned by value but by what changes it.
 """
 
@@ -136,14 +138,15 @@ def test_export_key_follows_the_config_file_not_the_result_folder(write_config, 
 
 def test_uncertainty_options_at_their_defaults_keep_the_keys(write_config, tmp_path: Path) -> None:
     """Issue 20's options at their defaults (``applies_to`` all three quantities, no ``role``, ``quadrature`` for
-    ``quadrature_max``, ``outputs.correctionlib: {stat: merged}`` for ``true``) leave every key unchanged; a
-    used option changes the combined key only."""
+    ``quadrature_max``, ``outputs.correctionlib: {stat: merged}`` for ``true``, no ``eigen``, no ``replicas``) leave
+    every key unchanged; a used option changes the combined key only."""
     from tests.conftest import demo_dict
 
     d = demo_dict()
     d["systematics"]["combine"] = "quadrature"
     d["systematics"]["sources"][0].update(applies_to=["sf", "mc", "data"], role=None)
-    d["outputs"]["correctionlib"] = {"stat": "merged"}
+    d["outputs"]["correctionlib"] = {"stat": "merged", "eigen": None}
+    d["outputs"]["replicas"] = None
     path = write_config(d, "defaults.yaml")
     assert demo_keys(path, tmp_path / "r") == RECORDED
     assert Plan.create(path, tmp_path / "r").nominal_config.outputs == Plan.create(DEMO, tmp_path / "r").nominal_config.outputs
@@ -151,3 +154,31 @@ def test_uncertainty_options_at_their_defaults_keep_the_keys(write_config, tmp_p
     keys = demo_keys(write_config(d, "used.yaml"), tmp_path / "r")
     assert keys["combined"] != RECORDED["combined"]
     assert {k: v for k, v in keys.items() if k != "combined"} == {k: v for k, v in RECORDED.items() if k != "combined"}
+
+
+def test_eigen_and_replicas_change_only_the_export_key(write_config, tmp_path: Path) -> None:
+    """``outputs.correctionlib.eigen`` and ``outputs.replicas`` (issue 20) are exports: every content key stays."""
+    from tests.conftest import demo_dict
+
+    d = demo_dict()
+    base = Plan.create(write_config(d, "a.yaml"), tmp_path / "r")
+    d["outputs"]["correctionlib"] = {"eigen": {"fraction": 0.99}}
+    d["outputs"]["replicas"] = 50
+    used = write_config(d, "b.yaml")
+    assert demo_keys(used, tmp_path / "r") == RECORDED
+    assert Plan.create(used, tmp_path / "r").export_key() != base.export_key()
+
+
+def test_event_id_changes_only_its_samples_preparation(write_config, tmp_path: Path) -> None:
+    """``samples.<s>.event_id`` (issue 20: the bootstrap over events) prepares one more column of that sample only;
+    left out while unset, so configs without it keep every key."""
+    from tests.conftest import demo_dict
+
+    d = demo_dict()
+    d["samples"]["mc"]["event_id"] = None
+    assert demo_keys(write_config(d, "none.yaml"), tmp_path / "r") == RECORDED
+    d["samples"]["mc"]["event_id"] = "eventNumber"
+    keys = demo_keys(write_config(d, "event.yaml"), tmp_path / "r")
+    assert keys["toy/mc"] == RECORDED["toy/mc"] and keys["prep/data"] == RECORDED["prep/data"]
+    assert keys["fit/data"] == RECORDED["fit/data"]
+    assert all(a != b for a, b in zip(keys["prep/mc"], RECORDED["prep/mc"], strict=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import correctionlib
+import h5py
 import numpy as np
 import pytest
 import uproot
@@ -27,7 +28,9 @@ def syst_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = small_demo_dict()
     d["name"] = "syst_demo"
     d["systematics"] = {"sources": SOURCES}
-    d["outputs"]["correctionlib"] = {"stat": "both"}  # merged and per-bin statistical categories (issue 20)
+    d["outputs"]["correctionlib"] = {"stat": "both", "eigen": {"count": 6}}  # per-bin stat, eigen-variations (issue 20)
+    d["outputs"]["replicas"] = 4000  # toy scale-factor tables in calibration.h5 (issue 20)
+    d["samples"]["mc"]["event_id"] = "eventNumber"  # counted: statistical correlation by the bootstrap over events
     tmp = tmp_path_factory.mktemp("syst")
     (tmp / "c.yaml").write_text(yaml.safe_dump(d))
     assert main(["run", str(tmp / "c.yaml"), "--workers", "2", "--result-dir", str(tmp / "res")]) == 0
@@ -86,6 +89,91 @@ def test_correctionlib_per_bin_stat_of_a_run(syst_run: Path) -> None:
                                     nominal)
                 got = corr.evaluate(p, eta, f"stat_{sample}_bin{r['bin']}_{side}")
                 np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_covariance_per_source_in_the_master_table(syst_run: Path) -> None:
+    """calibration.h5 holds covariance/<table>/<part>: the statistical parts with diagonal ((down + up)/2)² of each
+    sample's part (the fitted data's diagonal), the one-sided sigmodel δ δᵀ with |δ| = |sigmodelUp − SF|, the two-sided massrange
+    ((Up − Down)/2)((Up − Down)/2)ᵀ, and their sum as total; the report shows the correlation figure."""
+    sf = sorted(read_csv(syst_run / "scale_factors.csv"), key=lambda r: r["bin"])
+    col = {k: np.array([r[k] for r in sf]) for k in sf[0] if not isinstance(sf[0][k], str)}
+    with h5py.File(syst_run / "calibration.h5") as h5:
+        g = h5["covariance/scale_factor_data"]
+        assert list(g.attrs["parts"]) == ["stat_data", "stat_mc", "sigmodel", "massrange"]
+        parts = {p: g[p][...] for p in g.attrs["parts"]}
+        np.testing.assert_array_equal(g["bins"][...], col["bin"])
+        np.testing.assert_allclose(g["total"][...], sum(parts.values()), rtol=1e-12)
+        assert set(h5["covariance"]) == {"scale_factor_data", "efficiency_data", "efficiency_mc"}
+    for sample in ("data", "mc"):  # the simulation's off-diagonal terms: test_bootstrap_correlation_of_a_counted_sample
+        sigma = (col[f"stat_{sample}_down"] + col[f"stat_{sample}_up"]) / 2
+        np.testing.assert_allclose(np.diag(parts[f"stat_{sample}"]), sigma**2, rtol=1e-12)
+    np.testing.assert_allclose(parts["stat_data"], np.diag(np.diag(parts["stat_data"])), rtol=1e-12)
+    d_sig = col["sigmodelUp"] - col["scale_factor"]
+    np.testing.assert_allclose(np.abs(parts["sigmodel"]), np.abs(np.outer(d_sig, d_sig)), rtol=1e-9, atol=1e-15)
+    half = (col["massrangeUp"] - col["massrangeDown"]) / 2
+    np.testing.assert_allclose(parts["massrange"], np.outer(half, half), rtol=1e-9, atol=1e-15)
+    report = (syst_run / "report.html").read_text()
+    assert '<section id="correlations">' in report and 'src="plots/correlation_scale_factor_data.png"' in report
+    assert (syst_run / "plots" / "correlation_scale_factor_data.png").stat().st_size > 0
+
+
+def test_bootstrap_correlation_of_a_counted_sample(syst_run: Path) -> None:
+    """samples.mc.event_id: the simulation's statistical covariance (efficiency_mc/stat, scale_factor_data/stat_mc) is
+    σ σᵀ ∘ ρ with ρ the bootstrap correlation over events, recomputed here with the numpy reference from the prepared
+    tuples (same seed); the data (fitted) stay diagonal; the diagonals are the tables' errors."""
+    from calibflow.io.store import read_columns
+    from calibflow.plan import Plan
+    from calibflow.prep.spec import EVENT, MASS, PASS
+    from calibflow.tables.bootstrap import REPLICAS, nan_covariance, replica_efficiencies
+    from calibflow.tables.covariance import correlation, table_seed
+
+    plan = Plan.create(syst_run.parent.parent / "c.yaml", syst_run.parent)
+    scheme = plan.load_scheme()
+    cols = [read_columns(plan.prep_path("mc", i)) for i in range(len(plan.input_files("mc")))]
+    lo, hi = plan.config.mass_spec.range
+    bins = np.concatenate([np.where((c[MASS] >= lo) & (c[MASS] < hi), scheme.locate(c), -1) for c in cols])
+    events, offset = [], 0
+    for c in cols:
+        ids = np.unique(c[EVENT], return_inverse=True)[1].ravel() + offset
+        offset = int(ids.max()) + 1
+        events.append(ids)
+    x = replica_efficiencies(bins, np.concatenate([c[PASS] for c in cols]), np.concatenate(events), len(scheme),
+                             replicas=REPLICAS, seed=table_seed(plan.table_key(), "bootstrap_mc"), reference=True)
+    rho = correlation(nan_covariance(x))
+    eff = {r["sample"]: [] for r in read_csv(syst_run / "efficiencies.csv")}
+    for r in sorted(read_csv(syst_run / "efficiencies.csv"), key=lambda r: r["bin"]):
+        eff[r["sample"]].append(r)
+    with h5py.File(syst_run / "calibration.h5") as h5:
+        mc, data = h5["covariance/efficiency_mc/stat"][...], h5["covariance/efficiency_data/stat"][...]
+        sf_mc = h5["covariance/scale_factor_data/stat_mc"][...]
+    sigma = np.array([(r["err_down"] + r["err_up"]) / 2 for r in eff["mc"]])
+    np.testing.assert_allclose(mc, np.outer(sigma, sigma) * rho, rtol=1e-9, atol=1e-18)
+    assert np.count_nonzero(mc - np.diag(np.diag(mc))) > 0  # off-diagonal terms: events with probes in two bins
+    assert np.count_nonzero(data - np.diag(np.diag(data))) == 0
+    np.testing.assert_allclose(correlation(sf_mc), rho, atol=1e-9)
+
+
+def test_eigen_variations_and_replicas_of_a_run(syst_run: Path) -> None:
+    """outputs.correctionlib.eigen {count: 6} (all of the 6 bins' full-rank covariance): the eig<i>_up shifts read
+    with correctionlib's evaluator give back the total covariance, eig<i>_down the opposite shifts;
+    outputs.replicas: the 4000 replicas' sample covariance (numpy) is the total within statistical tolerance."""
+    corr = correctionlib.CorrectionSet.from_file(str(syst_run / "corrections.json"))["syst_demo"]
+    sf = sorted(read_csv(syst_run / "scale_factors.csv"), key=lambda r: r["bin"])
+    p, eta = (np.array([0.5 * (r[f"{v}_lo"] + r[f"{v}_hi"]) for r in sf]) for v in ("p", "eta"))
+    nominal = np.array([r["scale_factor"] for r in sf])
+    shifts = np.array([corr.evaluate(p, eta, f"eig{i}_up") - nominal for i in range(6)])
+    for i in range(6):
+        np.testing.assert_allclose(corr.evaluate(p, eta, f"eig{i}_down"), nominal - shifts[i], rtol=1e-12)
+    with pytest.raises(IndexError, match="Index not available"):  # no seventh variation
+        corr.evaluate(p[0], eta[0], "eig6_up")
+    with h5py.File(syst_run / "calibration.h5") as h5:
+        total = h5["covariance/scale_factor_data/total"][...]
+        replicas = h5["replicas/scale_factor_data"][...]
+    np.testing.assert_allclose(shifts.T @ shifts, total, rtol=1e-9, atol=1e-15)
+    assert replicas.shape == (4000, 6)
+    sigma = np.sqrt(np.diag(total))
+    tolerance = 5 * np.sqrt((np.outer(sigma**2, sigma**2) + total**2) / len(replicas))
+    assert np.all(np.abs(np.cov(replicas, rowvar=False) - total) < tolerance)
 
 
 def test_egm_classic_through_the_graph(syst_run: Path) -> None:

@@ -457,3 +457,25 @@ def test_measure_bin_with_references(templates: dict[str, Any]) -> None:
     source["values"]["smear_fail"] = float("nan")
     bad = measure_bin("fit", constrained_fit, hist=hist, reference={"template": mc, "constraint": source})
     assert bad["status"] == "no_constraint"
+
+
+def test_signal_only_simulation_fit(write_config: Any) -> None:
+    """``fit.constrain.background: false``: the simulation fit of every bin fixes both background yields to 0 and
+    their shapes; the default (true) is left out of the dump (earlier configs keep their keys) and fixes nothing."""
+    from calibflow.config import ConstrainConfig
+    from calibflow.plan import Plan
+    from tests.conftest import small_demo_dict
+
+    assert "background" not in ConstrainConfig.model_validate({"from": "mc", "parameters": ["alpha"]}).model_dump()
+    d = egm_sequence(small_demo_dict())
+    plans = {}
+    for signal_only in (False, True):
+        d["systematics"]["sources"][0]["vary"]["fit"]["constrain"]["background"] = not signal_only
+        path = write_config(d, f"signal_only_{signal_only}")
+        plans[signal_only] = Plan.create(path, path.parent / "res").with_variant("altSig")
+    bins = [b.key for b in plans[True].scheme().bins]  # type: ignore[union-attr]
+    fixed = plans[True].constraint_fit_config(bins[0]).parameters
+    assert fixed["n_bkg_pass"].value == fixed["n_bkg_fail"].value == 0.0
+    assert all(fixed[f"{p}_{c}"].fixed for p in ("n_bkg", "slope") for c in ("pass", "fail"))
+    assert "n_bkg_pass" not in plans[False].constraint_fit_config(bins[0]).parameters
+    assert plans[True].constraint_keys(bins) != plans[False].constraint_keys(bins)  # a new simulation fit

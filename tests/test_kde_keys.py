@@ -30,8 +30,9 @@ def test_recipe_template_keys_are_pinned(tmp_path: Path) -> None:
     plan = KdePlan.create(RECIPE, tmp_path)
     assert {n: plan.template_key(n) for n in plan.config.templates} == RECORDED
     paths = plan.template_paths("kaon_data")
-    assert paths.h5 == str(tmp_path / "belle2_pid_resample" / "kde" / f"kaon_data-{RECORDED['kaon_data']}.h5")
-    assert paths.latest == str(tmp_path / "belle2_pid_resample" / "kde" / "kaon_data.h5")
+    work = tmp_path / "belle2_pid_resample" / "work"  # published from there as kde/... (docs/kde.md)
+    assert paths.h5 == str(work / "kde" / f"kaon_data-{RECORDED['kaon_data']}.h5")
+    assert paths.latest == str(work / "kde" / "kaon_data.h5")
     assert plan.closure_keys("kaon") == {"data": RECORDED["kaon_data"], "simulation": RECORDED["kaon_mc"]}
 
 

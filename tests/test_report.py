@@ -327,3 +327,23 @@ def test_demo_report_in_a_browser(demo_run: Path, browser) -> None:
     screenshot(browser, demo_run / "report_screenshot.png")
     screenshot(browser, demo_run / "report_screenshot_top.png", height=1600)
     assert (demo_run / "report_screenshot.png").stat().st_size > 50_000
+
+
+def test_report_grids_and_decimals_come_from_export_grid() -> None:
+    """The report lays tables out and picks decimals with :mod:`calibflow.export.grid`, as the exported grids."""
+    from calibflow.export.grid import decimals, interval, row_grid, significant_places
+
+    assert significant_places([0.021, 0.019, float("nan"), 0.0, -1.0], 2) == 3 and significant_places([], 2) is None
+    assert significant_places([12.0], 2) == 0 and significant_places([0.004], 1) == 3
+    for errors in ([0.021, 0.019], [0.0012], [0.3, 0.2, 0.5], [2e-7]):
+        rows = [{"err_down": e, "err_up": e, "syst": 0.0} for e in errors]
+        assert decimals_for(errors) == max(2, min(6, significant_places(errors, 2)))
+        assert decimals(rows) == min(6, max(1, significant_places(errors, 2)))
+    cells = [_row(i, p, e, 0.5) for i, (p, e) in enumerate((p, e) for p in ((2, 5), (5, 10)) for e in ((2, 3), (3, 4), (4, 5)))]
+    grid = row_grid(cells, ["p", "eta"])
+    assert grid is not None and (grid.row_var, grid.col_var) == ("eta", "p")  # more intervals go down
+    assert grid.row_ranges == [(2, 3), (3, 4), (4, 5)] and grid.at[(3, 4), (5, 10)]["bin"] == 4
+    assert row_grid(cells[:-1], ["p", "eta"]) is None and row_grid(cells, ["p"]) is None
+    t = value_table(cells, "efficiency", VARS)
+    assert t.header == ["η \\ p [GeV]", interval(2, 5), interval(5, 10)] and len(t.rows) == 3
+    assert VARS[0].range_text(2, 5) == f"p ∈ {interval(2, 5)} GeV"

@@ -1,17 +1,19 @@
-"""The tables of one folder laid out on a grid, shared by the Markdown/LaTeX and ROOT exports.
+"""The tables of one folder laid out on a grid, shared by the Markdown/LaTeX and ROOT exports and the report page.
 
 A table (:class:`Table`) is one sample's efficiencies (or signal yields, method ``yield``) or one data sample's
 scale factors, one row per bin.
 Its grid has per binning variable the union of that variable's edges anywhere in the scheme: for a product
 scheme every cell is one bin; for a nested scheme (after ``binning.optimise``) a bin covers several cells,
 which all show its value, and a cell outside every bin (possible only if an inner binning does not span the
-variable's full range) has none.
+variable's full range) has none. The report lays a table's rows out without the scheme (:func:`row_grid`: a full
+grid of two variables, else none). Intervals read ``[lo, hi)`` (:func:`interval`) and the decimals of every grid
+come from :func:`significant_places`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,16 +114,52 @@ def interval(lo: float, hi: float) -> str:
     return f"[{lo:g}, {hi:g})"
 
 
+def significant_places(errors: Iterable[float], significant: int) -> int | None:
+    """Decimal places showing the median of the positive finite ``errors`` to ``significant`` significant digits
+    (may be 0 or negative for errors of 10 and more); None when there is no such error."""
+    positive = [e for e in errors if math.isfinite(e) and e > 0]
+    return significant - 1 - math.floor(math.log10(float(np.median(positive)))) if positive else None
+
+
 def decimals(rows: Sequence[Row]) -> int:
     """Decimal places of a table: enough for the median positive statistical error to two significant digits
     and the median positive systematic one to one (1 to 6; 4 without errors). One number per table lines a
     grid up, and a median keeps one tiny error from lengthening every number."""
-
-    def places(errors: list[float], significant: int) -> int:
-        positive = [e for e in errors if math.isfinite(e) and e > 0]
-        return significant - 1 - math.floor(math.log10(float(np.median(positive)))) if positive else 1
-
-    stats = [e for r in rows for e in stat(r)]
-    if not any(math.isfinite(e) and e > 0 for e in stats):
+    places = significant_places([e for r in rows for e in stat(r)], 2)
+    if places is None:
         return 4
-    return min(6, max(1, places(stats, 2), places([syst(r) for r in rows], 1)))
+    return min(6, max(1, places, significant_places([syst(r) for r in rows], 1) or 1))
+
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RowGrid:
+    """A table's rows on a full grid of two binning variables: ``row_var`` down (the one with more intervals),
+    ``col_var`` across, their sorted intervals and the row of each cell (``at[row interval, column interval]``)."""
+
+    row_var: str
+    col_var: str
+    row_ranges: list[Range]
+    col_ranges: list[Range]
+    at: dict[tuple[Range, Range], Row]
+
+
+def row_grid(rows: Sequence[Row], names: Sequence[str]) -> RowGrid | None:
+    """The grid of ``rows`` over the binning variables ``names`` (their ``<name>_lo``/``_hi`` columns) when there
+    are two and every combination of their intervals is one row (a product binning); else None (one variable, more
+    than two, or a nested binning: show one row per bin)."""
+    if len(names) != 2:
+        return None
+
+    def ranges(name: str) -> set[Range]:
+        return {(r[f"{name}_lo"], r[f"{name}_hi"]) for r in rows}
+
+    first, second = ranges(names[0]), ranges(names[1])
+    cells = {tuple((r[f"{n}_lo"], r[f"{n}_hi"]) for n in names) for r in rows}
+    if len(cells) != len(rows) or len(cells) != len(first) * len(second):
+        return None
+    y, x = (names[0], names[1]) if len(second) <= len(first) else (names[1], names[0])
+    at = {((r[f"{y}_lo"], r[f"{y}_hi"]), (r[f"{x}_lo"], r[f"{x}_hi"])): r for r in rows}
+    return RowGrid(y, x, sorted(ranges(y)), sorted(ranges(x)), at)

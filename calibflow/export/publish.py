@@ -32,9 +32,15 @@ from typing import Any
 
 from calibflow.binning.scheme import BinningScheme
 from calibflow.config import OutputsConfig, Variation
+from calibflow.export.closure_apply import (
+    add_to_section,
+    clear_closure_after_apply,
+    write_closure_after_apply,
+)
 from calibflow.export.galleries import write_galleries
 from calibflow.export.labels import VariableLabel, variable_labels
 from calibflow.export.report import with_banner, write_report
+from calibflow.export.uncertainty import correlations_section
 from calibflow.io import jsonio
 from calibflow.io.integrity import folder_files, sha256_file
 from calibflow.io.store import atomic_path, pid_alive
@@ -129,13 +135,20 @@ def export_tables(
 
     stat = outputs.correctionlib_stat
     if stat and sf:
+        from calibflow.export.uncertainty import eigen_categories, folder_covariances
+
         corrections = []
+        covariances = folder_covariances(out_dir) if outputs.eigen else {}
         for data in datas:
             rows = [r for r in sf if r["data"] == data]
             per_bin = _per_bin(rows, stat)
             merged = "merged" if stat != "merged" and not per_bin else stat  # a product: no per-bin parts
-            note = "statistical uncertainty merged: a product of methods has no per-bin parts" if merged != stat else ""
-            corrections.append(build_correction(cname(data, rows), scheme, _categories(rows, sources, merged),
+            notes = ["statistical uncertainty merged: a product of methods has no per-bin parts"] if merged != stat else []
+            cov = covariances.get(f"scale_factor_{data}")
+            eigen = eigen_categories(cov, outputs.eigen) if cov is not None and outputs.eigen else {}
+            notes += ["no eigen-variations: a product of methods has no covariance"] if outputs.eigen and cov is None else []
+            note = "; ".join(notes)
+            corrections.append(build_correction(cname(data, rows), scheme, {**_categories(rows, sources, merged), **eigen},
                                                description=note and f"{default_description(scheme)}; {note}",
                                                flow=outputs.flow, missing=outputs.missing, per_bin=per_bin))
         path = os.path.join(out_dir, CORRECTIONS)
@@ -457,10 +470,12 @@ def export_all(plan: Plan) -> list[str]:
     files: list[str] = prep_reports(plan, out) + write_masters(plan)
     for base, folder in [*base_folders(plan), *[(v, f) for _, f, v in product_folders(plan)]]:
         scheme = plan.with_variant(base).load_scheme()
+        clear_closure_after_apply(folder)  # an earlier export's: written again below when the config asks
         files += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith((".csv", ".json", ".h5"))]
         files += export_tables(folder, scheme, cfg.outputs.correction_name or cfg.name, cfg.outputs,
                                cfg.systematics.sources, variable_labels(plan.with_variant(base).config),
                                plan.limits.note() if plan.limits else "")
+        files += write_closure_after_apply(plan.with_variant(base), folder)  # config closure_after_apply
     if cfg.roc:
         roc = os.path.join(out, ROC)
         if cfg.outputs.plots:
@@ -479,7 +494,8 @@ def export_all(plan: Plan) -> list[str]:
     files = sorted(set(files))
     galleries = write_galleries(plan, out)  # fit figures: the report sees their index pages only
     if cfg.outputs.report:
-        files += write_report(plan, out, files + [g for g in galleries if g.endswith(".html")])
+        files += write_report(plan, out, files + [g for g in galleries if g.endswith(".html")],
+                              closure_extra=add_to_section, correlations=correlations_section)
     limits = {"limits": plan.limits.describe()} if plan.limits else {}
     return publish(out, plan.workdir, plan.export_key(), sorted(set(files + galleries)),
                    config=plan.config_path, config_sha256=plan.config_sha256(), **limits)

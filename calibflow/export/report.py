@@ -6,7 +6,8 @@ a variant changes the selection), ``fits`` (ok / flagged by reason / failed per 
 flagged bins, links to the fit galleries), ``efficiencies`` and ``scale-factors`` (figures and grid tables
 with statistical and systematic uncertainties; no ``scale-factors`` without a data/simulation pair: the
 efficiencies section says why), ``uncertainties`` (each systematic source's size over the bins, largest
-first), ``closure`` (toy pulls: histogram, mean and width), ``coverage`` (config ``coverage``: per sample and scale
+first), ``correlations`` (bin-to-bin correlation figures of the covariances: :mod:`calibflow.export.uncertainty`),
+``closure`` (toy pulls: histogram, mean and width), ``coverage`` (config ``coverage``: per sample and scale
 factor the toys' coverage and pulls, ``plots/coverage.png``, the bins ``coverage_off``), ``inputs`` (files, files left
 out) and ``outputs`` (every published file). The HTML page is self-contained: inline CSS, no script, no
 font or file from the network; its links and images are relative to the published folder
@@ -24,12 +25,12 @@ import os
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from calibflow import __version__
-from calibflow.export.grid import yield_rows
+from calibflow.export.grid import interval, row_grid, significant_places, yield_rows
 from calibflow.fit.gallery import MEANINGS
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
@@ -54,6 +55,7 @@ SECTIONS = {
     "efficiencies": "Efficiencies",
     "scale-factors": "Scale factors",
     "uncertainties": "Uncertainties",
+    "correlations": "Correlations",
     "closure": "Closure",
     "coverage": "Coverage",
     "inputs": "Inputs",
@@ -202,11 +204,10 @@ def _finite(values: Iterable[object]) -> list[float]:
 
 
 def decimals_for(errors: Iterable[object], lo: int = 2, hi: int = 6) -> int:
-    """Decimals showing two significant digits of the median of ``errors`` (within [lo, hi])."""
-    errs = [e for e in _finite(errors) if e > 0]
-    if not errs:
-        return 3
-    return max(lo, min(hi, 1 - math.floor(math.log10(statistics.median(errs)))))
+    """Decimals showing two significant digits of the median of ``errors`` (within [lo, hi]; 3 without errors):
+    :func:`calibflow.export.grid.significant_places`, as the exported grids."""
+    places = significant_places(_finite(errors), 2)
+    return 3 if places is None else max(lo, min(hi, places))
 
 
 class Variable(NamedTuple):
@@ -219,7 +220,7 @@ class Variable(NamedTuple):
     def range_text(self, lo: float, hi: float, with_label: bool = True) -> str:
         """``p ∈ [2, 3) GeV`` (or ``[2, 3)``)."""
         unit = f" {self.unit}" if self.unit and with_label else ""
-        return (f"{self.label} ∈ " if with_label else "") + f"[{lo:g}, {hi:g}){unit}"
+        return (f"{self.label} ∈ " if with_label else "") + interval(lo, hi) + unit
 
     @property
     def heading(self) -> str:
@@ -406,35 +407,23 @@ def _measure(r: Row, value: str, decimals: int) -> Measure:
                    decimals, "" if kind == "ok" else kind, f"status: {status}")
 
 
-def _grid_axes(rows: Sequence[Row], variables: Sequence[Variable]) -> tuple[Variable, Variable] | None:
-    """(row variable, column variable) when the bins of two variables form a full grid, else None."""
-    if len(variables) != 2:
-        return None
-    ranges = [{(r[f"{v.name}_lo"], r[f"{v.name}_hi"]) for r in rows} for v in variables]
-    cells = {tuple((r[f"{v.name}_lo"], r[f"{v.name}_hi"]) for v in variables) for r in rows}
-    if len(cells) != len(rows) or len(cells) != len(ranges[0]) * len(ranges[1]):
-        return None
-    return (variables[0], variables[1]) if len(ranges[1]) <= len(ranges[0]) else (variables[1], variables[0])
-
-
 def value_table(rows: Sequence[Row], value: str, variables: Sequence[Variable]) -> Table:
-    """A grid (rows × columns of two variables) of ``value`` with stat and syst, or one row per bin."""
+    """A grid (rows × columns of two variables: :func:`calibflow.export.grid.row_grid`) of ``value`` with stat and
+    syst, or one row per bin."""
     decimals = decimals_for(r[k] for r in rows for k in ("err_down", "err_up"))
     legend = ("Each entry: value, statistical interval (+up −down), systematic (±, all sources combined); "
               "amber: flagged fit, blue: low statistics, red: no value; hover for the status.")
-    axes = _grid_axes(rows, variables)
-    if axes is None:
+    grid = row_grid(rows, [v.name for v in variables])
+    if grid is None:
         header = ["bin", *(v.heading for v in variables), value.replace("_", " ")]
         body = [[str(r["bin"]), *(v.range_text(r[f"{v.name}_lo"], r[f"{v.name}_hi"], False) for v in variables),
                  _measure(r, value, decimals)] for r in rows]
         return Table(header, body, legend)
-    ry, rx = axes
-    xs = sorted({(r[f"{rx.name}_lo"], r[f"{rx.name}_hi"]) for r in rows})
-    ys = sorted({(r[f"{ry.name}_lo"], r[f"{ry.name}_hi"]) for r in rows})
-    at = {((r[f"{ry.name}_lo"], r[f"{ry.name}_hi"]), (r[f"{rx.name}_lo"], r[f"{rx.name}_hi"])): r for r in rows}
-    header = [f"{ry.heading} \\ {rx.heading}", *(rx.range_text(*x, with_label=False) for x in xs)]
-    body = [[Cell(ry.range_text(*y, with_label=False), css="head"), *(_measure(at[y, x], value, decimals) for x in xs)]
-            for y in ys]
+    named = {v.name: v for v in variables}
+    ry, rx = named[grid.row_var], named[grid.col_var]
+    header = [f"{ry.heading} \\ {rx.heading}", *(rx.range_text(*x, with_label=False) for x in grid.col_ranges)]
+    body = [[Cell(ry.range_text(*y, with_label=False), css="head"),
+             *(_measure(grid.at[y, x], value, decimals) for x in grid.col_ranges)] for y in grid.row_ranges]
     return Table(header, body, legend, css="grid")
 
 
@@ -1116,16 +1105,30 @@ def render_markdown(title: str, subtitle: str, sections: Sequence[Section]) -> s
 # ---------------------------------------------------------------- entry point ---------------------------------
 
 
-def report_sections(plan: Plan, out_dir: str, files: Sequence[str]) -> tuple[list[Section], list[str]]:
+ClosureExtra = Callable[["Section", Sequence["Folder"], str], list[str]]
+"""Adds blocks to the closure section (folders, out_dir); returns the figures drawn
+(:func:`calibflow.export.closure_apply.add_to_section`)."""
+SectionMaker = Callable[[Sequence["Folder"], str], tuple["Section", list[str]]]
+"""Makes a section (folders, out_dir) and the figures drawn (:func:`calibflow.export.uncertainty.correlations_section`)."""
+
+
+def report_sections(plan: Plan, out_dir: str, files: Sequence[str], closure_extra: ClosureExtra | None = None,
+                    correlations: SectionMaker | None = None) -> tuple[list[Section], list[str]]:
     """Every section of the report of ``plan`` (combined tables in ``out_dir``, published ``files``) and the
-    figures drawn for it."""
+    figures drawn for it; ``closure_extra`` and ``correlations`` come from the modules that build on this one's
+    blocks (given by :func:`calibflow.export.publish.export_all`, so that this module imports neither)."""
     folders = table_folders(plan)
     pngs = [f for f in files if f.endswith(".png")]
     counts = fit_status_counts(plan)
     variables = variables_of(plan)
     closure, drawn = closure_section(folders, out_dir)
+    if closure_extra is not None:
+        drawn += closure_extra(closure, folders, out_dir)  # config closure_after_apply (docs/tables.md)
     coverage, coverage_png = coverage_section(folders, out_dir)
     drawn += coverage_png
+    if correlations is not None:
+        correlations_sec, correlation_pngs = correlations(folders, out_dir)
+        drawn += correlation_pngs
     efficiencies = values_section("efficiencies", folders, pngs, out_dir)
     why = no_scale_factors(plan.nominal_config)
     if why:  # no scale-factors section
@@ -1139,6 +1142,7 @@ def report_sections(plan: Plan, out_dir: str, files: Sequence[str]) -> tuple[lis
         efficiencies,
         *([] if why else [values_section("scale-factors", folders, pngs, out_dir)]),
         uncertainties_section(folders, [s.name for s in plan.nominal_config.systematics.sources]),
+        *([correlations_sec] if correlations is not None else []),
         closure,
         coverage,
         inputs_section(plan),
@@ -1147,11 +1151,12 @@ def report_sections(plan: Plan, out_dir: str, files: Sequence[str]) -> tuple[lis
     return [summary_section(plan, body, counts), *body], drawn
 
 
-def write_report(plan: Plan, out_dir: str, files: Sequence[str]) -> list[str]:
+def write_report(plan: Plan, out_dir: str, files: Sequence[str], closure_extra: ClosureExtra | None = None,
+                 correlations: SectionMaker | None = None) -> list[str]:
     """``report.md`` and ``report.html`` of ``plan`` in ``out_dir`` (the combined folder, published as is),
     with the figures they need (``plots/closure_pulls.png`` per folder with a closure table); returns the
-    files written."""
-    sections, drawn = report_sections(plan, out_dir, files)
+    files written. ``closure_extra``, ``correlations``: :func:`report_sections`."""
+    sections, drawn = report_sections(plan, out_dir, files, closure_extra, correlations)
     cfg = plan.nominal_config
     title = f"calibflow report: {cfg.name}"
     subtitle = cfg.description or ""

@@ -93,15 +93,18 @@ NO_CONSTRAINT = "no_constraint"
 
 
 def reference_options(fit: Any, parameters: Mapping[str, Mapping[str, Any]], template: Any = None,
-                      constraint: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], str]:
+                      constraint: Mapping[str, Any] | None = None,
+                      keep: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Any], str]:
     """What the reference simulation adds to a pass/fail fit of ``fit`` (a :class:`calibflow.config.FitConfig`):
-    (fit options: ``signal``/``signal_fail`` templates, ``constraints``, ``parameters`` with fixed values;
-    fields for the result: ``template``, ``constraints``; a status if the fit cannot be made, else '').
+    (fit options: ``signal``/``signal_fail`` templates, ``constraints``, ``parameters`` with fixed values,
+    ``keep``; fields for the result: ``template``, ``constraints``; a status if the fit cannot be made, else '').
     ``template``: the reference sample's histograms of the bin (:class:`calibflow.fit.histograms.BinHistograms`),
-    ``constraint``: the result of its simulation fit of the bin."""
+    ``constraint``: the result of its simulation fit of the bin; ``keep``: parameters the reported model must have
+    (the simulation fit of ``fit.constrain`` keeps the constrained ones: no retry with a simpler signal lacking
+    them)."""
     from calibflow.fit.templates import TEMPLATE, template_record, template_signals
 
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {"keep": tuple(keep)} if keep else {}
     extra: dict[str, Any] = {}
     if fit.signal == TEMPLATE:
         if template is None or fit.template is None:

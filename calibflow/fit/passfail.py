@@ -25,7 +25,7 @@ starting values of a background-only fit of the sidebands, then with simpler sig
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -566,7 +566,7 @@ class Attempt:
 
 FREEZE_LABEL = "background_shape_fixed"
 """Label of the attempt that fixes unconstrained background shapes (:func:`frozen_background`)."""
-FREEZE_MAX_FRACTION = 0.1
+FREEZE_MAX_FRACTION = 0.02
 """A category's background shape is fixed only when its fitted yield is below this fraction of its candidates."""
 FREEZE_NONE = 0.5
 """A background yield below this (candidates) sits at its bound 0: the retry fixes it to 0 with its shape."""
@@ -594,8 +594,10 @@ def frozen_background(prev: Attempt, counts: Mapping[str, float]) -> dict[str, f
     return out
 
 
-def attempt_plan(signal: Shape, strategy: int, retry: bool) -> list[tuple[str, Shape, int, str]]:
-    """(label, signal shape, strategy, start mode) of each attempt, in order."""
+def attempt_plan(signal: Shape, strategy: int, retry: bool, keep: Sequence[str] = ()
+                 ) -> list[tuple[str, Shape, int, str]]:
+    """(label, signal shape, strategy, start mode) of each attempt, in order; the simpler signals stop at the
+    first lacking a parameter of ``keep``."""
     plan = [("initial", signal, strategy, "excess")]
     if not retry:
         return plan
@@ -605,6 +607,8 @@ def attempt_plan(signal: Shape, strategy: int, retry: bool) -> list[tuple[str, S
     shape = signal
     while shape.simpler and shape.simpler not in seen:
         shape = get_shape("signal", shape.simpler)
+        if not set(keep) <= set(shape.params):
+            break
         seen.add(shape.name)
         plan.append((f"simpler_signal:{shape.name}", shape, 2, "sideband"))
     return plan
@@ -623,6 +627,7 @@ def run_attempts(
     prefit: bool = False,
     shift: bool = False,
     constraints: Constraints | None = None,
+    keep: Sequence[str] = (),
 ) -> tuple[list[Attempt], int]:
     """Fit until an attempt passes the checks; return all attempts and the index of the one to report.
 
@@ -634,7 +639,8 @@ def run_attempts(
     ``constraints``: Gaussian penalties added to every attempt's cost
     (:func:`calibflow.fit.constraints.constrained`), and to the data's χ² and ndof as one measurement each
     (:func:`calibflow.fit.constraints.constraint_chi2`); the checks see the sums. HESSE runs
-    unless Migrad's closing HESSE already gave the covariance (:func:`minimise`).
+    unless Migrad's closing HESSE already gave the covariance (:func:`minimise`). ``keep``: parameters every
+    attempt's signal must have (:func:`attempt_plan`).
     """
     names = model0.names
     for name in parameters or {}:
@@ -642,7 +648,7 @@ def run_attempts(
             raise ValueError(f"fit.parameters.{name}: not a parameter of this model; parameters: {', '.join(names)}")
     peak, width = peak_estimate(edges, hp, hf)
     attempts: list[Attempt] = []
-    for label, signal, strat, mode in attempt_plan(model0.signal, strategy, quality.retry):
+    for label, signal, strat, mode in attempt_plan(model0.signal, strategy, quality.retry, keep):
         model = replace(model0, signal=signal.on(model0.lo, model0.hi))
         freeze: dict[str, float] = {}
         if mode == "freeze":
@@ -774,6 +780,7 @@ def fit_pass_fail(
     fail_gauss: bool = False,
     signal_fail: Shape | None = None,
     constraints: Constraints | None = None,
+    keep: Sequence[str] = (),
 ) -> FitResult:
     """Fit pass and fail histograms (same ``edges``) simultaneously; ε with asymmetric MINOS errors.
 
@@ -783,7 +790,8 @@ def fit_pass_fail(
     category, ``fail_gauss`` a Gaussian to the fail signal (:data:`FAIL_GAUSS`). ``quality`` sets the checks
     and whether failing fits are retried. ``signal_fail``: a signal shape of the fail category's own
     (templates); ``constraints``: Gaussian constraints name -> (value, σ) (:mod:`calibflow.fit.constraints`),
-    each a measurement in the reported χ² and ndof (:func:`run_attempts`). Status is ``ok`` or a comma-separated list of the problems of the reported
+    each a measurement in the reported χ² and ndof (:func:`run_attempts`); ``keep``: parameters the reported signal
+    must have (:func:`attempt_plan`). Status is ``ok`` or a comma-separated list of the problems of the reported
     attempt.
     """
     edges = np.asarray(edges, dtype=float)
@@ -797,7 +805,7 @@ def fit_pass_fail(
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: binned_cost(mdl, edges, hp, hf, sp, sf),
                                       goodness, parameters, strategy, quality or FitQuality(),
-                                      constraints=constraints)
+                                      constraints=constraints, keep=keep)
     return build_result(attempts, accepted, minos)
 
 

@@ -19,7 +19,7 @@ instead of the histograms' χ² p-value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -219,6 +219,7 @@ def fit_pass_fail_unbinned(
     fail_gauss: bool = False,
     signal_fail: Shape | None = None,
     constraints: Constraints | None = None,
+    keep: Sequence[str] = (),
 ) -> FitResult:
     """Simultaneous extended unbinned fit of passing and failing candidates' masses on [lo, hi].
 
@@ -253,7 +254,7 @@ def fit_pass_fail_unbinned(
 
     attempts, accepted = run_attempts(model0, edges, hp, hf, lambda mdl: unbinned_cost(mdl, mp, wp, mf, wf),
                                       goodness, parameters, strategy, replace(quality, min_pvalue=0.0), prefit=True,
-                                      shift=True, constraints=constraints)
+                                      shift=True, constraints=constraints, keep=keep)
     a = attempts[accepted]
     if not weighted:
         r = build_result(attempts, accepted, minos)

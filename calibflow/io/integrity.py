@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -283,10 +283,11 @@ def intermediates(workdir: str | os.PathLike[str]) -> list[str]:
     return sorted(out)
 
 
-def verify_folder(workdir: str | os.PathLike[str]) -> Iterator[tuple[str, CorruptIntermediate | None]]:
-    """(path, None) for every intact intermediate of ``workdir``, (path, the error) for every corrupt one
-    (full checks: every byte of every intermediate is read)."""
-    for path in intermediates(workdir):
+def verify_folder(workdir: str | os.PathLike[str],
+                  paths: Sequence[str] | None = None) -> Iterator[tuple[str, CorruptIntermediate | None]]:
+    """(path, None) for every intact intermediate of ``workdir`` (or of ``paths``: a KDE config's templates),
+    (path, the error) for every corrupt one (full checks: every byte of every intermediate is read)."""
+    for path in intermediates(workdir) if paths is None else paths:
         try:
             check_full(path)
         except CorruptIntermediate as exc:

@@ -68,6 +68,18 @@ class KdeConfig(_Strict):
     closure: dict[str, ClosureSpec] = Field(default_factory=dict)
 
 
+def is_kde_config(path: str | os.PathLike[str]) -> bool:
+    """Whether the YAML at ``path`` is a KDE config (``templates``, no ``samples``) rather than a calibration's;
+    False when it cannot be read (the calibration loader then names the problem)."""
+    from calibflow.config import ConfigError, load_yaml
+
+    try:
+        data = load_yaml(path)
+    except (ConfigError, OSError):
+        return False
+    return isinstance(data, dict) and "templates" in data and "samples" not in data
+
+
 def load_kde_config(path: str | os.PathLike[str]) -> KdeConfig:
     """Read a KDE config; ConfigError names the key to fix (unknown template or toy names included)."""
     from pydantic import ValidationError

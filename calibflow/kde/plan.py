@@ -1,9 +1,12 @@
 """Keys and paths of a KDE config's outputs (the KDE counterpart of :mod:`calibflow.plan`; no task runs here).
 
-Everything goes to ``<result_dir>/<name>/`` (the *workdir*): ``toys/<toy>_<i>.root``;
-``kde/<template>-<key>.h5`` and ``.root`` with a copy ``kde/<template>.h5`` under a fixed name for apply
-configs; ``closure/<closure>/closure.{csv,json,png}`` and ``densities.png``; ``report.html``, ``report.md`` and ``manifest.json``;
-``logs/``. A template's key (:meth:`KdePlan.template_key`) covers its spec, tree, the aliases and its inputs
+Everything goes to ``<result_dir>/<name>/`` (the *workdir*): ``toys/<toy>_<i>.root``; under ``work/`` (the
+outputs as they are made, :data:`WORK`) ``kde/<template>-<key>.h5`` and ``.root`` with a copy ``kde/<template>.h5``
+under a fixed name for apply configs, ``closure/<closure>/closure.{csv,json,png}`` and ``densities.png``,
+``report.html`` and ``report.md``; ``logs/``. The outputs are published from ``work/`` as one set
+(:mod:`calibflow.export.publish`: ``.published/<n>-<report key>/``, ``current``, ``manifest.json`` with their
+SHA-256): a reader opens ``<workdir>/kde/<template>.h5``, ``closure/``, ``report.html`` through the stable links.
+A KDE config and a calibration config never share a workdir (:func:`check_kind`). A template's key (:meth:`KdePlan.template_key`) covers its spec, tree, the aliases and its inputs
 (a toy's spec, or each file's path, size and mtime), not the config's name or other entries: a changed
 template is rebuilt under a new key, an unchanged one reused. A closure is redone when a template it uses
 changes key; the report when any key or the config file changes (:meth:`KdePlan.report_key`).
@@ -22,8 +25,15 @@ from calibflow.kde.config import TOY_PREFIX, KdeConfig, load_kde_config
 from calibflow.kde.template import VERSION
 from calibflow.plan import NO_RUN, Run
 
-REPORT_VERSION = 1
-"""Version of the KDE report page and manifest: a bump redoes the report, never the templates or closures."""
+REPORT_VERSION = 2
+"""Version of the KDE report page and manifest: a bump redoes the report, never the templates or closures (2: the
+outputs published as a set)."""
+WORK = "work"
+"""Under the workdir: the outputs as they are made, published from there as one set (never read by a reader)."""
+KIND = "kde"
+"""``kind`` in the manifest.json of a KDE config's published set (a calibration's has none)."""
+RECORD = "config.json"
+"""Under :data:`WORK`: ``{"kind": "kde", "config": <path>}``, written by ``calibflow kde`` before its tasks run."""
 
 
 class TemplatePaths(NamedTuple):
@@ -86,6 +96,11 @@ class KdePlan:
         """``<result_dir>/<name>``."""
         return os.path.join(self.result_dir, self.config.name)
 
+    @property
+    def work_dir(self) -> str:
+        """``<workdir>/work``: the outputs as they are made; the published set mirrors it."""
+        return os.path.join(self.workdir, WORK)
+
     def config_sha256(self) -> str:
         """SHA-256 of the config file's bytes."""
         with open(self.config_path, "rb") as f:
@@ -140,7 +155,7 @@ class KdePlan:
 
     def template_paths(self, name: str) -> TemplatePaths:
         """The keyed HDF5 and ROOT files of template ``name`` and its fixed-name copy."""
-        folder = os.path.join(self.workdir, "kde")
+        folder = os.path.join(self.work_dir, "kde")
         stem = os.path.join(folder, f"{name}-{self.template_key(name)}")
         return TemplatePaths(f"{stem}.h5", f"{stem}.root", os.path.join(folder, f"{name}.h5"))
 
@@ -154,8 +169,8 @@ class KdePlan:
         return {k: self.template_key(t) for k, t in self.closure_templates(name).items()}
 
     def closure_dir(self, name: str) -> str:
-        """``<workdir>/closure/<name>``."""
-        return os.path.join(self.workdir, "closure", name)
+        """``<workdir>/work/closure/<name>``."""
+        return os.path.join(self.work_dir, "closure", name)
 
     def closure_paths(self, name: str) -> dict[str, str]:
         """Files of closure ``name``: ``csv``, ``json``, ``png`` (``closure.*``) and ``densities``
@@ -172,9 +187,80 @@ class KdePlan:
                            self.config.model_dump(), self.config_sha256())
 
     def report_paths(self) -> dict[str, str]:
-        """``report.html``, ``report.md`` and ``manifest.json`` in the workdir."""
-        return {k: os.path.join(self.workdir, f) for k, f in
-                (("html", "report.html"), ("md", "report.md"), ("manifest", "manifest.json"))}
+        """``report.html`` and ``report.md`` in the work folder (published at the top of the set)."""
+        return {k: os.path.join(self.work_dir, f) for k, f in (("html", "report.html"), ("md", "report.md"))}
+
+    def intermediates(self) -> list[str]:
+        """The checksummed files of the work folder (the templates' HDF5 files), for ``calibflow verify``."""
+        return sorted(glob.glob(os.path.join(self.work_dir, "kde", "*.h5")))
+
+    # --- one kind of config per folder ------------------------------------------------------------------
+    def record(self) -> None:
+        """Write :data:`RECORD` (this KDE config uses the workdir), unless it says so already."""
+        from calibflow.io.jsonio import dump
+        from calibflow.io.store import atomic_path
+
+        path = os.path.join(self.work_dir, RECORD)
+        if _read(path).get("config") != self.config_path:
+            os.makedirs(self.work_dir, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
+                dump({"kind": KIND, "config": self.config_path}, f)
+
+    def check_kind(self) -> None:
+        """ConfigError (one line, naming both configs) when the workdir holds a calibration's results:
+        ``calibflow kde`` and ``calibflow run`` never share a folder."""
+        from calibflow.config import ConfigError
+
+        other = calibration_of(self.workdir)
+        if other is not None:
+            raise ConfigError(f"{self.config_path}: name {self.config.name!r} is taken: {self.workdir} holds the "
+                              f"calibration results of {other} (calibflow run); give the KDE config another name or "
+                              "use another --result-dir")
+
+
+def _read(path: str) -> dict[str, Any]:
+    """The JSON mapping at ``path`` ({} when missing or unreadable)."""
+    import json
+
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _published_manifest(workdir: str) -> dict[str, Any]:
+    """The manifest.json of the set published under ``workdir`` (or of a folder of the layout before sets)."""
+    from calibflow.export.publish import MANIFEST, published_dir
+
+    return _read(os.path.join(published_dir(workdir) or workdir, MANIFEST))
+
+
+def kde_config_of(workdir: str) -> str | None:
+    """The KDE config whose outputs are under ``workdir`` (its published manifest, else :data:`RECORD`); None
+    when none is. A folder published before sets by ``calibflow kde`` is told by its manifest's ``closure``."""
+    manifest = _published_manifest(workdir)
+    if manifest:
+        kde = manifest.get("kind") == KIND or ("closure" in manifest and "config_sha256" not in manifest)
+        return str(manifest.get("config")) if kde else None
+    record = _read(os.path.join(workdir, WORK, RECORD))
+    return str(record["config"]) if record.get("kind") == KIND and "config" in record else None
+
+
+def calibration_of(workdir: str) -> str | None:
+    """The calibration config whose results are under ``workdir`` (its published manifest, else the run file
+    of its latest ``calibflow run``: ``runs/latest.json``); None when none is."""
+    from calibflow.plan import LATEST_RUN, RUNS
+
+    manifest = _published_manifest(workdir)
+    if manifest:
+        return None if kde_config_of(workdir) is not None else str(manifest.get("config") or "a calibration config")
+    runs = os.path.join(workdir, RUNS)
+    latest = _read(os.path.join(runs, LATEST_RUN)).get("run_file")
+    if latest is None:
+        return "a calibration config" if os.path.isdir(runs) else None
+    return str(_read(os.path.join(runs, os.path.basename(str(latest)))).get("config", "a calibration config"))
 
 
 def _parses(text: str | None, aliases: dict[str, str], where: str) -> None:

@@ -1,5 +1,8 @@
-"""The report page of a KDE config's outputs: ``report.html`` and ``report.md`` in its workdir, and
-``manifest.json`` (the report key, every published file, the closures' verdict lines).
+"""The report page of a KDE config's outputs, ``report.html`` and ``report.md``, and the publication of every
+output as one set (:func:`publish_outputs`, through :func:`calibflow.export.publish.publish`: the templates, the
+closures' tables and figures and the report, with ``manifest.json``: the report key, the config, ``kind: kde``,
+the closures' verdict lines, every file and its SHA-256). Paths in the page are relative to the work folder
+(:attr:`KdePlan.work_dir`), whose layout the published set keeps.
 
 Sections (ids stable): ``summary`` (one verdict per section), ``closure`` (per closure: the efficiency figure,
 the PID densities, pulls per column and the rank correlation of the transform, the table per kinematic bin
@@ -49,7 +52,8 @@ MEANING = {"simulation": "as it is", "resampled": "drawn from the data template"
 
 
 def _rel(plan: KdePlan, path: str) -> str:
-    return os.path.relpath(path, plan.workdir)
+    """``path`` relative to the work folder: its name in the published set."""
+    return os.path.relpath(path, plan.work_dir)
 
 
 def _bin_text(row: Mapping[str, Any]) -> str:
@@ -191,7 +195,8 @@ def summary_section(plan: KdePlan, sections: Sequence[Section]) -> Section:
 
 
 def published_files(plan: KdePlan) -> list[str]:
-    """Every output file of the config (paths relative to the workdir): the report, templates, closures."""
+    """Every output file of the config (paths relative to the work folder, as published): the report,
+    templates, closures."""
     cfg = plan.config
     files = [p for t in cfg.templates for p in plan.template_paths(t)]
     files += [p for c in cfg.closure for p in plan.closure_paths(c).values()]
@@ -200,7 +205,7 @@ def published_files(plan: KdePlan) -> list[str]:
 
 
 def write_report(plan: KdePlan) -> list[str]:
-    """``report.md``, ``report.html`` and ``manifest.json`` (key, config, files) in the workdir; their paths."""
+    """``report.md`` and ``report.html`` in the work folder; the closures' verdict lines (one per closure)."""
     with open(plan.config_path) as f:
         text = f.read()
     files = published_files(plan)
@@ -216,7 +221,17 @@ def write_report(plan: KdePlan) -> list[str]:
     for key, page in (("md", render_markdown(title, subtitle, sections)), ("html", render_html(title, subtitle, sections))):
         with atomic_path(paths[key]) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(page)
-    with atomic_path(paths["manifest"]) as tmp, open(tmp, "w") as f:
-        json.dump({"key": plan.report_key(), "config": plan.config_path, "files": files,
-                   "closure": body[0].verdict.splitlines() if plan.config.closure else []}, f, indent=1)
-    return [paths["md"], paths["html"], paths["manifest"]]
+    return body[0].verdict.splitlines() if plan.config.closure else []
+
+
+def publish_outputs(plan: KdePlan) -> list[str]:
+    """Write the report and publish every output of the config as one set under the workdir (the calibration's
+    publisher: a reader sees the previous set or this one, ``calibflow verify`` checks the SHA-256 in
+    ``manifest.json``); the published paths (stable names under the workdir)."""
+    from calibflow.export.publish import publish
+    from calibflow.kde.plan import KIND
+
+    closure = write_report(plan)
+    files = [os.path.join(plan.work_dir, rel) for rel in published_files(plan)]
+    return publish(plan.work_dir, plan.workdir, plan.report_key(), files, config=plan.config_path,
+                   config_sha256=plan.config_sha256(), kind=KIND, closure=closure)

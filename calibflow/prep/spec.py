@@ -25,6 +25,8 @@ PREP_VERSION = 2
 """Version of prepared tuples, in every prep key. 2 (issue 17): expression semantics (boolean addition counts,
 integers never wrap, constants beyond 64 bits are floats) and checksummed HDF5 (Fletcher32, v110 metadata)."""
 MASS, PASS, WEIGHT, TRUE_EFF, IS_SIGNAL = "_mass", "_pass", "_weight", "_true_eff", "_is_signal"
+EVENT = "_event"
+"""Prepared column of the event identifier (``samples.<name>.event_id``): the bootstrap over events."""
 TISTOS_FLAGS = {"tis": "_tis", "tos": "_tos", "trigger": "_trig"}
 """Prepared columns of method ``tistos`` (``fit.tistos`` key -> column)."""
 LUMI_BRANCHES = ("run", "luminosityBlock")
@@ -321,6 +323,8 @@ def prep_spec(config: CalibrationConfig, sample: str, base_dir: str | None = Non
         columns[pass_column(wp)] = c(text, f"working_points.{wp}")
     if s.weight:
         columns[WEIGHT] = c(s.weight, f"samples.{sample}.weight")
+    if s.event_id:
+        columns[EVENT] = c(s.event_id, f"samples.{sample}.event_id")
     tistos = config.fit.tistos
     if s.method == "tistos" and tistos is not None:
         for key, column in TISTOS_FLAGS.items():

@@ -8,14 +8,19 @@ and the ROC points; ``prep_reports`` the cut flows (nominal and per method) and 
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 from calibflow import __version__
 from calibflow.plan import Plan
+from calibflow.tables.bootstrap import sample_correlation
+from calibflow.tables.covariance import TableCovariance, covariances, table_seed
+from calibflow.tables.covariance import write_h5 as write_covariances
 from calibflow.tables.products import product_rows
 from calibflow.tables.roc import roc_rows
-from calibflow.tables.rows import read_csv, write_csv
+from calibflow.tables.rows import Row, read_csv, write_csv
+from calibflow.tables.systematics import signed_shifts
 from calibflow.tables.write import EFFICIENCIES, ROC, SCALE_FACTORS, combine_tables, write_master
 from calibflow.variants import (
     INCLUSIVE,
@@ -64,15 +69,49 @@ def metadata(plan: Plan, variant: str) -> dict[str, Any]:
     }
 
 
+def varied_dirs(plan: Plan, base: str) -> dict[str, str]:
+    """Per systematic run of ``base`` (a variant: nominal, working point or method), its table folder."""
+    return {s: plan.with_variant(join(base, s)).table_dir() for s in systematic_variants(plan.nominal_config)}
+
+
+def sample_sides(plan: Plan, base: str) -> dict[str, str]:
+    """Each sample's role (data, mc) in ``base``'s config."""
+    return {n: s.role for n, s in plan.with_variant(base).config.samples.items()}
+
+
+def table_covariances(plan: Plan, base: str, folder: str) -> list[TableCovariance]:
+    """The covariance of every table of the combined ``folder`` of ``base`` (:mod:`calibflow.tables.covariance`),
+    the systematic shifts from the runs' own tables, the statistical correlation of counted samples with
+    ``event_id`` by the bootstrap over events (seeded from the table key)."""
+    cfg = plan.nominal_config
+    runs = varied_dirs(plan, base)
+    rows, shifts = {}, {}
+    for name, keys, value in ((EFFICIENCIES, ("sample", "bin"), "efficiency"), (SCALE_FACTORS, ("data", "bin"), "scale_factor")):
+        rows[name] = _rows(os.path.join(folder, name))
+        varied = {run: _rows(os.path.join(d, name)) for run, d in runs.items()} if rows[name] else {}
+        shifts[name] = signed_shifts(rows[name], varied, cfg.systematics.sources, cfg.systematics.combine, value, keys,
+                                     sample_sides(plan, base))
+    variant = plan.with_variant(base)
+    seeds = {s: table_seed(variant.table_key(), f"bootstrap_{s}") for s in variant.config.samples}
+    corr = {s: rho for s in variant.config.samples if (rho := sample_correlation(variant, s, seeds[s])) is not None}
+    return covariances(rows[EFFICIENCIES], shifts[EFFICIENCIES], rows[SCALE_FACTORS], shifts[SCALE_FACTORS],
+                       [s.name for s in cfg.systematics.sources], corr)
+
+
+def _rows(path: str) -> list[Row]:
+    """The rows of the table ``path`` (none where it is not: no scale factors without simulation)."""
+    return read_csv(path) if os.path.exists(path) else []
+
+
 def combine_all(plan: Plan) -> None:
     """Combined tables and ROC points of every base variant (the master tables, which record the exact
     config, are written at export: :func:`write_masters`)."""
     cfg = plan.nominal_config
     out_dir = plan.combined_dir()
     for base, folder in base_folders(plan):
-        varied = {s: plan.with_variant(join(base, s)).table_dir() for s in systematic_variants(cfg)}
+        varied = varied_dirs(plan, base)
         combine_tables(folder, plan.with_variant(base).table_dir(), varied, cfg.systematics.sources,
-                       cfg.systematics.combine, {n: s.role for n, s in plan.with_variant(base).config.samples.items()})
+                       cfg.systematics.combine, sample_sides(plan, base))
     for name, folder, _ in product_folders(plan):
         members = cfg.products[name]
         for table, value, keys in ((EFFICIENCIES, "efficiency", ("sample", "bin")),
@@ -154,15 +193,18 @@ CONFIG_COPY = "config.yaml"
 
 
 def write_masters(plan: Plan) -> list[str]:
-    """The master table (JSON and HDF5, with :func:`metadata`) of every base folder, and ``config.yaml``, the
-    config file's exact bytes, in the combined folder; returns the files."""
+    """The master table (JSON and HDF5, with :func:`metadata`; the HDF5 file with every table's covariance and,
+    with ``outputs.replicas``, the scale factors' replicas, seeded from the table key) of every base folder, and
+    ``config.yaml``, the config file's exact bytes, in the combined folder; returns the files."""
     import shutil
 
     from calibflow.io.store import atomic_path
 
     files = []
     for base, folder in base_folders(plan):
-        files += write_master(folder, metadata(plan, base))
+        extra = functools.partial(write_covariances, tables=table_covariances(plan, base, folder),
+                                  replicas=plan.nominal_config.outputs.replicas, key=plan.with_variant(base).table_key())
+        files += write_master(folder, metadata(plan, base), h5_extra=extra)
     copy = os.path.join(plan.combined_dir(), CONFIG_COPY)
     with atomic_path(copy) as tmp:
         shutil.copyfile(plan.config_path, tmp)

@@ -22,7 +22,7 @@ For the quadrature conventions the total adds σ_syst in quadrature to each side
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from calibflow.config import EGM_ROLES, Variation
 from calibflow.tables.rows import YIELD_METHOD, Row
@@ -55,16 +55,8 @@ def combine(
     from a run gives NaN columns. ``sides``: the role (``data``, ``mc``) of each sample of an efficiency table
     (a sample not in it counts as data); rows of a ``scale_factor`` table are of quantity ``sf``.
     """
-    index = {name: _index(rows, keys) for name, rows in varied.items()}
     out = []
-    for row in nominal:
-        key, centre, bounds = _group(row, keys), _centre(row), _bounds(row)
-        quantity = "sf" if value == "scale_factor" else (sides or {}).get(str(row.get("sample")), "data")
-
-        def get(run: str, key: tuple = key, centre: dict = centre, bounds: tuple = bounds) -> Row | None:
-            group = index.get(run, {}).get(key)
-            return None if group is None else group.find(bounds, centre)
-
+    for row, quantity, get in _matched(nominal, varied, value, keys, sides):
         counted = [s for s in sources if _counts(s, quantity, method)]
         v0 = float(row[value_columns(row, value)[0]])
         new = {**row, **{f"{s.name}{x}": v0 for s in sources for x in SUFFIXES}}  # nominal where not counted
@@ -73,6 +65,53 @@ def combine(
         else:
             new.update(_quadrature_row(row, value, counted, get, method))
         out.append(new)
+    return out
+
+
+def _matched(
+    nominal: Sequence[Row], varied: Mapping[str, Sequence[Row]], value: str, keys: Sequence[str],
+    sides: Mapping[str, str] | None,
+) -> Iterator[tuple[Row, str, Lookup]]:
+    """Per nominal row: (the row, its quantity ``data``/``mc``/``sf``, the lookup of its match in each run) as
+    :func:`combine` describes them."""
+    index = {name: _index(rows, keys) for name, rows in varied.items()}
+    for row in nominal:
+        key, centre, bounds = _group(row, keys), _centre(row), _bounds(row)
+        quantity = "sf" if value == "scale_factor" else (sides or {}).get(str(row.get("sample")), "data")
+
+        def get(run: str, key: tuple = key, centre: dict = centre, bounds: tuple = bounds) -> Row | None:
+            group = index.get(run, {}).get(key)
+            return None if group is None else group.find(bounds, centre)
+
+        yield row, quantity, get
+
+
+def signed_shifts(
+    nominal: Sequence[Row],
+    varied: Mapping[str, Sequence[Row]],
+    sources: Sequence[Variation],
+    method: str,
+    value: str,
+    keys: Sequence[str],
+    sides: Mapping[str, str] | None = None,
+) -> list[dict[str, float]]:
+    """Per nominal row, each source's signed shift of the row's value (the covariance's pattern, in the value's
+    units; docs/tables.md, "Covariance"): a one-sided source v_run − v₀, a two-sided one (v_up − v_down)/2, of the
+    runs' own values whatever the combination ``method``; 0 where the source does not count on the row (as in
+    :func:`combine`), NaN where a run has no value. Rows are matched to runs as by :func:`combine`."""
+    out = []
+    for row, quantity, get in _matched(nominal, varied, value, keys, sides):
+        col = value_columns(row, value)[0]
+        v0 = float(row[col])
+        shifts = {}
+        for src in sources:
+            if not _counts(src, quantity, method):
+                shifts[src.name] = 0.0
+            elif src.vary is not None:
+                shifts[src.name] = _value(get(src.name), col) - v0
+            else:
+                shifts[src.name] = 0.5 * (_value(get(f"{src.name}Up"), col) - _value(get(f"{src.name}Down"), col))
+        out.append(shifts)
     return out
 
 

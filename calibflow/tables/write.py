@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -111,8 +111,10 @@ def _columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
     return out
 
 
-def write_master(out_dir: str, metadata: Mapping[str, Any], extra: Mapping[str, Sequence[Row]] = {}) -> list[str]:
-    """The master table of ``out_dir``: every table plus metadata, as JSON and as HDF5 (one group each)."""
+def write_master(out_dir: str, metadata: Mapping[str, Any], extra: Mapping[str, Sequence[Row]] = {},
+                 h5_extra: Callable[[h5py.File], None] | None = None) -> list[str]:
+    """The master table of ``out_dir``: every table plus metadata, as JSON and as HDF5 (one group each);
+    ``h5_extra`` writes further groups into the HDF5 file (covariances: :mod:`calibflow.tables.covariance`)."""
     tables: dict[str, list[Row]] = {
         name[:-4]: read_csv(os.path.join(out_dir, name))
         for name in (EFFICIENCIES, SCALE_FACTORS, CLOSURE)
@@ -128,4 +130,6 @@ def write_master(out_dir: str, metadata: Mapping[str, Any], extra: Mapping[str, 
             g = h5.create_group(name)
             for col, arr in _columns(rows).items():
                 g[col] = arr
+        if h5_extra is not None:
+            h5_extra(h5)
     return [jpath, hpath]

@@ -39,6 +39,7 @@ from calibflow.toys.nanoaod import (
 )
 
 TRIGGER = "HLT_Ele32_WPTight_Gsf"
+W_MASS = 80.377  # GeV
 WPTIGHT_BIT = 2
 """TrigObj_filterBits of electron objects: bit 1 (value 2) = the WPTight single-electron filter."""
 WORKING_POINTS = ("veto", "loose", "medium", "tight")
@@ -66,9 +67,12 @@ def radiate(rng: np.random.Generator, pt: np.ndarray, eta: np.ndarray) -> tuple[
     return pt * (1.0 - x), x
 
 
-def continuum_mass(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` masses of the background pairs (GeV): 50 GeV + Exp(50 GeV), below 130 GeV."""
-    return 50.0 + 50.0 * -np.log1p(-rng.uniform(0.0, -np.expm1(-80.0 / 50.0), n))
+def w_electrons(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """``n`` prompt electrons of W→eν decays (the tags of the W+jets background of Z→ee tag-and-probe): pT at
+    the Jacobian peak, (m_W/2)·sin θ* smeared by 4 GeV (≥ 5 GeV), |η| < 2.5, random charge."""
+    eta, phi = rng.uniform(-2.5, 2.5, n), rng.uniform(-math.pi, math.pi, n)
+    pt = np.maximum(0.5 * W_MASS * np.sqrt(1.0 - rng.uniform(-1.0, 1.0, n) ** 2) + rng.normal(0.0, 4.0, n), 5.0)
+    return pt, eta, phi, rng.choice(np.array([-1, 1], np.int32), n)
 
 
 def working_point_probabilities(pt: np.ndarray, eta: np.ndarray, brem: np.ndarray, prompt: np.ndarray,
@@ -101,9 +105,8 @@ def write_z_ee_file(path: str, n: int, is_data: bool, seed: int, **options: Any)
     (relative pT resolution at η = 0), ``data_smear`` (the data's extra relative energy smearing) and
     ``data_energy_scale``).
 
-    Data mix Z events with background pairs of a prompt electron and a fake (a jet taken for an electron) with
-    the kinematics of a decay of falling mass (:func:`continuum_mass`) and a hard pair pT (Γ(1.5, 20 GeV): the
-    recoil against jets, which washes out the Jacobian edge m ≈ 2·pT of the probe); simulation is Drell-Yan only. Both may hold an
+    Data mix Z events with W+jets-like background: a prompt W electron (:func:`w_electrons`) and a fake (a jet
+    taken for an electron, pT 5 + Exp(15 GeV), random direction); simulation is Drell-Yan only. Both may hold an
     extra non-prompt electron. Truth per electron: ``Electron_toy_effTight``, ``Electron_toy_effMedium``,
     ``Electron_toy_brem``, ``Electron_toy_fromZ`` (module docstring).
     """
@@ -112,7 +115,8 @@ def write_z_ee_file(path: str, n: int, is_data: bool, seed: int, **options: Any)
     is_z = rng.uniform(size=n) < (opt["signal_fraction_data"] if is_data else 1.0)
     nz = int(is_z.sum())
     z = z_decays(rng, nz, 1.0, ELECTRON_MASS, opt["resolution"])
-    bkg = z_decays(rng, n - nz, 1.0, ELECTRON_MASS, opt["resolution"], continuum_mass(rng, n - nz), pt_scale=20.0)
+    bkg = [np.stack(cols, axis=1) for cols in zip(w_electrons(rng, n - nz), nonprompt_leptons(rng, n - nz, 15.0),
+                                                     strict=True)]
     n_extra = int((extra := rng.uniform(size=n) < opt["extra_electron_rate"]).sum())
     extra_e = nonprompt_leptons(rng, n_extra)
     ev_z, ev_b = np.flatnonzero(is_z), np.flatnonzero(~is_z)
