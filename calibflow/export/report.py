@@ -307,7 +307,8 @@ def fits_section(plan: Plan, counts: Sequence[StatusCounts], variables: Sequence
                     if r["sample"] == c.sample and str(r.get("fit_status", OK)) != OK]
     if bad:
         listed = [[c.variant, c.sample, bin_text(r, variables),
-                   Cell(str(r["fit_status"]), css=status_kind(r["fit_status"], r.get("efficiency"))),
+                   Cell(str(r["fit_status"]).replace(",", ", "),  # a space lets the browser wrap long lists
+                        css=status_kind(r["fit_status"], r.get("efficiency"))),
                    _number(r.get("efficiency"), 4), _gof_pvalue(r)] for c, r in bad[:MAX_LISTED]]
         more = f" ({len(bad) - MAX_LISTED} more in the variants' efficiencies.csv)" if len(bad) > MAX_LISTED else ""
         sec.blocks += [Heading("Flagged and low-statistics bins"),
@@ -392,8 +393,10 @@ def _flow_text(rows: Sequence[Row]) -> str:
         return "no cut flow"
     steps = [f"{count_text(rows[0]['entries'])} {rows[0]['unit']} {rows[0]['stage']}"]
     for r in rows[1:]:
-        kept = f" ({100 * r['efficiency']:.1f} %)" if r["efficiency"] != "" else f" {r['unit']}"
-        steps.append(f"{count_text(r['entries'])} after {r['stage']}{kept}")
+        if r["efficiency"] == "":  # a new unit (events → pairs): its count, not a cut
+            steps.append(f"{count_text(r['entries'])} {r['unit']}")
+            continue
+        steps.append(f"{count_text(r['entries'])} after {r['stage']} ({100 * r['efficiency']:.1f} %)")
     return " → ".join(steps)
 
 
