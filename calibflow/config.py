@@ -14,7 +14,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -90,6 +90,23 @@ class _Strict(BaseModel):
         return value
 
 
+class _KeepsKeys(_Strict):
+    """A section with fields added after the first results: each is left out of the dump (and so of every content
+    key) while it holds its default, so that configs written before it keep their keys. :attr:`NEW_DEFAULTS`
+    maps such a field to its default, or to a test of whether a value counts as the default."""
+
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, default in self.NEW_DEFAULTS.items():
+            value = getattr(self, name)
+            if default(value) if callable(default) else value == default:
+                data.pop(name, None)
+        return data
+
+
 MAX_NAME = 64
 """Characters of a name (of the calibration, a sample, a binning variable, a systematic source, a working
 point, a method, a product), at most: names become folder and file names."""
@@ -150,7 +167,7 @@ class ToyConfig(_Strict):
         return v
 
 
-class Sample(_Strict):
+class Sample(_KeepsKeys):
     """One input sample: real data or simulation, and how its bins are measured.
 
     ``method``: ``fit`` (simultaneous pass/fail mass fit), ``count`` (cut-and-count with a binomial
@@ -160,6 +177,8 @@ class Sample(_Strict):
     ``sideband`` (sideband-subtracted pass and fail yields in the windows of ``fit.sideband``) or ``tistos``
     (TIS/TOS trigger efficiencies from the counts of ``fit.tistos``; no ``pass`` needed).
     """
+
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"event_id": None}
 
     role: Literal["data", "mc"]
     files: list[str] = Field(default_factory=list)
@@ -185,13 +204,6 @@ class Sample(_Strict):
             raise ValueError(f"event_id: only methods count and sweighted use it (the bootstrap over events), not "
                              f"method {self.method}; remove it (event_id: null in a variant that fits)")
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if self.event_id is None:
-            data.pop("event_id", None)
-        return data
 
 
 class Selection(_Strict):
@@ -608,11 +620,13 @@ class TemplateConfig(_Strict):
         return v
 
 
-class ConstrainConfig(_Strict):
+class ConstrainConfig(_KeepsKeys):
     """``fit.constrain``: fit the ``from`` sample (simulation) per bin first with the same fit section (without
     ``constrain``; with ``background: false`` its signal alone, the background yields fixed to 0, as for
     truth-matched simulation), then constrain ``parameters`` in every other fit to its values: Gaussian terms of
     width ``scale`` × its errors, or fixed to its values with ``fix`` (docs/fits.md)."""
+
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"background": True}
 
     from_: str = Field(alias="from")
     parameters: list[str] = Field(min_length=1)
@@ -622,15 +636,8 @@ class ConstrainConfig(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
 
-    @model_serializer(mode="wrap")
-    def _without_default_background(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if self.background:  # the default: left out, so that earlier configs keep their keys
-            data.pop("background", None)
-        return data
 
-
-class FitConfig(_Strict):
+class FitConfig(_KeepsKeys):
     """Per-bin fit model: signal and background shapes by name, parameter starts and limits.
 
     ``fail_gauss`` adds a Gaussian to the fail signal shape only (egm_tnp_analysis's ``--addGaus``),
@@ -640,6 +647,9 @@ class FitConfig(_Strict):
     key) while at their defaults (:data:`FIT_NEW_DEFAULTS`), so that configs without them keep their keys;
     fit keys leave ``template`` out while the signal is not a template (:meth:`keyed`).
     """
+
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"fail_gauss": False, "overrides": [], "gof": GofConfig(), "sideband": None,
+                                                  "tistos": None, "template": None, "constrain": None}
 
     signal: str = "crystalball"
     background: str = "exponential"
@@ -672,14 +682,6 @@ class FitConfig(_Strict):
                              "(smear_pass, smear_fail)")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for name, default in FIT_NEW_DEFAULTS.items():
-            if getattr(self, name) == default:
-                data.pop(name, None)
-        return data
-
     def keyed(self) -> FitConfig:
         """This section as fit keys see it: ``template`` left out while the signal is not a template (a variation
         to an analytic signal keeps it unused, and its changes refit nothing there)."""
@@ -699,8 +701,7 @@ class FitConfig(_Strict):
         return self.model_copy(update={"parameters": params, "overrides": []})
 
 
-FIT_NEW_DEFAULTS: dict[str, Any] = {"fail_gauss": False, "overrides": [], "gof": GofConfig(), "sideband": None,
-                                   "tistos": None, "template": None, "constrain": None}
+FIT_NEW_DEFAULTS = FitConfig.NEW_DEFAULTS
 """Fit options added after the first results: left out of :class:`FitConfig`'s dump while at these defaults."""
 
 
@@ -787,27 +788,24 @@ def _eigen_form(v: Any) -> EigenOutput:
     return EigenOutput(**v)
 
 
-class CorrectionlibOutput(_Strict):
+class CorrectionlibOutput(_KeepsKeys):
     """``outputs.correctionlib`` given as a mapping: ``stat`` is one of :data:`STAT_FORMS`; ``eigen`` (optional,
     :class:`EigenOutput`) adds eigen-variations of the scale factors' covariance. ``eigen`` is left out of the
     dump while unset (keys of configs without it unchanged)."""
 
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"eigen": None}
+
     stat: Literal["merged", "per_bin", "both"] = "merged"
     eigen: EigenOutput | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if self.eigen is None:
-            data.pop("eigen", None)
-        return data
 
-
-class OutputsConfig(_Strict):
+class OutputsConfig(_KeepsKeys):
     """What to export besides the CSV tables and the master table; ``plot_style`` labels the figures and
     ``plot_formats`` lists the figure files written (``png``, ``pdf``). ``correctionlib``: ``true`` (the
     merged statistical uncertainty), ``false`` (no ``corrections.json``) or ``{stat: merged|per_bin|both, eigen: ...}``;
     ``replicas``: the number of toy scale-factor tables in ``calibration.h5`` (none by default)."""
+
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"replicas": None}
 
     correctionlib: bool | CorrectionlibOutput = True
     root: bool = True
@@ -838,13 +836,6 @@ class OutputsConfig(_Strict):
         eigen = _eigen_form(v["eigen"]) if v.get("eigen") is not None else None
         out = CorrectionlibOutput(stat=v.get("stat", "merged"), eigen=eigen)
         return True if out.stat == "merged" and eigen is None else out  # the same outputs as true, and export key
-
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if self.replicas is None:
-            data.pop("replicas", None)
-        return data
 
     @property
     def eigen(self) -> EigenOutput | None:
@@ -888,11 +879,13 @@ def _check_overrides(v: dict[str, Any] | None) -> dict[str, Any] | None:
     return v
 
 
-class Variation(_Strict):
+class Variation(_KeepsKeys):
     """One systematic source: overrides of the nominal config, one-sided (``vary``) or ``up``/``down``.
 
     A one-sided variation is symmetrised: ``<name>Up``/``<name>Down`` = nominal ± |varied − nominal|.
     """
+
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"role": None, "applies_to": lambda v: set(v) == set(QUANTITIES)}
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=MAX_NAME)
     vary: dict[str, Any] | None = None
@@ -912,15 +905,6 @@ class Variation(_Strict):
         if len(set(v)) < len(v):
             raise ValueError(f"{v}: name each of data, mc, sf at most once")
         return v
-
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if self.role is None:
-            data.pop("role", None)
-        if set(self.applies_to) == set(QUANTITIES):
-            data.pop("applies_to", None)
-        return data
 
     @property
     def egm_role(self) -> str | None:

@@ -18,8 +18,8 @@ uncertainties for weighted data. For the common shapes the expectation and the �
 ``constraints`` (:mod:`calibflow.fit.constraints`) add Gaussian penalty terms to the cost.
 
 Fits that fail the checks of :mod:`calibflow.fit.diagnostics` are retried: Migrad strategy 2 from
-starting values of a background-only fit of the sidebands, then with simpler signal models
-(e.g. crystalball → gauss). The result records every attempt and which one was accepted.
+starting values of a background-only fit of the sidebands, then with the background of nearly empty categories
+fixed (:func:`frozen_background`), then with simpler signal models (e.g. crystalball → gauss). The result records every attempt and which one was accepted.
 """
 
 from __future__ import annotations
