@@ -143,16 +143,13 @@ def _pt_eta_phi(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def z_decays(rng: np.random.Generator, n: int, resolution_scale: float, lepton_mass: float = MUON_MASS,
-             resolution: float = 0.011, mass: np.ndarray | None = None,
-             pt_scale: float = 6.0) -> tuple[np.ndarray, ...]:
-    """``n`` Z→ℓℓ decays: Breit-Wigner mass on [50, 130] GeV (or the given ``mass`` per decay, GeV),
-    pT(Z) ~ Γ(1.5, ``pt_scale`` GeV), rapidity ~ N(0, 1.6), isotropic decay, lepton pT smeared by
-    (1 + |η|)·``resolution``·``resolution_scale`` (relative; 1.1 % for muons). Returns pt, eta, phi, charge of
-    shape (n, 2)."""
-    if mass is None:
-        lo, hi = (math.atan((m - Z_MASS) / Z_HALF_WIDTH) for m in (50.0, 130.0))
-        mass = Z_MASS + Z_HALF_WIDTH * np.tan(rng.uniform(lo, hi, n))
-    pt_z, y_z, phi_z = rng.gamma(1.5, pt_scale, n), rng.normal(0.0, 1.6, n), rng.uniform(-math.pi, math.pi, n)
+             resolution: float = 0.011) -> tuple[np.ndarray, ...]:
+    """``n`` Z→ℓℓ decays: Breit-Wigner mass on [50, 130] GeV, pT(Z) ~ Γ(1.5, 6 GeV), rapidity ~ N(0, 1.6),
+    isotropic decay, lepton pT smeared by (1 + |η|)·``resolution``·``resolution_scale`` (relative; 1.1 % for
+    muons). Returns pt, eta, phi, charge of shape (n, 2)."""
+    lo, hi = (math.atan((m - Z_MASS) / Z_HALF_WIDTH) for m in (50.0, 130.0))
+    mass = Z_MASS + Z_HALF_WIDTH * np.tan(rng.uniform(lo, hi, n))
+    pt_z, y_z, phi_z = rng.gamma(1.5, 6.0, n), rng.normal(0.0, 1.6, n), rng.uniform(-math.pi, math.pi, n)
     mt_z = np.hypot(mass, pt_z)
     e_z = mt_z * np.cosh(y_z)
     p_z = np.stack([pt_z * np.cos(phi_z), pt_z * np.sin(phi_z), mt_z * np.sinh(y_z)], axis=1)
