@@ -6,6 +6,7 @@ Every error names the key path the user must fix, e.g.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import glob
@@ -195,14 +196,15 @@ class Sample(_KeepsKeys):
     sample and ``p: pi_p`` for a pion sample read from the same ntuple)."""
     event_id: str | None = None
     """Expression identifying a candidate's event (e.g. ``eventNumber``, or ``runNumber * 2**32 + eventNumber``),
-    prepared as a column: methods ``count`` and ``sweighted`` then get the statistical correlation between bins by a
-    Poisson bootstrap over events (docs/tables.md, "Covariance"). Left out of the dump while unset."""
+    prepared as a column: methods ``count``, ``sweighted`` and ``fit`` (through its signal weights) then get the
+    statistical correlation between bins by a Poisson bootstrap over events (docs/tables.md, "Covariance"). Left out
+    of the dump while unset."""
 
     @model_validator(mode="after")
     def _event_id_counts(self) -> Sample:
-        if self.event_id is not None and self.method not in ("count", "sweighted"):
-            raise ValueError(f"event_id: only methods count and sweighted use it (the bootstrap over events), not "
-                             f"method {self.method}; remove it (event_id: null in a variant that fits)")
+        if self.event_id is not None and self.method not in ("count", "sweighted", "fit"):
+            raise ValueError(f"event_id: only methods count, sweighted and fit use it (the bootstrap over events), "
+                             f"not method {self.method}; remove it (event_id: null in a variant with that method)")
         return self
 
 
@@ -1431,9 +1433,75 @@ def _load_text(text: str) -> Any:
         loader.dispose()
 
 
+BASE_KEY = "base"
+"""Top-level key naming the config a config derives from (:func:`load_document`)."""
+MAX_BASES = 8
+"""Length of a ``base:`` chain, at most."""
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_yaml(path: str, mtime_ns: int) -> Any:
+    return load_yaml(path)
+
+
+def _document(path: str) -> Any:
+    try:
+        return _cached_yaml(path, os.stat(path).st_mtime_ns)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+
+
+def config_chain(path: str | os.PathLike[str]) -> list[str]:
+    """The config file at ``path`` and the files of its ``base:`` chain, the derived one first (absolute paths;
+    a base is relative to the folder of the file naming it). ConfigError for a missing base, a base that is not
+    text, a cycle or a chain of more than :data:`MAX_BASES` bases."""
+    chain = [os.path.abspath(path)]
+    while isinstance(doc := _document(chain[-1]), dict) and BASE_KEY in doc:
+        base = doc[BASE_KEY]
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{chain[-1]}: {BASE_KEY}: give the path of the config this one derives from, got "
+                              f"{base!r}")
+        full = os.path.abspath(os.path.join(os.path.dirname(chain[-1]), os.path.expanduser(base)))
+        if full in chain:
+            raise ConfigError(f"{chain[-1]}: {BASE_KEY}: {' -> '.join([*chain, full])} is a cycle; remove a base")
+        if not os.path.isfile(full):
+            raise ConfigError(f"{chain[-1]}: {BASE_KEY}: {base!r} is not a file ({full}; relative paths are "
+                              "relative to this config's folder)")
+        if len(chain) > MAX_BASES:
+            raise ConfigError(f"{path}: {BASE_KEY}: more than {MAX_BASES} bases in the chain")
+        chain.append(full)
+    return chain
+
+
+def merge_documents(base: Any, derived: Any) -> Any:
+    """``derived`` laid over ``base``: mappings merged key by key (recursively), anything else (lists, scalars,
+    null) replaced by the derived value."""
+    if not (isinstance(base, dict) and isinstance(derived, dict)):
+        return derived
+    out = dict(base)
+    for key, value in derived.items():
+        out[key] = merge_documents(base[key], value) if key in base else value
+    return out
+
+
+def load_document(path: str | os.PathLike[str]) -> Any:
+    """The YAML config at ``path`` with its ``base:`` chain applied (:func:`config_chain`, :func:`merge_documents`):
+    an era's config can be its base recipe plus its own files, lumi mask and name."""
+    chain = config_chain(path)
+    for file in chain[1:]:
+        if not isinstance(_document(file), dict):
+            raise ConfigError(f"{file}: a base config must be a mapping of keys")
+    doc = _document(chain[-1])
+    for file in reversed(chain[:-1]):
+        derived = _document(file)
+        doc = merge_documents(doc, {k: v for k, v in derived.items() if k != BASE_KEY})
+    return copy.deepcopy(doc)
+
+
 def load_config(path: str | os.PathLike[str]) -> CalibrationConfig:
-    """Read a YAML recipe (:func:`load_yaml`) and validate it; raise ConfigError on any problem."""
-    return parse_config(load_yaml(path), source=str(Path(path)))
+    """Read a YAML recipe (:func:`load_document`: its ``base:`` chain applied) and validate it; raise ConfigError
+    on any problem."""
+    return parse_config(load_document(path), source=str(Path(path)))
 
 
 def resolve_files(config: CalibrationConfig, sample: str, base_dir: str | os.PathLike[str]) -> list[str]:

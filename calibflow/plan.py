@@ -42,6 +42,7 @@ from calibflow.config import (
     CoverageConfig,
     FitConfig,
     ParamSpec,
+    config_chain,
     load_config,
     located,
     resolve_files,
@@ -86,8 +87,9 @@ BINNING_VERSION = 1
 NEGATIVE_COUNTS = "negative_counts"
 """In the histogram key of weighted samples: their files hold the candidates with a negative weight per bin."""
 COMBINE_VERSION = 2  # 2: product scale-factor rows keep the mc column
-EXPORT_VERSION = 3  # 2: the exact config (path and SHA-256) in the key; master tables written at export;
-# 3: covariances (and replicas) in calibration.h5, the report's correlations section
+EXPORT_VERSION = 4  # 2: the exact config (path and SHA-256) in the key; master tables written at export;
+# 3: covariances (and replicas) in calibration.h5, the report's correlations section; 4: fitted samples with
+# event_id get the bootstrap correlation (calibflow.fit.linearise), config_resolved.yaml with a base:
 FIGURE_VERSION = 3  # per-bin fit figures (calibflow.fit.plots): bump when what they show changes (2: empty bins say so;
 # 3: sideband figures show the background and the sideband pulls, constraint fits get figures); in the export key
 
@@ -99,8 +101,15 @@ def _cached_config(path: str, mtime_ns: int) -> CalibrationConfig:
 
 @functools.lru_cache(maxsize=16)
 def _cached_sha256(path: str, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    chain = config_chain(path)
+    if len(chain) == 1:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    h = hashlib.sha256()  # a derived config: every file of its chain, each after its path
+    for file in chain:
+        with open(file, "rb") as f:
+            h.update(f"{file}\n".encode() + f.read() + b"\0")
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
@@ -382,8 +391,12 @@ class Plan:
         return self.start_run(latest.skip_bad_files, latest.limits, record)
 
     def _mtime(self) -> int:
+        """The config file's modification time (ns); with a ``base:`` chain, a number that changes with any of its
+        files' (a per-process cache key, never stored)."""
         try:
-            return os.stat(self.config_path).st_mtime_ns
+            own = os.stat(self.config_path).st_mtime_ns
+            chain = config_chain(self.config_path)
+            return own if len(chain) == 1 else hash(tuple((f, os.stat(f).st_mtime_ns) for f in chain))
         except FileNotFoundError:
             raise ConfigError(f"{self.config_path}: config file not found") from None
 

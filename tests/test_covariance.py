@@ -33,7 +33,7 @@ from calibflow.tables.covariance import (
     table_seed,
     write_h5,
 )
-from calibflow.tables.systematics import signed_shifts
+from calibflow.tables.systematics import Runs, signed_shifts
 
 
 def _row(k: int, sf: float, **extra: float) -> dict:
@@ -52,7 +52,7 @@ def test_shifts_and_covariance_by_hand() -> None:
                _row(1, 0.90, stat_data_down=0.02, stat_data_up=0.02, stat_mc_down=0.01, stat_mc_up=0.05)]
     varied = {"model": [_row(0, 1.03), _row(1, 0.88)], "rangeUp": [_row(0, 1.01), _row(1, 0.95)],
               "rangeDown": [_row(0, 0.97), _row(1, 0.91)], "effonly": [_row(0, 2.0), _row(1, 2.0)]}
-    shifts = signed_shifts(nominal, varied, SOURCES, "quadrature_max", "scale_factor", ("data", "bin"))
+    shifts = signed_shifts(nominal, Runs(varied, SOURCES, "quadrature_max"), "scale_factor", ("data", "bin"))
     assert shifts == [pytest.approx({"model": 0.03, "range": 0.02, "effonly": 0.0}),
                       pytest.approx({"model": -0.02, "range": 0.02, "effonly": 0.0})]
     (cov,) = covariances([], [], nominal, shifts, [s.name for s in SOURCES])
@@ -72,8 +72,8 @@ def test_efficiency_tables_and_a_missing_run_bin() -> None:
     rows = [{"sample": "data", "bin": k, "x_lo": float(k), "x_hi": k + 1.0, "efficiency": 0.9, "err_down": 0.01,
              "err_up": 0.03} for k in range(2)]
     varied = {"model": [{**rows[0], "efficiency": 0.95}], "rangeUp": rows, "rangeDown": rows, "effonly": rows}
-    shifts = signed_shifts(rows, varied, SOURCES, "quadrature_max", "efficiency", ("sample", "bin"),
-                           {"data": "data"})
+    shifts = signed_shifts(rows, Runs(varied, SOURCES, "quadrature_max", {"data": "data"}), "efficiency",
+                           ("sample", "bin"))
     (cov,) = covariances(rows, shifts, [], [], [s.name for s in SOURCES])
     assert cov.name == "efficiency_data" and list(cov.parts) == ["stat", "model", "range", "effonly"]
     np.testing.assert_allclose(np.diag(cov.parts["stat"]), [0.02**2] * 2)
@@ -248,14 +248,18 @@ def test_outputs_forms() -> None:
         OutputsConfig(replicas=0)
 
 
-def test_event_id_needs_a_counted_method(write_config) -> None:
-    """samples.<s>.event_id on a fitted sample is an error naming the sample and the key."""
+def test_event_id_needs_a_counted_or_fitted_method(write_config) -> None:
+    """samples.<s>.event_id on a sample that is neither counted nor fitted (sideband) is an error naming the sample
+    and the key; on a fitted or counted one it is taken."""
     from calibflow.config import ConfigError, load_config
     from tests.conftest import small_demo_dict
 
     d = small_demo_dict()
     d["samples"]["data"]["event_id"] = "eventNumber"
-    with pytest.raises(ConfigError, match=r"samples\.data: event_id: only methods count and sweighted"):
+    assert load_config(write_config(d)).samples["data"].event_id == "eventNumber"  # method fit
+    d["samples"]["data"]["method"] = "sideband"
+    d["fit"]["sideband"] = {"signal": [3049, 3148], "sidebands": [[2950, 3001], [3199, 3250]]}
+    with pytest.raises(ConfigError, match=r"samples\.data: event_id: only methods count, sweighted and fit"):
         load_config(write_config(d))
     d["samples"]["data"]["event_id"] = None
     d["samples"]["mc"]["event_id"] = "eventNumber"

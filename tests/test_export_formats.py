@@ -24,7 +24,7 @@ from calibflow.export.publish import export_tables
 from calibflow.export.root import ROOT_NOTE, root_latex
 from calibflow.export.text import cell, latex_text
 from calibflow.tables.rows import Row, efficiency_rows, read_csv, scale_factor_rows, write_csv
-from calibflow.tables.systematics import combine
+from calibflow.tables.systematics import Runs, combine
 
 SOURCES = [Variation(name="sigmodel", vary={"fit": {"signal": "gauss"}}),
            Variation(name="massrange", up={"mass": {"bins": 90}}, down={"mass": {"bins": 110}})]
@@ -47,11 +47,11 @@ def _tables(scheme: BinningScheme, sources: Sequence[Variation], seed: int = 1) 
 
     varied = {"sigmodel": shifted(eff, "efficiency", 1), "massrangeUp": shifted(eff, "efficiency", 1),
               "massrangeDown": shifted(eff, "efficiency", -1)}
-    eff = combine(eff, {k: v for k, v in varied.items() if sources}, sources, "quadrature_max", "efficiency",
+    eff = combine(eff, Runs({k: v for k, v in varied.items() if sources}, sources, "quadrature_max"), "efficiency",
                   ["sample", "bin"])
     sf_nominal = scale_factor_rows(eff, SAMPLES[0], SAMPLES[1])
     sf_varied = {k: scale_factor_rows(v, SAMPLES[0], SAMPLES[1]) for k, v in varied.items()}
-    sf = combine(sf_nominal, sf_varied if sources else {}, sources, "quadrature_max", "scale_factor",
+    sf = combine(sf_nominal, Runs(sf_varied if sources else {}, sources, "quadrature_max"), "scale_factor",
                  ["data", "mc", "bin"])
     return eff, sf
 

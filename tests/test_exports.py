@@ -120,7 +120,7 @@ def test_covariance_per_source_in_the_master_table(syst_run: Path) -> None:
 def test_bootstrap_correlation_of_a_counted_sample(syst_run: Path) -> None:
     """samples.mc.event_id: the simulation's statistical covariance (efficiency_mc/stat, scale_factor_data/stat_mc) is
     σ σᵀ ∘ ρ with ρ the bootstrap correlation over events, recomputed here with the numpy reference from the prepared
-    tuples (same seed); the data (fitted) stay diagonal; the diagonals are the tables' errors."""
+    tuples (same seed); the data (fitted, no event_id) stay diagonal; the diagonals are the tables' errors."""
     from calibflow.io.store import read_columns
     from calibflow.plan import Plan
     from calibflow.prep.spec import EVENT, MASS, PASS

@@ -434,3 +434,26 @@ def test_no_shape_is_fixed_where_the_background_is_measured() -> None:
     r = fit_pass_fail(edges, hp, hf, signal="gauss", background="cms", minos=False)
     assert not any(a["label"].startswith("background_shape_fixed") and "fail" in a["label"] for a in r.attempts)
     assert r.values["n_bkg_fail"] > 0.1 * hf.sum()
+
+
+def test_the_shape_fixing_retry_starts_from_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry that fixes a background shape starts every free parameter at the best minimum so far, not at the
+    user's ``value`` (which only the first attempts start from); the user's fixed values stay fixed."""
+    import calibflow.fit.passfail as pf
+
+    starts: list[dict] = []
+    make = pf.make_minuit
+
+    def recording(cost, model, start, fixed, strategy, *a, **k):  # type: ignore[no-untyped-def]
+        starts.append({n: v for n, (v, _) in start.items()})
+        return make(cost, model, start, fixed, strategy, *a, **k)
+
+    monkeypatch.setattr(pf, "make_minuit", recording)
+    edges, hp, hf = _background_free_pass(0)
+    user = {"sigma": {"value": 5.5}, "mu": {"value": 91.0, "fixed": True}}
+    r = fit_pass_fail(edges, hp, hf, signal="gauss", background="cms", minos=False, parameters=user)
+    labels = [a["label"] for a in r.attempts]
+    k = next(i for i, lab in enumerate(labels) if lab.startswith("background_shape_fixed"))
+    assert starts[0]["sigma"] == 5.5 and starts[k]["mu"] == 91.0
+    assert starts[k]["sigma"] != 5.5 and starts[k]["sigma"] == pytest.approx(2.5, rel=0.1)  # the minimum's σ
+

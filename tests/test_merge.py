@@ -4,7 +4,9 @@ hand computations."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,32 @@ def _centres(rows: list[dict]) -> list[tuple[float, float]]:
 def _tables(base: Path, era: str, wp: str) -> list[dict]:
     folder = base / "res" / era / ("" if wp == "nominal" else f"wp/{wp}")
     return read_csv(folder / "scale_factors.csv")
+
+
+def test_an_era_named_by_its_config(eras: Path) -> None:
+    """``config:`` instead of ``result:``: the published results of that config under the merge's result folder."""
+    path = _merge(eras, "by_config")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["eras"][0] = {"era": 2022, "config": "era_a.yaml", "lumi": LUMI["2022"]}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["merge", str(path), "--result-dir", str(eras / "res")]) == 0
+    by_config = read_csv(eras / "res" / "merged" / "by_config" / "combined_scale_factors.csv")
+    assert main(["merge", str(_merge(eras, "by_result")), "--result-dir", str(eras / "res")]) == 0
+    by_result = read_csv(eras / "res" / "merged" / "by_result" / "combined_scale_factors.csv")
+    assert by_config == by_result
+
+
+def test_the_merge_is_published_as_a_set(eras: Path) -> None:
+    """A rerun builds a new set and switches to it; the old build folder goes, the published files stay whole."""
+    path = _merge(eras, "as_set")
+    assert main(["merge", str(path), "--result-dir", str(eras / "res")]) == 0
+    out = eras / "res" / "merged" / "as_set"
+    first = os.readlink(out / "current")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"] == str(path) and "corrections.json" in manifest["files"]
+    assert main(["merge", str(path), "--result-dir", str(eras / "res")]) == 0
+    assert os.readlink(out / "current") != first and len(os.listdir(out / "work")) == 1
+    assert correctionlib.CorrectionSet.from_file(str(out / "corrections.json"))["as_set_combined"]
 
 
 def test_eras_and_working_points_in_one_correction(eras: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,6 +200,13 @@ def test_run_axis(eras: Path) -> None:
     ({"axis": "runs"}, r"axis: Input should be 'era' or 'run'"),
     ({"eras": [{"era": 1, "result": "res/era_a", "lumi": 1}, {"era": 1, "result": "res/era_b", "lumi": 1}]},
      r"eras\[1\].era: '1' given twice"),
+    ({"eras": [{"era": 1, "result": "res/era_a", "config": "era_a.yaml", "lumi": 1},
+               {"era": 2, "result": "res/era_b", "lumi": 1}]}, r"eras\[0\]: .*give either result .* or config"),
+    ({"eras": [{"era": 1, "lumi": 1}, {"era": 2, "result": "res/era_b", "lumi": 1}]}, r"eras\[0\]: .*either result"),
+    ({"eras": [{"era": 1, "config": "nothing.yaml", "lumi": 1}, {"era": 2, "result": "res/era_b", "lumi": 1}]},
+     r"eras\[0\].config: .*nothing.yaml: config file not found"),
+    ({"eras": [{"era": 1, "config": "era_c.yaml", "lumi": 1}, {"era": 2, "result": "res/era_b", "lumi": 1}]},
+     r"eras\[1\].result: binning of res/era_b differs from eras\[0\]'s"),
 ])
 def test_bad_merge_configs_are_one_line_errors(eras: Path, capsys: pytest.CaptureFixture[str], change: dict,
                                                message: str) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from calibflow.config import Variation
-from calibflow.tables.systematics import combine
+from calibflow.tables.systematics import Runs, combine
 
 B = {"p_lo": 2.0, "p_hi": 5.0}
 NOMINAL = [{"sample": "data", "bin": 0, **B, "efficiency": 0.80, "err_down": 0.01, "err_up": 0.02}]
@@ -23,7 +23,7 @@ VARIED = {
 
 
 def test_quadrature_of_per_source_maximum() -> None:
-    (row,) = combine(NOMINAL, VARIED, SOURCES, "quadrature_max", "efficiency", ("sample", "bin"))
+    (row,) = combine(NOMINAL, Runs(VARIED, SOURCES, "quadrature_max"), "efficiency", ("sample", "bin"))
     assert row["sigUp"] == pytest.approx(0.83) and row["sigDown"] == pytest.approx(0.77)  # symmetrised
     assert row["rngUp"] == pytest.approx(0.81) and row["rngDown"] == pytest.approx(0.78)
     assert row["syst"] == pytest.approx(math.hypot(0.03, 0.02))
@@ -32,12 +32,12 @@ def test_quadrature_of_per_source_maximum() -> None:
 
 
 def test_egm_rms_convention() -> None:
-    (row,) = combine(NOMINAL, VARIED, SOURCES, "egm_rms", "efficiency", ("sample", "bin"))
+    (row,) = combine(NOMINAL, Runs(VARIED, SOURCES, "egm_rms"), "efficiency", ("sample", "bin"))
     assert row["syst"] == pytest.approx(math.sqrt((0.03**2 + 0.01**2 + 0.02**2) / 3))
 
 
 def test_missing_variation_gives_nan_not_a_silent_zero() -> None:
-    (row,) = combine(NOMINAL, {"sig": []}, SOURCES[:1], "quadrature_max", "efficiency", ("sample", "bin"))
+    (row,) = combine(NOMINAL, Runs({"sig": []}, SOURCES[:1], "quadrature_max"), "efficiency", ("sample", "bin"))
     assert math.isnan(row["syst"])
 
 
@@ -77,9 +77,9 @@ def _combined(method: str, roles: tuple[str, ...], alt: dict | None = None, **ex
     nominal = _eff_rows(EFF["data"][0], EFF["mc"][0])
     varied = {r: _eff_rows(*alt[r]) for r in roles}
     sides = {"data": "data", "mc": "mc"}
-    data_row, mc_row = combine(nominal, varied, sources, method, "efficiency", ("sample", "bin"), sides)
+    data_row, mc_row = combine(nominal, Runs(varied, sources, method, sides), "efficiency", ("sample", "bin"))
     sf_varied = {r: scale_factor_rows(rows, "data", "mc") for r, rows in varied.items()}
-    (sf_row,) = combine(scale_factor_rows(nominal, "data", "mc"), sf_varied, sources, method, "scale_factor",
+    (sf_row,) = combine(scale_factor_rows(nominal, "data", "mc"), Runs(sf_varied, sources, method), "scale_factor",
                         ("data", "bin"))
     return data_row, mc_row, sf_row
 

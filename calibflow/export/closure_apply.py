@@ -148,6 +148,7 @@ def plot_closure_after_apply(rows: Sequence[Row], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups = list(dict.fromkeys((r["data"], r["sample"]) for r in rows))
     with plt.style.context("default"):
@@ -162,6 +163,7 @@ def plot_closure_after_apply(rows: Sequence[Row], path: str) -> None:
             top.errorbar(x + 0.15, [r["eff_mc_corrected"] for r in mine], [r["eff_mc_corrected_err"] for r in mine],
                          fmt="D", ms=3, color="#e6550d", label=f"{sample} × SF")
             top.set_ylabel("efficiency")
+            top.set_title(f"{data} vs {sample} weighted by the scale factors", fontsize=10)
             top.legend(fontsize=8, frameon=False)
             bottom.axhspan(-2, 2, color="0.93")
             bottom.axhspan(-1, 1, color="0.85")
@@ -169,6 +171,7 @@ def plot_closure_after_apply(rows: Sequence[Row], path: str) -> None:
             bottom.set_ylim(-4, 4)
             bottom.set_ylabel("pull")
             bottom.set_xlabel("bin")
+            bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_path(path) as tmp:

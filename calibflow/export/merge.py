@@ -23,7 +23,9 @@ statistical error in a bin gives that bin none), p-value from the χ² distribut
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import os
 import shutil
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import correctionlib.schemav2 as cs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from calibflow.binning.scheme import BinningScheme, Node
 from calibflow.config import ConfigError, _describe, _Strict, load_yaml, suggestion
@@ -40,6 +42,10 @@ from calibflow.io.store import atomic_path
 from calibflow.tables.rows import Row, read_csv, write_csv
 from calibflow.tables.write import CORRECTIONS, SCALE_FACTORS
 
+MERGE_VERSION = 1
+"""Bump when the merge's outputs change for the same inputs."""
+WORK = "work"
+"""Folder under ``merged/<name>/`` where a merge's outputs are made before they are published as a set."""
 NOMINAL_WP = "nominal"
 """Working-point name of a calibration's own ``pass`` (its top folder); other names are ``wp/<name>/``."""
 CHI2 = "chi2.csv"
@@ -51,9 +57,27 @@ class MergeEra(_Strict):
     """One era: its name, the published result folder of its calibration, luminosity (fb⁻¹), run range."""
 
     era: str
-    result: str
+    result: str | None = None
+    config: str | None = None
     lumi: float = Field(gt=0, allow_inf_nan=False)
     run_range: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MergeEra:
+        if (self.result is None) == (self.config is None):
+            raise ValueError("give either result (the era's published result folder) or config (the era's "
+                             "calibration config, published under the result folder), not both nor neither")
+        return self
+
+    @property
+    def source(self) -> str:
+        """How the config names the era's results: its result folder or its calibration config."""
+        return self.result if self.result is not None else f"{self.config} (its published results)"
+
+    @property
+    def key(self) -> str:
+        """The config key naming the era's results: ``result`` or ``config``."""
+        return "result" if self.result is not None else "config"
 
     @field_validator("era", mode="before")
     @classmethod
@@ -114,30 +138,46 @@ def load_merge_config(path: str) -> tuple[MergeConfig, str]:
     return cfg, os.path.dirname(os.path.abspath(path))
 
 
-def _folder(path: str, base: str, i: int, era: MergeEra) -> str:
+def era_result(base: str, era: MergeEra, result_dir: str) -> str:
+    """The result folder of ``era``: its ``result`` (relative to the merge config's folder ``base``), or
+    ``<result_dir>/<name>`` of its ``config`` (relative to ``base``)."""
+    if era.result is not None:
+        return era.result if os.path.isabs(era.result) else os.path.join(base, era.result)
+    from calibflow.config import load_config
+
+    assert era.config is not None
+    return os.path.join(result_dir, load_config(os.path.join(base, era.config)).name)
+
+
+def _folder(path: str, base: str, i: int, era: MergeEra, result_dir: str) -> str:
     """The published folder of era ``i`` (its current set), checked to hold a calibration's full tables (not a
     quick try's)."""
     from calibflow.export.publish import LIMITED, published_dir
 
-    folder = era.result if os.path.isabs(era.result) else os.path.join(base, era.result)
+    key = era.key
+    try:
+        folder = era_result(base, era, result_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: eras[{i}].config: {exc}") from None
+    shown = era.result or folder
     if not os.path.isfile(os.path.join(folder, SCALE_FACTORS)):
-        raise ConfigError(f"{path}: eras[{i}].result: {era.result} holds no published {SCALE_FACTORS} "
-                          "(run the era's calibration first)")
+        raise ConfigError(f"{path}: eras[{i}].{key}: {shown} holds no published {SCALE_FACTORS} "
+                          "(run the era's calibration first" + (f": calibflow run {era.config})" if era.config else ")"))
     folder = published_dir(folder) or folder
     if os.path.exists(os.path.join(folder, LIMITED)):
-        raise ConfigError(f"{path}: eras[{i}].result: {era.result} holds the results of a quick try "
+        raise ConfigError(f"{path}: eras[{i}].{key}: {shown} holds the results of a quick try "
                           "(calibflow run --limit/--max-files): run the calibration in full first")
     return folder
 
 
 def _read_era(path: str, i: int, era: MergeEra, folder: str, wp: str, data: str | None) -> EraTables:
     """Scale factors and correction of working point ``wp`` in the published ``folder`` of era ``i``."""
-    where = f"eras[{i}].result"
+    where = f"eras[{i}].{era.key}"
     sub = folder if wp == NOMINAL_WP else os.path.join(folder, "wp", wp)
-    shown = era.result if wp == NOMINAL_WP else os.path.join(era.result, "wp", wp)
+    shown = era.source if wp == NOMINAL_WP else f"{era.source}: wp/{wp}"
     if not os.path.isfile(os.path.join(sub, SCALE_FACTORS)):
         wps = sorted(os.listdir(os.path.join(folder, "wp"))) if os.path.isdir(os.path.join(folder, "wp")) else []
-        raise ConfigError(f"{path}: working_points: {wp!r} is not a working point of {era.result}"
+        raise ConfigError(f"{path}: working_points: {wp!r} is not a working point of {era.source}"
                           f"{suggestion(wp, [NOMINAL_WP, *wps], 'working points')}")
     if not os.path.isfile(os.path.join(sub, CORRECTIONS)):
         raise ConfigError(f"{path}: {where}: {shown} has no {CORRECTIONS} (outputs.correctionlib: false?)")
@@ -287,9 +327,10 @@ def merge(path: str, result_dir: str) -> tuple[str, list[str], list[Row]]:
     """Run the merge of config ``path`` into ``<result_dir>/merged/<name>/``; returns the folder, the files written
     and the total χ² row of every working point (``working_point``, ``chi2``, ``ndof``, ``pvalue``)."""
     from calibflow.export.correctionlib import build_correction, write_correction_set
+    from calibflow.export.publish import publish
 
     cfg, base = load_merge_config(path)
-    folders = [_folder(path, base, i, e) for i, e in enumerate(cfg.eras)]
+    folders = [_folder(path, base, i, e, result_dir) for i, e in enumerate(cfg.eras)]
     wps = cfg.working_points or [NOMINAL_WP]
     tables = {wp: [_read_era(path, i, cfg.eras[i], f, wp, cfg.data) for i, f in enumerate(folders)] for wp in wps}
     first = tables[wps[0]][0]
@@ -298,17 +339,20 @@ def merge(path: str, result_dir: str) -> tuple[str, list[str], list[Row]]:
         ref = _bins(eras[0].rows, variables)
         for i, t in enumerate(eras[1:], 1):
             if _variables(t.correction) != variables:
-                raise ConfigError(f"{path}: eras[{i}].result: binning variables {_variables(t.correction)} differ "
+                raise ConfigError(f"{path}: eras[{i}].{cfg.eras[i].key}: binning variables {_variables(t.correction)} differ "
                                   f"from eras[0]'s {variables} (working point {wp})")
             bins = _bins(t.rows, variables)
             if bins != ref:
                 k = next((j for j, (a, b) in enumerate(zip(bins, ref, strict=False)) if a != b), min(len(bins), len(ref)))
-                raise ConfigError(f"{path}: eras[{i}].result: binning of {cfg.eras[i].result} differs from eras[0]'s "
+                raise ConfigError(f"{path}: eras[{i}].{cfg.eras[i].key}: binning of {cfg.eras[i].source} differs from eras[0]'s "
                                   f"(working point {wp}: {len(bins)} vs {len(ref)} bins; bin {k}: "
                                   f"{_bounds(bins, k, variables)} vs {_bounds(ref, k, variables)}); "
                                   "merge only calibrations with identical bins")
-    formulas = _formulas(path, [t for eras in tables.values() for t in eras], len(cfg.eras))
-    out = os.path.join(result_dir, "merged", cfg.name)
+    formulas = _formulas(path, [t for eras in tables.values() for t in eras], cfg.eras)
+    workdir = os.path.join(result_dir, "merged", cfg.name)
+    key = merge_key(path, folders)
+    out = os.path.join(workdir, WORK, key)
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted merge's leftovers
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     lumis = [e.lumi for e in cfg.eras]
     names = [e.era for e in cfg.eras]
@@ -335,7 +379,29 @@ def merge(path: str, result_dir: str) -> tuple[str, list[str], list[Row]]:
     with atomic_path(files[3]) as tmp:
         shutil.copyfile(path, tmp)
     files += write_merge_report(cfg, out, combined, chi2)
-    return out, files, totals
+    published = publish(out, workdir, key, files, config=os.path.abspath(path), eras=folders)
+    for old in os.listdir(os.path.join(workdir, WORK)):  # the set holds its own links to the files
+        if old != key:
+            shutil.rmtree(os.path.join(workdir, WORK, old), ignore_errors=True)
+    return workdir, published, totals
+
+
+def merge_key(path: str, folders: Sequence[str]) -> str:
+    """Content key of a merge: the merge config's bytes and the eras' published sets (their folders and
+    manifest keys), so that a republished era gives a new set."""
+    from calibflow.export.publish import MANIFEST
+    from calibflow.hashing import content_key
+
+    with open(path, "rb") as f:
+        config = hashlib.sha256(f.read()).hexdigest()
+    eras = []
+    for folder in folders:
+        try:
+            with open(os.path.join(folder, MANIFEST)) as f:
+                eras.append([folder, json.load(f).get("key")])
+        except (OSError, ValueError):
+            eras.append([folder, None])
+    return content_key(config, eras, MERGE_VERSION)
 
 
 def _inputs(cfg: MergeConfig, variables: Sequence[str], first: EraTables, era_axis: bool) -> list[cs.Variable]:
@@ -351,13 +417,13 @@ def _inputs(cfg: MergeConfig, variables: Sequence[str], first: EraTables, era_ax
     return out + [i for i in first.correction.inputs if i.name in variables]
 
 
-def _formulas(path: str, tables: Sequence[EraTables], n_eras: int) -> list[cs.Formula]:
+def _formulas(path: str, tables: Sequence[EraTables], eras: Sequence[MergeEra]) -> list[cs.Formula]:
     """The generic formulas the eras' nodes refer to by index: the longest list, each era's a prefix of it
     (calibflow's per-bin form has one, the identity of the first binning variable; the merged form none)."""
     longest = max((t.formulas for t in tables), key=len)
     for k, t in enumerate(tables):
         if [f.model_dump() for f in t.formulas] != [f.model_dump() for f in longest[: len(t.formulas)]]:
-            raise ConfigError(f"{path}: eras[{k % n_eras}].result: its correction's generic formulas differ from "
+            raise ConfigError(f"{path}: eras[{k % len(eras)}].{eras[k % len(eras)].key}: its correction's generic formulas differ from "
                               "the other eras'")
     return list(longest)
 
@@ -405,7 +471,7 @@ def write_merge_report(cfg: MergeConfig, out: str, combined: Sequence[Row],
 
     total_l = sum(e.lumi for e in cfg.eras)
     eras = Table(["era", "result folder", "run range", "lumi [fb⁻¹]", "weight"],
-                 [[e.era, e.result, f"[{e.run_range[0]}, {e.run_range[1]})" if e.run_range else "—", f"{e.lumi:g}",
+                 [[e.era, e.source, f"[{e.run_range[0]}, {e.run_range[1]})" if e.run_range else "—", f"{e.lumi:g}",
                    f"{e.lumi / total_l:.4f}"] for e in cfg.eras])
     rule = Text("Combination: SF = Σ L_e SF_e / Σ L_e; statistical errors in quadrature (independent eras); each "
                 "systematic source and each era's systematic linearly (fully correlated across eras). Consistency: "

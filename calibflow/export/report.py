@@ -30,17 +30,20 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from calibflow import __version__
+from calibflow.config import config_chain
 from calibflow.export.grid import interval, row_grid, significant_places, yield_rows
 from calibflow.fit.gallery import MEANINGS
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
 from calibflow.tables.assemble import (
     CONFIG_COPY,
+    CONFIG_RESOLVED,
     EXCLUDED_FILES,
     base_folders,
     cutflow_paths,
     cutflow_rows,
     product_folders,
+    resolved_text,
 )
 from calibflow.tables.fitstatus import LOW_STATISTICS, OK, StatusCounts, fit_status_counts, flag_reasons
 from calibflow.tables.rows import YIELD_METHOD, Row, read_csv
@@ -786,6 +789,9 @@ def config_section(plan: Plan, out_dir: str) -> Section:
     copy = os.path.join(out_dir, CONFIG_COPY)
     caption = f"as run, published as {CONFIG_COPY}" if os.path.exists(copy) else "as run"
     sec.blocks.append(Code(text, caption))
+    if len(config_chain(plan.config_path)) > 1:
+        sec.blocks.append(Code(resolved_text(plan.config_path), f"with its base applied: what the run used, published "
+                                                                f"as {CONFIG_RESOLVED}"))
     return sec
 
 

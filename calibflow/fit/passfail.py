@@ -212,6 +212,23 @@ class PassFailModel:
         return sig_p + bkg_p, sig_f + bkg_f
 
 
+def fitted_model(result: Mapping[str, Any], background: str, fail_width_shift: bool, lo: float,
+                 hi: float) -> tuple[PassFailModel, np.ndarray] | None:
+    """The pass/fail model of a bin's fit ``result`` (as written by ``measure_bin``) on the mass range [``lo``,
+    ``hi``) and its fitted parameter vector; None when the result has no parameters (not fitted)."""
+    if "values" not in result:
+        return None
+    signal, signal_fail = result["signal_model"], None
+    if "template" in result:  # fit.signal template: the templates are stored with the result
+        from calibflow.fit.templates import template_signals
+
+        signal, signal_fail = template_signals(result["template"])
+    model = PassFailModel.create(signal, background, lo, hi, fail_width_shift,
+                                 fail_gauss="mu_gauss_fail" in result["values"],  # fit.fail_gauss
+                                 signal_fail=signal_fail)
+    return model, np.array([result["values"][n] for n in model.names])
+
+
 # --------------------------------------------------------------------------------------------------
 # cost functions
 # --------------------------------------------------------------------------------------------------
@@ -666,6 +683,8 @@ def run_attempts(
         else:
             raw = starting_values(model, edges, hp, hf)
         start, fixed = apply_overrides(model, raw, parameters)
+        if mode == "freeze":  # from the minimum: the user's limits and fixed values apply, not their starts
+            start = {n: (v if n in fixed else raw[n][0], lim) for n, (v, lim) in start.items()}
         start.update({k: (v, start[k][1]) for k, v in freeze.items()})
         fixed |= set(freeze)
         seed: Minuit | None = None

@@ -197,23 +197,14 @@ def categories(hist: BinHistograms, result: Mapping[str, Any], background: str, 
                fine_bins: int = FINE_BINS) -> list[Category]:
     """The pass and fail panels of a bin's fit ``result`` (as written by ``measure_bin``) on its histograms,
     each merged by :func:`display_factor`; the model is left out when the result has no parameters."""
-    from calibflow.fit.passfail import PassFailModel
-
     edges = hist.edges
     lo, hi = float(edges[0]), float(edges[-1])
-    model = x = comps = None
     fine = np.linspace(lo, hi, fine_bins + 1)
-    if "values" in result:
-        signal, signal_fail = result["signal_model"], None
-        if "template" in result:  # fit.signal template: the templates are stored with the result
-            from calibflow.fit.templates import template_signals
+    from calibflow.fit.passfail import fitted_model
 
-            signal, signal_fail = template_signals(result["template"])
-        model = PassFailModel.create(signal, background, lo, hi, fail_width_shift,
-                                     fail_gauss="mu_gauss_fail" in result["values"],  # fit.fail_gauss
-                                     signal_fail=signal_fail)
-        x = np.array([result["values"][n] for n in model.names])
-        comps = model.components(fine, x)
+    fitted = fitted_model(result, background, fail_width_shift, lo, hi)
+    model, x = fitted if fitted is not None else (None, None)
+    comps = model.components(fine, x) if model is not None else None
     out = shown_data(hist, result)
     if model is not None and comps is not None:
         for c, cat in enumerate(out):

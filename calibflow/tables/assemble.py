@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from calibflow import __version__
+from calibflow.config import config_chain, load_document
 from calibflow.plan import Plan
 from calibflow.tables.bootstrap import sample_correlation
 from calibflow.tables.covariance import TableCovariance, covariances, table_seed
@@ -20,7 +21,7 @@ from calibflow.tables.covariance import write_h5 as write_covariances
 from calibflow.tables.products import product_rows
 from calibflow.tables.roc import roc_rows
 from calibflow.tables.rows import Row, read_csv, write_csv
-from calibflow.tables.systematics import signed_shifts
+from calibflow.tables.systematics import Runs, signed_shifts
 from calibflow.tables.write import EFFICIENCIES, ROC, SCALE_FACTORS, combine_tables, write_master
 from calibflow.variants import (
     INCLUSIVE,
@@ -89,8 +90,8 @@ def table_covariances(plan: Plan, base: str, folder: str) -> list[TableCovarianc
     for name, keys, value in ((EFFICIENCIES, ("sample", "bin"), "efficiency"), (SCALE_FACTORS, ("data", "bin"), "scale_factor")):
         rows[name] = _rows(os.path.join(folder, name))
         varied = {run: _rows(os.path.join(d, name)) for run, d in runs.items()} if rows[name] else {}
-        shifts[name] = signed_shifts(rows[name], varied, cfg.systematics.sources, cfg.systematics.combine, value, keys,
-                                     sample_sides(plan, base))
+        shifts[name] = signed_shifts(rows[name], Runs(varied, cfg.systematics.sources, cfg.systematics.combine,
+                                                      sample_sides(plan, base)), value, keys)
     variant = plan.with_variant(base)
     seeds = {s: table_seed(variant.table_key(), f"bootstrap_{s}") for s in variant.config.samples}
     corr = {s: rho for s in variant.config.samples if (rho := sample_correlation(variant, s, seeds[s])) is not None}
@@ -190,6 +191,16 @@ def prep_reports(plan: Plan, out_dir: str) -> list[str]:
 
 CONFIG_COPY = "config.yaml"
 """Published copy of the exact config file the outputs come from."""
+CONFIG_RESOLVED = "config_resolved.yaml"
+"""Published with a config that has a ``base:``: the document the run used, its base chain applied."""
+
+
+def resolved_text(path: str) -> str:
+    """The YAML text of config ``path`` with its ``base:`` chain applied, headed by the chain's files."""
+    import yaml
+
+    head = "".join(f"# {'from' if i == 0 else 'base'}: {f}\n" for i, f in enumerate(config_chain(path)))
+    return head + yaml.safe_dump(load_document(path), sort_keys=False, allow_unicode=True)
 
 
 def write_masters(plan: Plan) -> list[str]:
@@ -208,4 +219,9 @@ def write_masters(plan: Plan) -> list[str]:
     copy = os.path.join(plan.combined_dir(), CONFIG_COPY)
     with atomic_path(copy) as tmp:
         shutil.copyfile(plan.config_path, tmp)
-    return [*files, copy]
+    if len(config_chain(plan.config_path)) == 1:
+        return [*files, copy]
+    resolved = os.path.join(plan.combined_dir(), CONFIG_RESOLVED)
+    with atomic_path(resolved) as tmp, open(tmp, "w") as f:
+        f.write(resolved_text(plan.config_path))
+    return [*files, copy, resolved]

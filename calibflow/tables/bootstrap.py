@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 COUNTED = ("count", "sweighted")
 """Methods whose per-bin efficiency is a ratio of (weighted) counts: the bootstrap over events applies."""
+FITTED = "fit"
+"""The pass/fail fit: bootstrapped as the ratio of its candidates' signal weights (:mod:`calibflow.fit.linearise`)."""
 REPLICAS = 1000
 """Bootstrap replicas of :func:`sample_correlation`: a correlation's statistical error is ≈ (1 − ρ²)/√1000 ≈ 0.03."""
 MAX_DRAWS = 4_000_000
@@ -118,11 +120,11 @@ def sample_correlation(plan: Plan, sample: str, seed: int) -> np.ndarray | None:
     from calibflow.tables.covariance import correlation
 
     s = plan.config.samples[sample]
-    if s.event_id is None or s.method not in COUNTED:
+    if s.event_id is None or s.method not in (*COUNTED, FITTED):
         return None
     scheme = plan.load_scheme()
     lo, hi = plan.config.mass_spec.range
-    bins, passed, weights, events = [], [], [], []
+    bins, passed, weights, events, masses = [], [], [], [], []
     offset = 0
     for i in range(len(plan.input_files(sample))):
         if plan.is_excluded(sample, i):
@@ -132,9 +134,37 @@ def sample_correlation(plan: Plan, sample: str, seed: int) -> np.ndarray | None:
         bins.append(np.where((m >= lo) & (m < hi), scheme.locate(cols), -1))
         passed.append(np.broadcast_to(np.asarray(cols[plan.pass_column], dtype=bool), m.shape))
         weights.append(cols.get(WEIGHT, np.ones_like(m)))
+        masses.append(m)
         ids = np.unique(cols[EVENT], return_inverse=True)[1].ravel() + offset  # per file: numbers repeat across files
         offset = int(ids.max()) + 1 if ids.size else offset
         events.append(ids)
-    cov = bootstrap_covariance(np.concatenate(bins), np.concatenate(passed), np.concatenate(events), len(scheme),
-                               np.concatenate(weights), REPLICAS, seed)
+    k, ok, w = np.concatenate(bins), np.concatenate(passed), np.concatenate(weights)
+    if s.method == FITTED:
+        w = w * fitted_weights(plan, sample, k, np.concatenate(masses), ok)
+    cov = bootstrap_covariance(k, ok, np.concatenate(events), len(scheme), w, REPLICAS, seed)
     return correlation(cov)
+
+
+def fitted_weights(plan: Plan, sample: str, bins: np.ndarray, mass: np.ndarray, passed: np.ndarray) -> np.ndarray:
+    """Per candidate (its bin of the scheme, −1: none; mass; pass decision) of fitted ``sample``, its signal weight
+    under its bin's fit (:func:`calibflow.fit.linearise.fitted_signal_weights`; 0 in a bin without a fit), so that
+    the bootstrap of the weighted counts follows the fitted efficiencies."""
+    from calibflow.fit.linearise import fitted_signal_weights
+    from calibflow.io.jsonio import load_numbers
+
+    cfg = plan.config
+    lo, hi = cfg.mass_spec.range
+    edges = np.linspace(lo, hi, cfg.mass_spec.bins + 1)
+    out = np.zeros(mass.size)
+    order = np.argsort(bins, kind="stable")
+    starts = np.searchsorted(bins[order], np.arange(len(plan.bin_keys()) + 1))
+    for k, path in enumerate(plan.fit_paths(sample, plan.bin_keys())):
+        idx = order[starts[k]:starts[k + 1]]
+        try:
+            result = load_numbers(path)
+        except FileNotFoundError:
+            continue
+        w = fitted_signal_weights(mass[idx], passed[idx], edges, result, cfg.fit.background, cfg.fit.fail_width_shift)
+        if w is not None:
+            out[idx] = w
+    return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from calibflow.config import EGM_ROLES, Variation
 from calibflow.tables.rows import YIELD_METHOD, Row
@@ -37,26 +38,30 @@ EGM_FIT_ROLES = ("altSig", "altBkg", "altSigBkg")
 """Roles of egm_2023 whose spread about their mean with the nominal is taken (the alternative fits)."""
 
 
-def combine(
-    nominal: Sequence[Row],
-    varied: Mapping[str, Sequence[Row]],
-    sources: Sequence[Variation],
-    method: str,
-    value: str,
-    keys: Sequence[str],
-    sides: Mapping[str, str] | None = None,
-) -> list[Row]:
+@dataclass(frozen=True)
+class Runs:
+    """The systematic runs of a table: ``varied`` maps each run's name (``src`` or ``srcUp``/``srcDown``) to its
+    rows; the ``sources``, their combination ``method`` (``systematics.combine``) and ``sides``, the role (``data``,
+    ``mc``) of each sample of an efficiency table (a sample not in it counts as data)."""
+
+    varied: Mapping[str, Sequence[Row]]
+    sources: Sequence[Variation]
+    method: str
+    sides: Mapping[str, str] | None = None
+
+
+def combine(nominal: Sequence[Row], runs: Runs, value: str, keys: Sequence[str]) -> list[Row]:
     """Nominal rows extended with ``<source>Up/Down``, ``syst`` and ``total_up/down`` columns.
 
-    ``varied`` maps each run's name (``src`` or ``srcUp``/``srcDown``) to its rows; a varied row matches
+    A varied row of ``runs`` matches
     a nominal one when its ``keys`` columns (other than ``bin``) are equal and its bin contains the
     nominal bin's centre — so an alternative binning is compared at the nominal bins. Rows are compared
     on ``value`` (:func:`value_columns`: a yield row of an efficiency table on its ``n_sig``). A bin missing
-    from a run gives NaN columns. ``sides``: the role (``data``, ``mc``) of each sample of an efficiency table
-    (a sample not in it counts as data); rows of a ``scale_factor`` table are of quantity ``sf``.
+    from a run gives NaN columns. Rows of a ``scale_factor`` table are of quantity ``sf``.
     """
     out = []
-    for row, quantity, get in _matched(nominal, varied, value, keys, sides):
+    sources, method = runs.sources, runs.method
+    for row, quantity, get in _matched(nominal, runs, value, keys):
         counted = [s for s in sources if _counts(s, quantity, method)]
         v0 = float(row[value_columns(row, value)[0]])
         new = {**row, **{f"{s.name}{x}": v0 for s in sources for x in SUFFIXES}}  # nominal where not counted
@@ -68,16 +73,13 @@ def combine(
     return out
 
 
-def _matched(
-    nominal: Sequence[Row], varied: Mapping[str, Sequence[Row]], value: str, keys: Sequence[str],
-    sides: Mapping[str, str] | None,
-) -> Iterator[tuple[Row, str, Lookup]]:
+def _matched(nominal: Sequence[Row], runs: Runs, value: str, keys: Sequence[str]) -> Iterator[tuple[Row, str, Lookup]]:
     """Per nominal row: (the row, its quantity ``data``/``mc``/``sf``, the lookup of its match in each run) as
     :func:`combine` describes them."""
-    index = {name: _index(rows, keys) for name, rows in varied.items()}
+    index = {name: _index(rows, keys) for name, rows in runs.varied.items()}
     for row in nominal:
         key, centre, bounds = _group(row, keys), _centre(row), _bounds(row)
-        quantity = "sf" if value == "scale_factor" else (sides or {}).get(str(row.get("sample")), "data")
+        quantity = "sf" if value == "scale_factor" else (runs.sides or {}).get(str(row.get("sample")), "data")
 
         def get(run: str, key: tuple = key, centre: dict = centre, bounds: tuple = bounds) -> Row | None:
             group = index.get(run, {}).get(key)
@@ -86,26 +88,18 @@ def _matched(
         yield row, quantity, get
 
 
-def signed_shifts(
-    nominal: Sequence[Row],
-    varied: Mapping[str, Sequence[Row]],
-    sources: Sequence[Variation],
-    method: str,
-    value: str,
-    keys: Sequence[str],
-    sides: Mapping[str, str] | None = None,
-) -> list[dict[str, float]]:
+def signed_shifts(nominal: Sequence[Row], runs: Runs, value: str, keys: Sequence[str]) -> list[dict[str, float]]:
     """Per nominal row, each source's signed shift of the row's value (the covariance's pattern, in the value's
     units; docs/tables.md, "Covariance"): a one-sided source v_run − v₀, a two-sided one (v_up − v_down)/2, of the
     runs' own values whatever the combination ``method``; 0 where the source does not count on the row (as in
     :func:`combine`), NaN where a run has no value. Rows are matched to runs as by :func:`combine`."""
     out = []
-    for row, quantity, get in _matched(nominal, varied, value, keys, sides):
+    for row, quantity, get in _matched(nominal, runs, value, keys):
         col = value_columns(row, value)[0]
         v0 = float(row[col])
         shifts = {}
-        for src in sources:
-            if not _counts(src, quantity, method):
+        for src in runs.sources:
+            if not _counts(src, quantity, runs.method):
                 shifts[src.name] = 0.0
             elif src.vary is not None:
                 shifts[src.name] = _value(get(src.name), col) - v0

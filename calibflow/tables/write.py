@@ -22,7 +22,7 @@ from calibflow.config import CalibrationConfig, Variation
 from calibflow.io import jsonio
 from calibflow.io.store import atomic_path
 from calibflow.tables.rows import Row, closure_rows, efficiency_rows, read_csv, scale_factor_rows, write_csv
-from calibflow.tables.systematics import combine
+from calibflow.tables.systematics import Runs, combine
 
 EFFICIENCIES, SCALE_FACTORS, CLOSURE, CORRECTIONS = "efficiencies.csv", "scale_factors.csv", "closure.csv", "corrections.json"
 MASTER_JSON, MASTER_H5, ROOT_FILE, ROC = "calibration.json", "calibration.h5", "corrections.root", "roc.csv"
@@ -75,7 +75,7 @@ def combine_tables(
             continue
         varied = {run: read_csv(os.path.join(d, name)) for run, d in varied_dirs.items()}
         path = os.path.join(out_dir, name)
-        write_csv(path, combine(nominal, varied, sources, method, value, keys, sides))
+        write_csv(path, combine(nominal, Runs(varied, sources, method, sides), value, keys))
         written.append(path)
     if os.path.exists(os.path.join(nominal_dir, CLOSURE)):
         path = os.path.join(out_dir, CLOSURE)
