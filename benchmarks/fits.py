@@ -1,6 +1,6 @@
 """Benchmark: per-bin fits.
 
-    python benchmarks/fits.py [--repeat R] [--seed S] [--only t1|t2|t3 ...]
+    python benchmarks/fits.py [--repeat R] [--seed S] [--only t1|t2|t3|t4 ...] [--reference]
 
 * t1: median wall time of one binned simultaneous pass/fail fit (100 mass bins, crystalball +
   exponential, Migrad + HESSE + MINOS on ε), over ``--repeat`` toys, after a warm-up fit (JIT/cache).
@@ -8,9 +8,13 @@
   (crystalball + exponential, Migrad + HESSE; :func:`calibflow.fit.unbinned.fit_extended`).
 * t3: the whole table, 200 bins × {data, simulation} × 5 variations through the task graph with 2
   workers (:func:`time_table`; 2000 bin fits, run as chunks of bins: see docs/design.md).
+* t4: median wall time of one template fit (``fit.signal: template``; EGM's bin: 60 mass bins of 1 GeV on
+  [60, 120], pass and fail templates of the same binning each ⊗ a Gaussian, RooCMSShape background, Migrad + HESSE
+  + MINOS on ε), over ``--repeat`` toys; ``--reference`` also times the numpy cost (the shapes without their
+  ``table``) on the same toys and prints the ratio.
 
-The last line printed is ``fits: binned pass/fail <t1> ms, unbinned 100k <t2> s, table 200x2x5 <t3> s``.
-Goals: t1 ≤ 15 ms, t2 ≤ 0.2 s.
+The last line printed is ``fits: binned pass/fail <t1> ms, unbinned 100k <t2> s, table 200x2x5 <t3> s, template
+<t4> ms``. Goals: t1 ≤ 15 ms, t2 ≤ 0.2 s; t4 is compared with its numpy reference (``--reference``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
+from calibflow.fit.models import Shape
 from calibflow.fit.passfail import fit_pass_fail
 from calibflow.fit.unbinned import fit_extended
 
@@ -75,6 +81,57 @@ def time_unbinned(repeat: int, rng: np.random.Generator) -> float:
     return float(np.median(times))
 
 
+Z_LO, Z_HI = 60.0, 120.0
+Z_EDGES = np.linspace(Z_LO, Z_HI, 61)
+
+
+def _z_peak(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A Z → ee-like peak (GeV): Gaussian core and a radiative tail."""
+    return np.where(rng.random(n) < 0.8, rng.normal(91.0, 2.5, n), 91.0 - rng.exponential(6.0, n))
+
+
+def _turn_on(n: int, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """A RooCMSShape-like background (GeV): an exponential of ``scale`` times an erfc turn-on at 70 GeV."""
+    x = Z_LO + rng.exponential(scale, n)
+    return x[rng.random(n) < 0.5 * special.erfc((70.0 - x) * 0.05)]
+
+
+def template_toys(repeat: int, rng: np.random.Generator) -> tuple[Shape, Shape, list[tuple[np.ndarray, np.ndarray]]]:
+    """Pass/fail templates (50k/20k simulated candidates) and ``repeat`` data histograms: 2400 signal (ε = 0.8)
+    shifted and smeared per category, 1500/3500 background candidates before the turn-on."""
+    from calibflow.fit.templates import template_record, template_signals
+
+    sim = np.stack([np.histogram(_z_peak(k, rng), Z_EDGES)[0] for k in (50_000, 20_000)]).astype(float)
+    sp, sf = template_signals(template_record(Z_EDGES, sim, None, False, 0.0))
+    toys = []
+    for _ in range(repeat):
+        n = rng.poisson(3000)
+        k = rng.binomial(n, 0.8)
+        mp = np.concatenate([_z_peak(k, rng) + rng.normal(0.3, 1.0, k), _turn_on(1500, 40.0, rng)])
+        mf = np.concatenate([_z_peak(n - k, rng) + rng.normal(-0.3, 2.0, n - k), _turn_on(3500, 25.0, rng)])
+        toys.append((np.histogram(mp, Z_EDGES)[0].astype(float), np.histogram(mf, Z_EDGES)[0].astype(float)))
+    return sp, sf, toys
+
+
+def time_template(repeat: int, rng: np.random.Generator, reference: bool) -> tuple[float, float | None]:
+    """Median seconds of one template fit with MINOS on ε (fused cost), and with ``reference`` that of the numpy
+    cost on the same toys (else None)."""
+    sp, sf, toys = template_toys(repeat, rng)
+    variants = [(sp, sf)] + ([(replace(sp, table=None), replace(sf, table=None))] if reference else [])
+    medians: list[float] = []
+    for signal, signal_fail in variants:
+        fit_pass_fail(Z_EDGES, *toys[0], signal=signal, signal_fail=signal_fail, background="cms")  # warm-up
+        times = []
+        for hp, hf in toys:
+            t0 = time.perf_counter()
+            r = fit_pass_fail(Z_EDGES, hp, hf, signal=signal, signal_fail=signal_fail, background="cms", minos=True)
+            times.append(time.perf_counter() - t0)
+            if r.status != "ok":
+                print(f"  template fit status: {r.status}")
+        medians.append(float(np.median(times)))
+    return medians[0], (medians[1] if reference else None)
+
+
 TABLE_CONFIG = {
     "name": "bench_table",
     "toy": {"seed": 5, "samples": {"data": {"candidates": 1_000_000, "files": 2},
@@ -118,10 +175,7 @@ def time_table() -> float | None:
         prep = [PrepareTuple(sample=s, index=i, **common) for s in ("data", "mc") for i in range(2)]
         if not build(plan, prep, workers=2).ok:
             raise RuntimeError("tuple preparation failed")
-        from calibflow.ops.warmup import warm_up
-
-        t0 = time.perf_counter()
-        warm_up()  # as `calibflow run` does before forking its workers
+        t0 = time.perf_counter()  # the pool loads the kernels of the stages to run before forking its workers
         report = build(plan, [CombineTables(**common)], workers=2)
         seconds = time.perf_counter() - t0
         if not report.ok:
@@ -136,12 +190,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=30, help="binned fits to time (unbinned: repeat // 10, ≥ 3)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", choices=("t1", "t2", "t3"), action="append",
+    ap.add_argument("--only", choices=("t1", "t2", "t3", "t4"), action="append",
                     help="time only these targets (repeatable); the others are printed as n/a")
+    ap.add_argument("--reference", action="store_true", help="t4: also time the numpy cost of template fits")
     args = ap.parse_args()
-    only = set(args.only or ("t1", "t2", "t3"))
+    only = set(args.only or ("t1", "t2", "t3", "t4"))
     rng = np.random.default_rng(args.seed)
-    t1 = t2 = t3 = None
+    t1 = t2 = t3 = t4 = None
     if "t1" in only:
         t1 = time_binned(args.repeat, rng)
         print(f"binned pass/fail fit, median of {args.repeat}: {t1 * 1e3:.1f} ms")
@@ -151,10 +206,17 @@ def main() -> None:
         print(f"unbinned 100k fit, median of {n_unbinned}: {t2:.2f} s")
     if "t3" in only:
         t3 = time_table()
+    if "t4" in only:
+        t4, t4_numpy = time_template(args.repeat, rng, args.reference)
+        print(f"template fit (60 bins, cms), median of {args.repeat}: {t4 * 1e3:.1f} ms")
+        if t4_numpy is not None:
+            print(f"template fit, numpy cost: {t4_numpy * 1e3:.1f} ms ({t4_numpy / t4:.1f}x)")
     t1_text = "n/a" if t1 is None else f"{t1 * 1e3:.1f}"
     t2_text = "n/a" if t2 is None else f"{t2:.2f}"
     t3_text = "n/a" if t3 is None else f"{t3:.1f}"
-    print(f"fits: binned pass/fail {t1_text} ms, unbinned 100k {t2_text} s, table 200x2x5 {t3_text} s")
+    t4_text = "n/a" if t4 is None else f"{t4 * 1e3:.1f}"
+    print(f"fits: binned pass/fail {t1_text} ms, unbinned 100k {t2_text} s, table 200x2x5 {t3_text} s, "
+          f"template {t4_text} ms")
 
 
 if __name__ == "__main__":

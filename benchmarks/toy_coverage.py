@@ -58,7 +58,6 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (default: a temporary folder)")
     args = ap.parse_args()
     from calibflow.export.coverage import verdicts
-    from calibflow.ops.warmup import warm_up
     from calibflow.plan import Plan
     from calibflow.tables.rows import read_csv
     from tasks import CombineTables
@@ -76,8 +75,7 @@ def main() -> None:
             raise RuntimeError("the fits failed")
         n_bins = len(plan.load_scheme())
         shutil.rmtree(os.path.join(plan.workdir, "coverage"), ignore_errors=True)  # --keep: the fits only
-        t0, cpu0 = time.perf_counter(), _cpu()
-        warm_up()  # as `calibflow coverage` does before forking its workers
+        t0, cpu0 = time.perf_counter(), _cpu()  # the pool loads the fit kernels before forking its workers
         top = CoverageTable(toys=args.toys, **common)
         report = build(plan, [top], workers=args.workers)
         seconds = time.perf_counter() - t0

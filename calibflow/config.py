@@ -807,7 +807,7 @@ class OutputsConfig(_KeepsKeys):
     merged statistical uncertainty), ``false`` (no ``corrections.json``) or ``{stat: merged|per_bin|both, eigen: ...}``;
     ``replicas``: the number of toy scale-factor tables in ``calibration.h5`` (none by default)."""
 
-    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"replicas": None}
+    NEW_DEFAULTS: ClassVar[Mapping[str, Any]] = {"replicas": None, "publish_to": None}
 
     correctionlib: bool | CorrectionlibOutput = True
     root: bool = True
@@ -823,6 +823,23 @@ class OutputsConfig(_KeepsKeys):
     replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
     """Toy scale-factor tables sampled from each scale-factor table's covariance, in ``calibration.h5``
     (``replicas/<table>``); left out of the dump while None."""
+    publish_to: str | None = Field(default=None, min_length=1)
+    """Storage receiving a copy of each published set after a successful run: a folder (relative to the
+    config's) or a ``root://`` URL (calibflow.export.storage); left out of the dump while None."""
+
+    @field_validator("publish_to")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None and _is_url(v):
+            from calibflow.io.remote import XROOTD_SCHEMES, RemoteError, check_url
+
+            try:
+                check_url(v)
+            except RemoteError as exc:
+                raise ValueError(str(exc)) from None
+            if v.split("://", 1)[0].lower() not in XROOTD_SCHEMES:
+                raise ValueError(f"{v}: storage is a folder or an XRootD URL (root://host//path), not HTTP")
+        return v
 
     @field_validator("correctionlib", mode="before")
     @classmethod
@@ -1005,14 +1022,21 @@ class TaskResources(_Strict):
     bins_per_task: int | None = Field(default=None, gt=0)
     """``FitBin`` only: consecutive bins fitted by one task (default 20; 1 = one task per bin). Results
     stay one content-keyed file per bin, so any value reuses the others' results."""
+    retries: int | None = Field(default=None, ge=0, le=10)
+    """Batch mode: resubmissions of a job that died for an infrastructure reason (cancelled, node failure, out of
+    memory, time limit, no ``result.json``), each with memory and time ×1.5 (at most ×4); default 0."""
+    tolerance: float | None = Field(default=None, ge=0, lt=1)
+    """``FitBin`` only: fraction of FitBin tasks that may fail while the run still completes, their bins
+    missing from the tables and named in the summary (default 0)."""
 
 
 def _check_resource_keys(v: dict[str, TaskResources]) -> dict[str, TaskResources]:
     _check_names(v, ["default", *TASK_FAMILIES], "unknown task family {key}", "allowed")
-    wrong = [k for k, r in v.items() if k != "FitBin" and r.bins_per_task is not None]
-    if wrong:
-        raise ValueError(f"resources.{wrong[0]}.bins_per_task: only FitBin tasks fit bins; "
-                         "set it under resources.FitBin")
+    for field_name in ("bins_per_task", "tolerance"):
+        wrong = [k for k, r in v.items() if k != "FitBin" and getattr(r, field_name) is not None]
+        if wrong:
+            raise ValueError(f"resources.{wrong[0]}.{field_name}: only FitBin tasks fit bins; "
+                             "set it under resources.FitBin")
     return v
 
 
@@ -1507,16 +1531,41 @@ def load_config(path: str | os.PathLike[str]) -> CalibrationConfig:
 def resolve_files(config: CalibrationConfig, sample: str, base_dir: str | os.PathLike[str]) -> list[str]:
     """Expand a sample's file globs (relative to ``base_dir``) into sorted absolute paths.
 
-    Raises ConfigError naming the key of a glob that matches no file.
+    Raises ConfigError naming the key of a glob that matches no file. URLs (``root://``, ``https://``) stay
+    URLs, their wildcards expanded by the server's listing (:mod:`calibflow.io.remote`); a bad URL or an
+    unreachable server is a ConfigError naming the key and the URL.
     """
     out: list[str] = []
     for i, pattern in enumerate(config.samples[sample].files):
+        pattern = pattern.removeprefix("file://")  # a local file written as a URL
+        if _is_url(pattern):
+            out.extend(_expand_url(pattern, f"samples.{sample}.files[{i}]"))
+            continue
         full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
         matches = _expand(os.path.expanduser(full))
         if not matches:
             raise ConfigError(f"samples.{sample}.files[{i}]: no file matches {full!r}")
         out.extend(matches)
     return out
+
+
+def _is_url(pattern: str) -> bool:
+    """Whether ``pattern`` is a URL (``scheme://``) rather than a path."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", pattern) is not None
+
+
+def _expand_url(pattern: str, key: str) -> tuple[str, ...]:
+    """The files the URL ``pattern`` matches (:func:`calibflow.io.remote.expand`); ConfigError naming ``key``
+    for a bad URL, an unreachable server or no match."""
+    from calibflow.io.remote import RemoteError, expand
+
+    try:
+        matches = expand(pattern)
+    except RemoteError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not matches:
+        raise ConfigError(f"{key}: no file matches {pattern!r}")
+    return matches
 
 
 _GLOBS: dict[str, tuple[int, tuple[str, ...]]] = {}

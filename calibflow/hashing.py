@@ -66,6 +66,12 @@ def content_key(*parts: Any) -> str:
 
 
 def file_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Identity of an input file: absolute path, size (bytes) and modification time (ns)."""
+    """Identity of an input file: absolute path, size (bytes) and modification time (ns); of a URL
+    (``root://``, ``https://``) the server's stat (:func:`calibflow.io.remote.identity`)."""
+    if "://" in os.fspath(path):
+        from calibflow.io.remote import identity, is_remote
+
+        if is_remote(path):
+            return identity(os.fspath(path))
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -557,7 +557,9 @@ class Plan:
                     raise self._in_variant(exc, v) from None
 
     def shown(self, path: str) -> str:
-        """``path`` as messages show it: relative to the config's folder when inside it."""
+        """``path`` as messages show it: relative to the config's folder when inside it (a URL as it is)."""
+        if "://" in path:
+            return path
         rel = os.path.relpath(path, os.path.dirname(self.config_path))
         return path if rel.startswith(os.pardir) else rel
 
@@ -632,8 +634,10 @@ class Plan:
             return "gone since the run started, which listed it; run again to use the current files"
         except OSError:
             return None
-        units = {"size": "bytes", "mtime_ns": "ns"}
-        changes = [f"{k} {was[k]} -> {now[k]} {u}" for k, u in units.items() if was[k] != now[k]]
+        units = {"size": " bytes", "mtime_ns": " ns"}  # a remote file may have a checksum instead of an mtime
+        keys = [*units, *sorted((was.keys() | now.keys()) - {*units, "path"})]
+        changes = [f"{k} {was.get(k)} -> {now.get(k)}{units.get(k, '')}" for k in keys
+                   if was.get(k) != now.get(k)]
         return (f"changed since the run started ({', '.join(changes)}); run again to use the current version"
                 if changes else None)
 
@@ -666,6 +670,34 @@ class Plan:
         """Prepared HDF5 of input ``index`` of ``sample`` (``key``: its prep key, if already known)."""
         src = self.input_file(sample, index)
         return os.path.join(self.workdir, "prep", sample, output_name(src, key or self.prep_key(sample, index)))
+
+    def prep_owner(self, sample: str, index: int) -> tuple[str, int]:
+        """Who prepares input ``index`` of ``sample`` for every variant at once: (variant, index of the file in
+        that variant's list) of the first variant (nominal first) whose ``sample`` lists the same file."""
+        return next(iter(self._file_variants(sample, index)))
+
+    def file_preparations(self, sample: str, index: int) -> dict[str, tuple[str, int]]:
+        """Every distinct prepared tuple of input ``index`` of ``sample`` over all variants: its path -> (variant,
+        index of the file in that variant's list) of the first variant (nominal first) preparing it. Variants
+        with the same preparation (equal prep keys) share one path, so it is listed once."""
+        out: dict[str, tuple[str, int]] = {}
+        for v, i in self._file_variants(sample, index):
+            out.setdefault(self.with_variant(v).prep_path(sample, i), (v, i))
+        return out
+
+    def _file_variants(self, sample: str, index: int) -> Iterator[tuple[str, int]]:
+        """(variant, index) of every variant, nominal first, whose ``sample`` lists input ``index`` of this
+        variant's ``sample`` (the same path; a variant may change a sample's files), with its index there."""
+        path = self.input_file(sample, index)
+        for v in [NOMINAL, *self.all_variants()]:
+            plan = self.with_variant(v)
+            if sample not in plan.config.samples:
+                continue
+            files = plan.input_files(sample)
+            if index < len(files) and files[index] == path:
+                yield v, index
+            elif path in files:
+                yield v, files.index(path)
 
     def prep_keys(self, sample: str) -> list[str]:
         """Keys of all prepared tuples of ``sample``; an input left out as bad (``--skip-bad-files``)

@@ -17,12 +17,12 @@ from typing import Any, Protocol, runtime_checkable
 import b2luigi
 import luigi
 
-from calibflow.config import ConfigError
+from calibflow.config import ConfigError, TaskResources
 from calibflow.hashing import content_key
 from calibflow.io.integrity import CorruptIntermediate, check_quick
 from calibflow.io.store import atomic_path
 from calibflow.plan import Plan
-from tasks import batch
+from tasks import batch, heal, stage
 
 RESULTS_MADE = "results_made"
 """Key of the explanation a task's ``on_success`` may return: how many of its :meth:`CalibTask.results` it
@@ -61,11 +61,16 @@ class CalibTask(b2luigi.Task):
                                  "modes and input lists ('' = none: no modes, globs expanded at each call)")
     pool_preload: tuple[str, ...] = ()
     """Modules the task imports when it runs, imported once before a run's worker pool forks."""
+    publishes = False
+    """Whether the task publishes into the result folder (links, sets: tasks.tables.ExportTables); with a staged
+    batch job folder (tasks.stage) such a task runs in the submitting process, where the result folder is."""
+    batch_attempt = 0
+    """Batch mode: resubmissions of this task after infrastructure failures so far (tasks.heal)."""
 
     @property
     def plan(self) -> Plan:
-        """Keys and paths of this calibration and variant."""
-        return Plan(self.config, self.result_dir, self.variant, self.run_file)
+        """Keys and paths of this calibration and variant (in a staged batch job: in its job folder)."""
+        return Plan(stage.local(self.config), stage.local(self.result_dir), self.variant, stage.local(self.run_file))
 
     def common(self) -> dict[str, str]:
         """Parameters to pass on to required tasks (same calibration, variant and run)."""
@@ -117,6 +122,14 @@ class CalibTask(b2luigi.Task):
         except OSError as exc:  # e.g. the disk is full: the run summary takes the reason from luigi instead
             logging.getLogger("calibflow.task").warning("could not record the failure of %s: %s", self.task_id, exc)
 
+    def extra_inputs(self) -> list[str]:
+        """Files the task reads besides its requirements' outputs (a staged batch job copies them in: tasks.stage)."""
+        return []
+
+    def failure_record_path(self) -> str:
+        """Where the one-line reason of this task's last failure is kept (:func:`failure_path`)."""
+        return failure_path(self.plan, record_id(self))
+
     def outputs_key(self) -> str:
         """Content key of what this task makes: its output paths, which hold the content keys."""
         return content_key(sorted(t.path for t in luigi.task.flatten(self.output())))
@@ -146,14 +159,24 @@ class CalibTask(b2luigi.Task):
         return batch.job_command_args(self)
 
     @property
+    def batch_resources(self) -> TaskResources:
+        """The config's ``resources`` of this task's family, raised for a resubmission (:func:`tasks.heal.scaled`)."""
+        return heal.scaled(self.plan.config.resources_for(self.task_family), self.batch_attempt)
+
+    @property
     def slurm_settings(self) -> dict[str, str]:
         """b2luigi: ``#SBATCH`` options from the config's ``resources`` (merged over settings.json's)."""
-        return batch.slurm_resources(self.plan.config.resources_for(self.task_family))
+        return batch.slurm_resources(self.batch_resources)
 
     @property
     def htcondor_settings(self) -> dict[str, str]:
-        """b2luigi: HTCondor submit commands from the config's ``resources``."""
-        return batch.htcondor_resources(self.plan.config.resources_for(self.task_family))
+        """b2luigi: HTCondor submit commands from the config's ``resources`` (and the file transfer's outputs)."""
+        return {**batch.htcondor_resources(self.batch_resources), **batch.transfer_outputs()}
+
+    @property
+    def transfer_files(self) -> list[str]:
+        """b2luigi (HTCondor): the inputs sent to the job, with ``batch_transfer`` (tasks.stage)."""
+        return batch.transfer_files(self)
 
     @property
     def job_slots(self) -> str | bool:
@@ -216,6 +239,30 @@ def record_id(task: CalibTask) -> str:
 def failure_path(plan: TaskPlan, task_id: str) -> str:
     """Where the one-line failure reason of ``task_id`` (:func:`record_id`) is kept."""
     return os.path.join(plan.workdir, "logs", "failed", f"{task_id}.txt")
+
+
+def tolerated_path(task: CalibTask) -> str:
+    """The marker of a failure of ``task`` tolerated in this run (``resources.FitBin.tolerance``)."""
+    return os.path.join(task.plan.workdir, "logs", "tolerated", f"{record_id(task)}.txt")
+
+
+def mark_tolerated(task: CalibTask, reason: str) -> None:
+    """Mark the failure of ``task`` as tolerated for the rest of this run (its dependents go on without it)."""
+    with atomic_path(tolerated_path(task)) as tmp, open(tmp, "w") as f:
+        f.write(reason.strip().splitlines()[0] if reason.strip() else "failed")
+
+
+def tolerating(plan: TaskPlan) -> bool:
+    """Whether a run is going on without tasks whose failure it tolerates (markers exist)."""
+    folder = os.path.join(plan.workdir, "logs", "tolerated")
+    return os.path.isdir(folder) and any(os.scandir(folder))
+
+
+def clear_tolerated(plan: TaskPlan) -> None:
+    """Remove the markers of tolerated failures (at the start and end of a run: later runs try again)."""
+    import shutil
+
+    shutil.rmtree(os.path.join(plan.workdir, "logs", "tolerated"), ignore_errors=True)
 
 
 def recorded_failure(plan: TaskPlan, task: luigi.Task) -> tuple[str, str | None] | None:

@@ -271,6 +271,11 @@ def _plan(config: str | None, result_dir: str | None):
 def _report(name: str, report, seconds: float) -> None:
     """The closing line of a run, then each failure (task label and reason) and where the logs are."""
     print(f"calibflow: {name}: {report.summary()}, {seconds:.1f} s")
+    for label, note in getattr(report, "resubmitted", []):
+        print(f"  RESUBMITTED {label}: {note}")
+    for label, reason, bins in getattr(report, "tolerated", []):
+        print(f"  TOLERATED {label}: {reason}; bins without a result: {', '.join(map(str, bins)) or 'none'} "
+              "(resources.FitBin.tolerance; the next run retries them)")
     for label, reason in report.failed:
         print(f"  FAILED {label}: {reason}", file=sys.stderr)
     if report.not_run:
@@ -379,10 +384,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not done:
         plan.check_inputs()  # the config against its inputs: one line and exit 2 before any task runs
     plan.record_run()  # the checks passed: the run file for the tasks (and status, fit-bin)
-    if not done and not args.batch and workers > 1:
-        from calibflow.ops.warmup import warm_up
-
-        warm_up()  # forked workers start with the kernels loaded
     report = build(plan, [top], workers, scheduler=scheduler, batch_mode=args.batch,
                    progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)
@@ -396,6 +397,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"outputs in {plan.workdir}:")
     for line in _listing(manifest["files"]):
         print(f"  {line}")
+    if plan.config.outputs.publish_to and not _copy_to_storage(plan):
+        return 1
     _coverage_summary(plan)
     excluded = [e for entries in plan.excluded_files().values() for e in entries]
     if excluded:
@@ -405,6 +408,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plan.limits:
         print(f"calibflow: LIMITED: {plan.limits.note()} (LIMITED.txt, manifest.json, the report)")
     return 0
+
+
+def _copy_to_storage(plan: Plan) -> bool:
+    """Copy the published set to ``outputs.publish_to`` (relative to the config's folder) and say where; one
+    line naming the storage and False when it cannot be written."""
+    from calibflow.export.storage import copy_published
+
+    dest = plan.config.outputs.publish_to or ""
+    if "://" not in dest:
+        dest = os.path.join(os.path.dirname(plan.config_path), os.path.expanduser(dest))
+    try:
+        where = copy_published(plan.workdir, dest, plan.config.name)
+    except OSError as exc:
+        print(f"calibflow: outputs.publish_to: {exc}", file=sys.stderr)
+        return False
+    print(f"published to {where}")
+    return True
 
 
 def _check_not_kde(plan: Plan) -> None:
@@ -485,10 +505,6 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     top = CoverageTable(toys=args.toys or own.toys, seed=own.seed if args.seed is None else args.seed,
                         config=plan.config_path, result_dir=plan.result_dir, run_file=plan.run_file)
     workers = args.workers or os.cpu_count() or 1
-    if not top.complete() and workers > 1:
-        from calibflow.ops.warmup import warm_up
-
-        warm_up()  # forked workers start with the kernels loaded
     t0 = time.perf_counter()
     report = build(plan, [top], workers, progress=None if args.quiet else sys.stdout)
     _report(plan.config.name, report, time.perf_counter() - t0)

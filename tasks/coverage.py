@@ -46,6 +46,7 @@ class CoverageBin(CalibTask):
     """Toys of a chunk of bins of ``sample``, refitted; one coverage record per bin."""
 
     pool_preload = ("calibflow.fit.coverage", "calibflow.fit.measure", "calibflow.kernels.warm:warm_up")
+    kernel_stages = ("fits",)
     sample = b2luigi.Parameter()
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
@@ -120,6 +121,14 @@ class CoverageTable(CalibTask):
 
     def requires(self):
         yield MakeBinning(**self.same_content(lambda p: p.binning_key()))
+
+    def pending_kernel_stages(self) -> set[str]:
+        """Kernel stages of the toys :meth:`run` will yield that are not complete (all while no binning exists)."""
+        from tasks.pool import pending_stages
+
+        if not os.path.exists(self.plan.binning_path()):
+            return {"histograms", "fits"}
+        return pending_stages(coverage_tasks(self, self.toys, self.seed))
 
     def folder(self) -> str:
         """``<workdir>/coverage/<key>/``: the key of the tables (every fit's content), toys and seed."""

@@ -5,7 +5,8 @@ b2luigi submits ``python -m tasks.entry --batch-runner --task-id ID --family F -
 (config path, result folder, sample, index, ...), checked against the task id, and run by luigi's own
 task process, so its log, dependency checks, dynamic dependencies, ``on_success`` and ``on_failure``
 behave as in a local run. The outcome goes to ``result.json`` for the submitting process; the exit code
-is 0 unless the task failed.
+is 0 unless the task failed. With ``--job-dir`` or ``--transfer`` the task runs in a job folder of its own
+(:mod:`tasks.stage`): inputs copied in, outputs copied back, ``result.json`` last.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import luigi.scheduler
 import luigi.worker
 
 import tasks
-from tasks.batch import write_result
+from tasks import stage
+from tasks.batch import result_path, write_result
 
 
 class _NoReporter:
@@ -70,6 +72,28 @@ def run_task(task: luigi.Task) -> tuple[str, Any, list[str], list[Any]]:
     return status, explanation or "", list(missing or []), list(new_deps or [])
 
 
+MAX_STAGED_RERUNS = 5
+"""Reruns of a staged task in its job after it yielded tasks whose outputs already exist in the result folder."""
+
+
+def run_staged(task: luigi.Task, job_dir: str, transfer: bool, keep: bool) -> tuple[str, list[Any]]:
+    """Run ``task`` in a job folder of its own (:mod:`tasks.stage`: under ``job_dir``, or the sandbox with
+    ``transfer``): inputs in, the task, its result and outputs back; (status, new dependencies)."""
+    with stage.job_folder(task, job_dir, transfer, keep) as folder:
+        staged = stage.stage_in(task, transfer)
+        status, explanation, missing, new_deps = run_task(task)
+        for _ in range(MAX_STAGED_RERUNS):  # what it yielded exists already: copy it in, go on in this job
+            more = stage.stage_finished(task, new_deps) if status == luigi.scheduler.PENDING and not transfer else {}
+            if not more:
+                break
+            staged.update(more)
+            status, explanation, missing, new_deps = run_task(task)
+        write_result(task, status, explanation, missing, new_deps)  # in the job folder, sent back last
+        record = stage.send_back(task, staged, result_path(task), transfer)
+    print(f"tasks.entry: worked in {folder}: {len(record['in'])} file(s) in, {len(record['out'])} back")
+    return status, new_deps
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the task named on the command line; exit code 1 when it failed, 2 for a bad command line."""
     p = argparse.ArgumentParser(prog="python -m tasks.entry", description="Run one calibflow task (batch job).")
@@ -77,14 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task-id", required=True, help="luigi task id")
     p.add_argument("--family", required=True, help="task family, e.g. PrepareTuple")
     p.add_argument("--params", required=True, help="task parameters as a JSON object of strings")
+    p.add_argument("--job-dir", default="", help="work in a new folder under this one, copying inputs in and back")
+    p.add_argument("--transfer", action="store_true", help="work in the sandbox: inputs.tar in, outputs.tar out")
+    p.add_argument("--keep-job-dir", action="store_true", help="keep the job folder (debugging)")
     args = p.parse_args(argv)
     try:
         task = rebuild(args.family, args.params, args.task_id)
     except ValueError as exc:
         print(f"tasks.entry: error: {exc}", file=sys.stderr)
         return 2
-    status, explanation, missing, new_deps = run_task(task)
-    write_result(task, status, explanation, missing, new_deps)
+    if args.job_dir or args.transfer:
+        status, new_deps = run_staged(task, args.job_dir, args.transfer, args.keep_job_dir)
+    else:
+        status, explanation, missing, new_deps = run_task(task)
+        write_result(task, status, explanation, missing, new_deps)
     print(f"tasks.entry: {task.task_id}: {status}" + (f" ({len(new_deps)} new dependencies)" if new_deps else ""))
     return 1 if status == luigi.scheduler.FAILED else 0
 

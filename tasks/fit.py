@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import b2luigi
 
 from calibflow.io import jsonio
-from tasks.base import RESULTS_MADE, CalibTask
-from tasks.prep import PrepareTuple
+from tasks.base import RESULTS_MADE, CalibTask, tolerated_path
+from tasks.prep import prep_task
 
 if TYPE_CHECKING:
     from calibflow.binning.scheme import Bin
@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 class MakeBinning(CalibTask):
     """Write the binning scheme JSON (and, when made from the data, a plot of it with the counts)."""
 
+    kernel_stages = ("binning",)  # loaded before the pool forks (tasks.pool.preload_modules)
+
     def requires(self):
         plan = self.plan
         if plan.config.binning.data_driven:
             src = plan.binning_source
             for s in src.config.samples:
                 for i in range(len(src.input_files(s))):
-                    yield PrepareTuple(sample=s, index=i,
-                                       **self.in_variant(src.canonical(lambda p, s=s, i=i: p.prep_key(s, i))))
+                    yield prep_task(self, src, s, i)
 
     def output(self):
         return self.target(self.plan.binning_path())
@@ -53,13 +54,14 @@ class MakeBinning(CalibTask):
 class _PerSample(CalibTask):
     """A pass over every prepared tuple of ``sample`` in the current binning."""
 
+    kernel_stages = ("histograms",)
     sample = b2luigi.Parameter()
 
     def requires(self):
         yield MakeBinning(**self.same_content(lambda p: p.binning_key()))
-        for i in range(len(self.plan.input_files(self.sample))):
-            yield PrepareTuple(sample=self.sample, index=i,
-                               **self.same_content(lambda p, i=i: p.prep_key(self.sample, i)))
+        plan = self.plan
+        for i in range(len(plan.input_files(self.sample))):
+            yield prep_task(self, plan, self.sample, i)
 
     def prep_paths(self) -> list[str]:
         """Prepared tuples of the sample, without the inputs left out as bad (``--skip-bad-files``)."""
@@ -152,6 +154,7 @@ class FitBin(CalibTask):
     """
 
     pool_preload = ("calibflow.fit.measure", "calibflow.fit.plots", "calibflow.kernels.warm:warm_up")
+    kernel_stages = ("fits",)
     sample = b2luigi.Parameter()
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
@@ -187,6 +190,10 @@ class FitBin(CalibTask):
         """The target of the bin (one bin), or the list of the bins' targets (a chunk)."""
         targets = [self.target(p) for p in self.result_paths()]
         return targets[0] if self.bin_count == 1 else targets
+
+    def complete(self) -> bool:
+        """Every bin has its result, or the task's failure is tolerated in this run (resources.FitBin.tolerance)."""
+        return super().complete() or os.path.exists(tolerated_path(self))
 
     def results(self) -> int:
         """Bins of this task (the run report counts fits, not tasks); the binning must exist."""
@@ -256,6 +263,7 @@ class ConstraintFit(CalibTask):
     :meth:`calibflow.plan.Plan.constraint_gallery_dir`."""
 
     pool_preload = ("calibflow.fit.measure", "calibflow.fit.plots")
+    kernel_stages = ("fits",)
     bin_index = b2luigi.IntParameter(description="first bin")
     bin_count = b2luigi.IntParameter(default=1, description="number of consecutive bins")
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import multiprocessing
 import multiprocessing.pool
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import luigi
+import luigi.task
 import luigi.worker
 
 _RESULT_QUEUE: Any = None
@@ -41,16 +44,70 @@ def _run(task: luigi.Task, worker_id: str, context: str | None, options: dict[st
     process.run()
 
 
-def preload_modules(tasks: Iterable[luigi.Task]) -> list[str]:
-    """Modules that ``tasks`` import when they run (their classes' ``pool_preload``), to import before the
-    pool forks rather than once per pool process (``calibflow.fit.measure`` pulls in scipy.stats: about a
-    second, which a run of tuple preparation alone need not pay). An entry ``module:function`` names a
-    set-up function to call as well (``calibflow.kernels.warm:warm_up``: numba's start-up)."""
-    return sorted({m for t in tasks for m in getattr(type(t), "pool_preload", ())})
+def preload_modules(tasks: Iterable[luigi.Task]) -> list[str | KernelWarmUp]:
+    """What to load before the pool forks for the tasks to run (``tasks``: those not complete), rather than
+    once per pool process: the modules the tasks import (their classes' ``pool_preload``; ``calibflow.fit.measure``
+    pulls in scipy.stats, about a second, which a run of tuple preparation alone need not pay), sorted; an entry
+    ``module:function`` names a set-up function to call as well (``calibflow.kernels.warm:warm_up``: numba's
+    start-up). Then one :class:`KernelWarmUp` per calibration whose tasks call numba kernels (:func:`kernel_stages`)."""
+    tasks = list(tasks)
+    modules: list[str | KernelWarmUp] = sorted({m for t in tasks for m in getattr(type(t), "pool_preload", ())})
+    stages: dict[tuple[str, str, str, str], set[str]] = {}
+    for t in tasks:
+        found = kernel_stages(t)
+        if found:  # per calibration and variant (variants may fit other shapes)
+            stages.setdefault((t.config, t.result_dir, t.variant, t.run_file), set()).update(found)
+    return modules + [KernelWarmUp(*key, frozenset(s)) for key, s in sorted(stages.items())]
 
 
-def _preload(entry: str) -> None:
-    """Import the module of a :func:`preload_modules` entry; call its function if it names one."""
+def kernel_stages(task: luigi.Task) -> set[str]:
+    """Stages of :data:`calibflow.ops.warmup.STAGES` whose kernels ``task`` (not complete) calls: its class's
+    ``kernel_stages``, and for a task yielding dynamic dependencies (the tables: fits once the binning exists),
+    those of the tasks it will yield that are not complete (its ``pending_kernel_stages()``; where that fails, e.g.
+    on a damaged binning file, the task itself reports it when it runs: none)."""
+    found = set(getattr(type(task), "kernel_stages", ()))
+    pending = getattr(task, "pending_kernel_stages", None)
+    try:
+        return found | (pending() if pending is not None else set())
+    except Exception:
+        logging.getLogger("calibflow.warmup").debug("kernel stages of %s not known", task, exc_info=True)
+        return found
+
+
+def pending_stages(tasks: Iterable[luigi.Task]) -> set[str]:
+    """Kernel stages (:func:`kernel_stages`) of those of ``tasks`` that are not complete and of their requirements
+    that are not complete (for :meth:`pending_kernel_stages` of tasks with dynamic dependencies)."""
+    found: set[str] = set()
+    for t in tasks:
+        if not t.complete():
+            found |= kernel_stages(t) | pending_stages(luigi.task.flatten(t.requires()))
+    return found
+
+
+@dataclass(frozen=True)
+class KernelWarmUp:
+    """Load the kernels of ``stages`` of the calibration of the tasks' parameters (``config``, ``result_dir``,
+    ``variant``, ``run_file``) before the fork (:func:`calibflow.ops.warmup.warm_up`)."""
+
+    config: str
+    result_dir: str
+    variant: str
+    run_file: str
+    stages: frozenset[str]
+
+    def __call__(self) -> list[str]:
+        from calibflow.ops.warmup import warm_up
+        from calibflow.plan import Plan
+
+        return warm_up(Plan(self.config, self.result_dir, self.variant, self.run_file), self.stages)
+
+
+def _preload(entry: str | KernelWarmUp) -> None:
+    """Import the module of a :func:`preload_modules` entry; call its function if it names one (or the entry
+    itself, a :class:`KernelWarmUp`)."""
+    if callable(entry):
+        entry()
+        return
     module, _, function = entry.partition(":")
     imported = importlib.import_module(module)
     if function:
@@ -61,7 +118,7 @@ class TaskPool:
     """A fork-once pool of ``processes`` workers sharing the luigi worker's result queue; the modules
     ``preload`` are imported (and set-up functions called) first (see :func:`preload_modules`)."""
 
-    def __init__(self, processes: int, result_queue: Any, preload: Iterable[str] = ()) -> None:
+    def __init__(self, processes: int, result_queue: Any, preload: Iterable[str | KernelWarmUp] = ()) -> None:
         global _RESULT_QUEUE
         _RESULT_QUEUE = result_queue
         for entry in preload:

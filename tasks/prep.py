@@ -1,4 +1,4 @@
-"""Input stages: toy generation (demo configs) and tuple preparation, one task per input file."""
+"""Input stages: toy generation (demo configs) and tuple preparation, one task per input file for all variants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import b2luigi
 
 from calibflow.io.store import atomic_path
-from tasks.base import CalibTask
+from calibflow.plan import Plan
+from tasks.base import RESULTS_MADE, CalibTask, intact
 
 
 class GenerateToys(CalibTask):
@@ -34,16 +35,25 @@ class GenerateToys(CalibTask):
 
 
 class PrepareTuple(CalibTask):
-    """Prepare input file ``index`` of ``sample`` into a compact HDF5 of the needed columns.
+    """Prepare input file ``index`` of ``sample`` for every variant: one read of the file for all its preparations.
+
+    The outputs are the distinct prepared tuples of the file over all variants
+    (:meth:`calibflow.plan.Plan.file_preparations`: one per distinct prep spec, at its ``Plan.prep_path``, which
+    every later task reads as before). Running, the task prepares only those missing, reading the union of
+    their branches once (:func:`calibflow.prep.prepare.prepare_each`): a variant whose selection changed has a new
+    prep key, so only its tuple is made again and the others are neither rewritten nor read for. The task
+    belongs to the first variant listing the file (``variant``, nominal unless a variant changes the sample's
+    files: :meth:`calibflow.plan.Plan.prep_owner`), so every variant requires the same task (:func:`prep_task`).
 
     The index is into the input list of the run (its run file: the files and their identities, fixed when
     ``calibflow run`` started), so it names one file for the whole run; a file gone or changed since then
     fails the task with a line naming it. While the run skips bad files (``--skip-bad-files``), a file that
     cannot be read (or is gone or changed) is left out: the task writes an exclusion marker (file and reason)
-    under that file's name and key instead of failing.
+    under that file's name and key, per preparation, instead of failing.
     """
 
     pool_preload = ("calibflow.prep.prepare", "calibflow.kernels.warm:warm_up")
+    kernel_stages = ("prep",)  # loaded before the pool forks (tasks.pool.preload_modules)
     sample = b2luigi.Parameter()
     index = b2luigi.IntParameter()
 
@@ -53,26 +63,55 @@ class PrepareTuple(CalibTask):
                                **self.same_content(lambda p: p.toy_key(self.sample, self.index)))
 
     def output(self):
-        return self.target(self.plan.prep_path(self.sample, self.index))
+        return [self.target(p) for p in self.plan.file_preparations(self.sample, self.index)]
+
+    def results(self) -> int:
+        """Preparations the task stands for in the run report: the distinct prepared tuples of its file."""
+        return len(self.plan.file_preparations(self.sample, self.index))
+
+    def to_make(self) -> dict[str, tuple[str, int]]:
+        """The preparations still missing (prep path -> variant and index preparing it): neither intact nor, while
+        the run skips bad files, left out with an exclusion marker."""
+        plan = self.plan
+        preps = plan.file_preparations(self.sample, self.index)
+        return {path: (v, i) for path, (v, i) in preps.items()
+                if not (intact(path) or plan.with_variant(v).is_excluded(self.sample, i))}
 
     def complete(self) -> bool:
-        return self.plan.is_excluded(self.sample, self.index) or super().complete()
+        return not self.to_make()
 
     def run(self) -> None:
-        from calibflow.prep.prepare import prepare_file
+        from calibflow.prep.prepare import Preparation, prepare_each
         from calibflow.prep.spec import PrepError
 
         plan = self.plan
         src = plan.input_file(self.sample, self.index)
-        key = plan.prep_key(self.sample, self.index)
-        try:
-            changed = plan.input_change(self.sample, self.index)
-            if changed:
-                raise PrepError(f"{src}: {changed}")
-            prepare_file(src, plan.prep_spec(self.sample), plan.prep_path(self.sample, self.index, key),
-                         metadata={"sample": self.sample, "key": key})
-        except PrepError as exc:
-            if not (exc.skippable and plan.skips_bad_files):
-                raise
-            with atomic_path(plan.excluded_path(self.sample, self.index, key)) as tmp, open(tmp, "w") as f:
-                json.dump({"sample": self.sample, "file": src, "reason": str(exc)}, f, indent=1)
+        todo = [(plan.with_variant(v), i, path) for path, (v, i) in self.to_make().items()]
+        preps = [Preparation(p.prep_spec(self.sample), path, {"sample": self.sample, "key": p.prep_key(self.sample, i)})
+                 for p, i, path in todo]
+        changed = plan.input_change(self.sample, self.index)
+        outcomes = [PrepError(f"{src}: {changed}")] * len(preps) if changed else prepare_each(src, preps)
+        self._made = sum(not isinstance(o, PrepError) for o in outcomes)
+        failures = []
+        for (p, i, _), outcome in zip(todo, outcomes, strict=True):
+            if not isinstance(outcome, PrepError):
+                continue
+            if not (outcome.skippable and plan.skips_bad_files):
+                failures.append(outcome)
+                continue
+            with atomic_path(p.excluded_path(self.sample, i)) as tmp, open(tmp, "w") as f:
+                json.dump({"sample": self.sample, "file": src, "reason": str(outcome)}, f, indent=1)
+        if failures:
+            raise failures[0]
+
+    def on_success(self) -> dict[str, int]:
+        """Send the number of tuples prepared to the run report (luigi passes it on as the explanation)."""
+        super().on_success()
+        return {RESULTS_MADE: getattr(self, "_made", 0)}
+
+
+def prep_task(task: CalibTask, plan: Plan, sample: str, index: int) -> PrepareTuple:
+    """The task that prepares input ``index`` of ``sample`` of ``plan`` (for every variant at once), as a
+    requirement of ``task``."""
+    variant, i = plan.prep_owner(sample, index)
+    return PrepareTuple(sample=sample, index=i, **task.in_variant(variant))

@@ -21,13 +21,14 @@ from tasks.base import describe, failure_reason
 
 
 def entries_read(task: luigi.Task) -> tuple[int, str] | None:
-    """Entries read by a tuple-preparation task and what they are (from its output's cut flow): ``events``
-    where candidates are paired from them (NanoAOD), ``candidates`` for a flat tuple (one per row); else
-    None (another task, or an input left out as bad)."""
+    """Entries read by a tuple-preparation task and what they are (from the cut flow of one of its outputs:
+    the task reads its file once for all its preparations): ``events`` where candidates are paired from them
+    (NanoAOD), ``candidates`` for a flat tuple (one per row); else None (another task, or an input left out as
+    bad)."""
     if task.task_family != "PrepareTuple":
         return None
-    path = getattr(task.output(), "path", "")
-    if not os.path.exists(path):
+    path = next((t.path for t in luigi.task.flatten(task.output()) if os.path.exists(t.path)), None)
+    if path is None:
         return None
     from calibflow.io.store import read_metadata
     from calibflow.prep.spec import read_unit
@@ -37,8 +38,15 @@ def entries_read(task: luigi.Task) -> tuple[int, str] | None:
 
 
 def prep_input(task: luigi.Task) -> str:
-    """The input file a tuple-preparation task reads (variants with different selections prepare it each)."""
+    """The input file a tuple-preparation task reads (for every variant; two samples may list one file)."""
     return task.plan.input_files(task.sample)[task.index]
+
+
+def preparations(task: luigi.Task) -> int:
+    """The prepared tuples a tuple-preparation task is to make (one per distinct preparation of its file that
+    is missing; 1 for a task that does not say)."""
+    to_make = getattr(task, "to_make", None)
+    return len(to_make()) if callable(to_make) else 1
 
 
 def yields_tasks(task: luigi.Task) -> bool:
@@ -54,7 +62,7 @@ class Progress:
     when a task yields new tasks (dynamic dependencies) and is marked as such (``12/41+``) while a task that
     may yield (:func:`yields_tasks`) has not finished. Also kept: the running tasks with their start times,
     and tuple preparation: its input files (one file may be prepared for several variants) and the entries
-    read. Used as a context manager around the run.
+    read (once per file read). Used as a context manager around the run.
     """
 
     def __init__(self) -> None:
@@ -66,6 +74,8 @@ class Progress:
         """Per running task id: its label and start (``time.perf_counter()``, s)."""
         self.prep_total: dict[str, str] = {}
         """Per tuple-preparation task to run (id): its input file."""
+        self.prep_count: dict[str, int] = {}
+        """Per tuple-preparation task to run (id): the prepared tuples it makes."""
         self.prep_done: set[str] = set()
         """Tuple-preparation tasks done (ids)."""
         self.read: dict[str, int] = {}
@@ -89,16 +99,18 @@ class Progress:
 
     def prep_note(self) -> str:
         """``prep 2/5 files, 400000 candidates``: tuple preparation so far, counted in input files (a file is
-        done when every preparation of it is: ``prep 1/2 files (3/4 preparations)`` where variants with
-        another selection prepare a file again), and the entries read by every preparation."""
+        done when every task reading it is), with the prepared tuples where a file makes several (``prep 1/2
+        files (3/4 preparations)``: variants with another selection), and the entries read (once per read)."""
         plus = "+" if self.growing else ""
         tasks: dict[str, set[str]] = {}
         for task_id, path in self.prep_total.items():
             tasks.setdefault(path, set()).add(task_id)
         done = sum(ids <= self.prep_done for ids in tasks.values())
         note = f"prep {done}/{len(tasks)}{plus} files"
-        if len(self.prep_total) != len(tasks):
-            note += f" ({len(self.prep_done)}/{len(self.prep_total)}{plus} preparations)"
+        total = sum(self.prep_count.values())
+        if total != len(tasks):
+            made = sum(self.prep_count[t] for t in self.prep_done)
+            note += f" ({made}/{total}{plus} preparations)"
         return ", ".join([note, *(f"{n} {unit}" for unit, n in self.read.items())])
 
     def scheduled(self, task: luigi.Task, status: str) -> None:
@@ -112,6 +124,7 @@ class Progress:
             self.may_yield.add(task.task_id)
         if task.task_family == "PrepareTuple":
             self.prep_total[task.task_id] = prep_input(task)
+            self.prep_count[task.task_id] = preparations(task)
         self._update()
 
     def started_task(self, task: luigi.Task) -> None:

@@ -34,7 +34,7 @@ from calibflow.io.integrity import CorruptIntermediate
 from calibflow.io.store import pid_alive
 from calibflow.ops.scheduler import SetupError
 from tasks import batch
-from tasks.base import RESULTS_MADE, TaskPlan, describe, failure_reason
+from tasks.base import RESULTS_MADE, TaskPlan, clear_tolerated, describe, failure_reason, mark_tolerated
 from tasks.pool import TaskPool, preload_modules
 from tasks.progress import Progress, make_progress
 
@@ -72,6 +72,10 @@ class RunReport:
     tasks_ran: Counter[str] = field(default_factory=Counter)
     tasks_reused: Counter[str] = field(default_factory=Counter)
     log_dir: str = ""
+    resubmitted: list[tuple[str, str]] = field(default_factory=list)
+    """(task label, what happened) per batch job resubmitted after an infrastructure failure (tasks.heal)."""
+    tolerated: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    """(task label, reason, bins without a result) per FitBin failure within ``resources.FitBin.tolerance``."""
 
     def summary(self) -> str:
         """One line: tasks run, reused and failed (and run by another invocation), then the families run."""
@@ -141,6 +145,8 @@ class CalibWorker(SendJobWorker):
         self._quiet_since: float | None = None
         self._pool: TaskPool | None = None
         self.results_made: dict[str, int] = {}
+        self.resubmitted: list[tuple[luigi.Task, str]] = []
+        self.tolerated: list[tuple[luigi.Task, str]] = []
         self.failure_lines: dict[str, str] = {}
         """Task id -> the last line of luigi's explanation of its failure (the exception), for a summary
         that names the reason even when the failure record could not be written (a full disk)."""
@@ -154,21 +160,27 @@ class CalibWorker(SendJobWorker):
     def _create_task_process(self, task: luigi.Task) -> Any:
         self.progress.started_task(task)
         self._quiet_since = None
-        cls = batch.process_class(self.detect_batch_system(task)) if self.batch else None
+        local = not self.batch or (getattr(task, "publishes", False) and batch.staged())  # publish where the folder is
+        cls = None if local else batch.process_class(self.detect_batch_system(task))
         if cls is None:
             process = luigi.worker.Worker._create_task_process(self, task)
             if self.worker_processes > 1 and not self.batch and not process.timeout_time:
                 if self._pool is None:
                     self._pool = TaskPool(self.worker_processes, self._task_result_queue,
-                                          preload_modules(self._scheduled_tasks.values()))
+                                          preload_modules(t for t in self._scheduled_tasks.values() if t.task_id in self.progress.to_run))
                 return self._pool.submit(process, self._config.task_process_context)
             return process
-        return cls(task=task, scheduler=self._scheduler, result_queue=self._task_result_queue,
-                   worker_timeout=self._config.timeout)
+        process = cls(task=task, scheduler=self._scheduler, result_queue=self._task_result_queue,
+                      worker_timeout=self._config.timeout)
+        process.resubmitted = self.resubmitted
+        return process
 
     def _add_task(self, *args: Any, **kwargs: Any) -> None:
-        super()._add_task(*args, **kwargs)
         task = self._scheduled_tasks.get(kwargs["task_id"])
+        failed = task is not None and kwargs.get("status") == luigi.scheduler.FAILED and "new_deps" in kwargs
+        if failed and self._tolerate(task, _last_line(kwargs.get("expl"))):
+            kwargs["status"] = luigi.scheduler.DONE  # the tables go on without its bins
+        super()._add_task(*args, **kwargs)
         if task is None:
             return
         if "new_deps" in kwargs:  # the outcome of a run (else the graph holds the task: see Worker._add)
@@ -180,6 +192,20 @@ class CalibWorker(SendJobWorker):
                 self.failure_lines[task.task_id] = _last_line(kwargs.get("expl"))
         else:
             self.progress.scheduled(task, kwargs["status"])
+
+    def _tolerate(self, task: luigi.Task, line: str) -> bool:
+        """Whether the failure of ``task`` is within ``resources.FitBin.tolerance`` (the fraction of this run's
+        FitBin tasks allowed to fail): then marked tolerated (tasks.base.mark_tolerated) and remembered."""
+        if task.task_family != "FitBin":
+            return False
+        allowed = task.plan.config.resources_for("FitBin").tolerance or 0.0
+        fits = sum(t.task_family == "FitBin" for t in self._scheduled_tasks.values())
+        if len(self.tolerated) + 1 > allowed * fits:
+            return False
+        reason = failure_reason(task.plan, task, line)
+        mark_tolerated(task, reason)
+        self.tolerated.append((task, reason))
+        return True
 
     def _keep_alive(self, get_work_response: Any) -> bool:
         """With a central scheduler, wait while another worker runs tasks of our calibrations.
@@ -301,7 +327,7 @@ def run_tasks(tasks: Sequence[luigi.Task], workers: int = 1, scheduler: Schedule
     result."""
     _configure_luigi()
     if batch_mode:
-        batch.configure_submission()
+        batch.configure_submission(SendJobWorker.detect_batch_system(None, tasks[0]))
     if workers > 1 and not batch_mode:
         # luigi forks a process per task: freeze what exists now so that no child's garbage collector
         # touches (and copies) the parent's pages — halves the cost of a small task here (no gc.collect()
@@ -326,6 +352,7 @@ def build(plan: TaskPlan, tasks: Sequence[luigi.Task], workers: int = 1, schedul
     if batch_mode:
         check_batch_system(tasks[0])
     cleaned = clean_stale_temporaries(plan.workdir) if os.path.isdir(plan.workdir) else []
+    clear_tolerated(plan)  # a failure tolerated by an earlier run is tried again
     if cleaned and progress is not None:
         print(f"removed {len(cleaned)} stale temporary file(s) left by an interrupted run", file=progress)
     result = run_tasks(tasks, workers, scheduler, batch_mode, make_progress(progress, plan.config.name))
@@ -352,7 +379,7 @@ def build(plan: TaskPlan, tasks: Sequence[luigi.Task], workers: int = 1, schedul
     for before in earlier:  # what an earlier pass ran, the last one reused
         made, _, tasks = _ran(before)
         ran, reused, tasks_ran, tasks_reused = ran + made, reused - made, tasks_ran + tasks, tasks_reused - tasks
-    return RunReport(
+    report = RunReport(
         ok=not failed and not pending,
         ran=+ran,
         reused=+reused,
@@ -364,7 +391,11 @@ def build(plan: TaskPlan, tasks: Sequence[luigi.Task], workers: int = 1, schedul
         tasks_ran=tasks_ran,
         tasks_reused=tasks_reused,
         log_dir=os.path.join(plan.workdir, "logs"),
+        resubmitted=[(describe(t), note) for t, note in result.worker.resubmitted],
+        tolerated=[(describe(t), reason, _missing_bins(t)) for t, reason in result.worker.tolerated],
     )
+    clear_tolerated(plan)
+    return report
 
 
 MAX_REBUILDS = 5
@@ -392,6 +423,11 @@ def _ran(result: luigi.LuigiRunResult) -> tuple[Counter[str], Counter[str], Coun
         ran[t.task_family] += made
         reused[t.task_family] += n - made
     return ran, reused, Counter(t.task_family for t in completed)
+
+
+def _missing_bins(task: luigi.Task) -> list[int]:
+    """The bins of a FitBin task without a result file."""
+    return [i for i, p in zip(task.bin_indices(), task.result_paths(), strict=False) if not os.path.exists(p)]
 
 
 def _natural(text: str) -> list[str | int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +82,20 @@ def corrupt_input_config(tmp_path: Path, write_config: Callable[[dict[str, Any],
     del d["toy"]["samples"]["data"]
     d["samples"]["data"]["files"] = [src.name]
     return write_config(d, "damaged.yaml")
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A running XRootD server on 127.0.0.1 for one test (tests/xrootd_server.py; skips without xrootd)."""
+    from tests.xrootd_server import running_server
+
+    yield from running_server()
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote retries as in production (3 attempts), with short waits."""
+    from calibflow.io import remote
+
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.05)
+

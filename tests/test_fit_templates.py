@@ -380,7 +380,10 @@ def test_small_demo_template_and_egm_sequence(write_config: Any, tmp_path: Path)
     alt = [r for r in results if "constraints" in r]
     assert len(nominal) == 18 and all(set(r["template"]) >= {"edges", "pass", "fail"} for r in nominal)
     statuses = [r["status"] for r in nominal if "slope_pass" in r["values"]]  # nominal and unbinned
-    assert len(statuses) == 12 and set(statuses) <= {"ok", "low_statistics"}, statuses
+    # one unbinned bin is degenerate (≈ 27 failing signal candidates; shift_fail runs to its ±10 limit, smear_fail to
+    # 0): its MINOS may fail there, which the status says; every other fit is ok
+    assert len(statuses) == 12 and set(statuses) <= {"ok", "low_statistics", "minos_failed"}, statuses
+    assert statuses.count("minos_failed") <= 1, statuses
     assert sum(bool(r["ks"]) for r in nominal) == 6  # the unbinned ones
     assert len(alt) == 12 and all("alpha" in r["constraints"] or "alpha" in r["constraints_fixed"] for r in alt)
     # one simulation fit per bin and fit model: altSig's (exponential background) and altSigBkg's (chebyshev2)

@@ -218,7 +218,8 @@ def test_kernels_are_cached_on_disk_and_compiled_privately_where_the_cache_is_re
     assert _assert_same(["f8 > 0.125"], {"v": "f4 + 0.125"}, cols)
     sources = list(cache.glob("calibflow_fused_*.py"))
     assert len(sources) == 1 and "0.125" in sources[0].read_text()
-    assert list((cache / "__pycache__").glob("*.nbi"))  # numba's index of the cached machine code
+    machine_code = Path(os.environ["NUMBA_CACHE_DIR"])  # the one folder of every kernel (calibflow.kernels.cache)
+    assert list(machine_code.rglob(f"{sources[0].stem}.kernel-*.nbi"))  # numba's index of the cached machine code
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("CALIBFLOW_KERNEL_CACHE", str(blocked / "kernels"))

@@ -246,8 +246,8 @@ def test_the_first_readable_file_is_checked_and_a_bad_first_file_is_no_config_er
 # --- a branch missing from some files only: bad files, each listed once -------------------------------------
 def test_a_branch_missing_from_some_files_is_a_bad_file_listed_once(tmp_path: Path) -> None:
     """data_0 lacks probe_Assoc, data_1 has it: not a config error (the last file has the branch), so the
-    tasks run and data_0 fails as a bad file. A variation of the selection prepares every file twice (two
-    keys): the file is still listed once, and --skip-bad-files then leaves it out."""
+    tasks run and data_0 fails as a bad file. A variation of the selection gives every file two preparations (two
+    keys), made by one task per file: the file is listed once, and --skip-bad-files then leaves it out."""
     d = _flat_config(tmp_path)
     with uproot.open(tmp_path / "data_0.root") as f:
         arrays = f["DecayTree"].arrays(library="np")
@@ -262,7 +262,8 @@ def test_a_branch_missing_from_some_files_is_a_bad_file_listed_once(tmp_path: Pa
     run = ["run", str(cfg), "--result-dir", str(tmp_path / "res"), "--workers", "1", "--quiet"]
     code, _, err = run_cli(*run)
     assert code == 1, err
-    assert err.count(f"PrepError: {bad}: tree 'DecayTree' has no branch(es) probe_Assoc") == 2  # two variants
+    # two variants with their own preparations, one task (one read) per file: the file's failure is named once
+    assert err.count(f"PrepError: {bad}: tree 'DecayTree' has no branch(es) probe_Assoc") == 1
     assert "calibflow: 1 bad input file(s)" in err
     assert len(re.findall(rf"^  {re.escape(bad)}: ", err, re.M)) == 1, err
     code, out, err = run_cli(*run, "--skip-bad-files")

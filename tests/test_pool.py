@@ -38,17 +38,22 @@ def test_failure_in_a_pooled_task_is_reported(write_config, tmp_path: Path) -> N
 
 
 def test_the_pool_preloads_only_what_the_scheduled_tasks_import(write_config, tmp_path: Path) -> None:
-    """A run of tuple preparation alone does not import the fitting code (scipy.stats, ~1 s) before forking."""
+    """A run of tuple preparation alone does not import the fitting code (scipy.stats, ~1 s) nor load the fit
+    kernels before forking."""
     from tasks import FitBin, PrepareTuple
-    from tasks.pool import preload_modules
+    from tasks.pool import KernelWarmUp, preload_modules
 
     plan = Plan.create(write_config(small_demo_dict(), "pre.yaml"), tmp_path / "res")
     common = {"config": plan.config_path, "result_dir": plan.result_dir}
     prep = [PrepareTuple(sample="data", index=i, **common) for i in range(2)]
     warm = "calibflow.kernels.warm:warm_up"
-    assert preload_modules(prep) == [warm, "calibflow.prep.prepare"]
+
+    def kernels(*stages: str) -> KernelWarmUp:
+        return KernelWarmUp(plan.config_path, plan.result_dir, "", "", frozenset(stages))
+
+    assert preload_modules(prep) == [warm, "calibflow.prep.prepare", kernels("prep")]
     assert preload_modules([*prep, FitBin(sample="data", bin_index=0, **common)]) == [
-        "calibflow.fit.measure", "calibflow.fit.plots", warm, "calibflow.prep.prepare"]
+        "calibflow.fit.measure", "calibflow.fit.plots", warm, "calibflow.prep.prepare", kernels("prep", "fits")]
     assert preload_modules([ExportTables(**common)]) == []
 
 

@@ -114,6 +114,11 @@ class FakePrep:
     src: str
     out: str
     task_family: str = "PrepareTuple"
+    made: int = 1
+
+    def to_make(self) -> dict[int, None]:
+        """The preparations of the file the task makes (one per distinct selection of its variants)."""
+        return dict.fromkeys(range(self.made))
 
     def run(self) -> None:
         """Not a generator: the task yields no tasks."""
@@ -166,6 +171,25 @@ def test_prep_progress_counts_input_files_and_names_what_was_read(tmp_path: Path
         single.scheduled(task, luigi.scheduler.PENDING)
     single.finished(tasks[0], luigi.scheduler.DONE)
     assert single.prep_note() == "prep 1/2 files, 100 candidates"  # one preparation per file: no second count
+
+
+def test_prep_progress_counts_one_read_per_file(tmp_path: Path) -> None:
+    """A task preparing its file for several variants reads it once: its entries count once, its preparations
+    each."""
+    import luigi.scheduler
+
+    from tasks.progress import LineProgress
+
+    flat = _prepared(tmp_path / "flat.h5", {"read": 100, "tag": 40})
+    tasks = [FakePrep("data0", "data", 0, "data_0.root", flat, made=3), FakePrep("data1", "data", 1, "d1.root", flat)]
+    stream = io.StringIO()
+    with LineProgress(stream) as progress:
+        for task in tasks:
+            progress.scheduled(task, luigi.scheduler.PENDING)
+        assert progress.prep_note() == "prep 0/2 files (0/4 preparations)"
+        for task in tasks:
+            progress.finished(task, luigi.scheduler.DONE)
+    assert progress.prep_note() == "prep 2/2 files (4/4 preparations), 200 candidates"
 
 
 LUIGI_ID = re.compile(r"\b[A-Z]\w*_[0-9a-f]{10}\b")

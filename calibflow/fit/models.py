@@ -14,7 +14,9 @@ are re-bound with :meth:`Shape.on`; the registry holds them on a canonical domai
 The common shapes (gauss, double_gauss, crystalball, double_crystalball, cb_gauss, exponential, linear,
 chebyshevN, bernsteinN, cms, dstar_threshold, argus) are evaluated by one numba kernel, selected by
 ``Shape.code``; the fits fuse it with their cost function. The Voigt profiles (voigt, double_voigt) and
-johnsonsu are numpy/scipy only (scipy's Faddeeva function has no numba counterpart here). Units: ``x`` and every location/width parameter are in the unit of the mass
+johnsonsu are numpy/scipy only (scipy's Faddeeva function has no numba counterpart here). Simulation templates
+(:func:`template_shape`) carry their histogram in ``Shape.table``; binned fits fuse it with their cost
+(:mod:`calibflow.kernels.template`). Units: ``x`` and every location/width parameter are in the unit of the mass
 variable; slopes in 1/unit; shape exponents and coefficients are dimensionless.
 """
 
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field, replace
 import numba as nb
 import numpy as np
 from scipy import special
+
+from calibflow.kernels.template import template_eval
 
 Start = dict[str, tuple[float, tuple[float, float]]]
 StartFn = Callable[[float, float, float, float], Start]
@@ -54,6 +58,8 @@ class Shape:
     ``bounded``: parameters whose limits are physical bounds (sitting at them is not a fit problem).
     ``simpler``: name of the fallback signal model tried when fits with this one fail.
     ``code``/``domain``: fused numba kernel and the [lo, hi] it is bound to (see :meth:`on`).
+    ``table``: a simulation template's (edges, density, cumulative contents) (:func:`template_shape`; its binned
+    fits use :func:`calibflow.kernels.template.template_fractions`).
     """
 
     name: str
@@ -68,6 +74,7 @@ class Shape:
     code: int = -1
     domain: tuple[float, float] | None = None
     binder: Callable[[float, float], Shape] | None = field(default=None, compare=False, repr=False)
+    table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def on(self, lo: float, hi: float) -> Shape:
         """This shape defined for the fit range [lo, hi] (itself when it does not depend on the range)."""
@@ -197,7 +204,7 @@ def _cms_log_density(y: float, beta: float, gamma: float) -> float:
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _cms_log_survival(y: float, beta: float, gamma: float) -> float:
+def cms_log_survival(y: float, beta: float, gamma: float) -> float:
     """ln ∫_y^∞ (γ/2)·erfc(−β·t)·e^(−γ·t) dt = ln[e^c·(½erfc(z) + ½e^(−c−γy)·erfc(−βy))], c = (γ/2β)², z = βy + γ/(2β)
     (y = x − α), each term in log form through erfcx so that nothing over- or underflows: e^(c−z²) = e^(−β²y²−γy)."""
     c = 0.25 * (gamma / beta) ** 2
@@ -286,9 +293,9 @@ def cdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, hi:
         return half * _chebyshev_terms((x - lo) / half - 1.0, p, off, npar)[1]
     if code == BERNSTEIN:
         return (hi - lo) * _bernstein_value((x - lo) / (hi - lo), p, off, npar, True)
-    if code == CMS:  # −∫_x^∞ (γ/2)·erfc(−β(t−α))·e^(−γ(t−α)) dt, divided by its value at lo (_cms_log_survival)
+    if code == CMS:  # −∫_x^∞ (γ/2)·erfc(−β(t−α))·e^(−γ(t−α)) dt, divided by its value at lo (cms_log_survival)
         a, be, ga = p[off], p[off + 1], p[off + 2]
-        return -math.exp(_cms_log_survival(x - a, be, ga) - _cms_log_survival(lo - a, be, ga))
+        return -math.exp(cms_log_survival(x - a, be, ga) - cms_log_survival(lo - a, be, ga))
     if code == THRESHOLD:
         return gamma_integral(p[off + 1] + 1.0, p[off + 2], x - p[off])
     if code == ARGUS:  # with y = 1 − x²/m0²: dy = −2x/m0² dx
@@ -333,7 +340,7 @@ def logpdf1(code: int, x: float, p: np.ndarray, off: int, npar: int, lo: float, 
         return math.log(max(v, 1e-300))
     if code == CMS:  # same scale as cdf1
         a, be, ga = p[off], p[off + 1], p[off + 2]
-        return _cms_log_density(x - a, be, ga) - _cms_log_survival(lo - a, be, ga)
+        return _cms_log_density(x - a, be, ga) - cms_log_survival(lo - a, be, ga)
     if code == THRESHOLD:
         y = x - p[off]
         return p[off + 1] * math.log(y) - p[off + 2] * y if y > 0.0 else -math.inf
@@ -491,7 +498,7 @@ def add_density(code: int, x: np.ndarray, p: np.ndarray, off: int, npar: int, lo
     elif code == EXPONENTIAL:
         _add_exponential(x, p[off], lo, c, out)
     elif code == CMS:  # the scale of the primitive once, not per candidate
-        k = _cms_log_survival(lo - p[off], p[off + 1], p[off + 2])
+        k = cms_log_survival(lo - p[off], p[off + 1], p[off + 2])
         for i in range(n):
             out[i] += c * math.exp(_cms_log_density(x[i] - p[off], p[off + 1], p[off + 2]) - k)
     else:
@@ -637,53 +644,6 @@ def _johnsonsu_logpdf(x: np.ndarray, mu: float, sigma: float, gamma: float, delt
 # --------------------------------------------------------------------------------------------------
 # simulation template ⊗ Gaussian
 # --------------------------------------------------------------------------------------------------
-@nb.njit(cache=True, error_model="numpy")
-def _template_eval(x: np.ndarray, edges: np.ndarray, dens: np.ndarray, cum: np.ndarray, shift: float,
-                   smear: float, integral: bool) -> np.ndarray:
-    """Histogram density ``dens`` on ``edges``, shifted and convolved with N(0, smear): pdf or primitive.
-
-    Primitive: Σ_k d_k·s·[G((y−e_k)/s) − G((y−e_{k+1})/s)], G(u) = u·Φ(u) + φ(u), y = x − shift; bins
-    further than 9 s from y contribute their full content (below) or nothing (above). ``smear`` ≤ 0: the
-    shifted histogram itself (piecewise-constant density, piecewise-linear primitive).
-    """
-    out = np.empty(x.size)
-    nb_ = dens.size
-    for i in range(x.size):
-        y = x[i] - shift
-        if smear <= 0.0:
-            k = min(max(np.searchsorted(edges, y, side="right") - 1, 0), nb_ - 1)
-            inside = edges[0] <= y < edges[nb_]
-            if integral:
-                out[i] = 0.0 if y < edges[0] else (1.0 if y >= edges[nb_] else cum[k] + dens[k] * (y - edges[k]))
-            else:
-                out[i] = dens[k] if inside else 0.0
-            continue
-        k0 = np.searchsorted(edges, y - 9.0 * smear) - 1
-        k1 = np.searchsorted(edges, y + 9.0 * smear)
-        k0 = max(k0, 0)
-        k1 = min(k1, nb_)
-        acc = cum[k0] if integral else 0.0
-        if k0 >= k1:
-            out[i] = acc
-            continue
-        # each edge's Φ (and G) once: it closes one bin and opens the next
-        u0 = (y - edges[k0]) / smear
-        c0 = 0.5 * math.erfc(-u0 / _SQRT2)
-        g0 = u0 * c0 + math.exp(-0.5 * u0 * u0) * _INV_SQRT_2PI if integral else 0.0
-        for k in range(k0, k1):
-            u1 = (y - edges[k + 1]) / smear
-            c1 = 0.5 * math.erfc(-u1 / _SQRT2)
-            if integral:
-                g1 = u1 * c1 + math.exp(-0.5 * u1 * u1) * _INV_SQRT_2PI
-                acc += dens[k] * smear * (g0 - g1)
-                g0 = g1
-            else:
-                acc += dens[k] * (c0 - c1)
-            c0 = c1
-        out[i] = acc
-    return out
-
-
 TEMPLATE_GRID_FROM = 1000
 """Template densities at more points than this are interpolated from a grid (:func:`template_shape`)."""
 
@@ -707,7 +667,7 @@ def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template"
 
     def cdf(x: np.ndarray, shift: float, smear: float) -> np.ndarray:
         xa = np.asarray(x, dtype=float)
-        return _template_eval(np.ascontiguousarray(xa.ravel()), e, dens, cum, shift, smear, True).reshape(xa.shape)
+        return template_eval(np.ascontiguousarray(xa.ravel()), e, dens, cum, shift, smear, True).reshape(xa.shape)
 
     def logpdf(x: np.ndarray, shift: float, smear: float) -> np.ndarray:
         xa = np.asarray(x, dtype=float)
@@ -717,9 +677,9 @@ def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template"
             # interpolated linearly (the convolution costs ~2 erfc per template bin within 9 σ of a point)
             a, b = float(flat.min()), float(flat.max())
             grid = np.linspace(a, b, math.ceil((b - a) / (0.125 * min_width)) + 2)
-            v = np.interp(flat, grid, _template_eval(grid, e, dens, cum, shift, smear, False))
+            v = np.interp(flat, grid, template_eval(grid, e, dens, cum, shift, smear, False))
         else:
-            v = _template_eval(flat, e, dens, cum, shift, smear, False)
+            v = template_eval(flat, e, dens, cum, shift, smear, False)
         return np.log(np.maximum(v, 1e-300)).reshape(xa.shape)
 
     shift_name, smear_name = params
@@ -728,7 +688,7 @@ def template_shape(edges: np.ndarray, counts: np.ndarray, name: str = "template"
         return {shift_name: (0.0, (-(hi - lo) / 10.0, (hi - lo) / 10.0)),
                 smear_name: (max(0.3 * width, min_width), (0.0, (hi - lo) / 5.0))}
 
-    return Shape(name, params, cdf, start, logpdf, widths=(smear_name,), bounded=(smear_name,))
+    return Shape(name, params, cdf, start, logpdf, widths=(smear_name,), bounded=(smear_name,), table=(e, dens, cum))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,7 +35,17 @@ from iminuit import Minuit
 
 from calibflow.fit.constraints import Constraints, constrained, constraint_chi2
 from calibflow.fit.diagnostics import FitQuality, at_limit, chi2_pvalue, fit_problems
-from calibflow.fit.models import EXPONENTIAL, SIGNALS, Shape, cdf1, get_shape, normalised_cdf
+from calibflow.fit.models import (
+    CMS,
+    EXPONENTIAL,
+    SIGNALS,
+    Shape,
+    cdf1,
+    cms_log_survival,
+    get_shape,
+    normalised_cdf,
+)
+from calibflow.kernels.template import common_step, template_fractions
 
 SIDEBAND_FRACTION = 0.15
 SIGNAL_WINDOW = 3.0  # half-width of the signal window excluded from sideband fits, in units of the width
@@ -243,10 +253,12 @@ def _poisson_chi2(n: np.ndarray, nu: np.ndarray, scale: np.ndarray) -> float:
 
 @nb.njit(cache=True, error_model="numpy")
 def _bin_fractions(code: int, edges: np.ndarray, p: np.ndarray, off: int, npar: int, lo: float, hi: float,
-                   uniform: bool, out: np.ndarray) -> None:
+                   uniform: bool, out: np.ndarray, checked: bool = False) -> None:
     """Fractions of shape ``code`` (parameters p[off:off+npar]) in each bin of ``edges``, [lo, hi] = 1.
 
-    Exponential on uniform bins: f_j = e^{kΔj}·expm1(kΔ)/expm1(kW), one exp per bin by recurrence.
+    Exponential on uniform bins: f_j = e^{kΔj}·expm1(kΔ)/expm1(kW), one exp per bin by recurrence. ``checked``:
+    the arithmetic of :func:`normalised_cdf` (NaN when the integral over the edges is not finite and positive;
+    differences of normalised primitives, which differ from the unchecked ones where the primitive cancels).
     """
     n = edges.size - 1
     if code == EXPONENTIAL and uniform:
@@ -267,12 +279,31 @@ def _bin_fractions(code: int, edges: np.ndarray, p: np.ndarray, off: int, npar: 
             out[j] = f
             f *= r
         return
-    prev = cdf1(code, edges[0], p, off, npar, lo, hi)
-    inv = 1.0 / (cdf1(code, edges[n], p, off, npar, lo, hi) - prev)
+    prim = np.empty(n + 1)
+    if code == CMS:  # cdf1's scale, ln S(lo), once (the same value cdf1 recomputes at every edge)
+        a, be, ga = p[off], p[off + 1], p[off + 2]
+        k = cms_log_survival(lo - a, be, ga)
+        for j in range(n + 1):
+            prim[j] = -math.exp(cms_log_survival(edges[j] - a, be, ga) - k)
+    else:
+        for j in range(n + 1):
+            prim[j] = cdf1(code, edges[j], p, off, npar, lo, hi)
+    prev = prim[0]
+    norm = prim[n] - prev
+    if checked:
+        if not (np.isfinite(norm) and norm > 0.0):
+            out[:] = np.nan
+            return
+        c0, prev = prev, 0.0
+        for j in range(n):  # normalised_cdf's arithmetic: differences of (primitive − c0)/norm
+            c = (prim[j + 1] - c0) / norm
+            out[j] = c - prev
+            prev = c
+        return
+    inv = 1.0 / norm
     for j in range(n):
-        c = cdf1(code, edges[j + 1], p, off, npar, lo, hi)
-        out[j] = (c - prev) * inv
-        prev = c
+        out[j] = (prim[j + 1] - prev) * inv
+        prev = prim[j + 1]
 
 
 @nb.njit(cache=True, error_model="numpy")
@@ -303,9 +334,39 @@ def _fused_chi2(x: np.ndarray, edges: np.ndarray, data: np.ndarray, codes: np.nd
         s_f[:] = s_p
     _bin_fractions(bcode, edges, x, 4 + ns, nbk, lo, hi, uniform, b_p)
     _bin_fractions(bcode, edges, x, 4 + ns + nbk, nbk, lo, hi, uniform, b_f)
+    return _bc_sum(x, data, s_p, s_f, b_p, b_f)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _template_chi2(x: np.ndarray, edges: np.ndarray, data: np.ndarray, codes: np.ndarray, lo: float, hi: float,
+                   steps: np.ndarray, tables_p: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   tables_f: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    """Baker-Cousins χ² of the pass/fail model of two simulation templates (pass and fail, ``tables_*`` = the
+    template's (edges, density, cumulative contents)) over a kernel background, as :func:`_fused_chi2`.
+
+    ``codes``: offset of the fail template's (shift, smear) in ``x`` (4: the pass template's), 1 to add the last
+    parameter (``dsigma_fail``) to the fail smear, background code, number of background parameters, uniform-bins
+    flag; ``steps``: the step the fit edges share with the pass and the fail template (0: none; :func:`common_step`).
+    """
+    foff, dsmear, bcode, nbk, uniform = codes[0], codes[1] != 0, codes[2], codes[3], codes[4] != 0
+    nbin = data.shape[1]
+    s_p, s_f, b_p, b_f = np.empty(nbin), np.empty(nbin), np.empty(nbin), np.empty(nbin)
+    template_fractions(edges, steps[0], tables_p[0], tables_p[1], tables_p[2], x[4], x[5], lo, hi, s_p)
+    smear_f = x[foff + 1] + (x[x.size - 1] if dsmear else 0.0)
+    template_fractions(edges, steps[1], tables_f[0], tables_f[1], tables_f[2], x[foff], smear_f, lo, hi, s_f)
+    boff = foff + 2
+    _bin_fractions(bcode, edges, x, boff, nbk, lo, hi, uniform, b_p, True)  # NaN where numpy's is (1e30)
+    _bin_fractions(bcode, edges, x, boff + nbk, nbk, lo, hi, uniform, b_f, True)
+    return _bc_sum(x, data, s_p, s_f, b_p, b_f)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _bc_sum(x: np.ndarray, data: np.ndarray, s_p: np.ndarray, s_f: np.ndarray, b_p: np.ndarray,
+            b_f: np.ndarray) -> float:
+    """Σ_j of the Baker-Cousins terms of both categories from the shapes' bin fractions (1e30 when not finite)."""
     n_sig, eff, nbp, nbf = x[0], x[1], x[2], x[3]
     chi2 = 0.0
-    for j in range(nbin):
+    for j in range(data.shape[1]):
         chi2 += _bc_term(data[0, j], n_sig * eff * s_p[j] + nbp * b_p[j], data[2, j])
         chi2 += _bc_term(data[1, j], n_sig * (1.0 - eff) * s_f[j] + nbf * b_f[j], data[3, j])
     return chi2 if np.isfinite(chi2) else 1e30
@@ -313,19 +374,22 @@ def _fused_chi2(x: np.ndarray, edges: np.ndarray, data: np.ndarray, codes: np.nd
 
 def binned_cost(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf: np.ndarray, sp: np.ndarray,
                 sf: np.ndarray) -> Cost:
-    """Baker-Cousins χ²(x) of the histograms; the fused numba kernel when both shapes have one."""
+    """Baker-Cousins χ²(x) of the histograms; the fused numba kernel when both shapes have one (or the signals are
+    simulation templates over a kernel background: :func:`_template_chi2`), else numpy."""
+    widths = np.diff(edges)
+    uniform = bool(np.allclose(widths, widths[0], rtol=1e-9, atol=0.0))
+    data = np.ascontiguousarray(np.stack([hp, hf, sp, sf]))
     if model.fused:
-        widths = np.diff(edges)
-        uniform = bool(np.allclose(widths, widths[0], rtol=1e-9, atol=0.0))
         codes = np.array([model.signal.code, len(model.signal.params), model.background.code,
                           len(model.background.params), uniform], dtype=np.int64)
-        args = (np.ascontiguousarray(edges), np.ascontiguousarray(np.stack([hp, hf, sp, sf])), codes,
-                model.width_mask, model.lo, model.hi)
+        args = (np.ascontiguousarray(edges), data, codes, model.width_mask, model.lo, model.hi)
 
         def fused(x: np.ndarray) -> float:
             return _fused_chi2(np.asarray(x, dtype=float), *args)
 
         return fused
+    if _template_fused(model):
+        return _template_cost(model, np.ascontiguousarray(edges, dtype=float), data, uniform)
 
     def cost(x: np.ndarray) -> float:
         nu_p, nu_f = model.expected(edges, x)
@@ -334,6 +398,31 @@ def binned_cost(model: PassFailModel, edges: np.ndarray, hp: np.ndarray, hf: np.
         return _poisson_chi2(hp, nu_p, sp) + _poisson_chi2(hf, nu_f, sf)
 
     return cost
+
+
+def _template_fused(model: PassFailModel) -> bool:
+    """Whether the model's signals are simulation templates (pass, and fail or the shared one) over a kernel
+    background without a fail Gaussian: the binned cost is :func:`_template_chi2`."""
+    return (model.signal.table is not None and model.fail_signal.table is not None
+            and len(model.signal.params) == 2 and len(model.fail_signal.params) == 2
+            and model.background.code >= 0 and not model.fail_gauss)
+
+
+def _template_cost(model: PassFailModel, edges: np.ndarray, data: np.ndarray, uniform: bool) -> Cost:
+    """The binned cost of a :func:`_template_fused` model (:func:`_template_chi2`)."""
+    own = model.signal_fail is not None
+    dsmear = not own and bool(model.width_mask[1])
+    codes = np.array([6 if own else 4, dsmear, model.background.code, len(model.background.params), uniform],
+                     dtype=np.int64)
+    tables = [tuple(np.ascontiguousarray(a, dtype=float) for a in s.table)  # type: ignore[union-attr]
+              for s in (model.signal, model.fail_signal)]
+    steps = np.array([common_step(edges, t[0]) for t in tables])
+    args = (edges, data, codes, model.lo, model.hi, steps, tables[0], tables[1])
+
+    def fused(x: np.ndarray) -> float:
+        return _template_chi2(np.asarray(x, dtype=float), *args)
+
+    return fused
 
 
 def _scale(w: np.ndarray, w2: np.ndarray | None) -> np.ndarray:

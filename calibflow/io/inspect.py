@@ -24,6 +24,8 @@ from typing import Any
 
 import uproot
 
+from calibflow.io.remote import filesystem, identity, is_remote
+
 TREE_CLASSES = ("TTree", "ROOT::RNTuple")
 """Class names (prefixes) of the objects listed as trees."""
 _KEY = struct.Struct(">iHiIH")
@@ -52,7 +54,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def open_root(path: str, **options: Any) -> Any:
-    """The ROOT file at ``path`` opened by uproot; InputFileError (one line) when it cannot be."""
+    """The ROOT file at ``path`` (or URL: :class:`calibflow.io.root.RemoteSource`) opened by uproot;
+    InputFileError (one line) when it cannot be."""
+    if is_remote(path):
+        from calibflow.io.root import RemoteSource  # (imports h5py: only for URLs)
+
+        options = {"handler": RemoteSource, **options}
     try:
         return uproot.open(path, **options)
     except FileNotFoundError:
@@ -216,8 +223,24 @@ def inspect_file(path: str, tree: str | None = None, pattern: str | None = None)
             raise InputFileError(f"{path}: no tree {tree!r} ({hint})")
         file_setting = int(getattr(f.file, "fCompress", 0) or 0)
         with contextlib.ExitStack() as stack:
-            raw = stack.enter_context(open(path, "rb")) if os.path.isfile(path) else None  # basket headers
+            raw = stack.enter_context(_raw(path)) if is_remote(path) or os.path.isfile(path) else None
             return [_tree_info(path, f, t, pattern, raw, file_setting) for t in ([tree] if tree else names)]
+
+
+def _raw(path: str) -> Any:
+    """The file (or URL: fsspec's file object) opened for bytes: the basket headers naming the compression."""
+    if is_remote(path):
+        fs, inner = filesystem(path)
+        return fs.open(inner, "rb")
+    return open(path, "rb")  # closed by the caller's exit stack
+
+
+def _file_size(path: str) -> int | None:
+    """Bytes of the file or URL ``path``; None when unknown."""
+    try:
+        return int(identity(path)["size"]) if is_remote(path) else os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def _tree_info(path: str, f: Any, tree: str, pattern: str | None, raw: Any, file_setting: int) -> TreeInfo:
@@ -239,7 +262,8 @@ def _size(n: int) -> str:
 def format_inspection(path: str, trees: Sequence[TreeInfo], pattern: str | None = None) -> str:
     """Plain-text report of :func:`inspect_file`: a line per tree, then a table of its branches (name, type,
     compressed size, compression ratio, compression, and the title where it says more than the type)."""
-    lines = [f"{path}: {len(trees)} tree(s), {_size(os.path.getsize(path)) if os.path.isfile(path) else '?'}"]
+    size = _file_size(path)
+    lines = [f"{path}: {len(trees)} tree(s), {'?' if size is None else _size(size)}"]
     for t in trees:
         on_disk = sum(b.compressed for b in t.branches)
         shown = f", {len(t.branches)} shown (--filter {pattern!r})" if pattern is not None else ""

@@ -1,10 +1,12 @@
-"""ROOT files with uproot: writing TTrees (toys, tests, exports) and the fastest ZLIB inflater for reading."""
+"""ROOT files with uproot: writing TTrees (toys, tests, exports), the fastest ZLIB inflater for reading, and
+the source reading ROOT files by URL (:class:`RemoteSource`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import uproot
@@ -73,3 +75,13 @@ def _libdeflate_inflate(data: bytes, uncompressed_bytes: int | None = None) -> b
     if uncompressed_bytes is None:
         raise ValueError("zlib decompression requires the number of uncompressed bytes")
     return deflate.zlib_decompress(data, uncompressed_bytes)
+
+
+class RemoteSource(uproot.source.fsspec.FSSpecSource):
+    """uproot's fsspec source (byte ranges of many baskets in one request: vector reads for XRootD), with
+    the offsets of single reads made Python ints: uproot passes numpy integers read from the file's basket
+    tables, which the XRootD bindings refuse (``TypeError: integer argument expected for offset``)."""
+
+    def chunk(self, start: int, stop: int) -> Any:
+        """The bytes ``start:stop`` of the file, as uproot's chunk."""
+        return super().chunk(int(start), int(stop))

@@ -26,8 +26,10 @@ The generated source contains only this module's templates, column indices and `
 constants (a string literal is refused before its ``repr`` could be taken); the user's text never
 reaches it. Kernels are compiled once per machine: the source is written to ``$CALIBFLOW_KERNEL_CACHE``
 (default ``$XDG_CACHE_HOME/calibflow/kernels``, else ``~/.cache/calibflow/kernels``) and numba caches
-the machine code beside it; where that folder cannot be written, or belongs to another user, or others can
-write it, a temporary folder of the process takes its place (compiled once per process). A source file is
+the machine code in the same folder (``NUMBA_CACHE_DIR``, :mod:`calibflow.kernels.cache`); one process of the
+machine compiles a kernel while the others wait for it (a lock file), then load it. Where that folder cannot
+be written, or belongs to another user, or others can write it, a temporary folder of the process takes its
+place (compiled once per process, not cached). A source file is
 used only if it holds exactly the source it is named after, and the module runs from the generated source
 itself (:func:`_load`). Any failure on the way warns and keeps numpy (:func:`fused_selection`).
 """
@@ -35,13 +37,13 @@ itself (:func:`_load`). Any failure on the way warns and keeps numpy (:func:`fus
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import math
 import os
 import stat
 import sys
-import tempfile
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +53,8 @@ from typing import Any
 import numpy as np
 
 from calibflow.expr import WIDENED_FUNCTIONS, Expression, widened
+from calibflow.kernels.cache import compile_lock, kernel_cache_dir, private_dir
+from calibflow.kernels.cache import trusted_folder as _trusted_folder
 
 __all__ = ["MAX_STATEMENTS", "FusedOverflow", "FusedSelection", "fused_selection", "kernel_cache_dir"]
 
@@ -465,63 +469,45 @@ def _source(stages: Sequence[Expression], columns: Mapping[str, tuple[Expression
     return _HEADER + "\n".join(lines) + "\n", branches
 
 
-def kernel_cache_dir() -> str:
-    """Folder of the generated kernels' sources and numba's cache of their machine code."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("CALIBFLOW_KERNEL_CACHE") or os.path.join(base, "calibflow", "kernels")
+def _name(source: str) -> str:
+    """Module name (and file name) of the kernel of ``source``: after its SHA-256."""
+    return "calibflow_fused_" + hashlib.sha256(source.encode()).hexdigest()[:20]
+
+
+def _cache_folder() -> str | None:
+    """The kernel cache if kernels may be kept there (:func:`calibflow.kernels.cache.trusted_folder`), with
+    numba's cache of their machine code (``NUMBA_CACHE_DIR``, the same folder unless the user set another one,
+    then checked too; its ``__pycache__`` when unset); else None."""
+    folder = _trusted_folder(kernel_cache_dir(), "__pycache__")
+    machine_code = os.environ.get("NUMBA_CACHE_DIR", "")
+    if folder is None or (machine_code and machine_code != folder and _trusted_folder(machine_code) is None):
+        return None
+    return folder
 
 
 @functools.lru_cache(maxsize=64)
 def _load(source: str) -> Callable[..., int]:
     """The ``kernel`` of ``source``: the module is executed from ``source`` itself, calibflow's generated text,
     never from what a file holds; its file (``<name>.py``, named after the source's SHA-256) is there for numba's
-    cache of the machine code, beside it in ``__pycache__``. The file is written to the disk cache
-    (:func:`_trusted_folder`) and checked to hold exactly ``source`` (:func:`_write_verified`); where that
-    folder cannot be used, to a temporary folder of this process (compiled once per process)."""
-    name = "calibflow_fused_" + hashlib.sha256(source.encode()).hexdigest()[:20]
-    folder = _trusted_folder(kernel_cache_dir())
+    cache of the machine code (in ``NUMBA_CACHE_DIR``). The file is written to the kernel cache
+    (:func:`_cache_folder`) and checked to hold exactly ``source`` (:func:`_write_verified`); where that
+    folder cannot be used, to a temporary folder of this process, and the kernel is not cached (compiled once
+    per process)."""
+    name = _name(source)
+    folder = _cache_folder()
     try:
         path = _write_verified(folder, name, source) if folder is not None else None
     except OSError:
         path = None
+    text = source
     if path is None:
-        path = _write_verified(_private_dir(), name, source)
+        path = _write_verified(private_dir(), name, source)
+        text = source.replace("@numba.njit(cache=True,", "@numba.njit(cache=False,", 1)
     module = types.ModuleType(name)
     module.__file__ = path
     sys.modules[name] = module
-    exec(compile(source, path, "exec"), module.__dict__)  # our generated source (no user text), as verified
+    exec(compile(text, path, "exec"), module.__dict__)  # our generated source (no user text), as verified
     return module.kernel
-
-
-def _unsafe(path: str) -> str | None:
-    """Why the folder ``path`` cannot be trusted (another user's, or writable by others), or None."""
-    if not hasattr(os, "getuid"):  # no POSIX owners and modes (Windows)
-        return None
-    info = os.stat(path)
-    if info.st_uid != os.getuid():
-        return "belongs to another user"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"is writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'}"
-    return None
-
-
-@functools.lru_cache(maxsize=8)
-def _trusted_folder(folder: str) -> str | None:
-    """``folder`` if kernels may be kept there: it and its ``__pycache__`` (numba's pickled machine code) are
-    created private (mode 0700) when missing, and must belong to this user and be writable by nobody else
-    (else a ``RuntimeWarning``: a planted file would run). None also where it cannot be created."""
-    for path in (folder, os.path.join(folder, "__pycache__")):
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            problem = _unsafe(path)
-        except OSError:
-            return None
-        if problem is not None:
-            warnings.warn(f"calibflow: kernel cache {path} {problem}, so it is not used: kernels are compiled in a "
-                          f"private temporary folder instead (make it yours and 'chmod go-w' it to use it)",
-                          RuntimeWarning, stacklevel=4)
-            return None
-    return folder
 
 
 def _holds(path: str, source: str) -> bool:
@@ -554,12 +540,6 @@ def _write_verified(folder: str, name: str, source: str) -> str:
     return path
 
 
-@functools.lru_cache(maxsize=1)
-def _private_dir() -> str:
-    """A temporary folder of this process (mode 0700), for kernels when the cache folder cannot be used."""
-    return tempfile.mkdtemp(prefix="calibflow-kernels-")
-
-
 def fused_selection(stages: Sequence[Expression], columns: Mapping[str, tuple[Expression, Any]],
                     dtypes: Mapping[str, Any], masked: bool = False) -> FusedSelection | None:
     """The fused loop of cut ``stages`` (applied in order) and output ``columns`` (name: (expression,
@@ -574,9 +554,12 @@ def fused_selection(stages: Sequence[Expression], columns: Mapping[str, tuple[Ex
     except Exception as exc:
         return _failed("could not be generated", exc)
     outputs = tuple((name, np.dtype(stored)) for name, (_, stored) in columns.items())
-    try:  # compiles (or loads) the kernel now, on one row, so that a failure falls back to numpy
-        selection = FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
-        selection.run({b: np.ones(1, dtypes[b]) for b in branches}, 1, np.ones(1, bool) if masked else None)
+    folder = _cache_folder()
+    lock = compile_lock(folder, _name(source)) if folder is not None else contextlib.nullcontext()
+    try:  # compiles (or loads) the kernel now, on one row, so that a failure falls back to numpy; one process
+        with lock:  # of the machine compiles it, the others (pool workers preparing files) then load it
+            selection = FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
+            selection.run({b: np.ones(1, dtypes[b]) for b in branches}, 1, np.ones(1, bool) if masked else None)
     except FusedOverflow:  # an overflow on the row of ones: the kernel works
         pass
     except Exception as exc:

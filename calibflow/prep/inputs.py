@@ -10,12 +10,12 @@ and the sample's aliases (for ``tag_``/``probe_`` names, from the collection's f
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from calibflow.config import ConfigError, suggestion
 from calibflow.expr import Expression, compile_expression
+from calibflow.hashing import file_identity
 from calibflow.prep.spec import LUMI_BRANCHES, PROBE, TAG, PairingSpec, PrepSpec
 
 
@@ -148,8 +148,9 @@ names them), not config errors."""
 
 
 @functools.lru_cache(maxsize=256)
-def _branch_names(path: str, tree: str, size: int, mtime_ns: int) -> tuple[str, ...]:
-    """:func:`calibflow.io.inspect.branch_names`, once per version (size, mtime) of a file."""
+def _branch_names(path: str, tree: str, version: tuple[tuple[str, object], ...]) -> tuple[str, ...]:
+    """:func:`calibflow.io.inspect.branch_names`, once per version (:func:`calibflow.hashing.file_identity`:
+    size and mtime, or a remote file's checksum) of a file or URL."""
     from calibflow.io.inspect import branch_names
 
     return branch_names(path, tree)
@@ -162,8 +163,7 @@ def _readable(files: Sequence[str], tree: str) -> tuple[str, tuple[str, ...]] | 
 
     for path in files[:FILES_TRIED]:
         try:
-            st = os.stat(path)
-            return path, _branch_names(path, tree, st.st_size, st.st_mtime_ns)
+            return path, _branch_names(path, tree, tuple(sorted(file_identity(path).items())))
         except NoSuchTree:
             raise
         except (InputFileError, OSError):

@@ -6,6 +6,9 @@ Each step takes the chunk's columns (branch name -> numpy or awkward array) and 
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import json
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +18,16 @@ import awkward as ak
 import numpy as np
 
 from calibflow.expr import ExprError, Expression
-from calibflow.prep.spec import LUMI_BRANCHES, PROBE, TAG, HitMatchSpec, PairingSpec, PrepSpec, is_flag
+from calibflow.prep.spec import (
+    LUMI_BRANCHES,
+    PAIR_COLUMNS,
+    PROBE,
+    TAG,
+    HitMatchSpec,
+    PairingSpec,
+    PrepSpec,
+    is_flag,
+)
 
 if TYPE_CHECKING:
     from calibflow.kernels.fused import FusedSelection
@@ -146,6 +158,33 @@ def make_pairs(cols: dict[str, Any], p: PairingSpec) -> tuple[dict[str, Any], in
         eta, phi = get("eta").astype(np.float64), get("phi").astype(np.float64)
         out["pair_dr"] = np.hypot(eta[t] - eta[pr], delta_phi(phi[t], phi[pr]))
     return out, len(ev)
+
+
+def pairing_key(spec: PrepSpec) -> str | None:
+    """What the pairs of ``spec`` depend on, aliases expanded: lumi mask, event cuts, the pairing's collection,
+    tag and probe selections, mass, charge and matches. Preparations with equal keys form the same pairs of
+    every chunk (:func:`union_pairing`). None without ``pairing``."""
+    p = spec.pairing
+    if p is None:
+        return None
+
+    def form(e: Expression | None) -> str | None:
+        return None if e is None else ast.dump(e.tree) if e.tree is not None else e.text
+
+    return json.dumps([spec.lumi.sha256 if spec.lumi else None, [[k, form(e)] for k, e in spec.event_cuts],
+                       p.collection, form(p.tag), form(p.probe), p.mass, p.charge,
+                       [[m.objects, form(m.cut), m.max_dr, m.name] for m in p.matches]])
+
+
+def union_pairing(specs: Sequence[PrepSpec]) -> PairingSpec:
+    """The pairing of ``specs`` (of equal :func:`pairing_key`) giving every per-pair column any of them needs."""
+    first = specs[0].pairing
+    assert first is not None
+    pairings = [s.pairing for s in specs if s.pairing is not None]
+    return dataclasses.replace(
+        first, fields=tuple(sorted({f for p in pairings for f in p.fields})),
+        event_branches=tuple(sorted({b for p in pairings for b in p.event_branches})),
+        derived=tuple(d for d in PAIR_COLUMNS if any(d in p.derived for p in pairings)))
 
 
 def _jagged_flat(values: Any, name: str, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,14 +45,15 @@ TREE = "Events"
 
 # --- shared helpers (also used by calibflow.toys.lhcb) ------------------------------------------------
 def write_tree(path: str | os.PathLike[str], branches: Mapping[str, Any], tree: str = TREE,
-               basket_rows: int = 100_000) -> None:
+               basket_rows: int = 100_000, compression: object | None = None) -> None:
     """Write a TTree of flat numpy branches, jagged awkward branches (counter ``n<name>``) and awkward record
-    arrays (a collection: ``<name>_<field>`` branches sharing the counter ``n<name>``), atomically."""
+    arrays (a collection: ``<name>_<field>`` branches sharing the counter ``n<name>``), atomically;
+    ``compression``: an uproot compression object (default the toys' own)."""
     import uproot
 
     n = len(next(iter(branches.values())))
     types = {k: (v.type.content if isinstance(v, ak.Array) else np.asarray(v).dtype) for k, v in branches.items()}
-    with atomic_path(path) as tmp, uproot.recreate(tmp, compression=TOY_COMPRESSION) as f:
+    with atomic_path(path) as tmp, uproot.recreate(tmp, compression=compression or TOY_COMPRESSION) as f:
         t = f.mktree(tree, types)
         for start in range(0, n, basket_rows):
             t.extend({k: v[start:start + basket_rows] for k, v in branches.items()})
@@ -207,8 +208,54 @@ def nonprompt_leptons(rng: np.random.Generator, n: int, scale: float = 10.0) -> 
     return 5.0 + rng.exponential(scale, n), eta, phi, rng.choice(np.array([-1, 1], np.int32), n)
 
 
-def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, **options: Any) -> None:
-    """Z→μμ NanoAOD toy with ``n`` events (options: ``iso_cut``, ``signal_fraction_data``, ``extra_muon_rate``).
+_PAD_COLLECTIONS = {"Electron": 62, "Jet": 48, "Photon": 44, "Tau": 52, "FatJet": 42, "LowPtElectron": 32,
+                    "boostedTau": 30, "IsoTrack": 16, "SV": 16, "SubJet": 14, "GenPart": 10, "GenJet": 8,
+                    "CorrT1METJet": 6, "SoftActivityJet": 4, "OtherPV": 2}
+"""Collections of real NanoAOD (v12) and about their numbers of fields."""
+_PAD_FIELDS = ("pt", "eta", "phi", "mass", "charge", "pdgId", "jetIdx", "genPartIdx", "cutBased", "tightCharge",
+               "dxy", "dz", "sip3d", "pfRelIso03_all", "miniPFRelIso_all", "mvaIso_WP90", "convVeto", "lostHits")
+_PAD_FLAGS = {"HLT": 640, "L1": 460, "Flag": 30}
+"""Trigger bits and event filters of real NanoAOD (one bool branch each), about their numbers."""
+
+
+def _pad_type(field: str, k: int) -> str:
+    """NanoAOD's storage type of a collection field (by its name; cycled for generic fields)."""
+    if field.endswith("Idx"):
+        return "i2"
+    if field in ("charge", "pdgId"):
+        return "i4"
+    if field in ("cutBased", "tightCharge", "lostHits"):
+        return "u1"
+    if field.startswith(("mva", "conv")):
+        return "?"
+    return ("f4", "f4", "f4", "i4", "u1", "?")[k % 6]
+
+
+def nanoaod_padding(rng: np.random.Generator, n: int, branches: int, taken: Collection[str] = ()
+                    ) -> dict[str, Any]:
+    """About ``branches`` more branches of ``n`` events with NanoAOD's names and types (collections with a
+    counter ``n<Coll>`` and ``<Coll>_<field>`` fields, ``HLT_``/``L1_``/``Flag_`` bools, event floats), none of
+    the names in ``taken``: the width of a real NanoAOD tree (1500-2500 branches) around a toy's own."""
+    budget = {**_PAD_COLLECTIONS, **_PAD_FLAGS}
+    scale = branches / (sum(budget.values()) + len(_PAD_COLLECTIONS))
+    out: dict[str, Any] = {}
+    for coll, width in _PAD_COLLECTIONS.items():
+        counts = rng.poisson(1.5, n)
+        m = int(counts.sum())
+        fields = [*_PAD_FIELDS, *(f"var{k}" for k in range(100))][: max(round(width * scale), 1)]
+        values = {f: (rng.random(m) * 50).astype(_pad_type(f, k)) if _pad_type(f, k) != "?" else rng.random(m) < 0.5
+                  for k, f in enumerate(fields) if f"{coll}_{f}" not in taken}
+        if values and f"n{coll}" not in taken:
+            out[coll] = ak.zip({f: ak.unflatten(v, counts) for f, v in values.items()})
+    for prefix, width in _PAD_FLAGS.items():
+        out.update({f"{prefix}_path{k}": rng.random(n) < 0.5 for k in range(round(width * scale))
+                    if f"{prefix}_path{k}" not in taken})
+    return out
+
+
+def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, pad_to: int = 0, **options: Any) -> None:
+    """Z→μμ NanoAOD toy with ``n`` events (options: ``iso_cut``, ``signal_fraction_data``, ``extra_muon_rate``);
+    ``pad_to``: as many branches in all, the toy's own plus :func:`nanoaod_padding` (benchmarks).
 
     Data mix Z events with non-prompt dimuon background (continuum mass); simulation is Drell-Yan only.
     Both may hold an extra non-prompt muon. Tag-and-probe truth per muon: ``Muon_toy_effId``,
@@ -233,12 +280,16 @@ def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, **options: An
     trig_ev = trig.pop("event")
     single_mu = (trig["id"] == 13) & (trig["filterBits"] & TRIGGER_BITS["single_mu"] > 0) & (trig["pt"] > 24.0)
     met_phi = rng.uniform(-math.pi, math.pi, n)
-    write_tree(path, {
+    branches = {
         **run_and_lumi(rng, n, is_data),
         "HLT_IsoMu24": np.bincount(trig_ev[single_mu], minlength=n) > 0,
         "PuppiMET_pt": rng.gamma(2.0, 8.0, n).astype(np.float32), "PuppiMET_phi": met_phi.astype(np.float32),
         "Muon": collection(event, n, muons), "TrigObj": collection(trig_ev, n, trig),
-    })
+    }
+    own = len(branches) - 2 + len(muons) + len(trig) + 2  # a collection is its fields and its counter
+    if pad_to > own:
+        branches.update(nanoaod_padding(np.random.default_rng(seed + 1), n, pad_to - own, set(branches)))
+    write_tree(path, branches)
 
 
 # --- e mu (H -> WW) dilepton trigger -----------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""The one folder of compiled kernels: numba's machine code of every calibflow kernel and the fused loops' sources.
+
+numba keeps the machine code of a ``cache=True`` kernel beside its source file (``__pycache__`` of the installed
+package) unless ``NUMBA_CACHE_DIR`` names a folder when the kernel is defined. :func:`use_kernel_cache`, called
+when ``calibflow`` is imported (before any kernel module), points it at :func:`kernel_cache_dir`
+(``$CALIBFLOW_KERNEL_CACHE``, default ``$XDG_CACHE_HOME/calibflow/kernels``, else ``~/.cache/calibflow/kernels``),
+so that a read-only install works and every kernel is compiled once per machine. A ``NUMBA_CACHE_DIR`` set by
+the user is kept. The folder must be this user's and private (numba's index files are pickles: a planted one
+would run): one that is not is refused with a ``RuntimeWarning``; one that cannot be created (read-only home)
+is replaced by a private temporary folder, shared by the processes the run forks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import stat
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+
+__all__ = ["compile_lock", "kernel_cache_dir", "private_dir", "trusted_folder", "use_kernel_cache"]
+
+
+def kernel_cache_dir() -> str:
+    """Folder of the generated kernels' sources and numba's cache of every kernel's machine code."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("CALIBFLOW_KERNEL_CACHE") or os.path.join(base, "calibflow", "kernels")
+
+
+def _unsafe(path: str) -> str | None:
+    """Why the folder ``path`` cannot be trusted (another user's, or writable by others), or None."""
+    if not hasattr(os, "getuid"):  # no POSIX owners and modes (Windows)
+        return None
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        return "belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'}"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def trusted_folder(folder: str, *inside: str) -> str | None:
+    """``folder`` if kernels may be kept there: it and its subfolders ``inside`` are created private (mode
+    0700) when missing, and must belong to this user and be writable by nobody else (else a ``RuntimeWarning``:
+    a planted file would run). None also where it cannot be created."""
+    for path in (folder, *(os.path.join(folder, sub) for sub in inside)):
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            problem = _unsafe(path)
+        except OSError:
+            return None
+        if problem is not None:
+            warnings.warn(f"calibflow: kernel cache {path} {problem}, so it is not used: kernels are compiled in a "
+                          f"private temporary folder instead (make it yours and 'chmod go-w' it to use it)",
+                          RuntimeWarning, stacklevel=4)
+            return None
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def private_dir() -> str:
+    """A temporary folder of this process (mode 0700), for kernels when the cache folder cannot be used."""
+    return tempfile.mkdtemp(prefix="calibflow-kernels-")
+
+
+def use_kernel_cache() -> str:
+    """Point numba's cache (``NUMBA_CACHE_DIR``, and numba's loaded configuration) at the kernel cache, unless
+    the user set it; returns the folder numba uses. Must run before any kernel is defined."""
+    folder = os.environ.get("NUMBA_CACHE_DIR")
+    if not folder:
+        folder = trusted_folder(kernel_cache_dir()) or private_dir()
+        os.environ["NUMBA_CACHE_DIR"] = folder  # also for numba's later reloads of its configuration
+    config = sys.modules.get("numba.core.config")
+    if config is not None and not config.CACHE_DIR:  # numba was imported first: its configuration is read
+        config.CACHE_DIR = folder
+    return folder
+
+
+@contextlib.contextmanager
+def compile_lock(folder: str, name: str) -> Iterator[None]:
+    """Hold an exclusive lock ``<folder>/<name>.lock`` (one process of the machine compiles a kernel, the
+    others then load it from the cache); without POSIX locks, or where the file cannot be made, no lock."""
+    try:
+        import fcntl
+
+        fd = os.open(os.path.join(folder, name + ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
