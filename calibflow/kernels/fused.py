@@ -193,9 +193,11 @@ class _Translator:
     source never nests deeper than a cast, whatever the expression), and gives the source of their values in
     row ``i``. A subtree met again (an alias used twice) is translated once."""
 
-    def __init__(self, variables: Mapping[str, str], dtypes: Mapping[str, np.dtype]) -> None:
+    def __init__(self, variables: Mapping[str, str], dtypes: Mapping[str, np.dtype], prefix: str = "t") -> None:
         self.variables = variables
         self.dtypes = dtypes
+        self.prefix = prefix
+        """Of the temporaries' names (several translators for the nested scopes of one loop)."""
         self.lines: list[str] = []
         """The statements, in order; ``bad |= ...`` where an integer operation may overflow."""
         self._memo: dict[int, _Value] = {}
@@ -214,7 +216,7 @@ class _Translator:
         """A temporary holding ``code`` (a value like numpy's ``example``)."""
         if len(self.lines) >= MAX_STATEMENTS:
             raise _Unsupported(f"more than {MAX_STATEMENTS} operations")
-        name = f"t{len(self.lines)}"
+        name = f"{self.prefix}{len(self.lines)}"
         self.lines.append(f"{name} = {code}")
         return _Value(name, example)
 
@@ -554,17 +556,28 @@ def fused_selection(stages: Sequence[Expression], columns: Mapping[str, tuple[Ex
     except Exception as exc:
         return _failed("could not be generated", exc)
     outputs = tuple((name, np.dtype(stored)) for name, (_, stored) in columns.items())
+
+    def made(kernel: Callable[..., int]) -> FusedSelection:
+        selection = FusedSelection(kernel, branches, outputs, len(stages), masked, source)
+        with contextlib.suppress(FusedOverflow):  # an overflow on the row of ones: the kernel works
+            selection.run({b: np.ones(1, dtypes[b]) for b in branches}, 1, np.ones(1, bool) if masked else None)
+        return selection
+
+    return compiled(source, made)
+
+
+def compiled(source: str, made: Callable[[Callable[..., int]], Any]) -> Any:
+    """``made(kernel)`` for the ``kernel`` of the generated ``source``, which ``made`` compiles now by running it on
+    a small input, so that a failure falls back to numpy: one process of the machine compiles it while the others
+    (pool workers preparing files) wait, then load it from the kernel cache. None, with a ``RuntimeWarning``, if
+    that fails."""
     folder = _cache_folder()
     lock = compile_lock(folder, _name(source)) if folder is not None else contextlib.nullcontext()
-    try:  # compiles (or loads) the kernel now, on one row, so that a failure falls back to numpy; one process
-        with lock:  # of the machine compiles it, the others (pool workers preparing files) then load it
-            selection = FusedSelection(_load(source), branches, outputs, len(stages), masked, source)
-            selection.run({b: np.ones(1, dtypes[b]) for b in branches}, 1, np.ones(1, bool) if masked else None)
-    except FusedOverflow:  # an overflow on the row of ones: the kernel works
-        pass
+    try:
+        with lock:
+            return made(_load(source))
     except Exception as exc:
         return _failed("did not compile", exc)
-    return selection
 
 
 def _failed(what: str, exc: Exception) -> None:

@@ -97,23 +97,29 @@ def _nearest_dr_kernel(
         if n_sel == 0:
             continue
         for i in range(a_start, a_stop):
-            best = -1
-            best_dr2 = np.inf
-            ea = eta_a[i]
-            pa = phi_a[i]
-            for k in range(n_sel):  # in index order
-                deta = ea - buf_eta[k]
-                dphi = _wrap_dphi(pa, buf_phi[k])
-                dr2 = deta * deta + dphi * dphi
-                better = dr2 < best_dr2  # strict: ties keep the lowest index; NaN never wins
-                best_dr2 = dr2 if better else best_dr2
-                best = k if better else best
-            if best >= 0:
-                d = math.sqrt(best_dr2)
-                if d <= max_dr:
-                    index[i] = buf_idx[best]
-                    dr[i] = d
+            best, d = nearest_in_event(eta_a[i], phi_a[i], buf_eta, buf_phi, n_sel)
+            if best >= 0 and d <= max_dr:
+                index[i] = buf_idx[best]
+                dr[i] = d
     return index, dr
+
+
+@numba.njit(cache=True, inline="always")
+def nearest_in_event(eta: float, phi: float, buf_eta: np.ndarray, buf_phi: np.ndarray, n_sel: int
+                     ) -> tuple[int, float]:
+    """(position among the first ``n_sel`` candidates ``buf_eta``/``buf_phi``, -1 if none; its ΔR) of the candidate
+    nearest to (``eta``, ``phi``) in ΔR (float64; ties keep the lowest position; NaN never wins): the inner loop
+    of :func:`nearest_dr_match`, shared with the fused pairing loop (:mod:`calibflow.kernels.fused_pairs`)."""
+    best = -1
+    best_dr2 = np.inf
+    for k in range(n_sel):  # in index order
+        deta = eta - buf_eta[k]
+        dphi = _wrap_dphi(phi, buf_phi[k])
+        dr2 = deta * deta + dphi * dphi
+        better = dr2 < best_dr2  # strict: ties keep the lowest index; NaN never wins
+        best_dr2 = dr2 if better else best_dr2
+        best = k if better else best
+    return best, math.sqrt(best_dr2)
 
 
 def _as_float(x: np.ndarray, name: str) -> np.ndarray:

@@ -23,6 +23,7 @@ __all__ = [
     "jagged_to_flat",
     "offsets_from_counts",
     "pair_mask_charge",
+    "pair_mass",
     "pairs_from_awkward",
     "tag_probe_pairs",
     "tag_probe_pairs_reference",
@@ -202,6 +203,26 @@ def pair_mask_charge(
 # --------------------------------------------------------------------------------------------------
 # kinematics
 # --------------------------------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def pair_mass(pt1: float, eta1: float, phi1: float, m1: float, pt2: float, eta2: float, phi2: float, m2: float
+              ) -> float:
+    """Invariant mass (GeV) of two particles given (pt, eta, phi, mass) as float64: the scalar of
+    :func:`invariant_mass`, also called by the fused pairing loop (:mod:`calibflow.kernels.fused_pairs`)."""
+    p1 = pt1 * np.cosh(eta1)
+    p2 = pt2 * np.cosh(eta2)
+    msq1 = m1 * m1
+    msq2 = m2 * m2
+    e1 = np.sqrt(p1 * p1 + msq1)
+    e2 = np.sqrt(p2 * p2 + msq2)
+    denom = e1 * e2 + p1 * p2
+    mass_term = 0.0
+    if denom > 0.0:
+        mass_term = (msq1 * p2 * p2 + msq2 * p1 * p1 + msq1 * msq2) / denom
+    angle_term = pt1 * pt2 * (np.cosh(eta1 - eta2) - np.cos(phi1 - phi2))
+    msq = msq1 + msq2 + 2.0 * (mass_term + angle_term)
+    return np.sqrt(max(msq, 0.0))
+
+
 @numba.vectorize(
     ["float64(float64, float64, float64, float64, float64, float64, float64, float64)"], cache=True
 )
@@ -216,16 +237,4 @@ def invariant_mass(
     with P = |p| = pt cosh(eta), E = sqrt(P^2 + m^2): every term is >= 0, so it is accurate for light
     particles (muons) at high momentum, where E^2 - p^2 in float64 would cancel.
     """
-    p1 = pt1 * np.cosh(eta1)
-    p2 = pt2 * np.cosh(eta2)
-    msq1 = m1 * m1
-    msq2 = m2 * m2
-    e1 = np.sqrt(p1 * p1 + msq1)
-    e2 = np.sqrt(p2 * p2 + msq2)
-    denom = e1 * e2 + p1 * p2
-    mass_term = 0.0
-    if denom > 0.0:
-        mass_term = (msq1 * p2 * p2 + msq2 * p1 * p1 + msq1 * msq2) / denom
-    angle_term = pt1 * pt2 * (np.cosh(eta1 - eta2) - np.cos(phi1 - phi2))
-    msq = msq1 + msq2 + 2.0 * (mass_term + angle_term)
-    return np.sqrt(max(msq, 0.0))
+    return pair_mass(pt1, eta1, phi1, m1, pt2, eta2, phi2, m2)

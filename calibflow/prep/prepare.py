@@ -38,17 +38,20 @@ from calibflow.prep.steps import (
     event_arrays,
     fused_enabled,
     fused_outputs,
+    fused_pair_outputs,
     make_pairs,
     output_columns,
     pairing_key,
     select_rows,
     spec_fused_loop,
+    spec_fused_pairs,
     stage_tests,
     union_pairing,
 )
 
 if TYPE_CHECKING:
     from calibflow.kernels.fused import FusedSelection
+    from calibflow.kernels.fused_pairs import FusedPairs
 
 
 # --- one file --------------------------------------------------------------------------------------
@@ -267,9 +270,9 @@ def _read(path: str, f: Any, preparations: Sequence[Preparation], step_size: str
             for cols in chunks:
                 n = len(next(iter(cols.values())))
                 for formed in pairs.values():
-                    formed.form(cols, n)
+                    formed.chunk(cols, n)
                 for out in outputs:
-                    out.add({b: cols[b] for b in out.spec.branches} if out.pairs is None else {}, n)
+                    out.add({b: cols[b] for b in out.spec.branches}, n)
         except ExprError as exc:
             raise PrepExpressionError(f"{path}: {exc}") from None
         except Exception as exc:
@@ -280,8 +283,9 @@ def _read(path: str, f: Any, preparations: Sequence[Preparation], step_size: str
 
 
 class _Pairs:
-    """The tag-and-probe pairs of each chunk, formed once for the preparations of one :func:`pairing_key` (the
-    per-pair columns of all of them), with the entries left after the lumi mask and the event cuts."""
+    """The tag-and-probe pairs of each chunk by the reference path, formed once for the preparations of one
+    :func:`pairing_key` (the per-pair columns of all of them) when the first of them needs them (the others have
+    their fused loops), with the entries left after the lumi mask and the event cuts."""
 
     def __init__(self, specs: Sequence[PrepSpec]) -> None:
         self.pre = stage_tests(specs[0])[0]
@@ -290,9 +294,18 @@ class _Pairs:
         self.cols: dict[str, Any] = {}
         self.n = 0
         self.flow: dict[str, int] = {}
+        self._chunk: tuple[Mapping[str, Any], int] | None = None
 
-    def form(self, cols: Mapping[str, Any], n: int) -> None:
-        """Form the pairs of a chunk of ``n`` events (``cols``: the branches read)."""
+    def chunk(self, cols: Mapping[str, Any], n: int) -> None:
+        """The next chunk of ``n`` events (``cols``: the branches read); its pairs are formed when asked for."""
+        self._chunk = (cols, n)
+
+    def form(self) -> None:
+        """Form the pairs of the current chunk (once)."""
+        if self._chunk is None:
+            return
+        cols, n = self._chunk
+        self._chunk = None
         sub = {b: cols[b] for b in self.branches}
         self.flow = {stage: 0 for stage, _, _ in self.pre}
         keep = cut_flow(sub, n, self.pre, self.flow)
@@ -317,13 +330,24 @@ class _Output:
         flat = not jagged.intersection(spec.branches) and not _forms_objects(spec)
         self.fusable = flat and fused_enabled()
         self.fused: FusedSelection | None = None
+        self.pairs_fusable = pairs is not None and fused_enabled()
+        self.fused_pairs: FusedPairs | None = None
 
     def add(self, cols: dict[str, Any], n: int) -> None:
-        """Apply the stages to a chunk of ``n`` entries (``cols``: this spec's branches; with ``pairing``, its
-        pairs, formed already) and append its rows."""
+        """Apply the stages to a chunk of ``n`` entries (``cols``: this spec's branches) and append its rows: with
+        ``pairing``, by the fused pairing loop, else from the pairs formed by the reference path."""
         spec, pre, flow = self.spec, self.pre, self.flow
         flow["read"] += n
+        if self.pairs_fusable and n:
+            self.fused_pairs = self.fused_pairs or spec_fused_pairs(spec, cols)
+            self.pairs_fusable = self.fused_pairs is not None
+        if self.fused_pairs is not None:
+            out = fused_pair_outputs(self.fused_pairs, spec, cols, n, flow, pre[0][2] if spec.lumi else None)
+            if out is not None:
+                self.writer.append(out)
+                return
         if self.pairs is not None:
+            self.pairs.form()
             for stage, count in self.pairs.flow.items():
                 flow[stage] += count
             cols, n = self.pairs.cols, self.pairs.n

@@ -31,6 +31,7 @@ from calibflow.prep.spec import (
 
 if TYPE_CHECKING:
     from calibflow.kernels.fused import FusedSelection
+    from calibflow.kernels.fused_pairs import FusedPairs
 
 
 def _per_row(values: Any, n: int, where: str) -> np.ndarray:
@@ -255,7 +256,8 @@ def _is_text(values: ak.Array) -> bool:
 
 # --- fused cuts and outputs (flat tuples) -----------------------------------------------------------
 def fused_enabled() -> bool:
-    """Whether flat tuples use the fused numba loop (``CALIBFLOW_FUSED=0`` keeps numpy, e.g. to compare)."""
+    """Whether the fused numba loops are used: of flat tuples (:func:`fused_loop`) and of pairing
+    (:func:`spec_fused_pairs`); ``CALIBFLOW_FUSED=0`` keeps the reference paths, e.g. to compare."""
     return os.environ.get("CALIBFLOW_FUSED", "1") != "0"
 
 
@@ -300,6 +302,70 @@ def fused_outputs(fused: FusedSelection, spec: PrepSpec, cols: Mapping[str, np.n
     if start is not None:
         flow["lumi"] += int(np.count_nonzero(start))
     for (stage, _), count in zip([*spec.event_cuts, *spec.cuts], counts, strict=True):
+        flow[stage] += int(count)
+    return out
+
+
+# --- fused pairing (NanoAOD-style collections) ---------------------------------------------------------
+def spec_fused_pairs(spec: PrepSpec, cols: Mapping[str, Any]) -> FusedPairs | None:
+    """The fused pairing loop (:mod:`calibflow.kernels.fused_pairs`) of ``spec`` (with ``pairing``) over the chunk
+    ``cols`` (the branches read: numpy for flat ones, awkward for jagged ones), or None where something needs the
+    reference path (:func:`make_pairs`)."""
+    from calibflow.kernels.fused_pairs import fused_pairs
+
+    assert spec.pairing is not None
+    kinds = _branch_kinds(spec.branches, cols)
+    key = (json.dumps(spec.describe(), sort_keys=True, default=str), tuple(sorted((k, str(d), j) for k, (d, j) in
+                                                                                  kinds.items())))
+    if key not in _PAIR_LOOPS:  # the description determines the output, hence the loop (a worker prepares many files)
+        _PAIR_LOOPS[key] = fused_pairs(spec.pairing, [e for _, e in spec.event_cuts], [e for _, e in spec.cuts],
+                                       spec.columns, spec.branches, kinds, spec.lumi is not None, _stored_dtype)
+    return _PAIR_LOOPS[key]
+
+
+_PAIR_LOOPS: dict[tuple[str, tuple[tuple[str, str, bool], ...]], FusedPairs | None] = {}
+
+
+def _branch_kinds(names: Sequence[str], cols: Mapping[str, Any]) -> dict[str, tuple[np.dtype, bool]]:
+    """(dtype, jagged) of the number branches among ``names`` of the chunk ``cols`` (flat numpy arrays and singly
+    jagged awkward arrays of numbers; others left out)."""
+    from calibflow.kernels.fused_pairs import jagged_parts
+
+    kinds: dict[str, tuple[np.dtype, bool]] = {}
+    for name in names:
+        values = cols[name]
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            kinds[name] = (values.dtype, False)
+        elif isinstance(values, ak.Array) and values.ndim == 2 and not _is_text(values):
+            try:
+                kinds[name] = (jagged_parts(values[:1])[1].dtype, True)
+            except (ValueError, TypeError):
+                continue  # not numbers (records, options): never read by the loop
+    return kinds
+
+
+def fused_pair_outputs(fused: FusedPairs, spec: PrepSpec, cols: Mapping[str, Any], n: int, flow: dict[str, int],
+                       lumi: Test | None) -> dict[str, np.ndarray] | None:
+    """Output columns of the kept pairs of the ``n`` events of ``cols`` by the fused pairing loop (the ``lumi``
+    mask test by numpy first), adding to the cut flow (``lumi``, event stages, ``pairs``, candidate stages) as
+    the reference path does; None where the loop fails on the chunk (an integer overflow, branches of a collection
+    with other counts: the reference path reports where; anything else also warns), then nothing was added."""
+    from calibflow.kernels.fused import FusedOverflow
+    from calibflow.kernels.fused_pairs import Mismatch
+
+    start = None if lumi is None else _per_row(lumi(cols), n, "lumi_mask").astype(bool)
+    try:
+        out, counts = fused.run(cols, n, start)
+    except (FusedOverflow, Mismatch):
+        return None
+    except Exception as exc:
+        warnings.warn(f"calibflow: the fused pairing loop failed on a chunk, the reference path is used for it "
+                      f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        return None
+    if start is not None:
+        flow["lumi"] += int(np.count_nonzero(start))
+    stages = [*(s for s, _ in spec.event_cuts), "pairs", *(s for s, _ in spec.cuts)]
+    for stage, count in zip(stages, counts, strict=True):
         flow[stage] += int(count)
     return out
 
