@@ -24,12 +24,11 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import uproot
 import yaml
+from clock import wall_and_cpu
 
 import calibflow.toys.nanoaod
 from calibflow.plan import Plan
@@ -68,13 +67,6 @@ def config(folder: str, files: list[str]) -> str:
     return path
 
 
-def _timed(run: Callable[[], object]) -> tuple[float, float]:
-    """Wall and CPU time (s) of ``run()``."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -110,7 +102,7 @@ def main() -> None:
             assert Path(work, "one read", name).read_bytes() == Path(work, "per variant", name).read_bytes(), name
         for _ in range(args.repeat):
             for label, run in runs.items():
-                times[label].append(_timed(lambda run=run, label=label: run(os.path.join(work, label))))
+                times[label].append(wall_and_cpu(lambda run=run, label=label: run(os.path.join(work, label))))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}

@@ -25,12 +25,12 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uproot
+from clock import wall_and_cpu
 
 from calibflow.config import load_config
 from calibflow.io import tree_meta
@@ -72,13 +72,6 @@ def _names(path: str, names: list[str]) -> int:
     return len(branch_names(path, "Events"))
 
 
-def _timed(run: Callable[[], Any]) -> tuple[float, float]:
-    """Wall and CPU time (s) of ``run()``."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -117,7 +110,7 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             for label, run in runs.items():
-                times[label].append(_timed(run))
+                times[label].append(wall_and_cpu(run))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
@@ -130,7 +123,7 @@ def main() -> None:
           f"{len(names)} needed; TTree record {len(record) / 1e6:.2f} MB; median of {args.repeat} (wall)")
     for algo in (uproot.ZLIB(1), uproot.LZMA(9), uproot.ZSTD(5), uproot.LZ4(1)):
         packed = memoryview(uproot.compression.compress(record, algo))
-        t = min(_timed(lambda p=packed: _inflate(p, len(record), "record"))[0] for _ in range(5))
+        t = min(wall_and_cpu(lambda p=packed: _inflate(p, len(record), "record"))[0] for _ in range(5))
         print(f"  inflating the record if {type(algo).__name__}-compressed ({len(packed) / 1e6:.2f} MB): "
               f"{t * 1e3:.1f} ms")
     for label, what in (("uproot", "uproot open + TTree + needed basket tables"),
