@@ -184,10 +184,7 @@ def _layout(pairing: PairingSpec, names: Sequence[str], kinds: Mapping[str, tupl
     """Which of the branches ``names`` (with their (dtype, jagged)) are event branches, the collection's and each
     matched collection's; _Unsupported for a branch of another kind (another collection, strings)."""
     own = f"{pairing.collection}_"
-    coll = sorted(b for b in names if b.startswith(own) and b not in pairing.computed)
-    for need in ("eta", "phi"):
-        if pairing.matches and pairing.branch(need) not in coll:
-            coll.append(pairing.branch(need))
+    coll = sorted(b for b in names if b.startswith(own) and b not in pairing.computed)  # with eta, phi to match
     if not coll:
         raise _Unsupported("a collection read by its counter only")
     matched = []
@@ -284,8 +281,7 @@ def _kernel_source(lay: _Layout, masked: bool, event_tests: Sequence[str], event
     m_args = [a for q, g in enumerate(lay.matched) for a in (f"mo{q}", *(f"g{q}_{k}" for k in range(len(g))))]
     args = ["n", *(["start"] if masked else []), "off", *(f"e{k}" for k in range(len(lay.events))),
             *(f"b{k}" for k in range(len(lay.collection))), *m_args, *(f"o{c}" for c in range(len(values))), "counts"]
-    eta, phi = lay.collection.index(pairing.branch("eta")) if matches else 0, (
-        lay.collection.index(pairing.branch("phi")) if matches else 0)
+    eta, phi = (lay.collection.index(pairing.branch(f)) if matches else -1 for f in ("eta", "phi"))
     body = [f"@numba.njit(cache=True, nogil=True, error_model='numpy')\ndef kernel({', '.join(args)}):",
             "    bad = False", "    j = 0", "    npairs = 0", "    n_obj = off[n]",
             *(f"    c{s} = 0" for s in range(len(event_tests))), *(f"    d{s} = 0" for s in range(len(pair_tests))),
@@ -342,12 +338,11 @@ def fused_pairs(pairing: PairingSpec, event_stages: Sequence[Expression], pair_s
         return None
     except Exception as exc:
         return fused._failed("could not be generated", exc)
-    if source in _LOOPS:
-        return _LOOPS[source]
 
     def made(kernel: Callable[..., int]) -> FusedPairs:
         loop = FusedPairs(kernel, lay.events, lay.collection, lay.matched, outputs, len(event_stages),
                           len(pair_stages), masked, source)
+
         def ones(names: Sequence[str], size: int) -> list[np.ndarray]:
             return [np.ones(size, np.dtype(kinds[b][0])) for b in names]
 
@@ -357,11 +352,4 @@ def fused_pairs(pairing: PairingSpec, event_stages: Sequence[Expression], pair_s
                       [(two, ones(g, 2)) for g in lay.matched])
         return loop
 
-    loop = compiled(source, made)
-    if loop is not None:
-        _LOOPS[source] = loop
-    return loop
-
-
-_LOOPS: dict[str, FusedPairs] = {}
-"""The loops made in this process, by source (a worker prepares many files alike)."""
+    return compiled(source, made)
