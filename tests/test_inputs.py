@@ -220,6 +220,31 @@ def test_a_correct_config_passes_the_check(tmp_path: Path) -> None:
         Plan.create(cfg, folder / "res").check_inputs()
 
 
+def test_a_correct_config_is_confirmed_from_the_needed_branches_metadata_only(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every needed branch found by calibflow.io.tree_meta (milliseconds for 2000 branches): no listing of every name,
+    which only a missing name needs (for its did-you-mean: the cases above)."""
+    import calibflow.io.inspect as inspect_module
+    from calibflow.plan import Plan
+
+    def listing(*args: Any) -> None:
+        raise AssertionError("every branch name listed")
+
+    for name in ("branch_names", "all_branch_names", "missing_branches"):
+        monkeypatch.setattr(inspect_module, name, listing)
+    for make in (_flat_config, _nano_config):
+        folder = tmp_path / make.__name__
+        folder.mkdir()
+        cfg = folder / "ok.yaml"
+        cfg.write_text(yaml.safe_dump(make(folder), sort_keys=False))
+        Plan.create(cfg, folder / "res").check_inputs()
+    d = _nano_config(tmp_path / "_nano_config")
+    d["pass"] = "probe_tightID"
+    (tmp_path / "_nano_config" / "bad.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    with pytest.raises(AssertionError, match="every branch name listed"):  # a missing one: the names are listed
+        Plan.create(tmp_path / "_nano_config" / "bad.yaml", tmp_path / "res").check_inputs()
+
+
 def test_the_first_readable_file_is_checked_and_a_bad_first_file_is_no_config_error(tmp_path: Path) -> None:
     """An unreadable first file is a bad file (left to tuple preparation); the next readable one is checked.
     A tree missing from the first file but not from the last is a bad file too."""

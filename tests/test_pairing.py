@@ -249,3 +249,16 @@ def test_invariant_mass_vs_four_vectors(
     got = invariant_mass(*args)
     # the naive formula has an absolute error ~ eps * E^2 / m on m; compare with a matching tolerance
     assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-7 * energy)
+
+
+def test_ufuncs_are_built_at_their_first_call_not_at_import() -> None:
+    """Importing the kernel modules builds no ufunc (0.25 s each, even from numba's cache: every process importing
+    them paid it); the first call does, and it casts and broadcasts as the ufunc."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, calibflow.kernels.matching as m, calibflow.kernels.pairing as p\n"
+            "built = lambda: (p.invariant_mass.ufunc.cache_info().currsize, m.delta_phi.ufunc.cache_info().currsize)\n"
+            "print(built()); m.delta_phi(np.float32([3.0]), -3); print(built())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["(0, 0)", "(0, 1)"]

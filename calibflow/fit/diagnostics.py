@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from iminuit import Minuit
-from scipy import stats
 
 LOW_GOF_PVALUE = "low_gof_pvalue"
 """Status tag of a fit whose goodness-of-fit p-value is below ``fit.gof.min_pvalue``."""
@@ -39,6 +38,8 @@ def chi2_pvalue(chi2: float, ndof: int) -> float:
     """P(χ²_ndof ≥ ``chi2``), the χ² distribution's survival function (NaN for ndof ≤ 0 or a non-finite χ²)."""
     if ndof <= 0 or not math.isfinite(chi2):
         return math.nan
+    from scipy import stats  # 0.5 s to import: not at every config check's import of the model library
+
     return float(stats.chi2.sf(max(chi2, 0.0), ndof))
 
 
@@ -63,6 +64,8 @@ def ks_test(cdf: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, 
     below = np.concatenate([[0.0], above[:-1]])
     d = float(max(np.max(above - f), np.max(f - below)))
     n = f.size if weights is None else total * total / float((w * w).sum())
+    from scipy import stats
+
     return d, float(stats.kstwo.sf(d, max(round(n), 1)))
 
 

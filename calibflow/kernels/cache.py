@@ -19,9 +19,10 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["compile_lock", "kernel_cache_dir", "private_dir", "trusted_folder", "use_kernel_cache"]
+__all__ = ["compile_lock", "kernel_cache_dir", "lazy_ufunc", "private_dir", "trusted_folder", "use_kernel_cache"]
 
 
 def kernel_cache_dir() -> str:
@@ -97,3 +98,25 @@ def compile_lock(folder: str, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def lazy_ufunc(signatures: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``numba.vectorize(signatures, cache=True)`` of the function, built at its first call instead of at
+    the import of its module (building a ufunc takes ~0.25 s even from numba's cache: too much for every process
+    that imports a kernel module and never calls it). The result broadcasts and casts as the ufunc does."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.cache
+        def ufunc() -> Callable[..., Any]:
+            import numba
+
+            return numba.vectorize(signatures, cache=True)(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return ufunc()(*args, **kwargs)
+
+        call.ufunc = ufunc  # type: ignore[attr-defined]
+        return call
+
+    return wrap

@@ -13,6 +13,7 @@ import math
 import numba
 import numpy as np
 
+from calibflow.kernels.cache import lazy_ufunc
 from calibflow.kernels.pairing import check_offsets
 
 __all__ = [
@@ -55,7 +56,7 @@ def _delta_phi_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((d < -_PI) | (d >= _PI), w, d)
 
 
-@numba.vectorize(["float64(float64, float64)"], cache=True)
+@lazy_ufunc(["float64(float64, float64)"])
 def delta_phi(a: float, b: float) -> float:
     """φ_a − φ_b in rad, wrapped to [−π, π). numpy ufunc (broadcasts, float64 result)."""
     return _wrap_dphi(a, b)

@@ -17,6 +17,8 @@ import awkward as ak
 import numba
 import numpy as np
 
+from calibflow.kernels.cache import lazy_ufunc
+
 __all__ = [
     "check_offsets",
     "invariant_mass",
@@ -223,9 +225,7 @@ def pair_mass(pt1: float, eta1: float, phi1: float, m1: float, pt2: float, eta2:
     return np.sqrt(max(msq, 0.0))
 
 
-@numba.vectorize(
-    ["float64(float64, float64, float64, float64, float64, float64, float64, float64)"], cache=True
-)
+@lazy_ufunc(["float64(float64, float64, float64, float64, float64, float64, float64, float64)"])
 def invariant_mass(
     pt1: float, eta1: float, phi1: float, m1: float, pt2: float, eta2: float, phi2: float, m2: float
 ) -> float:

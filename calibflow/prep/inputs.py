@@ -201,6 +201,8 @@ def check_sample(spec: PrepSpec, sample: str, files: Sequence[str], shown: Calla
             return f"toy generator {generator!r}"
         return shown(path) + (f" and {shown(last)}" if last is not None and last != path else "")
 
+    if generator is None and _has_every_branch(files[0], spec.tree, spec.branches):
+        return
     try:
         found = _readable(files, spec.tree)
     except NoSuchTree as exc:
@@ -218,6 +220,21 @@ def check_sample(spec: PrepSpec, sample: str, files: Sequence[str], shown: Calla
     if missing:
         where = f"tree {spec.tree!r} {'of' if generator else 'in'} {source(path)}"
         check_branches(spec, sample, all_branch_names(path, spec.tree), missing, where, own_aliases)
+
+
+def _has_every_branch(path: str, tree: str, names: Sequence[str]) -> bool:
+    """Whether the file ``path`` has ``tree`` with every branch of ``names``, told by reading their metadata only
+    (:mod:`calibflow.io.tree_meta`: milliseconds for a 2000-branch NanoAOD file, where listing every name takes
+    0.2-0.5 s); False when that cannot tell (a layout it does not read, a missing branch, an unreadable file):
+    then :func:`check_sample` lists the names."""
+    from calibflow.io.inspect import InputFileError, open_root
+    from calibflow.io.tree_meta import read_tree_meta
+
+    try:
+        with open_root(path) as f:
+            return read_tree_meta(f, tree, names) is not None
+    except (InputFileError, OSError, ValueError):
+        return False
 
 
 def _tree_hint(tree: str, trees: Sequence[str]) -> str:
