@@ -49,6 +49,7 @@ import hdf5plugin
 import numpy as np
 import uproot
 import yaml
+from clock import cpu_pressure
 
 from calibflow.io.root import use_default_zlib, use_fast_zlib
 
@@ -272,15 +273,6 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
         r1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = min(cpu, sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(r0, r1, strict=True)))
     return wall, cpu
-
-
-def cpu_pressure() -> str:
-    """Share of the last 60 s in which runnable tasks waited for a CPU (Linux PSI), if available."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return f"cpu pressure {f.readline().split()[2].split('=')[1]}% (avg60)"
-    except (OSError, IndexError):
-        return "cpu pressure unknown"
 
 
 def main() -> None:

@@ -15,9 +15,10 @@ Truth, read only by closure tables, is stored in branches whose field starts wit
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,19 +45,34 @@ TREE = "Events"
 
 
 # --- shared helpers (also used by calibflow.toys.lhcb) ------------------------------------------------
+def basket_edges(n: int, basket_rows: int | Sequence[int]) -> list[int]:
+    """Entry edges ``[0, ..., n]`` of the baskets of ``n`` entries: ``basket_rows`` entries each, or given a
+    sequence, the first baskets of those sizes and the last size repeated to the end (NanoAOD: ``(1000, N)``)."""
+    sizes = [basket_rows] if isinstance(basket_rows, int | np.integer) else list(basket_rows)
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"basket_rows must be positive, got {basket_rows!r}")
+    edges = [0]
+    while edges[-1] < n:
+        edges.append(min(edges[-1] + int(sizes[min(len(edges) - 1, len(sizes) - 1)]), n))
+    return edges
+
+
 def write_tree(path: str | os.PathLike[str], branches: Mapping[str, Any], tree: str = TREE,
-               basket_rows: int = 100_000, compression: object | None = None) -> None:
+               basket_rows: int | Sequence[int] = 100_000, compression: object | None = None) -> None:
     """Write a TTree of flat numpy branches, jagged awkward branches (counter ``n<name>``) and awkward record
     arrays (a collection: ``<name>_<field>`` branches sharing the counter ``n<name>``), atomically;
-    ``compression``: an uproot compression object (default the toys' own)."""
+    ``basket_rows``: entries per basket (every branch alike: one cluster per basket), or the sizes of the
+    first baskets, the last repeated (:func:`basket_edges`); ``compression``: an uproot compression object
+    (default the toys' own)."""
     import uproot
 
     n = len(next(iter(branches.values())))
     types = {k: (v.type.content if isinstance(v, ak.Array) else np.asarray(v).dtype) for k, v in branches.items()}
+    edges = basket_edges(n, basket_rows)
     with atomic_path(path) as tmp, uproot.recreate(tmp, compression=compression or TOY_COMPRESSION) as f:
         t = f.mktree(tree, types)
-        for start in range(0, n, basket_rows):
-            t.extend({k: v[start:start + basket_rows] for k, v in branches.items()})
+        for start, stop in itertools.pairwise(edges):
+            t.extend({k: v[start:stop] for k, v in branches.items()})
 
 
 @dataclass(frozen=True)
@@ -253,9 +269,13 @@ def nanoaod_padding(rng: np.random.Generator, n: int, branches: int, taken: Coll
     return out
 
 
-def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, pad_to: int = 0, **options: Any) -> None:
+def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, pad_to: int = 0, *,
+                      compression: object | None = None, basket_rows: int | Sequence[int] = 100_000,
+                      **options: Any) -> None:
     """Z→μμ NanoAOD toy with ``n`` events (options: ``iso_cut``, ``signal_fraction_data``, ``extra_muon_rate``);
-    ``pad_to``: as many branches in all, the toy's own plus :func:`nanoaod_padding` (benchmarks).
+    ``pad_to``: as many branches in all, the toy's own plus :func:`nanoaod_padding` (benchmarks);
+    ``compression`` (an uproot compression object; default the toys' ZSTD-1) and ``basket_rows`` (see
+    :func:`write_tree`) choose the file's layout, e.g. NanoAOD's LZMA and baskets (``benchmarks/nanoaod.py``).
 
     Data mix Z events with non-prompt dimuon background (continuum mass); simulation is Drell-Yan only.
     Both may hold an extra non-prompt muon. Tag-and-probe truth per muon: ``Muon_toy_effId``,
@@ -289,7 +309,7 @@ def write_z_mumu_file(path: str, n: int, is_data: bool, seed: int, pad_to: int =
     own = len(branches) - 2 + len(muons) + len(trig) + 2  # a collection is its fields and its counter
     if pad_to > own:
         branches.update(nanoaod_padding(np.random.default_rng(seed + 1), n, pad_to - own, set(branches)))
-    write_tree(path, branches)
+    write_tree(path, branches, basket_rows=basket_rows, compression=compression)
 
 
 # --- e mu (H -> WW) dilepton trigger -----------------------------------------------------------------------
