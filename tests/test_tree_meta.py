@@ -275,3 +275,24 @@ def test_a_remote_nanoaod_file_reads_its_metadata_and_baskets_through_the_server
     assert all(np.array_equal(outputs["local"][k], outputs["root"][k]) for k in outputs["local"])
     fetched = read_metadata(tmp_path / "root.h5")["fetched"]
     assert fetched["bytes"] < 0.5 * local.stat().st_size  # the needed baskets and the record, not the file
+
+
+@pytest.mark.parametrize(("shift", "what"), [(3, "an offset inside a value"), (-16, "an offset going back")])
+def test_damaged_entry_offsets_of_a_jagged_branch_are_refused(tmp_path: Path, shift: int, what: str) -> None:
+    """A jagged basket's entry offsets (after its values) that do not fall on value boundaries, or run backwards,
+    are an error naming the branch and basket, not wrong rows."""
+    path = tmp_path / "jagged.root"
+    pt = ak.Array([[1.0, 2.0], [3.0], [], [4.0, 5.0, 6.0]] * 100)
+    write_tree(path, {"Muon": ak.zip({"pt": pt})}, compression=uproot.ZLIB(0))  # level 0: stored uncompressed
+    with uproot.open(path) as f:
+        seek = int(f["Events"]["Muon_pt"].member("fBasketSeek")[0])
+    raw = bytearray(path.read_bytes())
+    keylen = int.from_bytes(raw[seek + 14 : seek + 16], "big")
+    at = seek + keylen + 600 * 8 + 4 + 4 * 2  # the third entry's offset, after the 600 values and the count
+    raw[at : at + 4] = (int.from_bytes(raw[at : at + 4], "big") + shift).to_bytes(4, "big")
+    path.write_bytes(bytes(raw))
+    with uproot.open(path) as f:
+        meta = read_tree_meta(f, "Events", ["Muon_pt"])
+    assert meta is not None and meta.branches[0].counter == "nMuon"
+    with pytest.raises(ValueError, match=r"branch 'Muon_pt' basket 0: bad entry offsets"):
+        list(read_layout(str(path), meta.branches, 10_000))  # type: ignore[arg-type]

@@ -153,20 +153,34 @@ class BasketFile:
         import awkward as ak
 
         size = branch.dtype.itemsize
-        values, counts = [], []
+        values, starts, keylens, borders = [], [], [], []
         for i in range(first, last):
             n = int(branch.entries[i + 1] - branch.entries[i])
             data, key = self._basket(branch, i, 0)
             keylen, border = len(key), _LAST.unpack_from(key, len(key) - _LAST.size)[0] - len(key)
-            offsets = np.frombuffer(data, ">i4", n + 1, border + 4).astype(np.int64) - keylen
-            offsets[-1] = border
-            if len(data) < border + 4 * (n + 2) or offsets[0] != 0 or np.any(np.diff(offsets) % size):
+            if n < 1 or len(data) < border + 4 * (n + 2):
                 raise ValueError(f"branch {branch.name!r} basket {i}: bad entry offsets")
+            starts.append(np.frombuffer(data, ">i4", n, border + 4))  # entries' byte offsets from the key's start
             values.append(np.frombuffer(data, branch.dtype, border // size))
-            counts.append(np.diff(offsets) // size)
-        offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int64)
-        np.cumsum(np.concatenate(counts), out=offsets[1:])
-        content = np.concatenate(values).astype(branch.dtype.newbyteorder("="))
+            keylens.append(keylen)
+            borders.append(border)
+        # all baskets at once: each entry's bytes run from its offset to the next one's (the basket's last entry: to
+        # the values' end), offsets counted from the basket's data
+        per_basket = np.diff(branch.entries[first : last + 1]).astype(np.int64)
+        begin = np.concatenate(starts).astype(np.int64) - np.repeat(np.asarray(keylens, np.int64), per_basket)
+        end = np.empty_like(begin)
+        end[:-1] = begin[1:]
+        last_entry = np.cumsum(per_basket) - 1
+        end[last_entry] = borders
+        nbytes = end - begin
+        bad = (nbytes < 0) | (nbytes % size != 0)
+        bad[last_entry - per_basket + 1] |= begin[last_entry - per_basket + 1] != 0
+        if bad.any():
+            i = first + int(np.searchsorted(last_entry, np.flatnonzero(bad)[0]))
+            raise ValueError(f"branch {branch.name!r} basket {i}: bad entry offsets")
+        offsets = np.zeros(len(begin) + 1, np.int64)
+        np.cumsum(nbytes // size, out=offsets[1:])
+        content = np.concatenate(values, dtype=branch.dtype.newbyteorder("="))  # one pass: joined and byte-swapped
         return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(content)))
 
     def _basket(self, branch: FlatBranch, i: int, nbytes: int) -> tuple[Any, memoryview]:
