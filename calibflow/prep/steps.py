@@ -338,7 +338,7 @@ def _branch_kinds(names: Sequence[str], cols: Mapping[str, Any]) -> dict[str, tu
             kinds[name] = (values.dtype, False)
         elif isinstance(values, ak.Array) and values.ndim == 2 and not _is_text(values):
             try:
-                kinds[name] = (jagged_parts(values[:1])[1].dtype, True)
+                kinds[name] = (jagged_parts(values)[1].dtype, True)  # no copy for the layouts read
             except (ValueError, TypeError):
                 continue  # not numbers (records, options): never read by the loop
     return kinds
