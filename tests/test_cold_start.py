@@ -96,6 +96,11 @@ def test_a_run_loads_only_the_kernels_of_the_stages_it_executes(cold_then_warm) 
     import calibflow.kernels.pairing as pairing
 
     assert not pairing._tag_probe_pairs_kernel.signatures
+    nanoaod = Plan.create(ROOT / "task_configs" / "cms_muon_id_z.yaml", folder / "nanoaod")
+    assert warm_up(nanoaod, {"prep"}) == ["numba", "pairing", "jagged baskets"]  # NanoAOD: jagged branches
+    from calibflow.kernels.jagged import _entry_offsets
+
+    assert _entry_offsets.signatures
 
 
 _CACHE_DIR = "import calibflow, numba; print(numba.config.CACHE_DIR)"

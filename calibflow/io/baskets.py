@@ -149,8 +149,11 @@ class BasketFile:
 
     def _read_jagged(self, branch: FlatBranch, first: int, last: int) -> Any:
         """Baskets ``first:last`` of the jagged ``branch`` as an awkward array (``var * dtype``): each basket
-        holds the values, then its entries' byte offsets (counted from the key's start)."""
+        holds the values, then its entries' byte offsets (counted from the key's start), turned into the
+        array's offsets and checked by :func:`calibflow.kernels.jagged.entry_offsets`."""
         import awkward as ak
+
+        from calibflow.kernels.jagged import entry_offsets
 
         size = branch.dtype.itemsize
         values, starts, keylens, borders = [], [], [], []
@@ -160,26 +163,15 @@ class BasketFile:
             keylen, border = len(key), _LAST.unpack_from(key, len(key) - _LAST.size)[0] - len(key)
             if n < 1 or len(data) < border + 4 * (n + 2):
                 raise ValueError(f"branch {branch.name!r} basket {i}: bad entry offsets")
-            starts.append(np.frombuffer(data, ">i4", n, border + 4))  # entries' byte offsets from the key's start
+            starts.append(data[border + 4 : border + 4 + 4 * n])  # entries' byte offsets from the key's start
             values.append(np.frombuffer(data, branch.dtype, border // size))
             keylens.append(keylen)
             borders.append(border)
-        # all baskets at once: each entry's bytes run from its offset to the next one's (the basket's last entry: to
-        # the values' end), offsets counted from the basket's data
-        per_basket = np.diff(branch.entries[first : last + 1]).astype(np.int64)
-        begin = np.concatenate(starts).astype(np.int64) - np.repeat(np.asarray(keylens, np.int64), per_basket)
-        end = np.empty_like(begin)
-        end[:-1] = begin[1:]
-        last_entry = np.cumsum(per_basket) - 1
-        end[last_entry] = borders
-        nbytes = end - begin
-        bad = (nbytes < 0) | (nbytes % size != 0)
-        bad[last_entry - per_basket + 1] |= begin[last_entry - per_basket + 1] != 0
-        if bad.any():
-            i = first + int(np.searchsorted(last_entry, np.flatnonzero(bad)[0]))
-            raise ValueError(f"branch {branch.name!r} basket {i}: bad entry offsets")
-        offsets = np.zeros(len(begin) + 1, np.int64)
-        np.cumsum(nbytes // size, out=offsets[1:])
+        offsets, bad = entry_offsets(np.frombuffer(b"".join(starts), ">i4").astype(np.int64),
+                                     np.diff(branch.entries[first : last + 1]), np.asarray(keylens, np.int64),
+                                     np.asarray(borders, np.int64), size)
+        if bad >= 0:
+            raise ValueError(f"branch {branch.name!r} basket {first + bad}: bad entry offsets")
         content = np.concatenate(values, dtype=branch.dtype.newbyteorder("="))  # one pass: joined and byte-swapped
         return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(content)))
 

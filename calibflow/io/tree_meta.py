@@ -82,15 +82,16 @@ def read_tree_meta(f: Any, tree: str, names: Sequence[str]) -> TreeMeta | None:
         return None
     chunk, _ = key.get_uncompressed_chunk_cursor()
     try:
-        return _Record(chunk.raw_data.tobytes(), key.fKeylen).tree(set(names), list(names))
+        return _Record(memoryview(chunk.raw_data).cast("B"), key.fKeylen).tree(set(names), list(names))
     except (ValueError, struct.error, IndexError, KeyError):  # Unsupported, or bytes this walk cannot parse
         return None
 
 
 class _Record:
-    """A cursor over an uncompressed object record (``data``) written after a key of ``keylen`` bytes."""
+    """A cursor over an uncompressed object record (``data``, viewed, not copied: a NanoAOD tree's is ~5 MB)
+    written after a key of ``keylen`` bytes."""
 
-    def __init__(self, data: bytes, keylen: int) -> None:
+    def __init__(self, data: bytes | memoryview, keylen: int) -> None:
         self.data, self.keylen, self.pos = data, keylen, 0
 
     def _take(self, s: struct.Struct) -> Any:
@@ -116,7 +117,16 @@ class _Record:
         if n == 255:
             n = self._take(_I4)
         self.pos += n
-        return self.data[self.pos - n : self.pos].decode()
+        return str(self.data[self.pos - n : self.pos], "utf-8")
+
+    def _cstring(self, at: int) -> tuple[str, int]:
+        """The NUL-terminated string at ``at`` and the position of its NUL."""
+        for window in (256, len(self.data) - at):
+            part = bytes(self.data[at : at + window])
+            stop = part.find(b"\0")
+            if stop >= 0:
+                return part[:stop].decode(), at + stop
+        raise Unsupported("a class name without its end")
 
     def _tobject(self) -> None:
         version = self._take(_I2)
@@ -152,8 +162,7 @@ class _Record:
         end = beg + 4 + (word & ~_BYTE_COUNT)
         tag = self._take(_U4)
         if tag == _NEW_CLASS:
-            stop = self.data.index(b"\0", self.pos)
-            name = self.data[self.pos : stop].decode()
+            name, stop = self._cstring(self.pos)
             self.pos = stop + 1
         elif tag & _CLASS_MASK:
             name = self._class_at(tag & ~_CLASS_MASK)
@@ -166,7 +175,7 @@ class _Record:
         at = ref - _MAP_OFFSET - self.keylen
         if _U4.unpack_from(self.data, at)[0] != _NEW_CLASS:
             raise Unsupported("a class reference to no class name")
-        return self.data[at + 4 : self.data.index(b"\0", at + 4)].decode()
+        return self._cstring(at + 4)[0]
 
     def tree(self, wanted: set[str], order: list[str]) -> TreeMeta:
         """The TTree of the record: entries and the layout of branches ``wanted`` (in the order ``order``)."""

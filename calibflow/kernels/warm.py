@@ -51,6 +51,15 @@ def warm_pairing(matches: bool) -> None:
         nearest_dr_match(_OFFSETS, x, x, _OFFSETS, x, x, None, 0.1)
 
 
+def warm_jagged_baskets() -> None:
+    """The entry offsets of jagged baskets (``calibflow.kernels.jagged.entry_offsets``), which preparation
+    calls for every jagged branch it reads (NanoAOD collections, hit lists)."""
+    from calibflow.kernels.jagged import entry_offsets
+
+    one = np.array([1], dtype=np.int64)
+    entry_offsets(np.array([80], dtype=np.int64), one, np.array([80], dtype=np.int64), np.array([8]), 4)
+
+
 def warm_hit_matching() -> None:
     """The shared-hit matching of tracks (``calibflow.kernels.matching.shared_fraction_match``)."""
     from calibflow.kernels.matching import shared_fraction_match

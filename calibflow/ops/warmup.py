@@ -44,6 +44,8 @@ def warm_up(plan: Plan, stages: Collection[str]) -> list[str]:
             groups.append(("pairing", lambda: warm.warm_pairing(any(p.matches for p in pairings))))
         if any(s.hit_matches for s in specs):
             groups.append(("hit matching", warm.warm_hit_matching))
+        if pairings or any(s.hit_matches for s in specs):  # jagged branches
+            groups.append(("jagged baskets", warm.warm_jagged_baskets))
     if {"binning", "histograms"} & set(stages):
         groups.append(("bin index", lambda: _warm_bin_index(plan)))
     if "binning" in stages and plan.config.binning.optimise is not None:

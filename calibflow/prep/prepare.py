@@ -258,14 +258,14 @@ def _read(path: str, f: Any, preparations: Sequence[Preparation], step_size: str
     branches = sorted(set().union(*(p.spec.branches for p in preparations)))
     jagged, chunks = _columns(path, f, first.tree, branches, first.entry_limit, step_size,
                               any(_forms_objects(p.spec) for p in preparations))
+    keys = [pairing_key(p.spec) for p in preparations]
     groups: dict[str, list[PrepSpec]] = {}
-    for p in preparations:
-        key = pairing_key(p.spec)
+    for p, key in zip(preparations, keys, strict=True):
         if key is not None:
             groups.setdefault(key, []).append(p.spec)
     pairs = {key: _Pairs(specs) for key, specs in groups.items()}
     with ExitStack() as stack:
-        outputs = [_Output(p, jagged, stack, pairs.get(pairing_key(p.spec) or "")) for p in preparations]
+        outputs = [_Output(p, jagged, stack, pairs.get(key or "")) for p, key in zip(preparations, keys, strict=True)]
         try:
             for cols in chunks:
                 n = len(next(iter(cols.values())))
