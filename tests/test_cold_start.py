@@ -3,6 +3,7 @@ kernels of the stages a run executes loaded."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -131,3 +132,28 @@ def test_numba_caches_every_kernel_in_the_private_kernel_cache_or_where_the_user
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     assert "calibflow-kernels-" in _numba_cache_dir({"CALIBFLOW_KERNEL_CACHE": str(blocked / "kernels")})[0]
+
+
+_EXTENSIONS = """
+import sys
+import numpy as np
+import calibflow.kernels.cache as cache
+first = cache.numba_extensions_of() if sys.argv[1] == "only" else "numba's"
+from calibflow.kernels.jagged import entry_offsets
+offsets, bad = entry_offsets(np.array([80, 84]), np.array([2]), np.array([80]), np.array([12]), 4)
+print(first, cache.numba_extensions_of(), offsets.tolist(), bad, "vector" in sys.modules)
+"""
+
+
+def test_calibflows_processes_load_no_other_packages_numba_extensions() -> None:
+    """The command's processes (runner, batch jobs) load awkward's numba extension only; vector's, installed
+    with coffea (a test dependency), costs ~0.45 s per process and is left out there, but not in a process
+    that uses calibflow as a library. A second call changes nothing."""
+    def run(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", _EXTENSIONS, mode], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run("only") == "['awkward.numba:_register'] None [0, 1, 3] -1 False"
+    vector = importlib.util.find_spec("vector") is not None
+    assert run("library") == f"numba's None [0, 1, 3] -1 {vector}"
