@@ -37,11 +37,29 @@ class _NullReporter:
         return lambda *args, **kwargs: None
 
 
+class _Held:
+    """A result queue that holds luigi's task result until the task process's context has closed."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        """Keep ``item`` (sent on by :func:`_run`)."""
+        self.items.append(item)
+
+
 def _run(task: luigi.Task, worker_id: str, context: str | None, options: dict[str, Any]) -> None:
-    """In a pool process: run ``task`` with luigi's task-process logic (result on the inherited queue)."""
-    process = luigi.worker.ContextManagedTaskProcess(context, task, worker_id, _RESULT_QUEUE, _NullReporter(),
+    """In a pool process: run ``task`` with luigi's task-process logic; its result goes on the inherited queue
+    once the context (:class:`tasks.base.TaskLog`) has closed, so that a run never ends before its tasks' logs
+    have their end lines (luigi puts the result inside the context)."""
+    held = _Held()
+    process = luigi.worker.ContextManagedTaskProcess(context, task, worker_id, held, _NullReporter(),
                                                      use_multiprocessing=False, **options)
-    process.run()
+    try:
+        process.run()
+    finally:
+        for item in held.items:
+            _RESULT_QUEUE.put(item)
 
 
 def preload_modules(tasks: Iterable[luigi.Task]) -> list[str | KernelWarmUp]:

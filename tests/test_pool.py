@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import ClassVar
 
 from calibflow.plan import Plan
 from tasks import ExportTables
@@ -87,3 +88,51 @@ def test_numba_set_up_before_the_fork_is_inherited_by_pool_processes() -> None:
 
     assert child_seconds("calibflow.kernels.warm:warm_up") < 0.05
     assert child_seconds("calibflow.kernels.warm") > 0.1
+
+
+class ClosesSlowly:
+    """A task-process context whose exit takes a while and says so in a shared list (as TaskLog's end line)."""
+
+    closed: ClassVar[list[str]] = []
+
+    def __init__(self, process: object) -> None:
+        self.process = process
+
+    def __enter__(self) -> ClosesSlowly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import time
+
+        time.sleep(0.2)
+        ClosesSlowly.closed.append("closed")
+
+
+def test_a_pooled_task_reports_only_after_its_context_closed() -> None:
+    """luigi puts a task's result inside the task-process context: the pool holds it until the context (the
+    task's log with its end line) has closed, so that a run never ends before its logs are complete."""
+    import luigi
+
+    import tasks.pool as pool
+
+    class Done(luigi.Task):
+        def run(self) -> None:
+            pass
+
+        def complete(self) -> bool:
+            return bool(ClosesSlowly.closed)
+
+    class Queue:
+        def __init__(self) -> None:
+            self.seen: list[tuple[object, list[str]]] = []
+
+        def put(self, item: object) -> None:
+            self.seen.append((item[1], list(ClosesSlowly.closed)))
+
+    queue, ClosesSlowly.closed = Queue(), []
+    before, pool._RESULT_QUEUE = pool._RESULT_QUEUE, queue
+    try:
+        pool._run(Done(), "w", f"{__name__}.ClosesSlowly", {"check_complete_on_run": False})
+    finally:
+        pool._RESULT_QUEUE = before
+    assert queue.seen == [("DONE", ["closed"])]
