@@ -327,6 +327,10 @@ def test_demo_report_in_a_browser(demo_run: Path, browser) -> None:
     screenshot(browser, demo_run / "report_screenshot.png")
     screenshot(browser, demo_run / "report_screenshot_top.png", height=1600)
     assert (demo_run / "report_screenshot.png").stat().st_size > 50_000
+    for width in (1280, 900, 700):  # a laptop's half screen: wide grids scroll in their box, the page never sideways
+        browser.set_window_size(width, 1600)
+        page = browser.execute_script("const d = document.documentElement; return [d.scrollWidth, d.clientWidth]")
+        assert page[0] <= page[1], f"the report is {page[0]} px wide in a {page[1]} px window"
 
 
 def test_report_grids_and_decimals_come_from_export_grid() -> None:

@@ -941,8 +941,8 @@ header{background:#14233b;color:#fff;padding:18px 32px 14px}
 header h1{margin:0;font-size:24px;font-weight:600}
 header p{margin:4px 0 0;color:#c9d4e5}
 nav{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid var(--line);padding:6px 32px;
-font-size:14px}
-nav a{margin-right:14px;color:var(--acc);text-decoration:none;white-space:nowrap}
+font-size:14px;display:flex;flex-wrap:wrap;column-gap:14px}
+nav a{color:var(--acc);text-decoration:none;white-space:nowrap}
 main{padding:0 32px 48px;max-width:1500px}
 section{margin-top:26px}
 h2{font-size:20px;margin:0 0 6px;padding-bottom:4px;border-bottom:2px solid var(--line)}
@@ -958,6 +958,7 @@ th,td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-alig
 th{background:var(--bg2);font-weight:600}
 tbody tr:nth-child(even) td{background:#fafbfc}
 table.kv td:first-child{color:var(--mute);white-space:nowrap}
+table.kv td{overflow-wrap:anywhere}
 table.kv thead{display:none}
 .scroll{overflow-x:auto;max-width:100%}
 table.grid{font-size:11.5px;line-height:1.3}
@@ -1040,7 +1041,7 @@ def _block_html(b: Block) -> str:
         cap = f'<p class="note">{e(b.caption)}</p>' if b.caption else ""
         css = f' class="{b.css}"' if b.css else ""
         table = f"<table{css}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        return (f'<div class="scroll">{table}</div>' if b.css == "grid" else table) + cap
+        return f'<div class="scroll">{table}</div>{cap}'  # a table wider than the window scrolls in its box
     if isinstance(b, Figure):
         src = e(b.src)
         css = f' class="{b.css}"' if b.css else ""
