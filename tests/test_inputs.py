@@ -208,8 +208,8 @@ def test_a_misspelt_name_is_one_line_with_a_did_you_mean_before_any_task(case: s
     assert not (tmp_path / "res" / d["name"] / "prep").exists()  # no task ran
 
 
-def test_a_correct_config_passes_the_check(tmp_path: Path) -> None:
-    """No false alarm on the configs above as written (the same checks, nothing misspelt)."""
+def _check_correct_configs(tmp_path: Path) -> None:
+    """The input check of the flat and the NanoAOD config above, as written (nothing misspelt)."""
     from calibflow.plan import Plan
 
     for make in (_flat_config, _nano_config):
@@ -218,6 +218,11 @@ def test_a_correct_config_passes_the_check(tmp_path: Path) -> None:
         cfg = folder / "ok.yaml"
         cfg.write_text(yaml.safe_dump(make(folder), sort_keys=False))
         Plan.create(cfg, folder / "res").check_inputs()
+
+
+def test_a_correct_config_passes_the_check(tmp_path: Path) -> None:
+    """No false alarm on the configs above as written (the same checks, nothing misspelt)."""
+    _check_correct_configs(tmp_path)
 
 
 def test_a_correct_config_is_confirmed_from_the_needed_branches_metadata_only(tmp_path: Path,
@@ -232,12 +237,7 @@ def test_a_correct_config_is_confirmed_from_the_needed_branches_metadata_only(tm
 
     for name in ("branch_names", "all_branch_names", "missing_branches"):
         monkeypatch.setattr(inspect_module, name, listing)
-    for make in (_flat_config, _nano_config):
-        folder = tmp_path / make.__name__
-        folder.mkdir()
-        cfg = folder / "ok.yaml"
-        cfg.write_text(yaml.safe_dump(make(folder), sort_keys=False))
-        Plan.create(cfg, folder / "res").check_inputs()
+    _check_correct_configs(tmp_path)
     d = _nano_config(tmp_path / "_nano_config")
     d["pass"] = "probe_tightID"
     (tmp_path / "_nano_config" / "bad.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
