@@ -83,7 +83,7 @@ def read_tree_meta(f: Any, tree: str, names: Sequence[str]) -> TreeMeta | None:
     chunk, _ = key.get_uncompressed_chunk_cursor()
     try:
         return _Record(memoryview(chunk.raw_data).cast("B"), key.fKeylen).tree(set(names), list(names))
-    except (ValueError, struct.error, IndexError, KeyError):  # Unsupported, or bytes this walk cannot parse
+    except (ValueError, TypeError, struct.error, IndexError, KeyError):  # Unsupported, or bytes it cannot parse
         return None
 
 
