@@ -323,12 +323,13 @@ def _coverage_summary(plan: Plan) -> None:
 
 
 LISTED_PER_FOLDER = 30
-"""A published folder with more files is one line of the closing list (a fit gallery: a figure per bin)."""
+"""A published folder with more files is one line of the closing list."""
 
 
 def _listing(files: Sequence[str]) -> list[str]:
-    """The published files (paths relative to the result folder), in order; a folder of more than
-    :data:`LISTED_PER_FOLDER` files as one line, by its ``index.html`` when it has one."""
+    """The published files (paths relative to the result folder), in order; a page's folder (one with an
+    ``index.html``: a fit gallery, a figure per bin) as one line by its index, and any other folder of more
+    than :data:`LISTED_PER_FOLDER` files as one line."""
     folders: dict[str, list[str]] = {}
     for rel in files:
         folders.setdefault(os.path.dirname(rel), []).append(rel)
@@ -336,7 +337,8 @@ def _listing(files: Sequence[str]) -> list[str]:
     for rel in files:
         folder = os.path.dirname(rel)
         group = folders[folder]
-        if not folder or len(group) <= LISTED_PER_FOLDER:
+        page = os.path.join(folder, "index.html") in group and len(group) > 1
+        if not folder or (len(group) <= LISTED_PER_FOLDER and not page):
             out.append(rel)
         elif rel == group[0]:
             index = os.path.join(folder, "index.html")

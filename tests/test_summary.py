@@ -153,3 +153,5 @@ def test_closing_list_shows_a_big_folder_in_one_line() -> None:
     assert _listing(files) == ["efficiencies.csv", f"gallery/nominal/data/index.html and {LISTED_PER_FOLDER} more file(s)",
                                "plots/a.png", "plots/b.png", f"big/ ({LISTED_PER_FOLDER + 1} files)", "tables.md"]
     assert _listing(figures) == figures  # up to LISTED_PER_FOLDER files: every one
+    small = ["gallery/a/index.html", "gallery/a/bin_0.png", "gallery/a/bin_1.png", "report/index.html"]
+    assert _listing(small) == ["gallery/a/index.html and 2 more file(s)", "report/index.html"]  # a page: its index
