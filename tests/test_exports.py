@@ -115,6 +115,7 @@ def test_covariance_per_source_in_the_master_table(syst_run: Path) -> None:
     report = (syst_run / "report.html").read_text()
     assert '<section id="correlations">' in report and 'src="plots/correlation_scale_factor_data.png"' in report
     assert (syst_run / "plots" / "correlation_scale_factor_data.png").stat().st_size > 0
+    assert "scale factor data/mc: largest |correlation| between two bins" in report  # named as elsewhere
 
 
 def test_bootstrap_correlation_of_a_counted_sample(syst_run: Path) -> None:

@@ -112,11 +112,12 @@ def correlations_section(folders: Sequence[Folder], out_dir: str) -> tuple[Secti
             if figure and name in rows:
                 png = os.path.join(folder.path, "plots", f"correlation_{name}.png")
                 labels = [_bin_label(rows[name].get(int(k)), variables) for k in cov.bins]
-                plot_correlation(cov, labels, f"{name}: correlation of the total covariance", png, _axis_label(variables))
+                what = _quantity_name(name, rows[name])
+                plot_correlation(cov, labels, f"{what}: correlation of the total covariance", png, _axis_label(variables))
                 drawn.append(png)
-                blocks.append(Figure(os.path.relpath(png, out_dir), f"{name}: bin-to-bin correlation of the total "
-                                         "covariance (bins by the tables' bin column)"))
-                headline.append(f"{name}{f' ({folder.label})' if folder.label else ''}: largest |correlation| "
+                blocks.append(Figure(os.path.relpath(png, out_dir), f"{what} ({name} in calibration.h5): bin-to-bin "
+                                     "correlation of the total covariance (bins by the tables' bin column)"))
+                headline.append(f"{what}{f' ({folder.label})' if folder.label else ''}: largest |correlation| "
                                 f"between two bins {largest:.2f}")
         sec.blocks += [Heading(folder.label or "nominal")] if len(folders) > 1 else []
         sec.blocks += [*blocks, Table(["table", "bins", "share of the variance per part", "largest |ρ| off the diagonal"],
@@ -128,6 +129,17 @@ def correlations_section(folders: Sequence[Folder], out_dir: str) -> tuple[Secti
     else:
         sec.verdict = "\n".join(headline)
     return sec, drawn
+
+
+def _quantity_name(table: str, rows: Mapping[int, dict]) -> str:
+    """What the covariance table ``table`` (``scale_factor_<data>``, ``efficiency_<sample>``) holds, as the report's
+    other sections name it: ``scale factor data/mc``, ``efficiency mc``."""
+    for prefix, quantity in (("scale_factor_", "scale factor"), ("efficiency_", "efficiency")):
+        if table.startswith(prefix):
+            group = table.removeprefix(prefix)
+            mc = next((r.get("mc") for r in rows.values() if r.get("mc")), None)
+            return f"{quantity} {group}/{mc}" if prefix == "scale_factor_" and mc else f"{quantity} {group}"
+    return table
 
 
 def _rows_by_table(folder: str) -> Mapping[str, Mapping[int, dict]]:
