@@ -73,8 +73,9 @@ def test_a_basket_without_entries_is_bad_and_sizes_must_add_up() -> None:
         assert fn(starts, np.array([2, 0]), keylen, border, 4)[1] == 1
         with pytest.raises(ValueError, match="2 entry offsets for baskets of 3 entries"):
             fn(starts, np.array([2, 1]), keylen, border, 4)
-    with pytest.raises(ValueError, match="only 1, 2, 4 or 8 bytes"):
-        entry_offsets(starts, np.array([2]), keylen[:1], border[:1], 3)
+    for itemsize in (3, 0):
+        with pytest.raises(ValueError, match="only 1, 2, 4 or 8 bytes"):
+            entry_offsets(starts, np.array([2]), keylen[:1], border[:1], itemsize)
 
 
 def test_the_first_bad_basket_is_named_before_a_later_empty_one() -> None:

@@ -55,8 +55,8 @@ def entry_offsets(starts: np.ndarray, per_basket: np.ndarray, keylen: np.ndarray
     per_basket = np.asarray(per_basket, np.int64)
     if int(per_basket.sum()) != len(starts):
         raise ValueError(f"{len(starts)} entry offsets for baskets of {int(per_basket.sum())} entries")
-    shift = int(itemsize).bit_length() - 1
-    if itemsize < 1 or 1 << shift != itemsize:
+    shift = max(int(itemsize).bit_length() - 1, 0)
+    if 1 << shift != itemsize:
         raise ValueError(f"values of {itemsize} bytes: only 1, 2, 4 or 8 bytes")
     offsets = np.empty(len(starts) + 1, np.int64)
     bad = _entry_offsets(np.asarray(starts, np.int64), per_basket, np.asarray(keylen, np.int64),
