@@ -121,12 +121,14 @@ class _Record:
 
     def _cstring(self, at: int) -> tuple[str, int]:
         """The NUL-terminated string at ``at`` and the position of its NUL."""
-        for window in (256, len(self.data) - at):
-            part = bytes(self.data[at : at + window])
+        part = bytes(self.data[at : at + 256])  # class names are short: the rest of the record only if needed
+        stop = part.find(b"\0")
+        if stop < 0 and len(part) == 256:
+            part = bytes(self.data[at:])
             stop = part.find(b"\0")
-            if stop >= 0:
-                return part[:stop].decode(), at + stop
-        raise Unsupported("a class name without its end")
+        if stop < 0:
+            raise Unsupported("a class name without its end")
+        return part[:stop].decode(), at + stop
 
     def _tobject(self) -> None:
         version = self._take(_I2)

@@ -42,9 +42,10 @@ def warm_up(plan: Plan, stages: Collection[str]) -> list[str]:
         pairings = [s.pairing for s in specs if s.pairing is not None]
         if pairings:
             groups.append(("pairing", lambda: warm.warm_pairing(any(p.matches for p in pairings))))
-        if any(s.hit_matches for s in specs):
+        hit_matches = any(s.hit_matches for s in specs)
+        if hit_matches:
             groups.append(("hit matching", warm.warm_hit_matching))
-        if pairings or any(s.hit_matches for s in specs):  # jagged branches
+        if pairings or hit_matches:  # jagged branches
             groups.append(("jagged baskets", warm.warm_jagged_baskets))
     if {"binning", "histograms"} & set(stages):
         groups.append(("bin index", lambda: _warm_bin_index(plan)))
